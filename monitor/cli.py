@@ -1,0 +1,266 @@
+"""The ``layerwatch`` command line: one entry point, one subcommand per job.
+
+Foreseeable mistakes (bad file, bad argument, missing model) end in one line on stderr naming the
+file or value and what to do, and a non-zero exit status; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("layerwatch")
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A command cannot go on; its message is printed as the one error line."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    from segmentation.inference import DEFAULT_MODEL, ENGINES
+
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model checkpoint (.pt); default: shipped model")
+    p.add_argument("--engine", choices=sorted(ENGINES), default="onnx", help="inference engine (default: onnx)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
+    p.add_argument("--tile", type=_positive_int, default=1024, help="tile size in px for large frames (default 1024)")
+    p.add_argument(
+        "--max-pixels", type=_positive_int, default=64_000_000, help="refuse frames larger than this (default 64e6)"
+    )
+
+
+def _segmenter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from segmentation.inference import Segmenter
+
+    try:
+        return Segmenter(
+            model_path=args.model, engine=args.engine, tile=args.tile, threads=args.threads, max_pixels=args.max_pixels
+        ).start()
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+
+
+# ---- synth ------------------------------------------------------------------------------------
+def cmd_synth(args: argparse.Namespace) -> int:
+    from segmentation.dataset import write_build, write_dataset
+
+    if args.build:
+        n = write_build(args.out, seed=args.seed, layers=args.layers, size=args.size)
+        print(f"wrote a build of {n} layers to {args.out}")
+    else:
+        n = write_dataset(args.out, seed=args.seed, count=args.count, size=args.size)
+        print(f"wrote {n} layers (images/ and masks/) to {args.out}")
+    return EXIT_OK
+
+
+# ---- segment ----------------------------------------------------------------------------------
+def cmd_segment(args: argparse.Namespace) -> int:
+    from segmentation.errors import SegmentationError
+    from segmentation.imageio import iter_image_paths, read_image, write_mask, write_overlay
+
+    failed = 0
+    done = 0
+    seen: dict[str, Path] = {}
+    seg = None
+    for item in iter_image_paths(args.inputs):
+        if isinstance(item, Exception):
+            print(f"layerwatch segment: {item}", file=sys.stderr)
+            failed += 1
+            continue
+        name = item.stem + ".png"
+        if name in seen:
+            print(
+                f"layerwatch segment: {item}: output {name} already written for {seen[name]}; skipped", file=sys.stderr
+            )
+            failed += 1
+            continue
+        try:
+            image = read_image(item, max_pixels=args.max_pixels)
+            seg = seg or _segmenter(args)
+            result = seg.segment(image)
+            write_mask(args.out / name, result.mask)
+            if args.overlay:
+                write_overlay(args.out / "overlays" / name, image, result.mask)
+        except SegmentationError as err:
+            print(f"layerwatch segment: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        seen[name] = item
+        done += 1
+        log.info("%s -> %s", item, args.out / name)
+    if seg is not None:
+        seg.close()
+    print(f"segmented {done} image(s) into {args.out}" + (f"; {failed} failed (see above)" if failed else ""))
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+# ---- evaluate ---------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from segmentation.evaluate import evaluate_dirs, format_report
+
+    seg = _segmenter(args)
+    try:
+        ev, problems = evaluate_dirs(args.images, args.masks, seg, max_pixels=args.max_pixels)
+    finally:
+        seg.close()
+    for p in problems:
+        print(f"layerwatch evaluate: {p}", file=sys.stderr)
+    if ev.frames == 0:
+        raise CommandError(f"no image in {args.images} has a matching mask in {args.masks} (same name, .png)")
+    report = ev.to_dict()
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"JSON written to {args.json}")
+    return EXIT_PARTIAL if problems else EXIT_OK
+
+
+# ---- train ------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from segmentation.train import TrainConfig, train
+
+    try:
+        cfg = TrainConfig(
+            out=args.out,
+            arch=args.arch,
+            seed=args.seed,
+            train_layers=args.train_layers,
+            val_layers=args.val_layers,
+            batch=args.batch,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps,
+            lr=args.lr,
+            max_minutes=args.max_minutes,
+        )
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    result = train(cfg, resume=args.resume)
+    print(f"best mean defect IoU {result['best_defect_iou']:.3f}; weights in {args.out / 'best.pt'}")
+    return EXIT_OK
+
+
+# ---- export-onnx ------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from segmentation.inference import export_onnx
+
+    out = args.out or args.model.with_suffix(".onnx")
+    export_onnx(args.model, out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+# ---- demo -------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    return run_demo(args.out, engine=args.engine, model=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from segmentation.model import ARCHITECTURES, DEFAULT_ARCH
+
+    parser = argparse.ArgumentParser(
+        prog="layerwatch",
+        description="In-situ layer monitoring for additive manufacturing.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the main job with no hardware: segment the sample layers, write overlays")
+    p.add_argument(
+        "--out", type=Path, default=Path("layerwatch-demo"), help="output folder (default ./layerwatch-demo)"
+    )
+    p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint; default: shipped model")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("segment", help="segment layer images into class-id masks")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", type=Path, required=True, help="folder for NAME.png masks (uint8 class ids)")
+    p.add_argument("--overlay", action="store_true", help="also write colour overlays to OUT/overlays/")
+    _model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="score the model against ground-truth masks")
+    p.add_argument("--images", type=Path, required=True, help="folder of layer images")
+    p.add_argument("--masks", type=Path, required=True, help="folder of NAME.png class-id masks")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    _model_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("synth", help="simulate layer images with exact masks (a data set or a build)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=_positive_int, default=64, help="layers in a data set (default 64)")
+    p.add_argument("--size", type=_positive_int, default=512, help="frame height and width in px (default 512)")
+    p.add_argument("--build", action="store_true", help="write one build (consecutive layers) instead")
+    p.add_argument("--layers", type=_positive_int, default=40, help="layers in a build (default 40)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train the U-Net on simulated layers")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, cached data, history")
+    p.add_argument("--arch", default=DEFAULT_ARCH, help=f"one of {', '.join(sorted(ARCHITECTURES))}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-layers", type=_positive_int, default=1200)
+    p.add_argument("--val-layers", type=_positive_int, default=48)
+    p.add_argument("--batch", type=_positive_int, default=12)
+    p.add_argument("--epochs", type=_positive_int, default=22)
+    p.add_argument("--steps", type=_positive_int, default=60, help="optimiser steps per epoch")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this (0: off)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="default: the checkpoint's path with .onnx")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from segmentation.errors import SegmentationError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if getattr(args, "model", "unset") is None:
+        from segmentation.inference import DEFAULT_MODEL
+
+        args.model = DEFAULT_MODEL
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (CommandError, SegmentationError) as err:
+        print(f"layerwatch {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"layerwatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Reading layer images and writing masks and overlays.
+
+Accepted: PNG, JPEG and TIFF, 8 or 16 bit, gray or colour, any size up to a configurable limit.
+Arrays are returned in RGB order (never OpenCV's BGR) or as (H, W) gray.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segmentation.classes import CLASS_COLORS
+from segmentation.errors import ImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "iter_image_paths",
+    "overlay",
+    "read_image",
+    "write_mask",
+    "write_overlay",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000
+
+
+def iter_image_paths(inputs: Iterable[Path]) -> Iterator[Path | ImageError]:
+    """Files named directly, and the images inside named directories (sorted, not recursive).
+
+    Yields an :class:`ImageError` in place of an input that cannot give any image, so that a
+    batch goes on with the other inputs.
+    """
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                yield ImageError(f"{item}: directory has no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
+            yield from found
+        elif item.exists():
+            yield item
+        else:
+            yield ImageError(f"{item}: no such file or directory")
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one layer image: (H, W) gray or (H, W, 3) RGB, uint8 or uint16.
+
+    Raises:
+        ImageError: unsupported format, empty, truncated or corrupt file, frame over ``max_pixels``.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(
+            f"{path}: unsupported format {suffix or '(no extension)'!r}; expected PNG, JPEG or TIFF "
+            f"({', '.join(IMAGE_SUFFIXES)})"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read file ({err.strerror})") from err
+    if not data:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+    _check_header(path, data, max_pixels)
+    if suffix in (".jpg", ".jpeg") and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        # libjpeg decodes a truncated JPEG into a half-gray frame with only a warning
+        raise ImageError(f"{path}: truncated JPEG (no end-of-image marker); re-export or re-capture the frame")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError(f"{path}: corrupt or unreadable image data")
+    if img.dtype not in (np.uint8, np.uint16):
+        if np.issubdtype(img.dtype, np.floating):
+            img = img.astype(np.float32)
+        else:
+            raise ImageError(f"{path}: unsupported pixel type {img.dtype}; expected 8- or 16-bit")
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            img = img[..., 0]
+        elif img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+        else:
+            raise ImageError(f"{path}: {img.shape[2]} channels; expected gray, RGB or RGBA")
+    return np.ascontiguousarray(img)
+
+
+def _check_header(path: Path, data: bytes, max_pixels: int) -> None:
+    """Refuse empty or oversized frames from the header alone, before decoding a huge buffer."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's decompression-bomb warning: we check the size ourselves
+            Image.MAX_IMAGE_PIXELS = None
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                fmt = im.format
+    except Exception as err:  # PIL raises several types for unknown or corrupt headers
+        raise ImageError(f"{path}: not a readable PNG/JPEG/TIFF image ({type(err).__name__})") from err
+    if fmt == "PNG":
+        # check every chunk and CRC first: libpng would print its own error on stderr
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.verify()
+        except Exception as err:
+            raise ImageError(f"{path}: corrupt or truncated PNG ({err}); re-export or re-capture the frame") from err
+    if w == 0 or h == 0:
+        raise ImageError(f"{path}: image has zero size ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{path}: frame is {w}x{h} = {w * h / 1e6:.1f} Mpx, over the limit of {max_pixels / 1e6:.1f} Mpx; "
+            "raise --max-pixels if this is intended"
+        )
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """Write (H, W) uint8 class ids as a one-channel 8-bit PNG."""
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W) uint8, got {mask.shape} {mask.dtype}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), mask):
+        raise ImageError(f"{path}: could not write the mask (check the folder is writable)")
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the image in gray with every non-powder class tinted by its colour."""
+    from segmentation.preprocess import to_gray_float
+
+    gray = to_gray_float(image)
+    lo, hi = np.percentile(gray, (0.5, 99.5))
+    g = np.clip((gray - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.repeat((g * 255)[..., None], 3, axis=2)
+    color = CLASS_COLORS[mask].astype(np.float32)
+    tint = (mask > 0)[..., None]
+    out = np.where(tint, (1 - alpha) * rgb + alpha * color, rgb)
+    return out.astype(np.uint8)
+
+
+def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
+    """Write the :func:`overlay` of ``mask`` on ``image`` as an RGB PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(overlay(image, mask), cv2.COLOR_RGB2BGR)):
+        raise ImageError(f"{path}: could not write the overlay (check the folder is writable)")

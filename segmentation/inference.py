@@ -1,0 +1,314 @@
+"""Inference: one :class:`Segmenter` API over interchangeable engines (torch, ONNX Runtime).
+
+An engine maps a normalised batch (N, 1, H, W) float32 to logits (N, C, H, W) float32. The
+Segmenter owns everything around it: conversion to gray, whole-frame normalisation, padding to the
+network's stride, tiling of large frames with overlap and blending, softmax and argmax.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from segmentation.errors import ImageError, ModelError
+from segmentation.preprocess import normalize, to_gray_float
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ENGINES",
+    "Engine",
+    "OnnxEngine",
+    "Segmentation",
+    "Segmenter",
+    "TorchEngine",
+    "create_engine",
+    "export_onnx",
+]
+
+log = logging.getLogger(__name__)
+
+#: The shipped model, inside the repository's data folder.
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "models" / "layerwatch-unet.pt"
+
+
+class Engine(Protocol):
+    """Runs the network: (N, 1, H, W) float32 -> (N, C, H, W) float32 logits."""
+
+    name: str
+    stride: int
+    meta: dict[str, Any]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def _threads(threads: int | None) -> int:
+    return threads if threads is not None else max(1, min(os.cpu_count() or 1, 4))
+
+
+class TorchEngine:
+    """PyTorch eager inference on the CPU (or CUDA when ``device='cuda'``)."""
+
+    name = "torch"
+
+    def __init__(self, model_path: Path, threads: int | None = None, device: str = "cpu") -> None:
+        import torch
+
+        from segmentation.model import load_checkpoint
+
+        self._torch = torch
+        torch.set_num_threads(_threads(threads))
+        model, self.meta = load_checkpoint(model_path)
+        self.stride = model.spec.stride
+        self._device = torch.device(device)
+        self._model = model.to(self._device)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            out = self._model(self._torch.from_numpy(x).to(self._device))
+        return np.asarray(out.float().cpu().numpy())
+
+    def close(self) -> None:
+        self._model = None
+
+
+class OnnxEngine:
+    """ONNX Runtime inference. The ``.onnx`` file beside the checkpoint is exported when missing
+    or when it was made from another checkpoint (its metadata holds the checkpoint's sha256)."""
+
+    name = "onnx"
+
+    def __init__(self, model_path: Path, threads: int | None = None, onnx_path: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        from segmentation.model import ModelSpec, file_sha256
+
+        if not model_path.is_file():
+            raise ModelError(f"{model_path}: model file not found; pass --model PATH or run `layerwatch train`")
+        onnx_file = onnx_path or model_path.with_suffix(".onnx")
+        sha = file_sha256(model_path)
+        if not onnx_file.is_file() or _onnx_source_sha(onnx_file) != sha:
+            log.info("exporting %s to ONNX at %s", model_path, onnx_file)
+            export_onnx(model_path, onnx_file)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = _threads(threads)
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{onnx_file}: ONNX Runtime cannot load it ({err})") from err
+        props = self._session.get_modelmeta().custom_metadata_map
+        import json
+
+        self.meta = json.loads(props.get("layerwatch_meta", "{}"))
+        self.meta["sha256"] = sha
+        spec = self.meta.get("spec", {})
+        self.stride = ModelSpec(**{**spec, "decoder_channels": tuple(spec["decoder_channels"])}).stride
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._session.run(None, {self._input: x})[0])
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _onnx_source_sha(path: Path) -> str | None:
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a broken file is simply re-exported
+        return None
+    props = {p.key: p.value for p in model.metadata_props}
+    return props.get("layerwatch_source_sha256")
+
+
+def export_onnx(model_path: Path, onnx_path: Path, opset: int = 17) -> Path:
+    """Export a checkpoint to ONNX with dynamic batch, height and width; returns ``onnx_path``."""
+    import json
+    import tempfile
+    import warnings
+
+    import onnx
+    import torch
+
+    from segmentation.model import file_sha256, load_checkpoint
+
+    model, meta = load_checkpoint(model_path)
+    stride = model.spec.stride
+    dummy = torch.zeros(1, 1, stride * 4, stride * 4)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:
+        tmp_file = Path(tmp) / "model.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp_file),
+                input_names=["image"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp_file))
+        meta = {k: v for k, v in meta.items() if k != "sha256"}
+        for key, value in (
+            ("layerwatch_source_sha256", file_sha256(model_path)),
+            ("layerwatch_meta", json.dumps(meta)),
+        ):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp_file))
+        tmp_file.replace(onnx_path)
+    return onnx_path
+
+
+#: Engines by name; the error for an unknown name lists these.
+ENGINES: dict[str, Callable[..., Engine]] = {"onnx": OnnxEngine, "torch": TorchEngine}
+
+
+def create_engine(name: str, model_path: Path, threads: int | None = None) -> Engine:
+    try:
+        factory = ENGINES[name]
+    except KeyError:
+        raise ModelError(f"unknown engine {name!r}; valid engines: {', '.join(sorted(ENGINES))}") from None
+    return factory(model_path, threads=threads)
+
+
+class Segmentation(NamedTuple):
+    """``mask``: (H, W) uint8 class ids; ``probs``: (C, H, W) float32 class probabilities."""
+
+    mask: np.ndarray
+    probs: np.ndarray
+
+
+@dataclass
+class Segmenter:
+    """Segments layer images of any size, 8/16-bit, gray or colour.
+
+    Frames larger than ``tile`` in either dimension are processed as overlapping tiles of
+    ``tile`` px whose probabilities are blended with linear ramps across the ``overlap``.
+    Use as a context manager, or call :meth:`start` and :meth:`close`.
+    """
+
+    model_path: Path = DEFAULT_MODEL
+    engine: str = "onnx"
+    tile: int = 1024
+    overlap: int = 128
+    threads: int | None = None
+    max_pixels: int = 64_000_000
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ModelError(f"unknown engine {self.engine!r}; valid engines: {', '.join(sorted(ENGINES))}")
+        if self.overlap < 0 or self.tile <= 2 * self.overlap:
+            raise ValueError(f"tile={self.tile} must be more than twice overlap={self.overlap} (overlap >= 0)")
+        self._engine: Engine | None = None
+
+    def start(self) -> Segmenter:
+        if self._engine is None:
+            self._engine = create_engine(self.engine, Path(self.model_path), self.threads)
+            if self.tile % self._engine.stride:
+                raise ValueError(f"tile={self.tile} must be a multiple of the model stride {self._engine.stride}")
+        return self
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> Segmenter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def model_meta(self) -> dict[str, Any]:
+        """Architecture, training summary and sha256 of the loaded model."""
+        engine = self.start()._engine
+        return dict(engine.meta) if engine is not None else {}
+
+    def segment(self, image: np.ndarray) -> Segmentation:
+        """Segment one frame: (H, W) or (H, W, C) array -> :class:`Segmentation`."""
+        engine = self.start()._engine
+        assert engine is not None  # for mypy: start() sets it
+        img = np.asarray(image)
+        if img.size == 0 or img.ndim < 2 or 0 in img.shape[:2]:
+            raise ImageError(f"image has zero size {img.shape}")
+        if img.shape[0] * img.shape[1] > self.max_pixels:
+            raise ImageError(f"frame {img.shape[1]}x{img.shape[0]} is over the limit of {self.max_pixels} pixels")
+        try:
+            x = normalize(to_gray_float(img))
+        except ValueError as err:
+            raise ImageError(str(err)) from err
+        probs = self._probs(engine, x)
+        return Segmentation(probs.argmax(0).astype(np.uint8), probs)
+
+    def _probs(self, engine: Engine, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape
+        if h <= self.tile and w <= self.tile:
+            return self._run(engine, x)
+        ph, pw = max(h, self.tile), max(w, self.tile)
+        if (ph, pw) != (h, w):
+            x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
+        acc: np.ndarray | None = None
+        wsum = np.zeros((ph, pw), dtype=np.float32)
+        for r0 in _starts(ph, self.tile, self.overlap):
+            for c0 in _starts(pw, self.tile, self.overlap):
+                p = self._run(engine, x[r0 : r0 + self.tile, c0 : c0 + self.tile])
+                wt = np.outer(
+                    _ramp(self.tile, self.overlap, r0 == 0, r0 + self.tile == ph),
+                    _ramp(self.tile, self.overlap, c0 == 0, c0 + self.tile == pw),
+                )
+                if acc is None:
+                    acc = np.zeros((p.shape[0], ph, pw), dtype=np.float32)
+                acc[:, r0 : r0 + self.tile, c0 : c0 + self.tile] += p * wt
+                wsum[r0 : r0 + self.tile, c0 : c0 + self.tile] += wt
+        assert acc is not None
+        return (acc / wsum)[:, :h, :w]
+
+    @staticmethod
+    def _run(engine: Engine, x: np.ndarray) -> np.ndarray:
+        """(h, w) normalised -> (C, h, w) probabilities, padding to the stride by reflection."""
+        h, w = x.shape
+        s = engine.stride
+        ph, pw = -h % s, -w % s
+        if ph or pw:
+            x = np.pad(x, ((0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+        logits = engine(x[None, None].astype(np.float32))[0, :, :h, :w]
+        e = np.exp(logits - logits.max(0, keepdims=True))
+        return (e / e.sum(0, keepdims=True)).astype(np.float32)
+
+
+def _starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins covering ``size`` with at least ``overlap`` px shared by neighbours."""
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step))
+    starts.append(size - tile)
+    return starts
+
+
+def _ramp(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
+    """1-D blending weight: rises over ``overlap`` px at each inner edge, flat at frame borders."""
+    w = np.ones(tile, dtype=np.float32)
+    if overlap:
+        r = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        if not at_start:
+            w[:overlap] = r
+        if not at_end:
+            w[-overlap:] = r[::-1]
+    return w

@@ -1,0 +1,50 @@
+"""Image normalisation shared by training and inference, so both see the same numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["normalize", "to_gray_float"]
+
+# Floor for the per-frame standard deviation: an almost uniform frame (empty plate) must not have
+# its sensor noise amplified into structure.
+_MIN_STD = 0.02
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def to_gray_float(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, uint8/uint16/float -> (H, W) float32 in [0, 1].
+
+    Colour frames are reduced to luminance: the model is trained on gray so that a camera's tint
+    or white balance cannot change its answer.
+    """
+    img = np.asarray(image)
+    if img.dtype == np.uint8:
+        f = img.astype(np.float32) / 255.0
+    elif img.dtype == np.uint16:
+        f = img.astype(np.float32) / 65535.0
+    elif np.issubdtype(img.dtype, np.floating):
+        f = img.astype(np.float32)
+    else:
+        raise ValueError(f"unsupported pixel type {img.dtype}: expected uint8, uint16 or float")
+    if f.ndim == 3:
+        if f.shape[2] == 1:
+            f = f[..., 0]
+        elif f.shape[2] in (3, 4):
+            f = f[..., :3] @ _LUMA
+        else:
+            raise ValueError(f"unsupported channel count {f.shape[2]}: expected 1, 3 or 4")
+    elif f.ndim != 2:
+        raise ValueError(f"unsupported image shape {img.shape}: expected (H, W) or (H, W, C)")
+    return np.ascontiguousarray(f, dtype=np.float32)
+
+
+def normalize(gray: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1] -> zero-mean, unit-std (H, W) float32, statistics of the whole frame.
+
+    Computed once per frame (never per tile) so that a tiled prediction sees the same input as a
+    whole-frame one.
+    """
+    mean = float(gray.mean())
+    std = max(float(gray.std()), _MIN_STD)
+    return ((gray - mean) / std).astype(np.float32)

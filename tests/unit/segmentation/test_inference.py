@@ -1,0 +1,119 @@
+"""Engines, tiling and input handling of the Segmenter."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segmentation.errors import ImageError, ModelError
+from segmentation.inference import Segmenter, _starts, create_engine
+from segmentation.model import ARCHITECTURES, create_model
+from segmentation.simulator import SimBuild
+
+
+@pytest.fixture(scope="module")
+def frame() -> np.ndarray:
+    return SimBuild(5151, 320, 288, 20).layer(15).image
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_maps_image_to_class_logits(arch: str) -> None:
+    import torch
+
+    model = create_model(arch).eval()
+    s = model.spec.stride
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 1, 2 * s, 3 * s))
+    assert out.shape == (1, 5, 2 * s, 3 * s)
+
+
+def test_unknown_architecture_lists_valid_names() -> None:
+    with pytest.raises(ModelError, match=r"valid names: .*unet-mnv3s-d5"):
+        create_model("unet-nope")
+
+
+def test_unknown_engine_lists_valid_names(tiny_checkpoint: Path) -> None:
+    with pytest.raises(ModelError, match="valid engines: onnx, torch"):
+        create_engine("tensorrt", tiny_checkpoint)
+    with pytest.raises(ModelError, match="valid engines"):
+        Segmenter(tiny_checkpoint, engine="tflite")
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="model file not found"):
+        Segmenter(tmp_path / "none.pt", engine="torch").start()
+    with pytest.raises(ModelError, match="model file not found"):
+        Segmenter(tmp_path / "none.pt", engine="onnx").start()
+
+
+def test_engines_agree(tiny_checkpoint: Path, frame: np.ndarray, tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    with Segmenter(model, engine="torch") as a, Segmenter(model, engine="onnx") as b:
+        pa, pb = a.segment(frame).probs, b.segment(frame).probs
+    assert np.abs(pa - pb).max() < 1e-3
+    assert (tmp_path / "m.onnx").is_file()  # exported beside the checkpoint
+
+
+def test_onnx_is_reexported_when_the_checkpoint_changes(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import torch
+
+    from segmentation.model import DEFAULT_ARCH, save_checkpoint
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    x = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    with Segmenter(model, engine="onnx") as s:
+        first = s.segment(x).probs
+    torch.manual_seed(99)
+    save_checkpoint(model, create_model(DEFAULT_ARCH).eval(), DEFAULT_ARCH)
+    with Segmenter(model, engine="onnx") as s, Segmenter(model, engine="torch") as t:
+        second = s.segment(x).probs
+        assert np.abs(second - t.segment(x).probs).max() < 1e-3
+    assert np.abs(first - second).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda im: im,
+        lambda im: im.astype(np.uint16) * 257,
+        lambda im: np.repeat(im[..., None], 3, axis=2),
+        lambda im: np.repeat(im[..., None], 4, axis=2),
+        lambda im: im[:97, :61],
+        lambda im: im[:5, :7],
+    ],
+    ids=["gray8", "gray16", "rgb", "rgba", "odd-size", "tiny"],
+)
+def test_any_size_and_format_gives_a_same_size_mask(tiny_checkpoint: Path, frame: np.ndarray, convert) -> None:  # type: ignore[no-untyped-def]
+    gray = frame if frame.ndim == 2 else frame[..., 0]
+    gray = (gray / 257).astype(np.uint8) if gray.dtype == np.uint16 else gray
+    img = convert(gray)
+    with Segmenter(tiny_checkpoint, engine="torch") as s:
+        out = s.segment(img)
+    assert out.mask.shape == img.shape[:2] and out.mask.dtype == np.uint8
+    assert out.probs.shape == (5, *img.shape[:2])
+    assert np.allclose(out.probs.sum(0), 1, atol=1e-4)
+
+
+def test_zero_size_and_oversized_frames_are_refused(tiny_checkpoint: Path) -> None:
+    with Segmenter(tiny_checkpoint, engine="torch", max_pixels=1000) as s:
+        with pytest.raises(ImageError, match="zero size"):
+            s.segment(np.zeros((0, 10), np.uint8))
+        with pytest.raises(ImageError, match="over the limit"):
+            s.segment(np.zeros((40, 40), np.uint8))
+
+
+def test_tile_origins_cover_the_frame_with_overlap() -> None:
+    assert _starts(512, 1024, 128) == [0]
+    st = _starts(2048, 1024, 128)
+    assert st[0] == 0 and st[-1] == 1024
+    assert all(b - a <= 1024 - 128 for a, b in itertools.pairwise(st))
+
+
+def test_bad_tiling_arguments() -> None:
+    with pytest.raises(ValueError, match="more than twice overlap"):
+        Segmenter(tile=256, overlap=128)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segmentation.metrics import Evaluation, confusion, object_recall, scores
+from segmentation.preprocess import normalize, to_gray_float
+
+
+@pytest.mark.parametrize(
+    ("arr", "expect"),
+    [
+        (np.full((4, 5), 255, np.uint8), 1.0),
+        (np.full((4, 5), 65535, np.uint16), 1.0),
+        (np.full((4, 5, 3), 255, np.uint8), 1.0),
+        (np.full((4, 5, 4), 0, np.uint8), 0.0),
+        (np.full((4, 5, 1), 0.5, np.float32), 0.5),
+    ],
+)
+def test_to_gray_float_scales_every_format(arr: np.ndarray, expect: float) -> None:
+    g = to_gray_float(arr)
+    assert g.shape == (4, 5) and g.dtype == np.float32
+    assert np.allclose(g, expect, atol=1e-6)
+
+
+def test_to_gray_float_rejects_odd_channels() -> None:
+    with pytest.raises(ValueError, match="channel count 2"):
+        to_gray_float(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_normalize_is_scale_invariant_and_floors_flat_frames(rng: np.random.Generator) -> None:
+    g = rng.random((32, 32)).astype(np.float32)
+    assert np.allclose(normalize(g), normalize(g * 0.5 + 0.2), atol=1e-4)
+    flat = np.full((8, 8), 0.3, np.float32) + rng.normal(0, 1e-4, (8, 8)).astype(np.float32)
+    assert np.abs(normalize(flat)).max() < 0.1  # noise is not blown up
+
+
+def test_confusion_and_scores() -> None:
+    t = np.array([[0, 1], [2, 2]], np.uint8)
+    p = np.array([[0, 1], [2, 0]], np.uint8)
+    cm = confusion(t, p)
+    assert cm[2, 2] == 1 and cm[2, 0] == 1 and cm.sum() == 4
+    s = scores(cm)
+    assert s[2].iou == pytest.approx(0.5)
+    assert s[0].iou == pytest.approx(0.5)
+    assert s[1].iou == pytest.approx(1.0)
+    assert np.isnan(s[4].iou)
+
+
+def test_object_recall_counts_half_covered_objects() -> None:
+    t = np.zeros((10, 10), np.uint8)
+    t[1:3, 1:3] = 2  # 4 px, prediction covers 2: found
+    t[6:9, 6:9] = 2  # 9 px, prediction covers 4: missed
+    p = np.zeros_like(t)
+    p[1:3, 1] = 2
+    p[6:8, 6:8] = 2
+    assert object_recall(t, p) == (1, 2)
+
+
+def test_evaluation_accumulates() -> None:
+    ev = Evaluation.empty()
+    t = np.zeros((4, 4), np.uint8)
+    t[1, 1] = 2
+    ev.add(t, t)
+    ev.add(t, np.zeros_like(t))
+    d = ev.to_dict()
+    assert d["frames"] == 2 and d["pores_found"] == 1 and d["pores_total"] == 2
+    with pytest.raises(ValueError, match="shape"):
+        ev.add(t, np.zeros((3, 3), np.uint8))

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+from scipy import ndimage
+
+from segmentation.classes import LayerClass
+from segmentation.preprocess import to_gray_float
+from segmentation.simulator import SimBuild, SimLayer, simulate_dataset
+
+
+def test_same_seed_gives_identical_layers() -> None:
+    a = SimBuild(7, 192, 160, 20).layer(12)
+    b = SimBuild(7, 192, 160, 20).layer(12)
+    assert np.array_equal(a.image, b.image)
+    assert np.array_equal(a.mask, b.mask)
+    assert np.array_equal(a.part_ids, b.part_ids)
+    assert a.image.shape[:2] == (192, 160) and a.mask.shape == (192, 160)
+
+
+def test_different_seeds_differ() -> None:
+    a = SimBuild(1, 128, 128, 10).layer(5)
+    b = SimBuild(2, 128, 128, 10).layer(5)
+    assert not np.array_equal(a.mask, b.mask)
+
+
+def test_mask_classes_are_consistent_with_parts(sim_layer: SimLayer) -> None:
+    m, ids = sim_layer.mask, sim_layer.part_ids
+    assert m.dtype == np.uint8 and set(np.unique(m)) <= set(range(5))
+    # part and porosity pixels lie inside parts; powder pixels outside
+    assert np.all(ids[m == LayerClass.PART] > 0)
+    assert np.all(ids[m == LayerClass.POROSITY] > 0)
+    assert np.all(ids[m == LayerClass.POWDER] == 0)
+
+
+def test_defects_look_like_what_they_are() -> None:
+    """Pores are darker than the part around them, spatter brighter than its surroundings."""
+    darker = brighter = 0
+    for seed in range(6):
+        layer = SimBuild(100 + seed, 256, 256, 30).layer(22)
+        g = to_gray_float(layer.image)
+        m = layer.mask
+        part = m == LayerClass.PART
+        pores = m == LayerClass.POROSITY
+        if pores.sum() > 20 and part.sum() > 100:
+            darker += int(g[pores].mean() < np.median(g[part]))
+        spat = m == LayerClass.SPATTER
+        ring = ndimage.binary_dilation(spat, iterations=4) & ~ndimage.binary_dilation(spat, iterations=2)
+        if spat.sum() > 20:
+            brighter += int(g[spat].mean() > np.median(g[ring]))
+    assert darker >= 3 and brighter >= 3
+
+
+def test_pores_span_consecutive_layers(sim_build: SimBuild) -> None:
+    """Each pore is visible on an unbroken run of layers, widest in the middle (3D coherence)."""
+    spans = []
+    for pore in sim_build.spec.pores[:25]:
+        alone = SimBuild(sim_build.seed, spec=replace(sim_build.spec, pores=(pore,)))
+        areas = [int(alone._pore_mask(k, alone.part_ids(k)).sum()) for k in range(alone.n_layers)]
+        visible = [k for k, a in enumerate(areas) if a]
+        if visible:
+            assert visible == list(range(visible[0], visible[-1] + 1))
+            spans.append(len(visible))
+    assert spans and max(spans) >= 2
+
+
+def test_warping_grows_over_consecutive_layers() -> None:
+    for seed in range(20):
+        build = SimBuild(seed, 256, 256, 40)
+        if build.spec.warps:
+            break
+    w = build.spec.warps[0]
+    areas = []
+    for k in range(w.start, min(w.start + 8, build.n_layers)):
+        ids = build.part_ids(k)
+        if not (ids == w.part_id).any():
+            break
+        m, _ = build._warp_mask(k, ids)
+        areas.append(int(m.sum()))
+    assert len(areas) >= 2
+    assert all(b >= a for a, b in itertools.pairwise(areas))
+    assert areas[-1] > areas[0]
+
+
+def test_spatter_is_new_on_every_layer(sim_build: SimBuild) -> None:
+    a = sim_build.layer(10).mask == LayerClass.SPATTER
+    b = sim_build.layer(11).mask == LayerClass.SPATTER
+    assert a.any() and b.any()
+    assert (a & b).sum() < 0.5 * min(a.sum(), b.sum())
+
+
+def test_appearance_varies_across_builds() -> None:
+    layers = simulate_dataset(31, 24, 128, 128)
+    kinds = {(la.image.ndim, la.image.dtype.str) for la in layers}
+    assert (2, "|u1") in kinds or (2, "<u2") in kinds  # gray
+    assert any(nd == 3 for nd, _ in kinds)  # colour
+    pitches = {round(la.meta["mm_per_px"], 4) for la in layers}
+    assert len(pitches) > 3
+    defects = np.bincount(np.concatenate([la.mask.ravel() for la in layers]), minlength=5)
+    assert all(defects[c] > 0 for c in (2, 3, 4))
+
+
+def test_part_geometries_are_varied() -> None:
+    kinds = set()
+    for seed in range(12):
+        kinds |= {p.kind for p in SimBuild(seed, 128, 128, 10).spec.parts}
+    assert kinds == {"box", "cylinder", "thin_wall", "ring", "overhang"}
