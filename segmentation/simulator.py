@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -134,7 +135,8 @@ def _random_spec(seed: int, height: int, width: int, n_layers: int) -> BuildSpec
     mmpp = float(rng.uniform(0.05, 0.12))
     plate_w, plate_h = width * mmpp, height * mmpp
     parts: list[PartSpec] = []
-    n_parts = int(rng.integers(2, 7))
+    # some builds have an empty plate: frames with nothing fused must stay all powder
+    n_parts = 0 if rng.random() < 0.07 else int(rng.integers(1, 7))
     placed: list[tuple[float, float, float]] = []
     for pid in range(1, n_parts + 1):
         kind: PartKind = PART_KINDS[int(rng.integers(len(PART_KINDS)))]
@@ -292,7 +294,11 @@ class SimBuild:
         self._hatch_angle0 = float(rng.uniform(0, math.pi))
         self._hatch_period = float(rng.uniform(3.0, 7.0))
         self._light = float(rng.uniform(0, 2 * math.pi))  # direction light comes from
-        self._border = rng.random() < 0.3
+        # chamber walls beyond the plate on some sides, of varied width and darkness
+        self._border = rng.random(4) < 0.35
+        self._border_width = rng.uniform(0.015, 0.08, 4)
+        self._border_gain = float(rng.uniform(0.15, 0.7))
+        self._jpeg_quality = int(rng.integers(60, 96)) if rng.random() < 0.25 else 0
 
     @property
     def n_layers(self) -> int:
@@ -468,14 +474,21 @@ class SimBuild:
         return prof[:, None].T.repeat(s.height, 0) if s.recoat_axis == 0 else prof[:, None].repeat(s.width, 1)
 
     def _smudges(self, rng: np.random.Generator) -> np.ndarray:
+        """Soft powder blotches and uneven-spreading bands: not defects, and not parts."""
         s = self.spec
         field = np.zeros((s.height, s.width), dtype=np.float32)
-        for _ in range(int(rng.integers(0, 4))):
+        for _ in range(int(rng.integers(0, 5))):
             cx, cy = rng.uniform(0, s.width), rng.uniform(0, s.height)
-            r = float(rng.uniform(12, 45))
-            field += float(rng.uniform(-0.06, 0.06)) * np.exp(
+            r = float(rng.uniform(12, 60))
+            field += float(rng.uniform(-0.1, 0.1)) * np.exp(
                 -((self._xx - cx) ** 2 + (self._yy - cy) ** 2) / (2 * r * r)
             )
+        if rng.random() < 0.4:
+            # bands across the recoating direction where the blade spread unevenly
+            n = s.height if s.recoat_axis == 0 else s.width
+            prof = ndimage.gaussian_filter1d(rng.normal(0, 1, n), float(rng.uniform(4, 25)))
+            prof = (prof / max(float(np.abs(prof).max()), 1e-6) * float(rng.uniform(0.02, 0.09))).astype(np.float32)
+            field += prof[:, None] if s.recoat_axis == 0 else prof[None, :]
         return field
 
     def _spatter(
@@ -519,25 +532,44 @@ class SimBuild:
 
     def _camera(self, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
         s = self.spec
-        # illumination: linear gradient and vignetting, then per-layer gain
-        gx, gy = rng.normal(0, 0.15, 2)
+        # illumination: linear gradient, vignetting and broad uneven lighting, then per-layer gain
+        gx, gy = rng.normal(0, 0.2, 2)
         xn = self._xx / s.width - 0.5
         yn = self._yy / s.height - 0.5
-        illum = 1.0 + gx * xn + gy * yn - float(rng.uniform(0, 0.35)) * (xn * xn + yn * yn) * 2
+        illum = 1.0 + gx * xn + gy * yn - float(rng.uniform(0, 0.4)) * (xn * xn + yn * yn) * 2
+        for _ in range(int(rng.integers(0, 4))):
+            cx, cy, r = rng.uniform(-0.3, 1.3), rng.uniform(-0.3, 1.3), rng.uniform(0.15, 0.5)
+            illum += float(rng.uniform(-0.2, 0.2)) * np.exp(
+                -((self._xx / s.width - cx) ** 2 + (self._yy / s.height - cy) ** 2) / (2 * r * r)
+            )
         img = img * illum
-        if self._border:
+        if self._border.any():
             # dark chamber walls beyond the plate (still "powder"/background class)
-            b = int(min(s.height, s.width) * 0.03)
             edge = np.zeros_like(img, dtype=bool)
-            edge[:b], edge[-b:], edge[:, :b], edge[:, -b:] = True, True, True, True
-            img = np.where(edge, img * 0.4, img)
+            bh = (self._border_width * s.height).astype(int)
+            bw = (self._border_width * s.width).astype(int)
+            if self._border[0]:
+                edge[: bh[0]] = True
+            if self._border[1]:
+                edge[s.height - bh[1] :] = True
+            if self._border[2]:
+                edge[:, : bw[2]] = True
+            if self._border[3]:
+                edge[:, s.width - bw[3] :] = True
+            img = np.where(edge, img * self._border_gain, img)
         sigma = float(rng.uniform(0.0, 1.0))
         if sigma > 0.3:
             img = ndimage.gaussian_filter(img, sigma)
         img = img + rng.normal(0, float(rng.uniform(0.005, 0.03)), img.shape).astype(np.float32)
         gain = float(rng.uniform(0.8, 1.2))
         gamma = float(rng.uniform(0.8, 1.25))
-        return np.clip(np.clip(img * gain, 0, 1) ** gamma, 0, 1).astype(np.float32)
+        img = np.clip(np.clip(img * gain, 0, 1) ** gamma, 0, 1).astype(np.float32)
+        if self._jpeg_quality:
+            # compression artefacts of cameras that only stream JPEG
+            ok, buf = cv2.imencode(".jpg", (img * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, self._jpeg_quality])
+            if ok:
+                img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+        return img
 
     def _encode(self, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
         s = self.spec
@@ -555,18 +587,20 @@ def simulate_dataset(
 ) -> list[SimLayer]:
     """``count`` layers drawn from ``ceil(count / layers_per_build)`` builds seeded from ``seed``.
 
-    Layers are drawn from the upper part of each build, where warping has had time to grow.
+    Three of every four layers come from the upper part of a build, where warping has had time to
+    grow; the others from anywhere, so that early layers and layers without parts are seen too.
     """
     out: list[SimLayer] = []
     b = 0
+    n_layers = 40
     while len(out) < count:
         build_seed = seed * 100_003 + b
-        n_layers = 40
         build = SimBuild(build_seed, height, width, n_layers)
         rng = _rng(build_seed, 9)
-        ks = sorted(rng.choice(np.arange(8, n_layers), size=layers_per_build, replace=False).tolist())
+        upper = rng.choice(np.arange(8, n_layers), size=layers_per_build, replace=False)
+        ks = [int(k) if i % 4 else int(rng.integers(0, n_layers)) for i, k in enumerate(upper)]
         for k in ks:
             if len(out) < count:
-                out.append(build.layer(int(k)))
+                out.append(build.layer(k))
         b += 1
     return out

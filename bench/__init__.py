@@ -1,0 +1,1 @@
+"""Benchmark and evaluation scripts (run from the repository root; see docs/benchmarks.md)."""

@@ -1,0 +1,89 @@
+"""The weights in data/models are real: they segment freshly simulated layers, agree across
+engines and tilings, and drive the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.demo import SAMPLE_LAYERS, run_demo
+from segmentation.evaluate import evaluate_simulated, read_mask
+from segmentation.inference import DEFAULT_MODEL, Segmenter
+from segmentation.metrics import Evaluation, scores
+from segmentation.simulator import SimBuild
+
+pytestmark = pytest.mark.integration
+
+# Seed stream used only by this test: not training (1, 2), not the held-out benchmark (7000001).
+FRESH_STREAM = 9_000_001
+
+
+@pytest.fixture(scope="module")
+def onnx_seg() -> Segmenter:
+    seg = Segmenter(DEFAULT_MODEL, engine="onnx").start()
+    yield seg  # type: ignore[misc]
+    seg.close()
+
+
+def test_shipped_weights_are_small_and_described() -> None:
+    assert DEFAULT_MODEL.is_file()
+    assert DEFAULT_MODEL.stat().st_size < 20 * 1024 * 1024
+    card = (DEFAULT_MODEL.parent / "MODEL_CARD.md").read_text()
+    assert "layerwatch train" in card and "IoU" in card
+
+
+@pytest.mark.slow
+def test_shipped_weights_reach_minimum_iou_on_fresh_layers(onnx_seg: Segmenter) -> None:
+    ev = evaluate_simulated(onnx_seg, count=8, size=512, seed=FRESH_STREAM)
+    iou = {s.name: s.iou for s in scores(ev.cm)}
+    # floors well below the measured figures (MODEL_CARD.md): an untrained network scores ~0 here
+    assert iou["part"] >= 0.85, iou
+    assert iou["porosity"] >= 0.55, iou
+    assert iou["spatter"] >= 0.55, iou
+    assert iou["warping"] >= 0.55, iou
+    assert ev.pore_recall >= 0.7
+
+
+def test_engines_agree_on_the_shipped_model(onnx_seg: Segmenter) -> None:
+    frame = SimBuild(FRESH_STREAM + 1, 384, 448, 20).layer(16).image
+    with Segmenter(DEFAULT_MODEL, engine="torch") as torch_seg:
+        a = torch_seg.segment(frame).probs
+    b = onnx_seg.segment(frame).probs
+    assert np.abs(a - b).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_tiled_prediction_agrees_with_whole_frame() -> None:
+    frame = SimBuild(FRESH_STREAM + 2, 1024, 1024, 20).layer(16).image
+    with (
+        Segmenter(DEFAULT_MODEL, engine="onnx", tile=1024) as whole,
+        Segmenter(DEFAULT_MODEL, engine="onnx", tile=512, overlap=128) as tiled,
+    ):
+        w = whole.segment(frame)
+        t = tiled.segment(frame)
+    agree = float((w.mask == t.mask).mean())
+    assert agree >= 0.995, agree
+    assert float(np.abs(w.probs - t.probs).mean()) < 0.01
+    # defects in particular: tiling must not create or erase them
+    for c in (2, 3, 4):
+        inter = np.logical_and(w.mask == c, t.mask == c).sum()
+        union = np.logical_or(w.mask == c, t.mask == c).sum()
+        assert union == 0 or inter / union >= 0.9, (c, inter, union)
+
+
+@pytest.mark.slow
+def test_demo_segments_every_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_demo(tmp_path) == 0
+    out = capsys.readouterr().out
+    samples = sorted(SAMPLE_LAYERS.glob("*.png"))
+    assert len(samples) >= 5
+    ev = Evaluation.empty()
+    for s in samples:
+        assert s.name in out
+        mask = read_mask(tmp_path / s.name)
+        assert (tmp_path / "overlays" / s.name).is_file()
+        ev.add(read_mask(SAMPLE_LAYERS.parent / "masks" / s.name), mask)
+    iou = {x.name: x.iou for x in scores(ev.cm)}
+    assert iou["part"] >= 0.85 and iou["porosity"] >= 0.5, iou

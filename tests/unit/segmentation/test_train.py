@@ -1,0 +1,46 @@
+"""A tiny training run: checkpoints, history, resume, and a loadable model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segmentation.inference import Segmenter
+from segmentation.train import TrainConfig, train
+
+
+@pytest.mark.slow
+def test_train_writes_checkpoints_and_resumes(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        out=tmp_path, train_layers=8, val_layers=4, frame=96, crop=64, batch=2, epochs=3, steps_per_epoch=2, workers=1
+    )
+    lines: list[str] = []
+    # stop after the first epoch to simulate an interrupted run
+    first = train(replace(cfg, max_minutes=1e-9), echo=lines.append)
+    assert len(first["history"]) == 1
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    assert any(ln.startswith("epoch 1: loss") and "porosity" in ln for ln in lines)
+
+    result = train(cfg, resume=True, echo=lines.append)
+    assert any("resumed" in ln and "epoch 1" in ln for ln in lines)
+    assert [row["epoch"] for row in result["history"]] == [1, 2, 3]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history) == 3 and set(history[0]["iou"]) == {"powder", "part", "porosity", "spatter", "warping"}
+
+    with Segmenter(tmp_path / "best.pt", engine="torch") as seg:
+        out = seg.segment(np.zeros((64, 80), np.uint8))
+        assert out.mask.shape == (64, 80)
+        assert seg.model_meta["train_config"]["epochs"] == "3"
+
+
+def test_bad_config_values_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="arch='nope'"):
+        TrainConfig(out=tmp_path, arch="nope")
+    with pytest.raises(ValueError, match="crop=600 is larger than frame=512"):
+        TrainConfig(out=tmp_path, crop=600)
+    with pytest.raises(ValueError, match="epochs=0"):
+        TrainConfig(out=tmp_path, epochs=0)
