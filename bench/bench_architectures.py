@@ -33,7 +33,7 @@ def latency(arch: str, size: int, repeat: int, threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     model = create_model(arch).eval()
-    x = torch.randn(1, 1, size, size)
+    x = torch.randn(1, ARCHITECTURES[arch].in_channels, size, size)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

@@ -148,6 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             steps_per_epoch=args.steps,
             lr=args.lr,
             max_minutes=args.max_minutes,
+            precision=args.precision,
         )
     except ValueError as err:
         raise CommandError(str(err)) from err
@@ -221,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-layers", type=_positive_int, default=1200)
     p.add_argument("--val-layers", type=_positive_int, default=48)
     p.add_argument("--batch", type=_positive_int, default=12)
-    p.add_argument("--epochs", type=_positive_int, default=22)
-    p.add_argument("--steps", type=_positive_int, default=60, help="optimiser steps per epoch")
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--steps", type=_positive_int, default=80, help="optimiser steps per epoch")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="training arithmetic (default bf16)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

@@ -44,8 +44,10 @@ ARCHITECTURES: dict[str, ModelSpec] = {
     "unet-mnv3l-d5": ModelSpec("tu-mobilenetv3_large_075", 5, (64, 32, 24, 16, 8)),
     "unet-mnv3s-d5": ModelSpec("tu-mobilenetv3_small_100", 5, (64, 32, 24, 16, 16)),
     "unet-mnv3s-d5-r8": ModelSpec("tu-mobilenetv3_small_100", 5, (64, 32, 24, 16, 8), refine=8),
+    # second input channel: local contrast (segmentation.preprocess.local_contrast)
+    "unet-mnv3s-d5-lc": ModelSpec("tu-mobilenetv3_small_100", 5, (64, 32, 24, 16, 16), in_channels=2),
 }
-DEFAULT_ARCH = "unet-mnv3s-d5"
+DEFAULT_ARCH = "unet-mnv3s-d5-lc"
 
 
 def create_model(arch: str | ModelSpec) -> Any:

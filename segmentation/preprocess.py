@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize", "to_gray_float"]
+__all__ = ["local_contrast", "model_input", "normalize", "to_gray_float"]
 
 # Floor for the per-frame standard deviation: an almost uniform frame (empty plate) must not have
 # its sensor noise amplified into structure.
@@ -48,3 +48,34 @@ def normalize(gray: np.ndarray) -> np.ndarray:
     mean = float(gray.mean())
     std = max(float(gray.std()), _MIN_STD)
     return ((gray - mean) / std).astype(np.float32)
+
+
+# Scale of the local-contrast channel: a few scan-track periods, far below a part's size, so the
+# channel keeps texture and outlines and drops broad lighting.
+_LOCAL_SIGMA = 6.0
+_LOCAL_MIN_STD = 0.01
+
+
+def local_contrast(gray: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1] -> (H, W) float32: each pixel against its neighbourhood's mean and
+    spread (Gaussian window of sigma 6 px), clipped to +-5. Illumination gradients vanish here."""
+    import cv2
+
+    mean = cv2.GaussianBlur(gray, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
+    diff = gray - mean
+    var = cv2.GaussianBlur(diff * diff, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
+    out = diff / np.sqrt(np.maximum(var, _LOCAL_MIN_STD**2))
+    return np.clip(out, -5.0, 5.0).astype(np.float32)
+
+
+def model_input(gray: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) float32 in [0, 1] -> (channels, H, W) float32 network input for the whole frame.
+
+    Channel 0 is :func:`normalize`; a second channel, where the model has one, is
+    :func:`local_contrast`. Computed on the whole frame before any tiling.
+    """
+    if channels == 1:
+        return normalize(gray)[None]
+    if channels == 2:
+        return np.stack([normalize(gray), local_contrast(gray)])
+    raise ValueError(f"models with {channels} input channels are not supported (1 or 2)")

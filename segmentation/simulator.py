@@ -567,8 +567,9 @@ class SimBuild:
         if self._jpeg_quality:
             # compression artefacts of cameras that only stream JPEG
             ok, buf = cv2.imencode(".jpg", (img * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, self._jpeg_quality])
-            if ok:
-                img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+            dec = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else None
+            if dec is not None:
+                img = dec.astype(np.float32) / 255.0
         return img
 
     def _encode(self, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(2, 1, 64, 64))
+            model(torch.randn(2, model.spec.in_channels, 64, 64))
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_checkpoint(path, model, DEFAULT_ARCH, {"note": "untrained test model"})
     return path

@@ -26,7 +26,7 @@ def test_every_architecture_maps_image_to_class_logits(arch: str) -> None:
     model = create_model(arch).eval()
     s = model.spec.stride
     with torch.inference_mode():
-        out = model(torch.zeros(1, 1, 2 * s, 3 * s))
+        out = model(torch.zeros(1, model.spec.in_channels, 2 * s, 3 * s))
     assert out.shape == (1, 5, 2 * s, 3 * s)
 
 

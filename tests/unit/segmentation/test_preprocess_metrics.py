@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from segmentation.metrics import Evaluation, confusion, object_recall, scores
-from segmentation.preprocess import normalize, to_gray_float
+from segmentation.preprocess import local_contrast, model_input, normalize, to_gray_float
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,21 @@ def test_evaluation_accumulates() -> None:
     assert d["frames"] == 2 and d["pores_found"] == 1 and d["pores_total"] == 2
     with pytest.raises(ValueError, match="shape"):
         ev.add(t, np.zeros((3, 3), np.uint8))
+
+
+def test_local_contrast_removes_broad_lighting(rng: np.random.Generator) -> None:
+    texture = (0.5 + 0.05 * rng.normal(size=(96, 96))).astype(np.float32)
+    ramp = np.linspace(0.6, 1.4, 96, dtype=np.float32)[None, :]
+    a, b = local_contrast(texture), local_contrast(texture * ramp)
+    centre = (slice(20, 76), slice(20, 76))
+    assert np.corrcoef(a[centre].ravel(), b[centre].ravel())[0, 1] > 0.95
+    assert np.abs(a).max() <= 5.0
+
+
+def test_model_input_channels() -> None:
+    g = np.random.default_rng(0).random((16, 24)).astype(np.float32)
+    assert model_input(g, 1).shape == (1, 16, 24)
+    two = model_input(g, 2)
+    assert two.shape == (2, 16, 24) and np.allclose(two[0], normalize(g))
+    with pytest.raises(ValueError, match="3 input channels"):
+        model_input(g, 3)
