@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, LayerClass
+from segmentation.classes import CLASS_NAMES, LayerClass
 
 __all__ = ["SAMPLE_LAYERS", "run_demo"]
 
@@ -40,8 +40,13 @@ def run_demo(out: Path, engine: str = "onnx", model: Path | None = None, samples
             write_mask(out / f"{path.stem}.png", mask)
             write_overlay(out / "overlays" / f"{path.stem}.png", image, mask)
             counts = np.bincount(mask.ravel(), minlength=len(CLASS_NAMES))
-            part = counts[LayerClass.PART] + sum(counts[c] for c in DEFECT_CLASSES)
-            fr = "  ".join(f"{CLASS_NAMES[c]} {counts[c] / max(part, 1):6.2%}" for c in DEFECT_CLASSES)
-            print(f"{path.name}: part {part / mask.size:6.2%} of frame; defects (share of part area): {fr}")
+            # pores and warping belong to parts; spatter lands anywhere on the plate
+            part = counts[LayerClass.PART] + counts[LayerClass.POROSITY] + counts[LayerClass.WARPING]
+            print(
+                f"{path.name}: part {part / mask.size:6.2%} of frame; porosity "
+                f"{counts[LayerClass.POROSITY] / max(part, 1):6.2%} and warping "
+                f"{counts[LayerClass.WARPING] / max(part, 1):6.2%} of part area; spatter "
+                f"{counts[LayerClass.SPATTER] / mask.size:6.3%} of frame"
+            )
     print(f"masks in {out}/, overlays in {out}/overlays/")
     return 0
