@@ -9,6 +9,7 @@ frames with overlap and blending, and the class-id mask.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -110,8 +111,6 @@ class OnnxEngine:
         except Exception as err:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{onnx_file}: ONNX Runtime cannot load it ({err})") from err
         props = self._session.get_modelmeta().custom_metadata_map
-        import json
-
         self.meta = json.loads(props.get("layerwatch_meta", "{}"))
         self.meta["sha256"] = sha
         spec = self.meta.get("spec", {})
@@ -157,7 +156,6 @@ def _onnx_source_sha(path: Path) -> str | None:
 
 def export_onnx(model_path: Path, onnx_path: Path, opset: int = 17) -> Path:
     """Export a checkpoint to ONNX with dynamic batch, height and width; returns ``onnx_path``."""
-    import json
     import tempfile
     import warnings
 

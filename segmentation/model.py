@@ -7,7 +7,6 @@ this module only knows how to build the network and how to save and load its wei
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +108,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def spec_json(arch: str) -> str:
-    return json.dumps(asdict(_resolve(arch)))

@@ -117,3 +117,20 @@ def test_tile_origins_cover_the_frame_with_overlap() -> None:
 def test_bad_tiling_arguments() -> None:
     with pytest.raises(ValueError, match="more than twice overlap"):
         Segmenter(tile=256, overlap=128)
+
+
+def test_channel_loop_argmax_matches_numpy(rng: np.random.Generator) -> None:
+    from segmentation.inference import _argmax
+
+    p = rng.random((5, 33, 47)).astype(np.float32)
+    p[:, 0, :5] = 0.5  # ties resolve to the first channel, as np.argmax does
+    assert np.array_equal(_argmax(p), p.argmax(0).astype(np.uint8))
+
+
+def test_exported_softmax_matches_torch() -> None:
+    import torch
+
+    from segmentation.inference import channel_softmax
+
+    x = torch.randn(2, 5, 8, 9) * 10
+    assert torch.allclose(channel_softmax()(x), x.softmax(1), atol=1e-6)
