@@ -137,6 +137,14 @@ def slm_recoat(seg: Segmenter, root: Path, out: Path | None) -> dict[str, Any]:
     return res
 
 
+MONTAGE = (
+    "No_Defect/converted__0000.png",
+    "Deformation_With_Scratch/converted__0035.png",
+    "slm_recoat/10448.png",
+    "fdm_pores/sample_1_raw.png",
+)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -145,6 +153,7 @@ def main() -> int:
     ap.add_argument("--engine", default="onnx")
     ap.add_argument("--limit", type=int, default=0, help="at most this many images per pblm folder (0: all)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--montage", type=Path, default=None, help="also write the docs figure (4 overlays) here")
     args = ap.parse_args()
     if not args.root.is_dir():
         print(f"real data not found at {args.root}: nothing to evaluate (this is expected outside the dev machine)")
@@ -187,6 +196,15 @@ def main() -> int:
             f"{s['scratch_called_defect']:.1%}"
         )
     print(f"overlays in {out}/")
+    if args.montage:
+        tiles = []
+        for name in MONTAGE:
+            tile = cv2.imread(str(out / name))
+            if tile is not None:
+                tiles.append(cv2.resize(tile, (384, 384), interpolation=cv2.INTER_AREA))
+        if tiles:
+            cv2.imwrite(str(args.montage), np.hstack(tiles), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            print(f"montage of {len(tiles)} overlays in {args.montage}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-layers", type=_positive_int, default=1200)
     p.add_argument("--val-layers", type=_positive_int, default=48)
     p.add_argument("--batch", type=_positive_int, default=12)
-    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--epochs", type=_positive_int, default=40)
     p.add_argument("--steps", type=_positive_int, default=80, help="optimiser steps per epoch")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="training arithmetic (default bf16)")
     p.add_argument("--lr", type=float, default=3e-3)

@@ -6,6 +6,7 @@ Arrays are returned in RGB order (never OpenCV's BGR) or as (H, W) gray.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -91,6 +92,9 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
 def _check_header(path: Path, data: bytes, max_pixels: int) -> None:
     """Refuse empty or oversized frames from the header alone, before decoding a huge buffer."""
     import io
@@ -98,12 +102,17 @@ def _check_header(path: Path, data: bytes, max_pixels: int) -> None:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's decompression-bomb warning: we check the size ourselves
-            Image.MAX_IMAGE_PIXELS = None
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                fmt = im.format
+        # PIL's decompression-bomb limit is a process-wide setting: lift it only around our own header read
+        # (we check the size against max_pixels ourselves) and put it back for every other PIL user
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    w, h = im.size
+                    fmt = im.format
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except Exception as err:  # PIL raises several types for unknown or corrupt headers
         raise ImageError(f"{path}: not a readable PNG/JPEG/TIFF image ({type(err).__name__})") from err
     if fmt == "PNG":

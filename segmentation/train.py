@@ -51,7 +51,7 @@ class TrainConfig:
     frame: int = 512
     crop: int = 256
     batch: int = 12
-    epochs: int = 30
+    epochs: int = 40
     steps_per_epoch: int = 80
     lr: float = 3e-3
     max_minutes: float = 0.0  # 0: no limit; otherwise stop (after an epoch) when exceeded
