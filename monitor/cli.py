@@ -174,6 +174,178 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, engine=args.engine, model=args.model)
 
 
+# ---- printer I/O services ---------------------------------------------------------------------
+def _mqtt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--printer", required=True, help="printer id, a topic level: letters, digits, _ . -")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file ([mqtt] section)")
+    p.add_argument("--broker", default=None, help="MQTT broker URL, mqtt://HOST:PORT or mqtts://; overrides [mqtt] url")
+
+
+def _link(args: argparse.Namespace, service: str):  # type: ignore[no-untyped-def]
+    from monitor.config import load_config
+    from printer_io.mqtt import MqttLink
+    from printer_io.topics import Topics
+
+    config = load_config(args.config).mqtt
+    if args.broker:
+        config = config.model_copy(update={"url": args.broker})
+    from monitor import __version__
+
+    return MqttLink(config, service=service, topics=Topics(config.prefix, args.printer), version=__version__)
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGINT or SIGTERM; services stop cleanly on either."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+def _printer_options(args: argparse.Namespace) -> dict[str, object]:
+    options: dict[str, object] = {"name": args.printer}
+    if args.backend in ("octoprint", "moonraker"):
+        options["url"] = args.url
+        options["api_key_file"] = args.api_key_file
+        options["timeout_s"] = args.timeout
+    if args.backend == "octoprint" and args.connect_port:
+        options["connect_port"] = args.connect_port
+    if args.backend == "virtual":
+        options.update(layers=args.layers, layer_time_s=args.layer_time)
+    return options
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from printer_io.bridge import Bridge
+    from printer_io.printer import create_printer
+
+    link = _link(args, "bridge")
+    bridge = Bridge(link, args.backend)
+    link.start()
+    closers: list[Callable[[], None]] = [link.close]
+    try:
+        if args.backend == "virtual":
+            from printer_io.virtual import VirtualPrinter
+
+            printer = VirtualPrinter(args.printer, layers=args.layers, layer_time_s=args.layer_time)
+            printer.add_layer_listener(bridge.on_virtual_layer)
+            printer.start()
+            printer.start_job(args.job)
+            closers.insert(0, printer.close)
+        elif args.backend == "octoprint":
+            from printer_io.octoprint import OctoPrintPrinter, OctoPrintTrigger
+
+            op = create_printer("octoprint", **_printer_options(args)).start()
+            assert isinstance(op, OctoPrintPrinter) and op.client is not None
+            trigger = OctoPrintTrigger(op.client, bridge.on_change).start()
+            closers[:0] = [trigger.close, op.close]
+        else:
+            from printer_io.moonraker import MoonrakerPrinter, MoonrakerTrigger, resolve_api_key
+
+            mr = create_printer("moonraker", **_printer_options(args)).start()
+            assert isinstance(mr, MoonrakerPrinter)
+            mtrigger = MoonrakerTrigger(
+                args.url, bridge.on_change, api_key=resolve_api_key(None, args.api_key_file)
+            ).start()
+            closers[:0] = [mtrigger.close, mr.close]
+        print(
+            f"bridge: publishing layer events of {args.printer} ({args.backend}) on {link.topics.layer}; Ctrl-C stops"
+        )
+        _wait_for_stop()
+    finally:
+        for close in closers:
+            close()
+    print(f"bridge: stopped after {len(bridge.published)} layer event(s)")
+    return EXIT_OK
+
+
+def cmd_camera(args: argparse.Namespace) -> int:
+    from monitor.sources import register
+    from printer_io.camera import CameraNode, CameraSettings, create_source
+
+    register()
+    if args.source == "opencv":
+        source = create_source("opencv", args.device)
+    elif args.source == "simulator":
+        source = create_source("simulator", seed=args.seed, size=args.size)
+    else:
+        if args.path is None:
+            raise CommandError(f"--source {args.source} needs --path (a folder of images or a .h5 record)")
+        source = create_source(args.source, args.path)
+    settings = CameraSettings(settle_s=args.settle, attempts=args.attempts, retry_s=args.retry, encoding=args.encoding)
+    node = CameraNode(_link(args, "camera"), source, settings).start()
+    print(f"camera: {args.source} source; one frame per layer event on {node.topics.layer}; Ctrl-C stops")
+    try:
+        _wait_for_stop()
+    finally:
+        node.close()
+    print(f"camera: stopped; {node.published} frame(s) published, {node.given_up} layer(s) given up")
+    return EXIT_OK
+
+
+def cmd_layer_event(args: argparse.Namespace) -> int:
+    from printer_io.messages import LayerEvent
+
+    # validated before connecting: a bad value never reaches the broker
+    fields = {"printer": args.printer, "job_id": args.job, "layer": args.layer, "z_mm": args.z, "source": "hook"}
+    event = LayerEvent.from_dict({"schema": LayerEvent.SCHEMA, **fields}, "layer-event")
+    link = _link(args, "hook")
+    link.start()
+    try:
+        link.publish(link.topics.layer, event.to_json(), wait_s=10)
+    finally:
+        link.close(publish_offline=False)
+    print(f"published layer {args.layer} of {args.job} (z={args.z} mm) on {link.topics.layer}")
+    return EXIT_OK
+
+
+def cmd_printer(args: argparse.Namespace) -> int:
+    from printer_io.printer import create_printer
+
+    printer = create_printer(args.backend, **_printer_options(args)).start()
+    try:
+        if args.action == "status":
+            st = printer.status()
+            job = f", job {st.job.name}" if st.job else ""
+            print(f"{args.printer}: {st.state.value}{job}" + (f" ({st.message})" if st.message else ""))
+        elif args.action == "pause":
+            outcome = printer.pause(args.timeout_pause)
+            ack = "n/a" if outcome.acknowledged_s is None else f"{outcome.acknowledged_s:.2f} s"
+            print(f"{args.printer}: paused (acknowledged after {ack}, paused after {outcome.paused_s:.2f} s)")
+        elif args.action == "resume":
+            printer.resume()
+            print(f"{args.printer}: resume sent")
+        elif args.action == "cancel":
+            printer.cancel()
+            print(f"{args.printer}: cancel sent")
+        else:
+            if not args.gcode:
+                raise CommandError("printer gcode needs at least one G-code line, e.g. 'M220 S90'")
+            printer.send_gcode(args.gcode)
+            print(f"{args.printer}: sent {len(args.gcode)} G-code line(s)")
+    finally:
+        printer.close()
+    return EXIT_OK
+
+
+def _printer_args(p: argparse.ArgumentParser, backends: Sequence[str]) -> None:
+    p.add_argument("--backend", choices=backends, required=True)
+    p.add_argument("--url", default="http://127.0.0.1:5000", help="OctoPrint or Moonraker URL")
+    p.add_argument(
+        "--api-key-file", type=Path, default=None, help="file holding the API key (or set LAYERWATCH_*_API_KEY)"
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="HTTP timeout in s (default 5)")
+    p.add_argument("--connect-port", default=None, help="OctoPrint: serial port to connect if disconnected")
+    p.add_argument("--layers", type=_positive_int, default=40, help="virtual: layers of the job (default 40)")
+    p.add_argument("--layer-time", type=float, default=2.0, help="virtual: seconds a layer (default 2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from segmentation.model import ARCHITECTURES, DEFAULT_ARCH
 
@@ -234,10 +406,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="default: the checkpoint's path with .onnx")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bridge", help="publish a printer's layer events on MQTT (OctoPrint, Moonraker, virtual)")
+    _mqtt_args(p)
+    _printer_args(p, ("octoprint", "moonraker", "virtual"))
+    p.add_argument("--job", default="virtual-job", help="virtual: job name")
+    p.set_defaults(func=cmd_bridge)
+
+    p = sub.add_parser("camera", help="capture one frame per layer event and publish it on MQTT")
+    _mqtt_args(p)
+    p.add_argument("--source", choices=("opencv", "folder", "record", "simulator"), default="opencv")
+    p.add_argument("--device", default="0", help="opencv: device index, RTSP/HTTP URL or video file (default 0)")
+    p.add_argument("--path", type=Path, default=None, help="folder: image folder; record: HDF5 build record")
+    p.add_argument("--seed", type=int, default=20261127, help="simulator: build seed")
+    p.add_argument("--size", type=_positive_int, default=512, help="simulator: frame size in px (default 512)")
+    p.add_argument("--settle", type=float, default=0.0, help="wait after the trigger before capturing, s")
+    p.add_argument("--attempts", type=_positive_int, default=3, help="capture attempts per layer (default 3)")
+    p.add_argument("--retry", type=float, default=0.5, help="seconds between attempts (default 0.5)")
+    p.add_argument("--encoding", choices=("png", "jpeg"), default="png", help="png: lossless (default); jpeg: fast")
+    p.set_defaults(func=cmd_camera)
+
+    p = sub.add_parser("layer-event", help="publish one 'layer done' event (G-code hook for slicers and hosts)")
+    _mqtt_args(p)
+    p.add_argument("--job", required=True, help="job id, e.g. the file name")
+    p.add_argument("--layer", type=int, required=True, help="layer index from 0")
+    p.add_argument("--z", type=float, required=True, help="layer height in mm")
+    p.set_defaults(func=cmd_layer_event)
+
+    p = sub.add_parser("printer", help="ask a printer for its state, or pause/resume/cancel it, or send G-code")
+    p.add_argument("action", choices=("status", "pause", "resume", "cancel", "gcode"))
+    p.add_argument("gcode", nargs="*", help="G-code lines for 'gcode'")
+    p.add_argument("--printer", default="printer", help="printer name for messages")
+    _printer_args(p, ("octoprint", "moonraker", "virtual", "dry-run"))
+    p.add_argument("--timeout-pause", type=float, default=30.0, help="seconds to wait for 'paused' (default 30)")
+    p.set_defaults(func=cmd_printer)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from monitor.config import ConfigFileError
+    from printer_io.errors import PrinterIOError
     from segmentation.errors import SegmentationError
 
     parser = build_parser()
@@ -246,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request is noise
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -256,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (CommandError, SegmentationError) as err:
+    except (CommandError, SegmentationError, PrinterIOError, ConfigFileError) as err:
         print(f"layerwatch {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

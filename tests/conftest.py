@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +47,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+# helpers shared by unit and integration tests (tests/gcode.py, tests/peers.py, tests/klippy_standin.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))

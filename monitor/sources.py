@@ -1,0 +1,46 @@
+"""Camera sources that need the segmentation package: the layer simulator as a camera.
+
+``printer_io`` knows nothing of the simulator (the packages are independent), so the monitor
+registers it by name in printer_io's source registry.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from printer_io.camera import register_source
+from printer_io.errors import CaptureError
+from printer_io.messages import LayerEvent
+
+__all__ = ["SimulatorSource", "register"]
+
+
+class SimulatorSource:
+    """Renders layer N of a seeded simulated build as the frame (BGR, as a camera would deliver it)."""
+
+    name = "simulator"
+
+    def __init__(self, seed: int = 20261127, size: int = 512, layers: int = 40) -> None:
+        from segmentation.simulator import SimBuild
+
+        self.layers = layers
+        self.build = SimBuild(seed, size, size, layers)
+
+    def open(self) -> None:
+        pass
+
+    def grab(self, event: LayerEvent) -> np.ndarray:
+        if event.layer >= self.layers:
+            raise CaptureError(f"the simulated build has {self.layers} layers, none for layer {event.layer}")
+        image = self.build.layer(event.layer).image
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        return np.ascontiguousarray(image)
+
+    def close(self) -> None:
+        pass
+
+
+def register() -> None:
+    register_source("simulator", SimulatorSource)

@@ -1,0 +1,54 @@
+"""``layerwatch bridge``: run one printer's layer trigger and publish its layer events on MQTT.
+
+Trigger sources: ``octoprint`` (push API), ``moonraker`` (websocket status), ``virtual`` (the embedded
+virtual printer, printing a simulated job). A G-code hook (``layerwatch layer-event``) publishes single
+events for slicers and printer hosts that can run a command on layer change (docs/printers.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from printer_io.layers import LayerChange
+from printer_io.messages import LayerEvent
+from printer_io.mqtt import MqttLink
+
+__all__ = ["TRIGGERS", "Bridge"]
+
+log = logging.getLogger(__name__)
+
+TRIGGERS = ("octoprint", "moonraker", "virtual")
+
+
+class Bridge:
+    """Publishes layer events of one printer; ``on_change`` is the callback the trigger sources call."""
+
+    def __init__(self, link: MqttLink, source: str) -> None:
+        self.link = link
+        self.source = source
+        self.published: list[LayerEvent] = []
+        self._lock = threading.Lock()
+
+    def on_change(self, job_id: str, change: LayerChange) -> None:
+        event = LayerEvent(
+            printer=self.link.topics.printer,
+            job_id=job_id,
+            layer=change.layer,
+            z_mm=change.z_mm,
+            time=time.time(),
+            source=self.source,
+        )
+        self.publish(event)
+
+    def publish(self, event: LayerEvent) -> None:
+        self.link.publish(self.link.topics.layer, event.to_json())
+        with self._lock:
+            self.published.append(event)
+        log.info("bridge: %s layer %d of %s done at z=%.3f mm", event.printer, event.layer, event.job_id, event.z_mm)
+
+    def on_virtual_layer(self, done: Any) -> None:
+        """Listener for :meth:`VirtualPrinter.add_layer_listener`."""
+        self.on_change(done.job_id, LayerChange(done.layer, done.z_mm))

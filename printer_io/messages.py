@@ -1,0 +1,210 @@
+"""Versioned payload schemas of the MQTT contract, validated on receipt.
+
+Every JSON payload carries ``"schema": "<name>/<version>"``. A payload that is not JSON, names another
+schema or version, misses a field or has one out of range raises :class:`PayloadError` whose message
+names the field and what was expected, and whose ``reason`` feeds the services' rejection counters.
+
+Frames travel as one binary envelope (works on MQTT 3.1.1 and 5): ``b"LWF1"``, a 4-byte big-endian
+header length, the :class:`FrameMeta` JSON header, then the encoded image bytes (PNG or JPEG).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from printer_io.errors import PayloadError
+
+__all__ = [
+    "FRAME_MAGIC",
+    "ActionMessage",
+    "ActionState",
+    "EventLevel",
+    "EventMessage",
+    "FrameMeta",
+    "FrameQuality",
+    "LayerEvent",
+    "Message",
+    "StatusMessage",
+    "decode_frame",
+    "encode_frame",
+]
+
+FRAME_MAGIC = b"LWF1"
+_HEADER = struct.Struct(">I")
+_MAX_HEADER = 64 * 1024
+
+
+class Message(BaseModel):
+    """Base of the JSON payloads: frozen, unknown fields refused, ``schema`` checked."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    SCHEMA: ClassVar[str] = ""
+
+    schema_: str = Field(alias="schema", default="")
+
+    def model_post_init(self, context: Any, /) -> None:
+        if not self.schema_:
+            object.__setattr__(self, "schema_", self.SCHEMA)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes | str, topic: str = "") -> Self:
+        where = f"{topic}: " if topic else ""
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as err:
+            raise PayloadError(f"{where}payload is not JSON ({err}); expected a {cls.SCHEMA} object", "json") from err
+        return cls.from_dict(data, topic)
+
+    @classmethod
+    def from_dict(cls, data: object, topic: str = "") -> Self:
+        where = f"{topic}: " if topic else ""
+        if not isinstance(data, dict):
+            raise PayloadError(f"{where}payload is {type(data).__name__}, expected a {cls.SCHEMA} object", "schema")
+        schema = data.get("schema")
+        if schema != cls.SCHEMA:
+            name = cls.SCHEMA.split("/")[0]
+            reason = "version" if isinstance(schema, str) and schema.startswith(name + "/") else "schema"
+            raise PayloadError(f"{where}field 'schema' is {schema!r}, expected {cls.SCHEMA!r}", reason)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(root)"
+            got = first.get("input")
+            shown = repr(got) if not isinstance(got, dict) else "an object"
+            raise PayloadError(f"{where}field {field!r}: {first['msg']} (got {shown})", "field") from None
+
+
+class LayerEvent(Message):
+    """Layer ``layer`` (index from 0) of job ``job_id`` is complete at height ``z_mm``."""
+
+    SCHEMA: ClassVar[str] = "layerwatch.layer/1"
+    printer: str = Field(min_length=1, max_length=64)
+    job_id: str = Field(min_length=1, max_length=256)
+    layer: int = Field(ge=0, le=1_000_000)
+    z_mm: float = Field(ge=-5.0, le=10_000.0)
+    time: float = Field(default_factory=time.time, description="unix seconds when the layer completed")
+    source: str = Field(default="", max_length=64, description="octoprint, moonraker, virtual, replay, hook")
+
+
+class FrameQuality(BaseModel):
+    """Frame-quality checks that travel with a frame. ``sharpness``: variance of the Laplacian (8-bit scale)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    sharpness: float = Field(ge=0)
+    mean: float = Field(ge=0, le=1, description="mean brightness, 0 black .. 1 full scale")
+    blurry: bool = False
+    frozen: bool = False
+    too_dark: bool = False
+    too_bright: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.blurry or self.frozen or self.too_dark or self.too_bright)
+
+    @property
+    def problems(self) -> list[str]:
+        return [n for n in ("blurry", "frozen", "too_dark", "too_bright") if getattr(self, n)]
+
+
+class FrameMeta(Message):
+    """Header of a frame envelope: which layer it shows and how it is encoded."""
+
+    SCHEMA: ClassVar[str] = "layerwatch.frame/1"
+    printer: str = Field(min_length=1, max_length=64)
+    job_id: str = Field(min_length=1, max_length=256)
+    layer: int = Field(ge=0, le=1_000_000)
+    z_mm: float = Field(ge=-5.0, le=10_000.0)
+    captured_at: float
+    encoding: Literal["png", "jpeg"]
+    width: int = Field(ge=1, le=65_535)
+    height: int = Field(ge=1, le=65_535)
+    channels: Literal[1, 3]
+    bit_depth: Literal[8, 16]
+    source: str = Field(default="", max_length=64)
+    attempt: int = Field(default=1, ge=1, description="capture attempt that succeeded")
+    quality: FrameQuality | None = None
+
+
+def encode_frame(meta: FrameMeta, image_bytes: bytes) -> bytes:
+    header = meta.to_json()
+    return FRAME_MAGIC + _HEADER.pack(len(header)) + header + image_bytes
+
+
+def decode_frame(payload: bytes, topic: str = "") -> tuple[FrameMeta, bytes]:
+    """Split a frame envelope into its validated header and the encoded image bytes (not decoded here)."""
+    where = f"{topic}: " if topic else ""
+    if len(payload) < 8 or payload[:4] != FRAME_MAGIC:
+        raise PayloadError(f"{where}not a LayerWatch frame (expected the {FRAME_MAGIC!r} envelope)", "envelope")
+    (n,) = _HEADER.unpack_from(payload, 4)
+    if n > _MAX_HEADER or 8 + n > len(payload):
+        raise PayloadError(f"{where}frame header length {n} does not fit the {len(payload)}-byte payload", "envelope")
+    meta = FrameMeta.from_json(payload[8 : 8 + n], topic)
+    image = payload[8 + n :]
+    if not image:
+        raise PayloadError(f"{where}frame of layer {meta.layer} carries no image bytes", "envelope")
+    return meta, image
+
+
+class ActionState(StrEnum):
+    REQUESTED = "requested"
+    ACKNOWLEDGED = "acknowledged"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+
+
+class ActionMessage(Message):
+    """A command to the printer and its outcome (requested, acknowledged, confirmed, failed)."""
+
+    SCHEMA: ClassVar[str] = "layerwatch.action/1"
+    printer: str = Field(min_length=1, max_length=64)
+    action: Literal["pause", "resume", "cancel", "gcode", "exclude_object", "notify"]
+    state: ActionState
+    request_id: str = Field(min_length=1, max_length=128)
+    job_id: str = ""
+    layer: int | None = Field(default=None, ge=0)
+    reason: str = Field(default="", max_length=2000)
+    gcode: list[str] = Field(default_factory=list, max_length=100)
+    object_name: str = ""
+    time: float = Field(default_factory=time.time)
+    detail: str = Field(default="", max_length=2000)
+
+
+class EventLevel(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class EventMessage(Message):
+    """Something an operator should see: capture failed, frame too large, pause not confirmed, ..."""
+
+    SCHEMA: ClassVar[str] = "layerwatch.event/1"
+    printer: str = Field(min_length=1, max_length=64)
+    service: str = Field(min_length=1, max_length=64)
+    level: EventLevel
+    code: str = Field(min_length=1, max_length=64)
+    message: str = Field(max_length=4000)
+    job_id: str = ""
+    layer: int | None = Field(default=None, ge=0)
+    time: float = Field(default_factory=time.time)
+
+
+class StatusMessage(Message):
+    """Retained on ``<prefix>/<printer>/status`` by every service; the last will says ``offline``."""
+
+    SCHEMA: ClassVar[str] = "layerwatch.status/1"
+    service: str = Field(min_length=1, max_length=64)
+    client_id: str = Field(min_length=1, max_length=128)
+    state: Literal["online", "offline"]
+    time: float = Field(default_factory=time.time)
+    version: str = ""

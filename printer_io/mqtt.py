@@ -1,0 +1,336 @@
+"""One MQTT connection per service, done the way the broker's guarantees need it.
+
+- MQTT v5 persistent session from the very first connect (``clean_start=False`` + session expiry), a
+  stable client id and QoS 1 subscriptions: a service restarted mid-build receives what was published
+  while it was down. Messages are acknowledged only after their handler ran (manual ack), so a crash
+  while handling one means the broker delivers it again.
+- A retained status per service (``online``) paired with a last will (``offline``).
+- Reconnect with backoff by paho's network thread; a state change is logged once, not every retry.
+- paho callbacks only hand messages to a worker thread; handlers run there, one at a time, in order.
+  A handler that raises :class:`PayloadError` has the message counted by reason and logged; the
+  service keeps running.
+- Payload sizes are checked before publishing: paho ignores the broker's maximum packet size and would
+  resend an oversized message in a reconnect loop.
+
+Secrets: the password comes from ``$LAYERWATCH_MQTT_PASSWORD`` or ``password_file``, never from the
+config file itself, and is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field
+
+from printer_io.errors import ConfigError, FrameTooLarge, MqttAuthError, MqttError, PayloadError
+from printer_io.messages import StatusMessage
+from printer_io.topics import Topics
+
+__all__ = ["PASSWORD_ENV", "USERNAME_ENV", "Handler", "MqttConfig", "MqttLink"]
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "LAYERWATCH_MQTT_PASSWORD"
+USERNAME_ENV = "LAYERWATCH_MQTT_USERNAME"
+
+Handler = Callable[[str, bytes], None]
+
+# CONNACK reason codes that no retry can fix (MQTT 5 and the 3.1.1 codes paho maps onto them)
+_AUTH_CODES = {134: "bad user name or password", 135: "not authorized", 133: "client identifier not valid"}
+
+
+class MqttConfig(BaseModel):
+    """``[mqtt]`` section. ``url``: ``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    url: str = "mqtt://127.0.0.1:1883"
+    prefix: str = "layerwatch"
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=86_400, ge=0, le=4_294_967_295)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    reconnect_min_s: int = Field(default=1, ge=1, le=60)
+    reconnect_max_s: int = Field(default=30, ge=1, le=3600)
+    max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+    def endpoint(self) -> tuple[str, int, bool]:
+        """``(host, port, tls)`` from the URL; ConfigError names the bad value."""
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"mqtt url {self.url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as err:
+            raise ConfigError(f"mqtt url {self.url!r}: {err}") from err
+        return parts.hostname, port, tls
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        username = os.environ.get(USERNAME_ENV) or self.username
+        password = os.environ.get(PASSWORD_ENV)
+        if password is None and self.password_file is not None:
+            try:
+                password = self.password_file.read_text().strip()
+            except OSError as err:
+                raise ConfigError(f"mqtt password_file {self.password_file}: {err.strerror}") from err
+        return username, password
+
+
+class MqttLink:
+    """A service's connection: subscribe before :meth:`start`, publish after it, :meth:`close` at the end."""
+
+    def __init__(
+        self, config: MqttConfig, *, service: str, topics: Topics, client_id: str | None = None, version: str = ""
+    ) -> None:
+        self.config = config
+        self.service = service
+        self.topics = topics
+        self.client_id = client_id or f"layerwatch-{service}-{topics.printer}"
+        self.version = version
+        self.host, self.port, self.tls = config.endpoint()
+        self.rejected: Counter[str] = Counter()
+        self.handled = 0
+        self._handlers: list[tuple[str, Handler]] = []
+        self._queue: queue.Queue[paho.MQTTMessage | None] = queue.Queue()
+        self._client: paho.Client | None = None
+        self._worker: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._first_result = threading.Event()
+        self._auth_failure: str | None = None
+        self._state = "new"
+        self._lock = threading.Lock()
+        self._broker_max_packet: int | None = None
+        self._ever_connected = False
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Register a handler; it runs on the worker thread with ``(topic, payload)``."""
+        self._handlers.append((topic_filter, handler))
+        if self._client is not None and self._connected.is_set():
+            self._client.subscribe(topic_filter, qos=1)
+
+    def start(self) -> MqttLink:
+        """Connect; returns once the broker accepted us. Raises MqttAuthError / MqttError with a clear line.
+
+        Calling it on a started link does nothing (``with link.start():`` is fine)."""
+        if self._client is not None:
+            return self
+        v5 = self.config.protocol == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        username, password = self.config.credentials()
+        if username is not None or password is not None:
+            client.username_pw_set(username, password)
+        if self.tls or self.config.ca_file:
+            self._configure_tls(client)
+        offline = StatusMessage(service=self.service, client_id=self.client_id, state="offline", version=self.version)
+        client.will_set(self.topics.status(self.service), offline.to_json(), qos=1, retain=True)
+        client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
+        self._client = client
+        self._worker = threading.Thread(target=self._work, name=f"mqtt-{self.service}", daemon=True)
+        self._worker.start()
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.config.session_expiry_s
+        self._set_state("connecting", f"connecting to {self._where()} as {self.client_id}")
+        try:
+            if v5:
+                client.connect_async(self.host, self.port, self.config.keepalive_s, clean_start=False, properties=props)
+            else:
+                client.connect_async(self.host, self.port, self.config.keepalive_s)
+        except (OSError, ValueError) as err:
+            self.close()
+            raise MqttError(f"cannot connect to MQTT broker {self._where()}: {err}") from err
+        client.loop_start()
+        if not self._first_result.wait(self.config.connect_timeout_s) or not self._connected.is_set():
+            failure = self._auth_failure
+            self.close(publish_offline=False)
+            if failure is not None:
+                raise MqttAuthError(
+                    f"MQTT broker {self._where()} refused {username or 'anonymous'!s}: {failure}; check the username "
+                    f"(${USERNAME_ENV} or [mqtt] username) and the password (${PASSWORD_ENV} or [mqtt] password_file)"
+                )
+            raise MqttError(
+                f"no MQTT broker answered at {self._where()} within {self.config.connect_timeout_s:g} s: "
+                "start the broker or fix [mqtt] url / --broker"
+            )
+        return self
+
+    def close(self, publish_offline: bool = True) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            if publish_offline and self._connected.is_set():
+                offline = StatusMessage(
+                    service=self.service, client_id=self.client_id, state="offline", version=self.version
+                )
+                info = client.publish(self.topics.status(self.service), offline.to_json(), qos=1, retain=True)
+                info.wait_for_publish(2.0)
+            client.disconnect()
+            client.loop_stop()
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=10)
+            self._worker = None
+        self._connected.clear()
+
+    def __enter__(self) -> MqttLink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # ---- publishing -------------------------------------------------------------------------------
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, wait_s: float | None = None
+    ) -> paho.MQTTMessageInfo:
+        """Queue a message (paho keeps it while disconnected); ``wait_s`` waits for the broker's PUBACK."""
+        limit = self.config.max_frame_bytes
+        if self._broker_max_packet is not None:
+            limit = min(limit, self._broker_max_packet - len(topic) - 64)
+        if len(payload) > limit:
+            raise FrameTooLarge(
+                f"message of {len(payload)} bytes for {topic} exceeds the limit of {limit} bytes "
+                "([mqtt] max_frame_bytes or the broker's maximum packet size): lower the resolution, "
+                "use JPEG, or raise the limit on both sides"
+            )
+        client = self._client
+        if client is None:
+            raise MqttError(f"{self.service}: publish on {topic} after the MQTT link was closed")
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if wait_s is not None:
+            info.wait_for_publish(wait_s)
+        return info
+
+    # ---- paho callbacks: hand work to the worker, log state changes once ----------------------------
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            code = int(rc.value)
+            if code in _AUTH_CODES:
+                self._auth_failure = _AUTH_CODES[code]
+                self._set_state("refused", f"broker {self._where()} refused the connection: {self._auth_failure}")
+            else:
+                self._set_state("refused", f"broker {self._where()} refused the connection: {rc}")
+            self._first_result.set()
+            if not self._connected.is_set() and self._state == "refused" and self._auth_failure:
+                client.disconnect()
+            return
+        max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        self._broker_max_packet = int(max_packet) if max_packet else None
+        for topic_filter, _ in self._handlers:
+            client.subscribe(topic_filter, qos=1)
+        online = StatusMessage(service=self.service, client_id=self.client_id, state="online", version=self.version)
+        client.publish(self.topics.status(self.service), online.to_json(), qos=1, retain=True)
+        resumed = bool(getattr(flags, "session_present", False))
+        self._connected.set()
+        self._ever_connected = True
+        self._first_result.set()
+        self._set_state(
+            "connected", f"connected to {self._where()} ({'resumed' if resumed else 'new'} session {self.client_id})"
+        )
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._connected.clear()
+        if self._client is None:
+            self._set_state("closed", "disconnected")
+        else:
+            self._set_state("disconnected", f"lost the MQTT broker {self._where()} ({rc}); reconnecting with backoff")
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._set_state("unreachable", f"MQTT broker {self._where()} unreachable; retrying with backoff")
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._queue.put(message)
+
+    def _set_state(self, state: str, text: str) -> None:
+        with self._lock:
+            if state == self._state:
+                return
+            self._state = state
+        # before the first connection, start() reports the outcome itself: keep the retries at INFO
+        trouble = state in ("disconnected", "refused") or (state == "unreachable" and self._ever_connected)
+        log.log(logging.WARNING if trouble else logging.INFO, "%s: %s", self.service, text)
+
+    # ---- worker -----------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            message = self._queue.get()
+            if message is None:
+                return
+            try:
+                self._dispatch(message.topic, bytes(message.payload))
+            finally:
+                client = self._client
+                if client is not None and message.qos > 0:
+                    client.ack(message.mid, message.qos)
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        for topic_filter, handler in self._handlers:
+            if not paho.topic_matches_sub(topic_filter, topic):
+                continue
+            try:
+                handler(topic, payload)
+                self.handled += 1
+            except PayloadError as err:
+                self.rejected[err.reason] += 1
+                n = self.rejected[err.reason]
+                if n <= 20 or n % 100 == 0:
+                    log.warning("%s: rejected message (%s, %d so far): %s", self.service, err.reason, n, err)
+            except Exception:
+                self.rejected["handler_error"] += 1
+                log.exception("%s: handler for %s failed; the service goes on", self.service, topic)
+
+    def _configure_tls(self, client: paho.Client) -> None:
+        cfg = self.config
+        for name, path in (("ca_file", cfg.ca_file), ("cert_file", cfg.cert_file), ("key_file", cfg.key_file)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"[mqtt] {name} {path} does not exist")
+        try:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (ssl.SSLError, ValueError) as err:
+            raise ConfigError(f"[mqtt] TLS files: {err}") from err
+
+    def _where(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def stats(self) -> dict[str, int]:
+        return {"handled": self.handled, **{f"rejected_{k}": v for k, v in self.rejected.items()}}

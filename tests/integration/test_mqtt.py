@@ -1,0 +1,213 @@
+"""MQTT against a real Mosquitto: persistence across restarts, auth, ACL, status and last will, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from peers import Mosquitto
+
+from printer_io.errors import FrameTooLarge, MqttAuthError, MqttError
+from printer_io.messages import LayerEvent, StatusMessage
+from printer_io.mqtt import MqttConfig, MqttLink
+from printer_io.topics import Topics
+
+pytestmark = pytest.mark.integration
+
+
+class Inbox:
+    """Collects what a handler receives; ``wait(n)`` blocks until n messages or a timeout."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+        self._cond = threading.Condition()
+
+    def add(self, item: object) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait(self, n: int, timeout: float = 10.0) -> list[object]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.items) >= n, timeout)
+            return list(self.items)
+
+
+@pytest.fixture
+def topics(request: pytest.FixtureRequest) -> Topics:
+    # one printer id per test: retained messages and sessions of one test never reach another
+    return Topics("layerwatch", f"p-{request.node.name[:40].replace('[', '-').replace(']', '')}")
+
+
+def _link(url: str, topics: Topics, service: str, **cfg: object) -> MqttLink:
+    return MqttLink(MqttConfig(url=url, connect_timeout_s=5, **cfg), service=service, topics=topics)  # type: ignore[arg-type]
+
+
+def _event(topics: Topics, layer: int) -> bytes:
+    return LayerEvent(printer=topics.printer, job_id="job", layer=layer, z_mm=0.2 * (layer + 1)).to_json()
+
+
+def _layers(inbox: Inbox) -> Callable[[str, bytes], None]:
+    return lambda topic, payload: inbox.add(LayerEvent.from_json(payload, topic).layer)
+
+
+@pytest.fixture
+def monitor_factory(broker: Mosquitto, topics: Topics) -> Iterator[Callable[[Inbox], MqttLink]]:
+    links: list[MqttLink] = []
+
+    def make(inbox: Inbox) -> MqttLink:
+        link = _link(broker.url, topics, "monitor")
+        link.subscribe(topics.layer, _layers(inbox))
+        links.append(link.start())
+        return link
+
+    yield make
+    for link in links:
+        link.close()
+
+
+def test_layer_events_arrive_in_order(broker: Mosquitto, topics: Topics, monitor_factory) -> None:  # type: ignore[no-untyped-def]
+    inbox = Inbox()
+    monitor_factory(inbox)
+    with _link(broker.url, topics, "bridge") as bridge:
+        for n in range(20):
+            bridge.publish(topics.layer, _event(topics, n))
+        assert inbox.wait(20) == list(range(20))
+
+
+def test_a_restarted_monitor_gets_the_layers_published_while_it_was_down(
+    broker: Mosquitto, topics: Topics, monitor_factory
+) -> None:  # type: ignore[no-untyped-def]
+    inbox = Inbox()
+    first = monitor_factory(inbox)
+    with _link(broker.url, topics, "bridge") as bridge:
+        bridge.publish(topics.layer, _event(topics, 0), wait_s=5)
+        assert inbox.wait(1) == [0]
+        first.close()  # the monitor goes away mid-build
+        for n in range(1, 6):
+            bridge.publish(topics.layer, _event(topics, n), wait_s=5)
+        monitor_factory(inbox)  # same client id: the persistent session resumes
+        assert inbox.wait(6) == [0, 1, 2, 3, 4, 5]
+
+
+def test_queued_layers_survive_a_broker_restart(tmp_path: Path, topics: Topics) -> None:
+    own = Mosquitto(tmp_path).start()  # its own broker: this test restarts it
+    try:
+        inbox = Inbox()
+        monitor = _link(own.url, topics, "monitor")
+        monitor.subscribe(topics.layer, _layers(inbox))
+        monitor.start().close()  # session exists, monitor offline
+        with _link(own.url, topics, "bridge") as bridge:
+            for n in range(5):
+                bridge.publish(topics.layer, _event(topics, n), wait_s=5)
+            time.sleep(0.3)  # autosave_on_changes writes after the PUBACK (docs/mqtt.md)
+            own.restart(signal.SIGKILL)
+            assert bridge.wait_connected(15), "the bridge reconnects by itself"
+        monitor = _link(own.url, topics, "monitor")
+        monitor.subscribe(topics.layer, _layers(inbox))
+        with monitor.start():
+            assert inbox.wait(5) == [0, 1, 2, 3, 4]
+    finally:
+        own.stop()
+
+
+def test_bad_messages_are_counted_and_the_service_goes_on(broker: Mosquitto, topics: Topics, monitor_factory) -> None:  # type: ignore[no-untyped-def]
+    inbox = Inbox()
+    monitor = monitor_factory(inbox)
+    with _link(broker.url, topics, "bridge") as bridge:
+        bridge.publish(topics.layer, b"{broken")
+        bridge.publish(topics.layer, json.dumps({"schema": "layerwatch.layer/9"}).encode())
+        bridge.publish(topics.layer, json.dumps({"schema": "layerwatch.layer/1", "layer": 1}).encode())
+        bridge.publish(topics.layer, _event(topics, 7))
+        assert inbox.wait(1) == [7]
+    assert dict(monitor.rejected) == {"json": 1, "version": 1, "field": 1}
+
+
+def test_retained_status_and_last_will(broker: Mosquitto, topics: Topics, tmp_path: Path) -> None:
+    statuses = Inbox()
+    watcher = _link(broker.url, topics, "watcher")
+    watcher.subscribe(
+        topics.statuses, lambda t, p: statuses.add((t.rsplit("/", 1)[1], StatusMessage.from_json(p).state))
+    )
+    # a real service process, killed without a chance to say goodbye
+    code = (
+        "import sys, time; sys.path.insert(0, 'tests');"
+        "from printer_io.mqtt import MqttConfig, MqttLink; from printer_io.topics import Topics;"
+        f"cfg = MqttConfig(url='{broker.url}', keepalive_s=5); t = Topics('layerwatch', '{topics.printer}');"
+        "l = MqttLink(cfg, service='camera', topics=t);"
+        "l.start(); print('up', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"up"
+        with watcher.start():
+            assert ("camera", "online") in statuses.wait(1)  # retained: seen although published before we came
+            proc.kill()
+            got = statuses.wait(3, timeout=20)  # keepalive 5 s: the broker notices within 1.5 x keepalive
+            assert got[-1] == ("camera", "offline")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_wrong_password_is_one_clear_error(broker: Mosquitto, topics: Topics, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAYERWATCH_MQTT_PASSWORD", "wrong")
+    link = _link(broker.auth_url, topics, "camera", username=Mosquitto.USER)
+    with pytest.raises(MqttAuthError) as info:
+        link.start()
+    message = str(info.value)
+    assert "refused lw-camera" in message and "LAYERWATCH_MQTT_PASSWORD" in message
+    assert "wrong" not in message.replace("wrong password", "")  # the secret is never shown
+
+
+def test_password_file_and_acl(
+    broker: Mosquitto, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LAYERWATCH_MQTT_PASSWORD", raising=False)
+    pw = tmp_path / "pw"
+    pw.write_text(Mosquitto.PASSWORD + "\n")
+    reader_pw = tmp_path / "reader"
+    reader_pw.write_text(Mosquitto.READER_PASSWORD)
+    inbox = Inbox()
+    camera = _link(broker.auth_url, topics, "camera", username=Mosquitto.USER, password_file=pw)
+    reader = _link(broker.auth_url, topics, "reader", username=Mosquitto.READER, password_file=reader_pw)
+    reader.subscribe(topics.layer, _layers(inbox))
+    with camera, reader.start():
+        reader.publish(topics.layer, _event(topics, 99), wait_s=5)  # read-only user: the broker drops it
+        camera.publish(topics.layer, _event(topics, 1), wait_s=5)
+        time.sleep(0.5)
+        assert inbox.wait(1) == [1]
+
+
+def test_unreachable_broker_is_a_clear_error_without_hanging(topics: Topics) -> None:
+    from peers import free_port
+
+    t0 = time.monotonic()
+    with pytest.raises(MqttError, match=r"no MQTT broker answered at mqtt://127.0.0.1:\d+ within 1 s"):
+        MqttLink(
+            MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}", connect_timeout_s=1), service="x", topics=topics
+        ).start()
+    assert time.monotonic() - t0 < 10
+
+
+def test_oversized_messages_are_refused_before_publishing(broker: Mosquitto, topics: Topics) -> None:
+    with _link(broker.url, topics, "camera", max_frame_bytes=4096) as link:
+        with pytest.raises(FrameTooLarge, match=r"5000 bytes .* exceeds the limit of 4096"):
+            link.publish(topics.image, b"x" * 5000)
+        link.publish(topics.image, b"x" * 100)  # and the link still works
+
+
+def test_mqtt_3_1_1_works_too(broker: Mosquitto, topics: Topics) -> None:
+    inbox = Inbox()
+    monitor = _link(broker.url, topics, "monitor", protocol="3.1.1")
+    monitor.subscribe(topics.layer, _layers(inbox))
+    with monitor.start(), _link(broker.url, topics, "bridge", protocol="3.1.1") as bridge:
+        bridge.publish(topics.layer, _event(topics, 3))
+        assert inbox.wait(1) == [3]

@@ -1,0 +1,68 @@
+"""The TOML config: unknown sections and keys stop start-up with a line naming them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import ConfigFileError, load_config
+from printer_io.errors import ConfigError
+from printer_io.mqtt import PASSWORD_ENV, USERNAME_ENV, MqttConfig
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "layerwatch.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_valid_file_is_loaded(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, '[mqtt]\nurl = "mqtts://broker.local:8884"\nkeepalive_s = 20\n'))
+    assert cfg.mqtt.endpoint() == ("broker.local", 8884, True)
+    assert load_config(None).mqtt.endpoint() == ("127.0.0.1", 1883, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[mqt]\nurl = 'x'\n", "unknown section [mqt]; known sections: mqtt"),
+        ("[mqtt]\nurl2 = 'x'\n", "[mqtt] has no key 'url2'; allowed keys:"),
+        ("[mqtt]\nkeepalive_s = 1\n", "[mqtt] keepalive_s = 1: Input should be greater than or equal to 5"),
+        ("[mqtt]\nprotocol = '4'\n", "[mqtt] protocol = '4'"),
+        ("[mqtt\n", "is not valid TOML"),
+    ],
+)
+def test_bad_files_name_section_key_and_value(tmp_path: Path, text: str, words: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    assert words in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("url", ["http://x:1883", "mqtt://", "mqtt://host:port"])
+def test_bad_broker_urls(url: str) -> None:
+    with pytest.raises(ConfigError, match="mqtt url"):
+        MqttConfig(url=url).endpoint()
+
+
+def test_credentials_come_from_env_or_file_never_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "password" not in MqttConfig.model_fields
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    cfg = MqttConfig(username="cam", password_file=secret)
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(USERNAME_ENV, raising=False)
+    assert cfg.credentials() == ("cam", "from-file")
+    monkeypatch.setenv(PASSWORD_ENV, "from-env")
+    monkeypatch.setenv(USERNAME_ENV, "other")
+    assert cfg.credentials() == ("other", "from-env")
+    monkeypatch.delenv(PASSWORD_ENV)
+    with pytest.raises(ConfigError, match=r"password_file .*missing"):
+        MqttConfig(password_file=tmp_path / "missing").credentials()

@@ -1,0 +1,133 @@
+"""Topic tree, payload schemas and the frame envelope: what is accepted and how refusals read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from printer_io.errors import ConfigError, PayloadError
+from printer_io.frames import decode_image, encode_image
+from printer_io.messages import (
+    ActionMessage,
+    ActionState,
+    FrameMeta,
+    FrameQuality,
+    LayerEvent,
+    StatusMessage,
+    decode_frame,
+    encode_frame,
+)
+from printer_io.topics import Kind, Topics
+
+
+def test_topics_are_built_and_parsed_in_one_place() -> None:
+    t = Topics("layerwatch", "farm-3.p1")
+    assert t.layer == "layerwatch/farm-3.p1/layer"
+    assert t.image == "layerwatch/farm-3.p1/image"
+    assert t.status("camera") == "layerwatch/farm-3.p1/status/camera"
+    assert t.parse("layerwatch/other/result") == ("other", Kind.RESULT)
+    assert t.parse("layerwatch/p1/status/monitor") == ("p1", Kind.STATUS)
+    assert t.parse("layerwatch/p1/nonsense") is None
+    assert t.parse("elsewhere/p1/layer") is None
+    assert t.parse("layerwatch/p1/layer/extra") is None
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "with space", "x" * 65])
+def test_printer_ids_that_would_break_topics_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="not usable in an MQTT topic"):
+        Topics("layerwatch", bad)
+
+
+def test_layer_event_round_trip_carries_its_schema() -> None:
+    event = LayerEvent(printer="p1", job_id="job-1", layer=3, z_mm=0.8, time=1.5, source="virtual")
+    raw = json.loads(event.to_json())
+    assert raw["schema"] == "layerwatch.layer/1"
+    assert LayerEvent.from_json(event.to_json()) == event
+
+
+def _layer(**changes: object) -> bytes:
+    base: dict[str, object] = {"schema": "layerwatch.layer/1", "printer": "p1", "job_id": "j", "layer": 2, "z_mm": 0.6}
+    base.update(changes)
+    return json.dumps({k: v for k, v in base.items() if v is not None}).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "words"),
+    [
+        (b"{not json", "json", "not JSON"),
+        (b"[1, 2]", "schema", "expected a layerwatch.layer/1 object"),
+        (_layer(schema="layerwatch.layer/2"), "version", "'layerwatch.layer/2', expected 'layerwatch.layer/1'"),
+        (_layer(schema="layerwatch.frame/1"), "schema", "expected 'layerwatch.layer/1'"),
+        (_layer(layer=-1), "field", "field 'layer'"),
+        (_layer(layer="three"), "field", "field 'layer'"),
+        (_layer(z_mm=None), "field", "field 'z_mm'"),
+        (_layer(colour="red"), "field", "field 'colour'"),
+        (b"\xff\xfe", "json", "not JSON"),
+    ],
+)
+def test_bad_layer_payloads_name_field_and_reason(payload: bytes, reason: str, words: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        LayerEvent.from_json(payload, "layerwatch/p1/layer")
+    assert info.value.reason == reason
+    assert words in str(info.value)
+    assert str(info.value).startswith("layerwatch/p1/layer: ")
+
+
+def _meta(**kw: object) -> FrameMeta:
+    fields: dict[str, object] = dict(
+        printer="p1", job_id="j", layer=4, z_mm=1.0, captured_at=2.0, encoding="png", width=32, height=16,
+        channels=1, bit_depth=16, quality=FrameQuality(sharpness=12.0, mean=0.4),
+    )  # fmt: skip
+    fields.update(kw)
+    return FrameMeta.model_validate(fields)
+
+
+def test_frame_envelope_round_trip_keeps_16_bit_pixels() -> None:
+    image = (np.arange(16 * 32, dtype=np.uint16).reshape(16, 32) * 97).astype(np.uint16)
+    payload = encode_frame(_meta(), encode_image(image, "png"))
+    meta, data = decode_frame(payload, "t")
+    assert meta.layer == 4 and meta.quality is not None and meta.quality.ok
+    back = decode_image(data)
+    assert back.dtype == np.uint16 and np.array_equal(back, image)
+
+
+def test_jpeg_frames_are_8_bit() -> None:
+    image = np.full((16, 32), 40000, dtype=np.uint16)
+    back = decode_image(encode_image(image, "jpeg"))
+    assert back.dtype == np.uint8 and abs(int(back.mean()) - 40000 // 256) <= 2
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (b"", "not a LayerWatch frame"),
+        (b"PNG....", "not a LayerWatch frame"),
+        (b"LWF1\x00\x10\x00\x00{}", "does not fit"),
+        (b"LWF1\x00\x00\x00\x02{}", "field 'schema'"),
+    ],
+)
+def test_bad_envelopes_are_refused(payload: bytes, words: str) -> None:
+    with pytest.raises(PayloadError, match=words):
+        decode_frame(payload, "layerwatch/p1/image")
+
+
+def test_envelope_without_image_bytes_is_refused() -> None:
+    with pytest.raises(PayloadError, match="carries no image bytes"):
+        decode_frame(encode_frame(_meta(), b""))
+
+
+def test_undecodable_image_bytes_are_a_payload_error() -> None:
+    with pytest.raises(PayloadError) as info:
+        decode_image(b"\x89PNG\r\n\x1a\n garbage")
+    assert info.value.reason == "image"
+
+
+def test_other_schemas_validate_their_enums() -> None:
+    action = ActionMessage(printer="p1", action="pause", state=ActionState.REQUESTED, request_id="r1", reason="x")
+    assert ActionMessage.from_json(action.to_json()).state == ActionState.REQUESTED
+    with pytest.raises(PayloadError, match="field 'state'"):
+        ActionMessage.from_dict({**json.loads(action.to_json()), "state": "maybe"})
+    status = StatusMessage(service="camera", client_id="c", state="online")
+    assert StatusMessage.from_json(status.to_json()).state == "online"
