@@ -326,7 +326,7 @@ def cmd_printer(args: argparse.Namespace) -> int:
             print(f"{args.printer}: cancel sent")
         else:
             if not args.gcode:
-                raise CommandError("printer gcode needs at least one G-code line, e.g. 'M220 S90'")
+                raise CommandError("printer gcode needs at least one --gcode LINE, e.g. --gcode 'M220 S90'")
             printer.send_gcode(args.gcode)
             print(f"{args.printer}: sent {len(args.gcode)} G-code line(s)")
     finally:
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("printer", help="ask a printer for its state, or pause/resume/cancel it, or send G-code")
     p.add_argument("action", choices=("status", "pause", "resume", "cancel", "gcode"))
-    p.add_argument("gcode", nargs="*", help="G-code lines for 'gcode'")
+    p.add_argument("--gcode", action="append", default=[], metavar="LINE", help="a G-code line for 'gcode' (repeat)")
     p.add_argument("--printer", default="printer", help="printer name for messages")
     _printer_args(p, ("octoprint", "moonraker", "virtual", "dry-run"))
     p.add_argument("--timeout-pause", type=float, default=30.0, help="seconds to wait for 'paused' (default 30)")

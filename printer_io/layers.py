@@ -141,8 +141,10 @@ class FileposLayerTracker:
         return out
 
     def finish(self) -> list[LayerChange]:
-        if not 0 <= self.current < len(self.map):
+        """The job completed: every layer not reported yet is done (file positions arrive rate-limited,
+        so the last markers may never have been seen)."""
+        if self.current >= len(self.map):
             return []
-        change = LayerChange(self.current, self.map.z_mm[self.current] or 0.0)
-        self.current = len(self.map) + 1
-        return [change]
+        out = [LayerChange(n, self.map.z_mm[n] or 0.0) for n in range(max(self.current, 0), len(self.map))]
+        self.current = len(self.map)
+        return out

@@ -268,8 +268,14 @@ class MoonrakerTrigger:
         now = time.time()
         stats = status.get("print_stats", {})
         pos = status.get("gcode_move", {}).get("gcode_position")
-        if isinstance(pos, list) and len(pos) > 2 and isinstance(pos[2], int | float):
-            self._z = float(pos[2])
+        new_z = float(pos[2]) if isinstance(pos, list) and len(pos) > 2 and isinstance(pos[2], int | float) else None
+        self._layers_from(stats, now)
+        if new_z is not None:  # after the layer bookkeeping: a layer completes at the height it was printed at
+            self._z = self._layer_z = new_z
+            if self.job_id is not None and not self._used_layers:
+                self._emit(self._zfilter.on_z(new_z, now))
+
+    def _layers_from(self, stats: dict[str, Any], now: float) -> None:
         state = stats.get("state")
         if state is not None and state != self._state:
             previous, self._state = self._state, str(state)
@@ -286,14 +292,10 @@ class MoonrakerTrigger:
                 self.job_id = None
         info = stats.get("info")
         if isinstance(info, dict) and isinstance(info.get("current_layer"), int) and self.job_id is not None:
-            layer = int(info["current_layer"])
+            layer = int(info["current_layer"])  # 1-based, set by the slicer's SET_PRINT_STATS_INFO
             if self._layer is not None and layer > self._layer:
                 self._emit([LayerChange(n - 1, self._layer_z) for n in range(self._layer, layer)])
-            if self._layer is None or layer != self._layer:
-                self._layer_z = self._z if self._z is not None else 0.0
             self._layer, self._used_layers = layer, True
-        elif self._z is not None and self.job_id is not None and not self._used_layers:
-            self._emit(self._zfilter.on_z(self._z, now))
 
     def _emit(self, changes: list[LayerChange]) -> None:
         if self.job_id is None:

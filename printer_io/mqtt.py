@@ -282,7 +282,7 @@ class MqttLink:
                 return
             self._state = state
         # before the first connection, start() reports the outcome itself: keep the retries at INFO
-        trouble = state in ("disconnected", "refused") or (state == "unreachable" and self._ever_connected)
+        trouble = state == "disconnected" or (state in ("unreachable", "refused") and self._ever_connected)
         log.log(logging.WARNING if trouble else logging.INFO, "%s: %s", self.service, text)
 
     # ---- worker -----------------------------------------------------------------------------------

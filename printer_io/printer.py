@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from printer_io.errors import ConfigError, PauseNotConfirmed, PrinterError
+from printer_io.errors import ConfigError, PauseNotConfirmed, PrinterCommandRefused, PrinterError
 
 __all__ = [
     "PRINTERS",
@@ -102,13 +102,13 @@ def register_printer(name: str, factory: PrinterFactory) -> None:
     PRINTERS[name] = factory
 
 
-def create_printer(name: str, **options: Any) -> Printer:
-    """Build a backend by name; the error lists the valid names."""
+def create_printer(backend: str, /, **options: Any) -> Printer:
+    """Build a backend by name (``options`` go to its constructor); the error lists the valid names."""
     _load_builtin()
     try:
-        factory = PRINTERS[name]
+        factory = PRINTERS[backend]
     except KeyError:
-        raise ConfigError(f"unknown printer backend {name!r}; valid: {', '.join(sorted(PRINTERS))}") from None
+        raise ConfigError(f"unknown printer backend {backend!r}; valid: {', '.join(sorted(PRINTERS))}") from None
     return factory(**options)
 
 
@@ -147,6 +147,8 @@ def confirm_pause(
     for attempt in range(1, attempts + 1):
         try:
             send()
+        except PrinterCommandRefused:
+            raise  # a definite "no" (not printing): sending it again changes nothing
         except PrinterError as err:
             if attempt == attempts:
                 raise

@@ -79,3 +79,10 @@ def test_filepos_tracker_reports_each_layer_once_even_when_positions_jump() -> N
     assert t.on_filepos(len(data)) == [LayerChange(3, 0.8), LayerChange(4, 1.0)]
     assert t.finish() == [LayerChange(5, 1.2)]
     assert t.finish() == []
+
+
+def test_filepos_tracker_finish_reports_the_layers_never_seen() -> None:
+    m = GcodeLayerMap.parse(make_gcode(4, markers="prusa"))
+    t = FileposLayerTracker(m)
+    assert t.on_filepos(m.offsets[1] + 1) == [LayerChange(0, 0.2)]
+    assert t.finish() == [LayerChange(1, 0.4), LayerChange(2, 0.6), LayerChange(3, 0.8)]
