@@ -39,3 +39,9 @@ def median_p95(samples: list[float]) -> tuple[float, float]:
     s = sorted(samples)
     p95 = s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
     return statistics.median(s), p95
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile, ``q`` in 0..1."""
+    s = sorted(samples)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]

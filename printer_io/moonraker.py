@@ -215,6 +215,7 @@ class MoonrakerTrigger:
         self._layer_z: float = 0.0
         self._zfilter = ZLayerFilter()
         self._used_layers = False
+        self._cache: dict[str, dict[str, Any]] = {}
 
     def start(self) -> MoonrakerTrigger:
         self._thread = threading.Thread(target=self._run, name="moonraker-ws", daemon=True)
@@ -266,6 +267,10 @@ class MoonrakerTrigger:
 
     def _update(self, status: dict[str, Any]) -> None:
         now = time.time()
+        # notifications carry only what changed: keep the whole picture, as Moonraker's own clients do
+        for name, fields in status.items():
+            if isinstance(fields, dict):
+                self._cache.setdefault(name, {}).update(fields)
         stats = status.get("print_stats", {})
         pos = status.get("gcode_move", {}).get("gcode_position")
         new_z = float(pos[2]) if isinstance(pos, list) and len(pos) > 2 and isinstance(pos[2], int | float) else None
@@ -280,8 +285,12 @@ class MoonrakerTrigger:
         if state is not None and state != self._state:
             previous, self._state = self._state, str(state)
             if state == "printing" and previous in ("", "standby", "complete", "cancelled", "error"):
-                self.job_id = f"{stats.get('filename') or 'job'}-{int(now)}"
-                self._layer, self._used_layers, self._zfilter = None, False, ZLayerFilter()
+                cached = self._cache.get("print_stats", {})
+                self.job_id = f"{cached.get('filename') or 'job'}-{int(now)}"
+                layer = (cached.get("info") or {}).get("current_layer")
+                # a new job may start on the layer number the last one ended on: no change, no notification
+                self._layer = layer if isinstance(layer, int) else None
+                self._used_layers, self._zfilter = False, ZLayerFilter()
             elif state == "complete" and self.job_id is not None:
                 if self._used_layers and self._layer is not None:
                     self._emit([LayerChange(self._layer - 1, self._layer_z)])

@@ -282,7 +282,7 @@ class MqttLink:
                 return
             self._state = state
         # before the first connection, start() reports the outcome itself: keep the retries at INFO
-        trouble = state == "disconnected" or (state in ("unreachable", "refused") and self._ever_connected)
+        trouble = self._ever_connected and state in ("disconnected", "unreachable", "refused")
         log.log(logging.WARNING if trouble else logging.INFO, "%s: %s", self.service, text)
 
     # ---- worker -----------------------------------------------------------------------------------

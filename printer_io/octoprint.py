@@ -190,6 +190,7 @@ class OctoPrintPrinter:
         self.connect_port = connect_port
         self._transport = transport
         self.client: OctoPrintClient | None = None
+        self.poll_s = 0.05  # state polling while a pause is confirmed
 
     def start(self) -> OctoPrintPrinter:
         client = OctoPrintClient(self.url, self._api_key, timeout_s=self.timeout_s, transport=self._transport)
@@ -245,7 +246,12 @@ class OctoPrintPrinter:
             log.warning("%s: pause attempt %d not confirmed (%s)", self.name, attempt, why)
 
         return confirm_pause(
-            send, self.state, timeout_s=timeout_s or self.pause_timeout_s, on_retry=retry, printer=self.name
+            send,
+            self.state,
+            timeout_s=timeout_s or self.pause_timeout_s,
+            poll_s=self.poll_s,
+            on_retry=retry,
+            printer=self.name,
         )
 
     def resume(self) -> None:
