@@ -151,6 +151,7 @@ class OctoPrint:
     """
 
     USER, PASSWORD = "lwadmin", "lw-admin-pw"
+    LIMITED = "lwpause"
 
     def __init__(self, workdir: Path) -> None:
         exe = PEERS / "octoprint" / "bin" / "octoprint"
@@ -162,6 +163,7 @@ class OctoPrint:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "octoprint.out"
         self.api_key = ""
+        self.limited_api_key = ""
 
     @property
     def url(self) -> str:
@@ -209,10 +211,17 @@ class OctoPrint:
             check=True,
             capture_output=True,
         )
-        # `user add` leaves apikey null; the per-user key lives in users.yaml, so we set one there
+        subprocess.run(
+            [self.exe, "--basedir", str(self.basedir), "user", "add", self.LIMITED, "--password", self.PASSWORD],
+            check=True,
+            capture_output=True,
+        )
+        # `user add` leaves apikey null; the per-user key lives in users.yaml, so we set one there.
+        # The limited user is what docs/printers.md recommends for LayerWatch: STATUS and PRINT only.
         users_file = self.basedir / "users.yaml"
         users = yaml.safe_load(users_file.read_text())
         users[self.USER]["apikey"] = secrets.token_hex(16).upper()
+        users[self.LIMITED].update(apikey=secrets.token_hex(16).upper(), groups=[], permissions=["STATUS", "PRINT"])
         users_file.write_text(yaml.safe_dump(users))
 
     def start(self) -> OctoPrint:
@@ -240,6 +249,7 @@ class OctoPrint:
         wait_port(self.port, 60, self.proc, self.log)
         users = yaml.safe_load((self.basedir / "users.yaml").read_text())
         self.api_key = str(users[self.USER]["apikey"])
+        self.limited_api_key = str(users[self.LIMITED]["apikey"])
         end = time.monotonic() + 60  # the port opens before the app answers
         while time.monotonic() < end:
             with contextlib.suppress(httpx.HTTPError):

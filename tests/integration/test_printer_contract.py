@@ -131,3 +131,24 @@ def test_an_unreachable_printer_is_a_typed_error_without_hanging(backend: type) 
 def test_octoprint_rejects_a_wrong_api_key_with_a_line_that_says_what_to_fix(octoprint: OctoPrint) -> None:
     with pytest.raises(PrinterAuthError, match=r"rejected the API key .*LAYERWATCH_OCTOPRINT_API_KEY"):
         OctoPrintPrinter("p", url=octoprint.url, api_key="0" * 32).start()
+
+
+def test_a_user_with_only_status_and_print_can_pause_resume_and_cancel(octoprint: OctoPrint) -> None:
+    admin = OctoPrintPrinter("admin", url=octoprint.url, api_key=octoprint.api_key, connect_port="VIRTUAL").start()
+    limited = OctoPrintPrinter("limited", url=octoprint.url, api_key=octoprint.limited_api_key).start()
+    try:
+        assert _wait_state(admin, {PrinterState.IDLE}) == PrinterState.IDLE
+        assert admin.client is not None
+        admin.client.upload("limited.gcode", make_gcode(200), select=True, print_=True)
+        assert _wait_state(limited, {PrinterState.PRINTING}) == PrinterState.PRINTING
+        limited.pause(timeout_s=20)
+        assert limited.status().state == PrinterState.PAUSED
+        limited.resume()
+        assert _wait_state(limited, {PrinterState.PRINTING}) == PrinterState.PRINTING
+        with pytest.raises(PrinterAuthError):
+            limited.send_gcode(["M220 S90"])  # feed/flow changes need CONTROL as well
+        limited.cancel()
+        assert _wait_state(admin, {PrinterState.IDLE}) == PrinterState.IDLE
+    finally:
+        admin.close()
+        limited.close()
