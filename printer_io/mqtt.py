@@ -23,6 +23,7 @@ import os
 import queue
 import ssl
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,11 @@ Handler = Callable[[str, bytes], None]
 
 # CONNACK reason codes that no retry can fix (MQTT 5 and the 3.1.1 codes paho maps onto them)
 _AUTH_CODES = {134: "bad user name or password", 135: "not authorized", 133: "client identifier not valid"}
+
+
+def _subscription_id(topic_filter: str) -> int:
+    """A stable MQTT 5 subscription identifier (1 .. 268435455) for a topic filter."""
+    return zlib.crc32(topic_filter.encode()) % 268_435_455 + 1
 
 
 class MqttConfig(BaseModel):
@@ -125,7 +131,7 @@ class MqttLink:
         """Register a handler; it runs on the worker thread with ``(topic, payload)``."""
         self._handlers.append((topic_filter, handler))
         if self._client is not None and self._connected.is_set():
-            self._client.subscribe(topic_filter, qos=1)
+            self._subscribe(self._client, len(self._handlers) - 1)
 
     def start(self) -> MqttLink:
         """Connect; returns once the broker accepted us. Raises MqttAuthError / MqttError with a clear line.
@@ -251,8 +257,8 @@ class MqttLink:
             return
         max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
         self._broker_max_packet = int(max_packet) if max_packet else None
-        for topic_filter, _ in self._handlers:
-            client.subscribe(topic_filter, qos=1)
+        for index in range(len(self._handlers)):
+            self._subscribe(client, index)
         online = StatusMessage(service=self.service, client_id=self.client_id, state="online", version=self.version)
         client.publish(self.topics.status(self.service), online.to_json(), qos=1, retain=True)
         resumed = bool(getattr(flags, "session_present", False))
@@ -292,27 +298,62 @@ class MqttLink:
             if message is None:
                 return
             try:
-                self._dispatch(message.topic, bytes(message.payload))
+                self._dispatch(message.topic, bytes(message.payload), self._subscription_ids(message))
             finally:
                 client = self._client
                 if client is not None and message.qos > 0:
                     client.ack(message.mid, message.qos)
 
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def _subscribe(self, client: paho.Client, index: int) -> None:
+        """QoS 1; on MQTT 5 with a subscription identifier, derived from the filter, that comes back with
+        each message (an identifier from the index would be reused by another filter after a change)."""
+        topic_filter = self._handlers[index][0]
+        if self.config.protocol == "5":
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = _subscription_id(topic_filter)
+            client.subscribe(topic_filter, qos=1, properties=props)
+        else:
+            client.subscribe(topic_filter, qos=1)
+
+    def _subscription_ids(self, message: paho.MQTTMessage) -> list[int] | None:
+        if self.config.protocol != "5":
+            return None
+        ids = getattr(message.properties, "SubscriptionIdentifier", None) if message.properties else None
+        return [ids] if isinstance(ids, int) else list(ids or [])
+
+    def _dispatch(self, topic: str, payload: bytes, ids: list[int] | None = None) -> None:
+        """Run the handlers of the subscriptions that delivered the message.
+
+        On MQTT 5 the subscription identifiers say which: a message delivered only through a
+        subscription we did not make now (left in the persistent session by an earlier configuration)
+        is dropped, and so is the duplicate an overlapping old subscription would cause."""
+        matched = False
         for topic_filter, handler in self._handlers:
-            if not paho.topic_matches_sub(topic_filter, topic):
+            ours = (
+                _subscription_id(topic_filter) in ids
+                if ids is not None
+                else paho.topic_matches_sub(topic_filter, topic)
+            )
+            if not ours:
                 continue
+            matched = True
             try:
                 handler(topic, payload)
                 self.handled += 1
             except PayloadError as err:
-                self.rejected[err.reason] += 1
-                n = self.rejected[err.reason]
-                if n <= 20 or n % 100 == 0:
-                    log.warning("%s: rejected message (%s, %d so far): %s", self.service, err.reason, n, err)
+                self._reject(err.reason, str(err))
             except Exception:
                 self.rejected["handler_error"] += 1
                 log.exception("%s: handler for %s failed; the service goes on", self.service, topic)
+        if not matched:
+            # e.g. a subscription left in the broker's persistent session by an earlier configuration
+            self._reject("topic", f"{topic}: not a topic this service handles; message dropped")
+
+    def _reject(self, reason: str, text: str) -> None:
+        self.rejected[reason] += 1
+        n = self.rejected[reason]
+        if n <= 20 or n % 100 == 0:  # a flood of bad messages must not flood the log
+            log.warning("%s: rejected message (%s, %d so far): %s", self.service, reason, n, text)
 
     def _configure_tls(self, client: paho.Client) -> None:
         cfg = self.config

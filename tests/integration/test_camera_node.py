@@ -85,7 +85,8 @@ def _trigger(broker: Mosquitto, topics: Topics, layers: list[int], payloads: lis
 def test_one_frame_per_layer_with_its_metadata(broker: Mosquitto, topics: Topics, monitor: Monitor) -> None:
     node = _node(broker, topics, SimulatorSource(seed=99, size=256, layers=10)).start()
     try:
-        _trigger(broker, topics, [0, 1, 2, 2, 3], payloads=[b"not json"])  # layer 2 twice: one frame
+        other = LayerEvent(printer="someone-else", job_id="j", layer=0, z_mm=0.2).to_json()
+        _trigger(broker, topics, [0, 1, 2, 2, 3], payloads=[b"not json", other])  # layer 2 twice: one frame
         monitor.wait(frames=4)
         time.sleep(0.5)
     finally:
@@ -96,7 +97,7 @@ def test_one_frame_per_layer_with_its_metadata(broker: Mosquitto, topics: Topics
     assert np.array_equal(image, expected)  # PNG: lossless, 16-bit kept
     assert (meta.width, meta.height, meta.job_id, meta.source) == (256, 256, "job-7", "simulator")
     assert meta.quality is not None and meta.z_mm == pytest.approx(0.4)
-    assert node.link.rejected["json"] == 1
+    assert dict(node.link.rejected) == {"json": 1, "printer": 1}
 
 
 def test_a_failing_capture_is_retried_then_given_up_visibly(

@@ -211,3 +211,61 @@ def test_mqtt_3_1_1_works_too(broker: Mosquitto, topics: Topics) -> None:
     with monitor.start(), _link(broker.url, topics, "bridge", protocol="3.1.1") as bridge:
         bridge.publish(topics.layer, _event(topics, 3))
         assert inbox.wait(1) == [3]
+
+
+def test_frames_with_bad_envelopes_or_image_bytes_are_counted(broker: Mosquitto, topics: Topics) -> None:
+    import numpy as np
+
+    from printer_io.frames import decode_image, encode_image
+    from printer_io.messages import FrameMeta, decode_frame, encode_frame
+
+    good = Inbox()
+
+    def on_frame(topic: str, payload: bytes) -> None:
+        meta, data = decode_frame(payload, topic)
+        good.add((meta.layer, decode_image(data, topic).shape))
+
+    monitor = _link(broker.url, topics, "monitor")
+    monitor.subscribe(topics.image, on_frame)
+    meta = FrameMeta(printer=topics.printer, job_id="j", layer=3, z_mm=0.8, captured_at=0.0, encoding="png",
+                     width=8, height=4, channels=1, bit_depth=8)  # fmt: skip
+    with monitor.start(), _link(broker.url, topics, "camera") as camera:
+        camera.publish(topics.image, b"\x89PNG not an envelope")
+        camera.publish(topics.image, encode_frame(meta, b"these are not PNG bytes"))
+        camera.publish(topics.image, encode_frame(meta, encode_image(np.zeros((4, 8), np.uint8))))
+        assert good.wait(1) == [(3, (4, 8))]
+    assert dict(monitor.rejected) == {"envelope": 1, "image": 1}
+
+
+def test_messages_on_topics_the_service_does_not_handle_are_counted(broker: Mosquitto, topics: Topics) -> None:
+    old = _link(broker.url, topics, "monitor")
+    old.subscribe(f"{topics.prefix}/{topics.printer}/#", lambda t, p: None)
+    old.start().close()  # an earlier configuration left a wide subscription in the persistent session
+    inbox = Inbox()
+    monitor = _link(broker.url, topics, "monitor")
+    monitor.subscribe(topics.layer, _layers(inbox))
+    with monitor.start(), _link(broker.url, topics, "bridge") as bridge:
+        bridge.publish(topics.result, b"{}")
+        bridge.publish(topics.layer, _event(topics, 4))
+        assert inbox.wait(1) == [4]
+        time.sleep(0.3)
+    assert monitor.rejected["topic"] >= 1
+
+
+def test_a_lost_broker_is_logged_once_not_every_retry(
+    tmp_path: Path, topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    own = Mosquitto(tmp_path).start()
+    try:
+        link = _link(own.url, topics, "camera", reconnect_min_s=1, reconnect_max_s=1)
+        with link.start(), caplog.at_level("INFO", logger="printer_io.mqtt"):
+            own.stop()
+            time.sleep(4.5)  # about four reconnect attempts at 1 s
+            own.start()
+            assert link.wait_connected(15)
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("lost the MQTT broker" in m for m in messages) == 1, messages
+        assert sum("unreachable" in m for m in messages) <= 1, messages
+        assert sum("connected to" in m for m in messages) == 1, messages
+    finally:
+        own.stop()
