@@ -184,10 +184,7 @@ class MqttLink:
                     f"MQTT broker {self._where()} refused {username or 'anonymous'!s}: {failure}; check the username "
                     f"(${USERNAME_ENV} or [mqtt] username) and the password (${PASSWORD_ENV} or [mqtt] password_file)"
                 )
-            raise MqttError(
-                f"no MQTT broker answered at {self._where()} within {self.config.connect_timeout_s:g} s: "
-                "start the broker or fix [mqtt] url / --broker"
-            )
+            raise MqttError(self._diagnose())
         return self
 
     def close(self, publish_offline: bool = True) -> None:
@@ -369,6 +366,29 @@ class MqttLink:
             )
         except (ssl.SSLError, ValueError) as err:
             raise ConfigError(f"[mqtt] TLS files: {err}") from err
+
+    def _diagnose(self) -> str:
+        """Why the first connection failed, in one line (paho's network thread does not say)."""
+        import socket
+
+        where = self._where()
+        try:
+            with socket.create_connection((self.host, self.port), timeout=3) as sock:
+                if self.tls or self.config.ca_file:
+                    cfg = self.config
+                    context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+                    if cfg.cert_file is not None:
+                        context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
+                    with context.wrap_socket(sock, server_hostname=self.host) as tls:
+                        tls.recv(1)  # TLS 1.3 reports a refused client certificate on the first read
+        except ssl.SSLError as err:
+            return f"TLS handshake with {where} failed ({err.reason or err}): check [mqtt] ca_file, cert_file, key_file"
+        except OSError as err:
+            return f"no MQTT broker answers at {where} ({err.strerror or err}): start the broker or fix [mqtt] url"
+        return (
+            f"no MQTT connection to {where} within {self.config.connect_timeout_s:g} s (the port is open): "
+            "is it an MQTT broker, and does its listener speak TLS only if the URL says mqtts://?"
+        )
 
     def _where(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
