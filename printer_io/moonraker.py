@@ -11,14 +11,12 @@ asks for one.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +31,7 @@ from printer_io.errors import (
 )
 from printer_io.layers import LayerChange, ZLayerFilter
 from printer_io.printer import JobInfo, PauseOutcome, PrinterState, PrinterStatus, confirm_pause
+from printer_io.trigger import LayerCallback, WebsocketTrigger
 
 __all__ = ["API_KEY_ENV", "MoonrakerPrinter", "MoonrakerTrigger", "resolve_api_key"]
 
@@ -190,25 +189,22 @@ class MoonrakerPrinter:
         self.send_gcode([f'EXCLUDE_OBJECT NAME="{safe}"'])
 
 
-LayerCallback = Callable[[str, LayerChange], None]
-
-
-class MoonrakerTrigger:
+class MoonrakerTrigger(WebsocketTrigger):
     """Layer changes from Moonraker's websocket (JSON-RPC ``printer.objects.subscribe``)."""
+
+    name = "moonraker-ws"
+    OBJECTS: ClassVar[dict[str, list[str]]] = {
+        "print_stats": ["state", "filename", "info"],
+        "gcode_move": ["gcode_position"],
+    }
 
     def __init__(
         self, url: str, on_layer: LayerCallback, *, api_key: str | None = None, reconnect_max_s: float = 30.0
     ) -> None:
+        super().__init__(on_layer, reconnect_max_s=reconnect_max_s)
         self.ws_url = url.rstrip("/").replace("http", "ws", 1) + "/websocket"
-        self.on_layer = on_layer
         self._headers = {"X-Api-Key": api_key} if api_key else {}
-        self.reconnect_max_s = reconnect_max_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ws: Any = None
         self._ids = itertools.count(1)
-        self.connected = threading.Event()
-        self.job_id: str | None = None
         self._state = ""
         self._layer: int | None = None
         self._z: float | None = None
@@ -217,53 +213,20 @@ class MoonrakerTrigger:
         self._used_layers = False
         self._cache: dict[str, dict[str, Any]] = {}
 
-    def start(self) -> MoonrakerTrigger:
-        self._thread = threading.Thread(target=self._run, name="moonraker-ws", daemon=True)
-        self._thread.start()
-        return self
+    def _open(self) -> tuple[str, dict[str, str], list[dict[str, Any]]]:
+        subscribe = {
+            "jsonrpc": "2.0",
+            "method": "printer.objects.subscribe",
+            "params": {"objects": self.OBJECTS},
+            "id": next(self._ids),
+        }
+        return self.ws_url, self._headers, [subscribe]
 
-    def close(self) -> None:
-        self._stop.set()
-        ws = self._ws
-        if ws is not None:
-            ws.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        from websockets.exceptions import WebSocketException
-        from websockets.sync.client import connect
-
-        delay, announced = 0.5, False
-        objects = {"print_stats": ["state", "filename", "info"], "gcode_move": ["gcode_position"]}
-        while not self._stop.is_set():
-            try:
-                with connect(self.ws_url, open_timeout=10, additional_headers=self._headers, max_size=2**24) as ws:
-                    self._ws = ws
-                    ws.send(json.dumps({
-                        "jsonrpc": "2.0", "method": "printer.objects.subscribe",
-                        "params": {"objects": objects}, "id": next(self._ids),
-                    }))  # fmt: skip
-                    log.info("moonraker ws: connected to %s", self.ws_url)
-                    announced, delay = False, 0.5
-                    for raw in ws:
-                        message = json.loads(raw)
-                        if "result" in message and isinstance(message["result"], dict):
-                            self._update(message["result"].get("status", {}))
-                            self.connected.set()
-                        elif message.get("method") == "notify_status_update":
-                            self._update(message["params"][0])
-            except (OSError, WebSocketException, ValueError, KeyError, IndexError) as err:
-                self.connected.clear()
-                if self._stop.is_set():
-                    return
-                if not announced:
-                    log.warning("moonraker ws: %s; reconnecting with backoff", err)
-                    announced = True
-            finally:
-                self._ws = None
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.reconnect_max_s)
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if isinstance(message.get("result"), dict):
+            self._update(message["result"].get("status", {}))
+        elif message.get("method") == "notify_status_update":
+            self._update(message["params"][0])
 
     def _update(self, status: dict[str, Any]) -> None:
         now = time.time()
@@ -305,12 +268,3 @@ class MoonrakerTrigger:
             if self._layer is not None and layer > self._layer:
                 self._emit([LayerChange(n - 1, self._layer_z) for n in range(self._layer, layer)])
             self._layer, self._used_layers = layer, True
-
-    def _emit(self, changes: list[LayerChange]) -> None:
-        if self.job_id is None:
-            return
-        for change in changes:
-            try:
-                self.on_layer(self.job_id, change)
-            except Exception:
-                log.exception("moonraker ws: layer callback failed")

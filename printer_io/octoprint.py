@@ -11,10 +11,8 @@ send ``"action": "pause"``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,8 +29,9 @@ from printer_io.errors import (
     PrinterUnreachable,
     UnsupportedOperation,
 )
-from printer_io.layers import FileposLayerTracker, GcodeLayerMap, LayerChange, ZLayerFilter
+from printer_io.layers import FileposLayerTracker, GcodeLayerMap, ZLayerFilter
 from printer_io.printer import JobInfo, PauseOutcome, PrinterState, PrinterStatus, confirm_pause
+from printer_io.trigger import LayerCallback, WebsocketTrigger
 
 __all__ = ["API_KEY_ENV", "MIN_VERSION", "OctoPrintClient", "OctoPrintPrinter", "OctoPrintTrigger", "read_secret"]
 
@@ -269,10 +268,7 @@ class OctoPrintPrinter:
         )
 
 
-LayerCallback = Callable[[str, LayerChange], None]
-
-
-class OctoPrintTrigger:
+class OctoPrintTrigger(WebsocketTrigger):
     """Layer changes from OctoPrint's push API (SockJS raw websocket ``/sockjs/websocket``).
 
     Logs in passively with the API key, authenticates the socket with ``{"auth": "user:session"}``, then
@@ -280,6 +276,8 @@ class OctoPrintTrigger:
     against the G-code's ``;LAYER`` markers (downloaded at print start) or, without markers, ``ZChange``
     through :class:`ZLayerFilter`. ``on_layer(job_id, LayerChange)`` runs on the trigger's thread.
     """
+
+    name = "octoprint-push"
 
     def __init__(
         self,
@@ -289,61 +287,20 @@ class OctoPrintTrigger:
         z_filter: Callable[[], ZLayerFilter] = ZLayerFilter,
         reconnect_max_s: float = 30.0,
     ) -> None:
+        super().__init__(on_layer, reconnect_max_s=reconnect_max_s)
         self.client = client
-        self.on_layer = on_layer
         self._new_filter = z_filter
-        self.reconnect_max_s = reconnect_max_s
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._ws: Any = None
-        self.job_id: str | None = None
         self._tracker: FileposLayerTracker | None = None
         self._zfilter = z_filter()
-        self.connected = threading.Event()
         self.mode = ""
 
-    def start(self) -> OctoPrintTrigger:
-        self._thread = threading.Thread(target=self._run, name="octoprint-push", daemon=True)
-        self._thread.start()
-        return self
+    def _open(self) -> tuple[str, dict[str, str], list[dict[str, Any]]]:
+        user, session = self.client.login_passive()
+        url = self.client.url.replace("http", "ws", 1) + "/sockjs/websocket"
+        return url, {}, [{"auth": f"{user}:{session}"}]
 
-    def close(self) -> None:
-        self._stop.set()
-        ws = self._ws
-        if ws is not None:
-            ws.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        from websockets.exceptions import WebSocketException
-        from websockets.sync.client import connect
-
-        delay = 0.5
-        announced = False
-        ws_url = self.client.url.replace("http", "ws", 1) + "/sockjs/websocket"
-        while not self._stop.is_set():
-            try:
-                user, session = self.client.login_passive()
-                with connect(ws_url, open_timeout=10, max_size=2**24) as ws:
-                    self._ws = ws
-                    ws.send(json.dumps({"auth": f"{user}:{session}"}))
-                    self.connected.set()
-                    log.info("octoprint push: connected to %s", ws_url)
-                    announced, delay = False, 0.5
-                    for raw in ws:
-                        self._handle(json.loads(raw))
-            except (OSError, PrinterError, WebSocketException, ValueError) as err:
-                self.connected.clear()
-                if self._stop.is_set():
-                    return
-                if not announced:
-                    log.warning("octoprint push: %s; reconnecting with backoff", err)
-                    announced = True
-            finally:
-                self._ws = None
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.reconnect_max_s)
+    def _on_message(self, message: dict[str, Any]) -> None:
+        self._handle(message)
 
     def _handle(self, message: dict[str, Any]) -> None:
         now = time.time()
@@ -380,18 +337,9 @@ class OctoPrintTrigger:
             try:
                 layer_map = GcodeLayerMap.parse(self.client.download("local", str(path)))
             except PrinterError as err:
-                log.warning("octoprint push: cannot read %s for layer markers (%s); following Z", path, err)
+                log.warning("%s: cannot read %s for layer markers (%s); following Z", self.name, path, err)
             else:
                 if len(layer_map):
                     self._tracker = FileposLayerTracker(layer_map)
         self.mode = "markers" if self._tracker else "z"
-        log.info("octoprint push: job %s started; layers from %s", self.job_id, self.mode)
-
-    def _emit(self, changes: list[LayerChange]) -> None:
-        if self.job_id is None:
-            return
-        for change in changes:
-            try:
-                self.on_layer(self.job_id, change)
-            except Exception:
-                log.exception("octoprint push: layer callback failed")
+        log.info("%s: job %s started; layers from %s", self.name, self.job_id, self.mode)

@@ -190,7 +190,9 @@ def test_unreachable_broker_is_a_clear_error_without_hanging(topics: Topics) -> 
     from peers import free_port
 
     t0 = time.monotonic()
-    with pytest.raises(MqttError, match=r"no MQTT broker answers at mqtt://127.0.0.1:\d+ \(Connection refused\): start the broker"):
+    with pytest.raises(
+        MqttError, match=r"no MQTT broker answers at mqtt://127.0.0.1:\d+ \(Connection refused\): start the broker"
+    ):
         MqttLink(
             MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}", connect_timeout_s=1), service="x", topics=topics
         ).start()
