@@ -1,0 +1,440 @@
+"""The build record: one HDF5 file per build, appended layer by layer, crash-safe, readable while written.
+
+Layout (``docs/record.md``): Peregrine-compatible paths, so tools made for ORNL Peregrine's open
+layer-wise format can read it,
+
+- ``/slices/camera_data/0``: (Z, H, W) the layer images (gray; uint8 or uint16);
+- ``/slices/segmentation_results/<class id>``: (Z, H, W) uint8, 1 where the pixel is of that class;
+- ``/slices/part_ids``: (Z, H, W) uint32, the part each pixel belongs to (0: none);
+- root attributes ``printer/x_real_dimension``, ``printer/y_real_dimension`` (mm),
+  ``printer/x_camera_dimension``, ``printer/y_camera_dimension`` (px), ``material/layer_thickness`` (mm);
+
+and LayerWatch's own group ``/layerwatch``: ``layers`` (one row per layer index: stored flag, z, times,
+frame quality), ``metrics`` (one row per layer index, one column per metric), ``part_metrics``,
+``events``, ``actions``, ``feedback``, ``telemetry`` (append-only tables), ``state``, and attributes
+with the config and policy in force, the model id and hash, the software and record schema versions.
+
+Crash safety: the file is written in SWMR mode (``libver="latest"``), every table exists as an
+extendable dataset before SWMR starts, and every append ends with ``flush()`` (plus ``fsync`` when
+asked). A layer is *stored* once :meth:`BuildRecord.append_layer` has returned. A writer killed at any
+moment leaves a file that opens with ``swmr=True`` (which every reader here uses) and holds every
+stored layer; :func:`recover` rewrites such a file so that stock tools and a new writer open it again.
+
+This module depends on nothing else of LayerWatch: the monitor and the dashboards both use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BuildRecord",
+    "RecordError",
+    "RecordReader",
+    "check_record",
+    "recover",
+]
+
+SCHEMA_VERSION = 1
+IMAGES = "slices/camera_data/0"
+MASKS = "slices/segmentation_results"
+PART_IDS = "slices/part_ids"
+LW = "layerwatch"
+
+_STR = h5py.string_dtype()
+LAYER_DTYPE = np.dtype(
+    [
+        ("stored", "u1"), ("z_mm", "f4"), ("captured_at", "f8"), ("stored_at", "f8"),
+        ("sharpness", "f4"), ("mean", "f4"), ("blurry", "u1"), ("frozen", "u1"),
+        ("too_dark", "u1"), ("too_bright", "u1"),
+    ]
+)  # fmt: skip
+EVENT_DTYPE = np.dtype([("time", "f8"), ("layer", "i4"), ("level", _STR), ("code", _STR), ("message", _STR)])
+ACTION_DTYPE = np.dtype(
+    [
+        ("time", "f8"), ("layer", "i4"), ("request_id", _STR), ("action", _STR), ("state", _STR),
+        ("rule", _STR), ("incident", _STR), ("detail", _STR),
+    ]
+)  # fmt: skip
+FEEDBACK_DTYPE = np.dtype([("time", "f8"), ("incident", _STR), ("verdict", _STR), ("operator", _STR), ("note", _STR)])
+TELEMETRY_DTYPE = np.dtype(
+    [("time", "f8"), ("layer", "i4"), ("state", _STR), ("z_mm", "f4"), ("feed_pct", "f4"), ("flow_pct", "f4")]
+)
+TABLES = {
+    "events": EVENT_DTYPE,
+    "actions": ACTION_DTYPE,
+    "feedback": FEEDBACK_DTYPE,
+    "telemetry": TELEMETRY_DTYPE,
+}
+
+
+class RecordError(Exception):
+    """A record cannot be created, opened or appended to; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """What a new record needs to know. Frame size in px, ``mm_per_px`` and ``layer_thickness_mm`` in mm."""
+
+    printer: str
+    job_id: str
+    height: int
+    width: int
+    dtype: str  # "uint8" or "uint16"
+    mm_per_px: float
+    layer_thickness_mm: float
+    class_names: tuple[str, ...]
+    metric_names: tuple[str, ...]
+    part_metric_names: tuple[str, ...]
+    config: Mapping[str, Any]
+    policy: Mapping[str, Any]
+    model: Mapping[str, str]
+    software_version: str
+    compression_level: int = 1  # gzip, built into every HDF5: stock tools read it without plugins
+
+
+class BuildRecord:
+    """Writer of one build's record. Not thread-safe: one writer thread per record."""
+
+    def __init__(self, path: Path, file: h5py.File, fsync: bool) -> None:
+        self.path = path
+        self._f = file
+        self._fsync = fsync
+        self._n_classes = len(file.attrs["layerwatch/class_names"])
+        self.metric_names = tuple(json.loads(file.attrs["layerwatch/metric_names"]))
+        self.part_metric_names = tuple(json.loads(file.attrs["layerwatch/part_metric_names"]))
+        self.height, self.width = file[IMAGES].shape[1:]
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, spec: RecordSpec, *, fsync: bool = False) -> BuildRecord:
+        if spec.dtype not in ("uint8", "uint16"):
+            raise RecordError(f"{path}: camera images must be uint8 or uint16, not {spec.dtype}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".creating.h5")
+        try:
+            f = h5py.File(tmp, "w", libver="latest")
+        except OSError as err:
+            raise RecordError(f"cannot create build record {path}: {err}") from err
+        h, w = spec.height, spec.width
+        gzip = {"compression": "gzip", "compression_opts": spec.compression_level, "shuffle": True}
+        f.create_dataset(IMAGES, (0, h, w), maxshape=(None, h, w), dtype=spec.dtype, chunks=(1, h, w), **gzip)
+        for cid in range(len(spec.class_names)):
+            f.create_dataset(f"{MASKS}/{cid}", (0, h, w), maxshape=(None, h, w), dtype="u1", chunks=(1, h, w), **gzip)
+        f.create_dataset(PART_IDS, (0, h, w), maxshape=(None, h, w), dtype="u4", chunks=(1, h, w), **gzip)
+        g = f.create_group(LW)
+        g.create_dataset("layers", (0,), maxshape=(None,), dtype=LAYER_DTYPE, chunks=(256,))
+        metric_dtype = np.dtype([(n, "f8") for n in spec.metric_names])
+        g.create_dataset("metrics", (0,), maxshape=(None,), dtype=metric_dtype, chunks=(256,))
+        part_dtype = np.dtype([("layer", "i4"), ("part_id", "u4")] + [(n, "f8") for n in spec.part_metric_names])
+        g.create_dataset("part_metrics", (0,), maxshape=(None,), dtype=part_dtype, chunks=(256,))
+        for name, dtype in TABLES.items():
+            g.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(64,))
+        g.create_dataset("state", data=np.bytes_("writing".ljust(16)), dtype="S16")
+        a = f.attrs
+        a["printer/x_real_dimension"] = w * spec.mm_per_px
+        a["printer/y_real_dimension"] = h * spec.mm_per_px
+        a["printer/x_camera_dimension"] = w
+        a["printer/y_camera_dimension"] = h
+        a["material/layer_thickness"] = spec.layer_thickness_mm
+        a["layerwatch/schema_version"] = SCHEMA_VERSION
+        a["layerwatch/software_version"] = spec.software_version
+        a["layerwatch/printer"] = spec.printer
+        a["layerwatch/job_id"] = spec.job_id
+        a["layerwatch/created_at"] = time.time()
+        a["layerwatch/mm_per_px"] = spec.mm_per_px
+        a["layerwatch/class_names"] = list(spec.class_names)
+        a["layerwatch/metric_names"] = json.dumps(list(spec.metric_names))
+        a["layerwatch/part_metric_names"] = json.dumps(list(spec.part_metric_names))
+        a["layerwatch/config"] = json.dumps(spec.config, default=str)
+        a["layerwatch/policy"] = json.dumps(spec.policy, default=str)
+        a["layerwatch/model"] = json.dumps(dict(spec.model))
+        f.flush()
+        f.close()
+        tmp.replace(path)  # the record appears complete with its layout, or not at all
+        return cls.open(path, fsync=fsync)
+
+    @classmethod
+    def open(cls, path: Path, *, fsync: bool = False) -> BuildRecord:
+        """Open an existing record to append (a monitor restarted mid-build); a crashed one is recovered first."""
+        try:
+            f = h5py.File(path, "r+", libver="latest")
+        except OSError as err:
+            if "already open for write" not in str(err) and "file close degree" not in str(err):
+                raise RecordError(f"cannot open build record {path} for writing: {err}") from err
+            recover(path)
+            f = h5py.File(path, "r+", libver="latest")
+        if f.attrs.get("layerwatch/schema_version") != SCHEMA_VERSION:
+            f.close()
+            raise RecordError(f"{path} is not a LayerWatch record of schema {SCHEMA_VERSION}")
+        f[f"{LW}/state"][()] = np.bytes_("writing".ljust(16))
+        f.swmr_mode = True
+        return cls(path, f, fsync)
+
+    def close(self, state: str = "closed") -> None:
+        if self._f.id.valid:
+            self._f[f"{LW}/state"][()] = np.bytes_(state.ljust(16)[:16])
+            self._commit()
+            self._f.close()
+
+    def __enter__(self) -> BuildRecord:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _commit(self) -> None:
+        self._f.flush()
+        if self._fsync:
+            os.fsync(self._f.id.get_vfd_handle())
+
+    # ---- appends ----------------------------------------------------------------------------------
+    def stored_layers(self) -> np.ndarray:
+        rows = self._f[f"{LW}/layers"]
+        return np.flatnonzero(rows["stored"][:]) if rows.shape[0] else np.zeros(0, dtype=np.int64)
+
+    def is_stored(self, layer: int) -> bool:
+        rows = self._f[f"{LW}/layers"]
+        return layer < rows.shape[0] and bool(rows[layer]["stored"])
+
+    def append_layer(
+        self,
+        layer: int,
+        *,
+        z_mm: float,
+        image: np.ndarray,
+        mask: np.ndarray,
+        part_ids: np.ndarray | None,
+        metrics: Mapping[str, float],
+        part_metrics: Sequence[Mapping[str, float]] = (),
+        captured_at: float = 0.0,
+        quality: Mapping[str, float | bool] | None = None,
+    ) -> None:
+        """Store layer ``layer`` (row ``layer`` of every slice dataset); stored once this returns.
+
+        ``image`` (H, W) gray; ``mask`` (H, W) uint8 class ids; ``part_ids`` (H, W) uint32 or None.
+        Layers may arrive out of order: a late one fills its row. Rows of missing layers stay unstored.
+        """
+        if image.shape != (self.height, self.width) or mask.shape != image.shape:
+            raise RecordError(
+                f"{self.path}: layer {layer} is {image.shape[1]}x{image.shape[0]} px, the build's frames are "
+                f"{self.width}x{self.height}"
+            )
+        f = self._f
+        n = max(f[IMAGES].shape[0], layer + 1)
+        slices = [f[IMAGES], f[PART_IDS]] + [f[f"{MASKS}/{c}"] for c in range(self._n_classes)]
+        for d in slices:
+            if d.shape[0] < n:
+                d.resize(n, axis=0)
+        f[IMAGES][layer] = image
+        for c in range(self._n_classes):
+            f[f"{MASKS}/{c}"][layer] = (mask == c).view(np.uint8)
+        f[PART_IDS][layer] = part_ids if part_ids is not None else 0
+        metric_row = np.zeros((), dtype=f[f"{LW}/metrics"].dtype)
+        for name in self.metric_names:
+            metric_row[name] = float(metrics.get(name, np.nan))
+        _put_row(f[f"{LW}/metrics"], layer, metric_row)
+        if part_metrics:
+            table = f[f"{LW}/part_metrics"]
+            rows = np.zeros(len(part_metrics), dtype=table.dtype)
+            for i, pm in enumerate(part_metrics):
+                for name in rows.dtype.names or ():
+                    rows[i][name] = pm.get(name, np.nan if name not in ("layer", "part_id") else 0)
+            start = table.shape[0]
+            table.resize(start + len(rows), axis=0)
+            table[start:] = rows
+        q = quality or {}
+        layer_row = np.zeros((), dtype=LAYER_DTYPE)
+        layer_row["z_mm"], layer_row["captured_at"], layer_row["stored_at"] = z_mm, captured_at, time.time()
+        for key in ("sharpness", "mean", "blurry", "frozen", "too_dark", "too_bright"):
+            layer_row[key] = q.get(key, 0)
+        # the stored flag goes last: a crash before this flush leaves the layer unstored, not half-stored
+        _put_row(f[f"{LW}/layers"], layer, layer_row)
+        self._commit()
+        layer_row["stored"] = 1
+        f[f"{LW}/layers"][layer] = layer_row
+        self._commit()
+
+    def _append(self, table: str, row: tuple[Any, ...]) -> None:
+        d = self._f[f"{LW}/{table}"]
+        d.resize(d.shape[0] + 1, axis=0)
+        d[-1] = row
+        self._commit()
+
+    def add_event(self, layer: int, level: str, code: str, message: str, at: float | None = None) -> None:
+        self._append("events", (at or time.time(), layer, level, code, message))
+
+    def add_action(
+        self, layer: int, request_id: str, action: str, state: str, rule: str, incident: str, detail: Mapping[str, Any],
+        at: float | None = None,
+    ) -> None:  # fmt: skip
+        row = (at or time.time(), layer, request_id, action, state, rule, incident, json.dumps(detail, default=str))
+        self._append("actions", row)
+
+    def add_feedback(self, incident: str, verdict: str, operator: str, note: str, at: float | None = None) -> None:
+        self._append("feedback", (at or time.time(), incident, verdict, operator, note))
+
+    def add_telemetry(
+        self,
+        layer: int,
+        state: str,
+        z_mm: float,
+        feed_pct: float | None,
+        flow_pct: float | None,
+        at: float | None = None,
+    ) -> None:
+        feed = np.nan if feed_pct is None else feed_pct
+        flow = np.nan if flow_pct is None else flow_pct
+        self._append("telemetry", (at or time.time(), layer, state, z_mm, feed, flow))
+
+
+def _put_row(dataset: h5py.Dataset, index: int, row: np.ndarray) -> None:
+    if dataset.shape[0] <= index:
+        dataset.resize(index + 1, axis=0)
+    dataset[index] = row
+
+
+class RecordReader:
+    """Reads a record, also while it is being written (SWMR); :meth:`refresh` sees new layers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._f = h5py.File(path, "r", libver="latest", swmr=True)
+        except OSError as err:
+            raise RecordError(f"cannot open build record {path}: {err}") from err
+        if self._f.attrs.get("layerwatch/schema_version") is None:
+            self._f.close()
+            raise RecordError(f"{path} is an HDF5 file but not a LayerWatch build record")
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> RecordReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def refresh(self) -> None:
+        for name in [IMAGES, PART_IDS, *(f"{MASKS}/{c}" for c in range(len(self.class_names)))]:
+            self._f[name].refresh()
+        for name in ["layers", "metrics", "part_metrics", "state", *TABLES]:
+            self._f[f"{LW}/{name}"].refresh()
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self._f.attrs.items()}
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(n) for n in self._f.attrs["layerwatch/class_names"]]
+
+    def json_attr(self, name: str) -> Any:
+        return json.loads(self._f.attrs[f"layerwatch/{name}"])
+
+    @property
+    def state(self) -> str:
+        return bytes(self._f[f"{LW}/state"][()]).decode().strip()
+
+    def layers(self) -> np.ndarray:
+        return np.asarray(self._f[f"{LW}/layers"][:])
+
+    def stored_layers(self) -> np.ndarray:
+        rows = self.layers()
+        return np.flatnonzero(rows["stored"]) if rows.shape[0] else np.zeros(0, dtype=np.int64)
+
+    def image(self, layer: int) -> np.ndarray:
+        return np.asarray(self._f[IMAGES][layer])
+
+    def mask(self, layer: int) -> np.ndarray:
+        """(H, W) uint8 class ids, rebuilt from the per-class masks."""
+        out = np.zeros(self._f[IMAGES].shape[1:], dtype=np.uint8)
+        for c in range(1, len(self.class_names)):
+            out[self._f[f"{MASKS}/{c}"][layer].astype(bool)] = c
+        return out
+
+    def part_ids(self, layer: int) -> np.ndarray:
+        return np.asarray(self._f[PART_IDS][layer])
+
+    def metrics(self) -> np.ndarray:
+        return np.asarray(self._f[f"{LW}/metrics"][:])
+
+    def part_metrics(self) -> np.ndarray:
+        return np.asarray(self._f[f"{LW}/part_metrics"][:])
+
+    def table(self, name: str) -> list[dict[str, Any]]:
+        """Rows of an append-only table (events, actions, feedback, telemetry) as dicts."""
+        data = self._f[f"{LW}/{name}"][:]
+        fields = data.dtype.names or ()
+        return [{k: _py(row[k]) for k in fields} for row in data]
+
+
+def _py(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def check_record(path: Path) -> list[str]:
+    """Problems with a record's layout, as lines; empty when it is a valid LayerWatch/Peregrine record."""
+    problems: list[str] = []
+    try:
+        reader = RecordReader(path)
+    except RecordError as err:
+        return [str(err)]
+    with reader:
+        f = reader._f
+        for attr in ("printer/x_real_dimension", "printer/y_real_dimension", "printer/x_camera_dimension",
+                     "printer/y_camera_dimension", "material/layer_thickness"):  # fmt: skip
+            if attr not in f.attrs:
+                problems.append(f"missing root attribute {attr}")
+        if f.attrs.get("layerwatch/schema_version") != SCHEMA_VERSION:
+            problems.append(f"schema version {f.attrs.get('layerwatch/schema_version')} is not {SCHEMA_VERSION}")
+        required = [IMAGES, PART_IDS] + [f"{MASKS}/{c}" for c in range(len(reader.class_names))]
+        required += [f"{LW}/{n}" for n in ("layers", "metrics", "part_metrics", "state", *TABLES)]
+        for name in required:
+            if name not in f:
+                problems.append(f"missing dataset /{name}")
+        if problems:
+            return problems
+        z, h, w = f[IMAGES].shape
+        if (w, h) != (f.attrs["printer/x_camera_dimension"], f.attrs["printer/y_camera_dimension"]):
+            problems.append(f"/{IMAGES} is {w}x{h} px but the camera attributes say otherwise")
+        for name in [PART_IDS] + [f"{MASKS}/{c}" for c in range(len(reader.class_names))]:
+            if f[name].shape[1:] != (h, w):
+                problems.append(f"/{name} has frame shape {f[name].shape[1:]}, expected {(h, w)}")
+        stored = reader.stored_layers()
+        if stored.size and stored.max() >= z:
+            problems.append(f"layer {int(stored.max())} is marked stored but /{IMAGES} has only {z} slices")
+    return problems
+
+
+def recover(path: Path) -> Path:
+    """Rewrite a record left open by a crashed writer so that any tool (and a new writer) can open it.
+
+    Reads it with SWMR (which a crash does not prevent), copies every group, dataset and attribute
+    into a new file and puts it in place; the original is kept as ``NAME.crashed.h5``.
+    """
+    src = h5py.File(path, "r", libver="latest", swmr=True)
+    tmp = path.with_suffix(".recovering.h5")
+    with src, h5py.File(tmp, "w", libver="latest") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for name in src:
+            src.copy(src[name], dst, name=name)
+    path.replace(path.with_suffix(".crashed.h5"))
+    tmp.replace(path)
+    return path
