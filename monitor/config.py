@@ -2,21 +2,32 @@
 
 An unknown section or key, or a value of the wrong type or range, stops start-up with one line naming
 the file, section, key, value and what is allowed. Secrets are never in this file: they come from the
-environment or from files it names (``password_file``, ``api_key_file``).
+environment or from files it names (``password_file``, ``api_key_file``). ``data/config/layerwatch.toml``
+is the documented example; every key is optional.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from monitor.policy import DEFAULT_POLICY, Policy, Rule, load_policy
+from printer_io.errors import ConfigError
 from printer_io.mqtt import MqttConfig
+from printer_io.topics import validate_printer_id
 
-__all__ = ["Config", "ConfigFileError", "load_config", "section"]
+__all__ = [
+    "Config",
+    "ConfigFileError",
+    "ControllerSection",
+    "MonitorSection",
+    "PrinterSection",
+    "load_config",
+    "section",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -25,25 +36,93 @@ class ConfigFileError(Exception):
     """The configuration file is missing, not TOML, or has a bad section/key/value."""
 
 
-@dataclass(frozen=True)
-class Config:
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MonitorSection(_Section):
+    out_dir: Path = Path("records")
+    engine: Literal["onnx", "torch"] = "onnx"
+    model: Path | None = None
+    threads: int | None = Field(default=None, ge=1, le=256)
+    mm_per_px: float = Field(default=0.1, gt=0, le=10)
+    layer_thickness_mm: float = Field(default=0.04, gt=0, le=5)
+    fsync: bool = False
+    build_idle_close_s: float = Field(default=1800.0, gt=0)
+    max_frame_pixels: int = Field(default=64_000_000, ge=1024)
+    gzip_level: int = Field(default=1, ge=0, le=9)
+
+
+class PrinterSection(_Section):
+    """``[printers.<id>]``: how to reach one printer. ``backend = "none"`` observes without acting."""
+
+    backend: Literal["octoprint", "moonraker", "virtual", "dry-run", "none"] = "none"
+    url: str = ""
+    api_key_file: Path | None = None
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+    mm_per_px: float | None = Field(default=None, gt=0, le=10)
+    layer_thickness_mm: float | None = Field(default=None, gt=0, le=5)
+    object_names: dict[str, str] = Field(default_factory=dict, description="part id -> firmware object name")
+
+
+class ControllerSection(_Section):
+    cooldown_layers: int = Field(default=5, ge=0, le=10_000)
+    max_adjustments: int = Field(default=10, ge=0, le=1000)
+    pause_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    regrow_factor: float = Field(default=1.25, ge=1.0, le=100)
+
+
+class PolicySection(_Section):
+    file: Path | None = None
+    rules: tuple[Rule, ...] = ()
+
+
+class Config(_Section):
+    mqtt: MqttConfig = MqttConfig()
+    monitor: MonitorSection = MonitorSection()
+    printers: dict[str, PrinterSection] = Field(default_factory=dict)
+    controller: ControllerSection = ControllerSection()
+    policy: PolicySection = PolicySection()
     source: Path | None = None
 
+    def resolved_policy(self) -> Policy:
+        if self.policy.rules:
+            return Policy(rules=self.policy.rules)
+        path = self.policy.file or DEFAULT_POLICY
+        if self.source is not None and not path.is_absolute() and self.policy.file is not None:
+            path = self.source.parent / path
+        return load_policy(path)
 
-SECTIONS: dict[str, type[BaseModel]] = {"mqtt": MqttConfig}
+    def to_record(self) -> dict[str, Any]:
+        """The resolved config as written into every build record (secrets are never in it)."""
+        return self.model_dump(mode="json", exclude={"source"})
+
+
+SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy")
 
 
 def section(model: type[M], table: dict[str, Any], name: str, where: str) -> M:
+    """Validate one table; the error names the file, the section, the key and what is wrong."""
     try:
         return model.model_validate(table)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
+        raise ConfigFileError(_explain(err, model, name, where)) from None
+
+
+def _explain(err: ValidationError, model: type[BaseModel], name: str, where: str) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc) or "(section)"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        if len(loc) == 1:
             allowed = ", ".join(sorted(model.model_fields))
-            raise ConfigFileError(f"{where}: [{name}] has no key {key!r}; allowed keys: {allowed}") from None
-        raise ConfigFileError(f"{where}: [{name}] {key} = {first.get('input')!r}: {first['msg']}") from None
+            return f"{where}: [{name}] has no key {key!r}; allowed keys: {allowed}"
+        return f"{where}: [{name}] has no key {key!r}"
+    value = first.get("input")
+    if isinstance(value, dict | list) or first["type"] == "value_error":
+        return f"{where}: [{name}] {key}: {message}"
+    return f"{where}: [{name}] {key} = {value!r}: {message}"
 
 
 def load_config(path: Path | None) -> Config:
@@ -60,5 +139,23 @@ def load_config(path: Path | None) -> Config:
     for name in data:
         if name not in SECTIONS:
             raise ConfigFileError(f"{path}: unknown section [{name}]; known sections: {', '.join(SECTIONS)}")
-    mqtt = section(MqttConfig, data.get("mqtt", {}), "mqtt", str(path))
-    return Config(mqtt=mqtt, source=path)
+    parts: dict[str, Any] = {"source": path}
+    models: dict[str, type[BaseModel]] = {
+        "mqtt": MqttConfig, "monitor": MonitorSection, "controller": ControllerSection, "policy": PolicySection,
+    }  # fmt: skip
+    for name, model in models.items():
+        if name in data:
+            parts[name] = section(model, data[name], name, str(path))
+    printers = data.get("printers", {})
+    if not isinstance(printers, dict):
+        raise ConfigFileError(f"{path}: [printers] must be a table of [printers.<id>] tables")
+    parts["printers"] = {}
+    for pid, table in printers.items():
+        try:
+            validate_printer_id(pid)
+        except ConfigError as err:
+            raise ConfigFileError(f"{path}: [printers.{pid}] {err}") from None
+        parts["printers"][pid] = section(PrinterSection, table, f"printers.{pid}", str(path))
+    config = Config(**parts)
+    config.resolved_policy()  # a bad policy file stops start-up too
+    return config

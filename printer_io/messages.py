@@ -160,6 +160,8 @@ class ActionState(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     CONFIRMED = "confirmed"
     FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"  # decided against (bound reached, unsupported): said, so nobody waits for it
 
 
 class ActionMessage(Message):
@@ -167,7 +169,7 @@ class ActionMessage(Message):
 
     SCHEMA: ClassVar[str] = "layerwatch.action/1"
     printer: str = Field(min_length=1, max_length=64)
-    action: Literal["pause", "resume", "cancel", "gcode", "exclude_object", "notify"]
+    action: Literal["pause", "resume", "cancel", "gcode", "exclude_object", "notify", "feedback"]
     state: ActionState
     request_id: str = Field(min_length=1, max_length=128)
     job_id: str = ""
@@ -177,6 +179,13 @@ class ActionMessage(Message):
     object_name: str = ""
     time: float = Field(default_factory=time.time)
     detail: str = Field(default="", max_length=2000)
+    rule: str = Field(default="", max_length=64)
+    incident: str = Field(default="", max_length=128)
+    severity: str = Field(default="", max_length=16)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    model: str = Field(default="", max_length=128)
+    verdict: Literal["", "false_alarm", "confirmed_defect"] = ""
+    operator: str = Field(default="", max_length=64)
 
 
 class EventLevel(StrEnum):

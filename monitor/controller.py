@@ -1,0 +1,317 @@
+"""The intervention controller: turns rule hits into printer actions, idempotent and bounded.
+
+- One pause per incident. An incident is one rule (on one part) that holds; while its pause is
+  pending or in force, the rule holding again does nothing. After an operator resumes, it pauses
+  again only if the metric has grown by ``regrow_factor`` over its value at the pause.
+- Redelivered layers never act twice: each (job, layer) is handled once, and request ids are
+  deterministic (``job:layer:rule:action``) so a consumer can de-duplicate too.
+- G-code adjustments are bounded per command over the build (``max_total_pct`` of the rule) and in
+  number (``max_adjustments``), with a cooldown in layers per rule; so are notifications.
+- A pause runs on a worker thread: the decision is published at once (``requested``), the outcome
+  follows (``confirmed`` with timings, ``timed_out``, ``failed``) and a failure is a critical event.
+- If the controller itself fails, it fails to "no action" plus a critical event, never to a wrong action.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.policy import GcodeAction, RuleHit, Severity
+from printer_io.errors import PauseNotConfirmed, PrinterError, UnsupportedOperation
+from printer_io.messages import ActionMessage, ActionState
+from printer_io.printer import Printer, PrinterState
+
+__all__ = ["Controller", "ControllerLimits", "Incident"]
+
+log = logging.getLogger(__name__)
+
+EmitAction = Callable[[ActionMessage], None]
+EmitEvent = Callable[[str, str, str, int], None]  # level, code, message, layer
+
+
+@dataclass(frozen=True)
+class ControllerLimits:
+    cooldown_layers: int = 5
+    max_adjustments: int = 10
+    pause_timeout_s: float = 30.0
+    regrow_factor: float = 1.25
+
+
+@dataclass
+class Incident:
+    id: str
+    key: str
+    rule: str
+    part_id: int
+    opened_layer: int
+    state: str = "open"  # open, pausing, paused, resumed, failed
+    value_at_pause: float = 0.0
+    pauses: int = 0
+
+
+@dataclass
+class _BuildState:
+    handled: set[int] = field(default_factory=set)
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    last_acted: dict[tuple[str, str], int] = field(default_factory=dict)
+    adjustments: int = 0
+    totals: dict[str, float] = field(default_factory=dict)
+    excluded: set[int] = field(default_factory=set)
+
+
+class Controller:
+    """One per printer. ``on_layer`` is called by the monitor for every judged layer, in its thread."""
+
+    def __init__(
+        self,
+        printer: Printer | None,
+        *,
+        printer_id: str,
+        emit_action: EmitAction,
+        emit_event: EmitEvent,
+        limits: ControllerLimits | None = None,
+        object_name: Callable[[int], str] = lambda pid: f"part_{pid}",
+    ) -> None:
+        self.printer = printer
+        self.printer_id = printer_id
+        self.emit_action = emit_action
+        self.emit_event = emit_event
+        self.limits = limits or ControllerLimits()
+        self.object_name = object_name
+        self.job_id = ""
+        self.model = ""
+        self._state = _BuildState()
+        self._work: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name=f"controller-{printer_id}", daemon=True)
+        self._worker.start()
+
+    def new_build(self, job_id: str, model: str) -> None:
+        self.job_id, self.model = job_id, model
+        self._state = _BuildState()
+
+    @property
+    def incidents(self) -> list[Incident]:
+        return list(self._state.incidents.values())
+
+    def close(self, timeout: float = 60) -> None:
+        self._work.put(None)
+        self._worker.join(timeout)
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        done = threading.Event()
+        self._work.put(done.set)
+        done.wait(timeout)
+
+    # ---- decisions --------------------------------------------------------------------------------
+    def on_layer(
+        self,
+        layer: int,
+        hits: Sequence[RuleHit],
+        metrics: Mapping[str, float],
+        printer_state: PrinterState | None = None,
+    ) -> list[ActionMessage]:
+        """Decide on one layer's rule hits; returns the actions requested (outcomes follow asynchronously)."""
+        st = self._state
+        if layer in st.handled:
+            log.info("%s: layer %d already handled; no action (redelivered message)", self.printer_id, layer)
+            return []
+        st.handled.add(layer)
+        try:
+            self._note_operator_resume(printer_state, layer)
+            out: list[ActionMessage] = []
+            for hit in hits:
+                out += self._decide(hit, metrics)
+            return out
+        except Exception as err:  # a controller bug must end in no action, loudly
+            log.exception("%s: controller failed at layer %d", self.printer_id, layer)
+            self.emit_event(
+                "critical", "controller_failed", f"controller failed at layer {layer}: {err}; no action taken", layer
+            )
+            return []
+
+    def _note_operator_resume(self, state: PrinterState | None, layer: int) -> None:
+        if state not in (PrinterState.PRINTING, PrinterState.RESUMING):
+            return
+        for inc in self._state.incidents.values():
+            if inc.state == "paused":
+                inc.state = "resumed"
+                log.info("%s: incident %s resumed by the operator at layer %d", self.printer_id, inc.id, layer)
+
+    def _decide(self, hit: RuleHit, metrics: Mapping[str, float]) -> list[ActionMessage]:
+        out: list[ActionMessage] = []
+        st = self._state
+        inc = st.incidents.get(hit.key)
+        if inc is None:
+            inc = Incident(f"{self.job_id}:{hit.key}:{hit.layer}", hit.key, hit.rule.name, hit.part_id, hit.layer)
+            st.incidents[hit.key] = inc
+            if hit.rule.severity != Severity.INFO:
+                self.emit_event(hit.rule.severity.value, "incident", f"incident {inc.id}: {hit.describe()}", hit.layer)
+        for action in hit.rule.actions:
+            kind = action.type
+            if kind in ("pause", "cancel"):
+                msg = self._stop(kind, hit, inc, metrics)
+            elif kind == "gcode":
+                assert isinstance(action, GcodeAction)
+                msg = self._adjust(action, hit, inc, metrics)
+            elif kind == "exclude_object":
+                msg = self._exclude(hit, inc, metrics)
+            else:
+                msg = self._notify(hit, inc, metrics)
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def _message(self, hit: RuleHit, inc: Incident, action: str, state: ActionState, metrics: Mapping[str, float],
+                 **extra: Any) -> ActionMessage:  # fmt: skip
+        return ActionMessage(
+            printer=self.printer_id,
+            action=action,  # type: ignore[arg-type]
+            state=state,
+            request_id=f"{self.job_id}:{hit.layer}:{hit.key}:{action}",
+            job_id=self.job_id,
+            layer=hit.layer,
+            reason=hit.describe(),
+            rule=hit.rule.name,
+            incident=inc.id,
+            severity=hit.rule.severity.value,
+            metrics={k: float(v) for k, v in metrics.items() if v == v},
+            model=self.model,
+            **extra,
+        )
+
+    def _stop(self, kind: str, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]) -> ActionMessage | None:
+        if inc.state in ("pausing", "paused", "cancelled"):
+            return None  # one pause per incident
+        if inc.state == "resumed":
+            worse = (
+                hit.value >= inc.value_at_pause * self.limits.regrow_factor
+                if hit.rule.above is not None
+                else (hit.value <= inc.value_at_pause / self.limits.regrow_factor)
+            )
+            if not worse:
+                return None  # the operator resumed; the defect has not grown since
+        inc.state = "pausing" if kind == "pause" else "cancelled"
+        inc.value_at_pause = hit.value
+        inc.pauses += 1
+        msg = self._message(hit, inc, kind, ActionState.REQUESTED, metrics)
+        self.emit_action(msg)
+        self._work.put(lambda: self._execute_stop(kind, msg, inc))
+        return msg
+
+    def _execute_stop(self, kind: str, msg: ActionMessage, inc: Incident) -> None:
+        t0 = time.monotonic()
+        if self.printer is None:
+            self._outcome(msg, ActionState.SKIPPED, "no printer backend configured (observe-only)")
+            return
+        try:
+            if kind == "pause":
+                outcome = self.printer.pause(self.limits.pause_timeout_s)
+                inc.state = "paused"
+                ack = "n/a" if outcome.acknowledged_s is None else f"{outcome.acknowledged_s * 1000:.0f} ms"
+                detail = f"acknowledged after {ack}, paused after {outcome.paused_s * 1000:.0f} ms"
+                self._outcome(msg, ActionState.CONFIRMED, detail)
+            else:
+                self.printer.cancel()
+                self._outcome(msg, ActionState.CONFIRMED, f"cancel sent in {(time.monotonic() - t0) * 1000:.0f} ms")
+        except PauseNotConfirmed as err:
+            inc.state = "failed"
+            self._outcome(msg, ActionState.TIMED_OUT, str(err))
+            self.emit_event("critical", "pause_not_confirmed", str(err), msg.layer or 0)
+        except PrinterError as err:
+            inc.state = "failed"
+            self._outcome(msg, ActionState.FAILED, str(err))
+            self.emit_event("critical", f"{kind}_failed", f"{kind} of {self.printer_id} failed: {err}", msg.layer or 0)
+
+    def _outcome(self, msg: ActionMessage, state: ActionState, detail: str) -> None:
+        self.emit_action(msg.model_copy(update={"state": state, "detail": detail, "time": time.time()}))
+
+    def _cooling(self, hit: RuleHit, action: str) -> bool:
+        last = self._state.last_acted.get((hit.key, action))
+        return last is not None and hit.layer - last < self.limits.cooldown_layers
+
+    def _adjust(
+        self, action: GcodeAction, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]
+    ) -> ActionMessage | None:
+        st = self._state
+        if self._cooling(hit, "gcode"):
+            return None
+        total = st.totals.get(action.command, 0.0)
+        new_total = total + action.step_pct
+        if abs(new_total) > action.max_total_pct + 1e-9 or st.adjustments >= self.limits.max_adjustments:
+            if (hit.key, "gcode-bound") not in st.last_acted:
+                st.last_acted[(hit.key, "gcode-bound")] = hit.layer
+                why = f"{action.command} already adjusted by {total:+g} % (bound {action.max_total_pct:g} %)"
+                if st.adjustments >= self.limits.max_adjustments:
+                    why = f"{st.adjustments} adjustments made this build (bound {self.limits.max_adjustments})"
+                msg = self._message(hit, inc, "gcode", ActionState.SKIPPED, metrics, detail=why)
+                self.emit_action(msg)
+                return msg
+            return None
+        st.totals[action.command] = new_total
+        st.adjustments += 1
+        st.last_acted[(hit.key, "gcode")] = hit.layer
+        line = f"{action.command} S{100 + new_total:g}"
+        msg = self._message(hit, inc, "gcode", ActionState.REQUESTED, metrics, gcode=[line])
+        self.emit_action(msg)
+        self._work.put(lambda: self._execute_gcode(msg, [line]))
+        return msg
+
+    def _execute_gcode(self, msg: ActionMessage, lines: list[str]) -> None:
+        if self.printer is None:
+            self._outcome(msg, ActionState.SKIPPED, "no printer backend configured (observe-only)")
+            return
+        try:
+            self.printer.send_gcode(lines)
+            self._outcome(msg, ActionState.CONFIRMED, "sent " + "; ".join(lines))
+        except PrinterError as err:
+            self._outcome(msg, ActionState.FAILED, str(err))
+            self.emit_event("warning", "gcode_failed", f"G-code to {self.printer_id} failed: {err}", msg.layer or 0)
+
+    def _exclude(self, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]) -> ActionMessage | None:
+        st = self._state
+        if not hit.part_id or hit.part_id in st.excluded:
+            return None
+        st.excluded.add(hit.part_id)
+        name = self.object_name(hit.part_id)
+        msg = self._message(hit, inc, "exclude_object", ActionState.REQUESTED, metrics, object_name=name)
+        self.emit_action(msg)
+
+        def run() -> None:
+            if self.printer is None:
+                self._outcome(msg, ActionState.SKIPPED, "no printer backend configured (observe-only)")
+                return
+            try:
+                self.printer.exclude_object(name)
+                self._outcome(msg, ActionState.CONFIRMED, f"excluded {name}")
+            except UnsupportedOperation as err:
+                self._outcome(msg, ActionState.SKIPPED, str(err))
+            except PrinterError as err:
+                self._outcome(msg, ActionState.FAILED, str(err))
+
+        self._work.put(run)
+        return msg
+
+    def _notify(self, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]) -> ActionMessage | None:
+        if self._cooling(hit, "notify"):
+            return None
+        self._state.last_acted[(hit.key, "notify")] = hit.layer
+        msg = self._message(hit, inc, "notify", ActionState.CONFIRMED, metrics)
+        self.emit_action(msg)
+        return msg
+
+    def _run(self) -> None:
+        while True:
+            job = self._work.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception as err:
+                log.exception("%s: controller worker failed", self.printer_id)
+                self.emit_event("critical", "controller_failed", f"controller worker failed: {err}; no action taken", 0)

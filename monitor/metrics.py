@@ -1,0 +1,217 @@
+"""Per-layer metrics from a class-id mask, in physical units (mm, mm²), and part tracking across layers.
+
+The *part region* of a layer is the filled union of part, porosity and warping pixels (a pore or a
+lifted corner belongs to the part it is in); connected regions of at least ``min_part_px`` pixels are
+parts, given stable ids across layers by overlap with the previous layer's parts.
+
+Metrics (``METRIC_NAMES``), per layer:
+
+- ``part_count``, ``part_area_mm2``;
+- ``<class>_fraction`` (share of the frame) and ``<class>_fraction_part`` (share of the part region)
+  for porosity, spatter and warping;
+- pores (connected porosity components): ``pore_count``, ``pore_area_mm2``, ``pore_mean_diameter_mm``,
+  ``pore_p90_diameter_mm``, ``pore_max_diameter_mm`` (equivalent circle diameters);
+- spatter particles: ``spatter_count``, ``spatter_area_mm2``;
+- warping: ``warping_area_mm2``, ``warping_edge_mm`` (length of part outline next to warping),
+  ``warping_growth_mm`` (edge length gained since the previous layer), ``warping_growth_area_mm2``.
+
+Per part (``PART_METRIC_NAMES``): ``area_mm2``, ``porosity_fraction``, ``pore_count``, ``spatter_count``
+(particles within ``spatter_reach_px`` of the part), ``warping_area_mm2``, ``warping_edge_mm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from segmentation.classes import LayerClass
+
+__all__ = ["METRIC_NAMES", "PART_METRIC_NAMES", "LayerMetrics", "MetricsComputer", "PartTracker"]
+
+DEFECTS = (LayerClass.POROSITY, LayerClass.SPATTER, LayerClass.WARPING)
+METRIC_NAMES: tuple[str, ...] = (
+    "part_count",
+    "part_area_mm2",
+    *(f"{c.name.lower()}_fraction" for c in DEFECTS),
+    *(f"{c.name.lower()}_fraction_part" for c in DEFECTS),
+    "pore_count",
+    "pore_area_mm2",
+    "pore_mean_diameter_mm",
+    "pore_p90_diameter_mm",
+    "pore_max_diameter_mm",
+    "spatter_count",
+    "spatter_area_mm2",
+    "warping_area_mm2",
+    "warping_edge_mm",
+    "warping_growth_mm",
+    "warping_growth_area_mm2",
+)
+PART_METRIC_NAMES: tuple[str, ...] = (
+    "area_mm2",
+    "porosity_fraction",
+    "pore_count",
+    "spatter_count",
+    "warping_area_mm2",
+    "warping_edge_mm",
+)
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    values: dict[str, float]
+    parts: list[dict[str, float]]  # one dict per part: part_id plus PART_METRIC_NAMES
+    part_ids: np.ndarray  # (H, W) uint32, 0 where no part
+
+
+@dataclass
+class PartTracker:
+    """Stable part ids across layers: a region takes the id of the previous layer's part it overlaps most."""
+
+    min_part_px: int = 30
+    _previous: np.ndarray | None = None
+    _next_id: int = 1
+    seen: set[int] = field(default_factory=set)
+
+    def label(self, region: np.ndarray) -> np.ndarray:
+        labels, n = ndimage.label(region, structure=_EIGHT)
+        out = np.zeros(region.shape, dtype=np.uint32)
+        if n == 0:
+            self._previous = out
+            return out
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        used: set[int] = set()
+        prev = self._previous if self._previous is not None and self._previous.shape == region.shape else None
+        for lab in np.argsort(-sizes[1:]) + 1:  # biggest first: they claim the ids they overlap
+            if sizes[lab] < self.min_part_px:
+                continue
+            pixels = labels == lab
+            pid = 0
+            if prev is not None:
+                overlap = np.bincount(prev[pixels].astype(np.int64))
+                overlap[0] = 0
+                for candidate in np.argsort(-overlap):
+                    if overlap[candidate] == 0:
+                        break
+                    if int(candidate) not in used:
+                        pid = int(candidate)
+                        break
+            if pid == 0:
+                pid = self._next_id
+                self._next_id += 1
+            used.add(pid)
+            self.seen.add(pid)
+            out[pixels] = pid
+        self._previous = out
+        return out
+
+
+class MetricsComputer:
+    """Stateful per build: remembers the previous layer for growth figures and part ids."""
+
+    def __init__(self, mm_per_px: float, *, min_part_px: int = 30, spatter_reach_px: int = 12) -> None:
+        if mm_per_px <= 0:
+            raise ValueError(f"mm_per_px must be > 0, got {mm_per_px}")
+        self.mm_per_px = mm_per_px
+        self.px_mm2 = mm_per_px * mm_per_px
+        self.tracker = PartTracker(min_part_px)
+        self.spatter_reach_px = spatter_reach_px
+        self._prev_edge_mm: float | None = None
+        self._prev_warp_mm2: float | None = None
+
+    def compute(self, mask: np.ndarray, part_ids: np.ndarray | None = None) -> LayerMetrics:
+        """``mask``: (H, W) uint8 class ids. ``part_ids``: (H, W) part ids supplied with the frame, if any."""
+        total = float(mask.size)
+        is_part, pores, spatter, warp = (mask == c for c in (LayerClass.PART, *DEFECTS))
+        region = ndimage.binary_fill_holes(is_part | pores | warp)
+        ids = part_ids.astype(np.uint32) if part_ids is not None else self.tracker.label(region)
+        if part_ids is not None:
+            region = region | (ids > 0)
+        region_px = float(region.sum())
+        v: dict[str, float] = {}
+        pid_list = [int(p) for p in np.unique(ids) if p]
+        v["part_count"] = float(len(pid_list))
+        v["part_area_mm2"] = region_px * self.px_mm2
+        for c, m in zip(DEFECTS, (pores, spatter, warp), strict=True):
+            name = c.name.lower()
+            v[f"{name}_fraction"] = float(m.sum()) / total
+            v[f"{name}_fraction_part"] = float((m & region).sum()) / region_px if region_px else 0.0
+        pore_labels, n_pores = ndimage.label(pores, structure=_EIGHT)
+        pore_px = np.bincount(pore_labels.ravel())[1:] if n_pores else np.zeros(0)
+        diam = 2.0 * np.sqrt(pore_px * self.px_mm2 / np.pi)
+        v["pore_count"] = float(n_pores)
+        v["pore_area_mm2"] = float(pore_px.sum()) * self.px_mm2
+        v["pore_mean_diameter_mm"] = float(diam.mean()) if n_pores else 0.0
+        v["pore_p90_diameter_mm"] = float(np.percentile(diam, 90)) if n_pores else 0.0
+        v["pore_max_diameter_mm"] = float(diam.max()) if n_pores else 0.0
+        spatter_labels, n_spatter = ndimage.label(spatter, structure=_EIGHT)
+        v["spatter_count"] = float(n_spatter)
+        v["spatter_area_mm2"] = float(spatter.sum()) * self.px_mm2
+        outline = region & ~ndimage.binary_erosion(region, structure=_EIGHT)
+        near_warp = ndimage.binary_dilation(warp, structure=_EIGHT, iterations=2)
+        edge = outline & near_warp
+        v["warping_area_mm2"] = float(warp.sum()) * self.px_mm2
+        v["warping_edge_mm"] = float(edge.sum()) * self.mm_per_px
+        prev_edge = self._prev_edge_mm if self._prev_edge_mm is not None else v["warping_edge_mm"]
+        prev_area = self._prev_warp_mm2 if self._prev_warp_mm2 is not None else v["warping_area_mm2"]
+        v["warping_growth_mm"] = v["warping_edge_mm"] - prev_edge
+        v["warping_growth_area_mm2"] = v["warping_area_mm2"] - prev_area
+        self._prev_edge_mm, self._prev_warp_mm2 = v["warping_edge_mm"], v["warping_area_mm2"]
+        parts = self._per_part(ids, pid_list, pores, pore_labels, spatter_labels, n_spatter, warp, edge)
+        return LayerMetrics(v, parts, ids)
+
+    def _per_part(
+        self,
+        ids: np.ndarray,
+        pid_list: list[int],
+        pores: np.ndarray,
+        pore_labels: np.ndarray,
+        spatter_labels: np.ndarray,
+        n_spatter: int,
+        warp: np.ndarray,
+        edge: np.ndarray,
+    ) -> list[dict[str, float]]:
+        if not pid_list:
+            return []
+        reach = ndimage.grey_dilation(ids, size=(2 * self.spatter_reach_px + 1,) * 2) if n_spatter else ids
+        spatter_owner: dict[int, int] = {}
+        if n_spatter:
+            centres = ndimage.center_of_mass(np.ones_like(spatter_labels), spatter_labels, range(1, n_spatter + 1))
+            for cy, cx in centres:
+                owner = int(reach[round(cy), round(cx)])
+                spatter_owner[owner] = spatter_owner.get(owner, 0) + 1
+        out = []
+        for pid in pid_list:
+            inside = ids == pid
+            area = float(inside.sum())
+            pore_ids = np.unique(pore_labels[inside & pores])
+            out.append(
+                {
+                    "part_id": float(pid),
+                    "area_mm2": area * self.px_mm2,
+                    "porosity_fraction": float((inside & pores).sum()) / area if area else 0.0,
+                    "pore_count": float(np.count_nonzero(pore_ids)),
+                    "spatter_count": float(spatter_owner.get(pid, 0)),
+                    "warping_area_mm2": float((inside & warp).sum()) * self.px_mm2,
+                    "warping_edge_mm": float((edge & inside).sum()) * self.mm_per_px,
+                }
+            )
+        return out
+
+
+def metric_units() -> Mapping[str, str]:
+    """Unit of each metric, for reports and the dashboard."""
+    units = {}
+    for name in METRIC_NAMES:
+        if name.endswith("_mm2"):
+            units[name] = "mm²"
+        elif name.endswith("_mm"):
+            units[name] = "mm"
+        elif "fraction" in name:
+            units[name] = "share"
+        else:
+            units[name] = "count"
+    return units

@@ -1,0 +1,76 @@
+"""Per-layer metrics in physical units, checked on masks whose answers are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
+from segmentation.classes import LayerClass as C
+
+
+def square_layer(warp_cols: int = 0, pores: int = 1, spatter: int = 2, shift: int = 0) -> np.ndarray:
+    m = np.zeros((200, 300), np.uint8)
+    m[50:150, 50 + shift : 150 + shift] = C.PART  # 100x100 px part
+    for i in range(pores):
+        m[70 + 20 * i : 74 + 20 * i, 80:84] = C.POROSITY  # 4x4 px pores
+    for i in range(spatter):
+        m[10, 200 + 10 * i] = C.SPATTER
+    if warp_cols:
+        m[50:150, 150 + shift - warp_cols : 150 + shift] = C.WARPING  # along the right edge
+    return m
+
+
+def test_areas_fractions_and_pores_in_mm() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    r = mc.compute(square_layer(pores=2))
+    v = r.values
+    assert set(v) == set(METRIC_NAMES)
+    assert v["part_count"] == 1 and v["part_area_mm2"] == pytest.approx(100.0)  # 10000 px x 0.01 mm²
+    assert v["pore_count"] == 2 and v["pore_area_mm2"] == pytest.approx(0.32)
+    assert v["pore_max_diameter_mm"] == pytest.approx(2 * np.sqrt(0.16 / np.pi))
+    assert v["porosity_fraction_part"] == pytest.approx(32 / 10000)
+    assert v["porosity_fraction"] == pytest.approx(32 / 60000)
+    assert v["spatter_count"] == 2 and v["spatter_fraction_part"] == 0.0
+    assert v["warping_area_mm2"] == 0 and v["warping_edge_mm"] == 0
+
+
+def test_warping_edge_length_and_growth() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    first = mc.compute(square_layer(warp_cols=3)).values
+    assert first["warping_edge_mm"] == pytest.approx(10.0, rel=0.15)  # the 100 px right edge: 10 mm
+    assert first["warping_growth_mm"] == 0.0  # nothing to compare the first layer with
+    m = square_layer(warp_cols=3)
+    m[50:150, 50:53] = C.WARPING  # the left edge lifts too
+    second = mc.compute(m).values
+    assert second["warping_growth_mm"] == pytest.approx(10.0, rel=0.2)
+    assert second["warping_growth_area_mm2"] == pytest.approx(3.0)
+
+
+def test_parts_keep_their_ids_across_layers() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    m = square_layer()
+    m[160:190, 200:290] = C.PART  # a second part
+    a = mc.compute(m)
+    b = mc.compute(np.roll(m, 3, axis=1))  # both parts drift a little
+    ids_a = {int(p["part_id"]): p["area_mm2"] for p in a.parts}
+    ids_b = {int(p["part_id"]): p["area_mm2"] for p in b.parts}
+    assert ids_a.keys() == ids_b.keys() == {1, 2}
+    assert ids_a[1] == pytest.approx(100.0) and ids_a[2] == pytest.approx(27.0)
+    assert set(a.parts[0]) == {"part_id", *PART_METRIC_NAMES}
+
+
+def test_supplied_part_ids_are_used() -> None:
+    mc = MetricsComputer(mm_per_px=0.05)
+    m = square_layer()
+    ids = np.zeros(m.shape, np.uint32)
+    ids[50:150, 50:100] = 7
+    ids[50:150, 100:150] = 9
+    r = mc.compute(m, part_ids=ids)
+    assert [int(p["part_id"]) for p in r.parts] == [7, 9]
+    assert r.parts[0]["pore_count"] == 1 and r.parts[1]["pore_count"] == 0
+
+
+def test_an_empty_plate() -> None:
+    v = MetricsComputer(mm_per_px=0.1).compute(np.zeros((50, 50), np.uint8)).values
+    assert v["part_count"] == 0 and v["porosity_fraction_part"] == 0 and v["pore_mean_diameter_mm"] == 0
