@@ -169,9 +169,141 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ---- demo -------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from monitor.demo import run_demo
+    from monitor.demo import DemoOptions, run_demo
 
-    return run_demo(args.out, engine=args.engine, model=args.model)
+    opts = DemoOptions(
+        out=args.out,
+        layers=args.layers,
+        size=args.size,
+        scenario=args.scenario,
+        warp_start=args.warp_start,
+        seed=args.seed,
+        layer_time_s=args.layer_time,
+        broker=args.broker,
+        broker_impl=args.broker_impl,
+        headless=args.headless,
+        engine=args.engine,
+        model=args.model,
+    )
+    if not args.verbose:  # the demo prints its own line per layer and per action
+        for name in ("monitor", "printer_io"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        return run_demo(opts)
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+
+
+# ---- monitor ----------------------------------------------------------------------------------
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from monitor.config import load_config
+    from monitor.service import MonitorService
+
+    config = load_config(args.config)
+    if args.broker:
+        config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"url": args.broker})})
+    try:
+        service = MonitorService(config, printer_ids=args.printer or None)
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    service.start()
+    print(f"monitor: judging {', '.join(service.printer_ids)}; records in {config.monitor.out_dir}; Ctrl-C stops")
+    try:
+        _wait_for_stop()
+    finally:
+        service.close()
+    for pid, pm in service.monitors.items():
+        print(f"monitor: {pid}: {pm.counters['layers']} layer(s) judged; {dict(pm.link.rejected) or 'no'} rejects")
+    return EXIT_OK
+
+
+# ---- record -----------------------------------------------------------------------------------
+def cmd_record(args: argparse.Namespace) -> int:
+    from monitor.record import RecordError, RecordReader, check_record, recover
+
+    path: Path = args.file
+    if not path.exists():
+        raise CommandError(f"{path} does not exist")
+    if args.action == "check":
+        problems = check_record(path)
+        if problems and args.repair and any("open" in p or "lock" in p for p in problems):
+            recover(path)
+            print(f"{path}: recovered (original kept as {path.with_suffix('.crashed.h5')})")
+            problems = check_record(path)
+        for p in problems:
+            print(f"{path}: {p}", file=sys.stderr)
+        if problems:
+            return EXIT_PARTIAL
+        print(f"{path}: valid LayerWatch build record (Peregrine layout)")
+        return EXIT_OK
+    try:
+        reader = RecordReader(path)
+    except RecordError as err:
+        raise CommandError(str(err)) from err
+    with reader:
+        a = reader.attrs
+        stored = reader.stored_layers()
+        rows = reader.layers()
+        actions = reader.table("actions")
+        events = reader.table("events")
+        feedback = reader.table("feedback")
+        model = reader.json_attr("model")
+        print(f"record      {path} ({path.stat().st_size / 1e6:.1f} MB, {reader.state})")
+        print(f"printer     {a['layerwatch/printer']}   job {a['layerwatch/job_id']}")
+        print(
+            f"frames      {a['printer/x_camera_dimension']}x{a['printer/y_camera_dimension']} px, "
+            f"{a['printer/x_real_dimension']:.1f}x{a['printer/y_real_dimension']:.1f} mm, "
+            f"layer {a['material/layer_thickness']} mm"
+        )
+        span = f"{int(stored.min())}..{int(stored.max())}" if len(stored) else "-"
+        print(f"layers      {len(stored)} stored (index {span}) of {len(rows)} rows")
+        versions = f"software {a['layerwatch/software_version']}   schema {a['layerwatch/schema_version']}"
+        print(f"model       {model.get('id')}   {versions}")
+        if len(stored):
+            m = reader.metrics()
+            last = int(stored.max())
+            print(
+                f"last layer  porosity {100 * m['porosity_fraction_part'][last]:.2f}% of parts, "
+                f"warping {m['warping_area_mm2'][last]:.1f} mm², spatter {int(m['spatter_count'][last])} particles"
+            )
+        print(f"events      {len(events)}   actions {len(actions)}   operator feedback {len(feedback)}")
+        for act in actions:
+            if act["state"] != "requested":
+                what = f"{act['action']} {act['state']} ({act['rule']})"
+                print(f"  layer {act['layer']}: {what} {json_detail(act['detail'])}")
+    return EXIT_OK
+
+
+def json_detail(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    return str(data.get("detail") or data.get("reason") or "")
+
+
+# ---- feedback ---------------------------------------------------------------------------------
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from printer_io.messages import ActionMessage, ActionState
+
+    link = _link(args, "operator")
+    msg = ActionMessage(
+        printer=args.printer,
+        action="feedback",
+        state=ActionState.REQUESTED,
+        request_id=f"feedback:{args.incident}:{args.verdict}",
+        incident=args.incident,
+        verdict=args.verdict,
+        operator=args.operator,
+        reason=args.note,
+    )
+    link.start()
+    try:
+        link.publish(link.topics.action, msg.to_json(), wait_s=10)
+    finally:
+        link.close(publish_offline=False)
+    print(f"sent: incident {args.incident} is {args.verdict}")
+    return EXIT_OK
 
 
 # ---- printer I/O services ---------------------------------------------------------------------
@@ -356,13 +488,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the main job with no hardware: segment the sample layers, write overlays")
+    p = sub.add_parser(
+        "demo", help="the main job with no hardware: virtual printer, simulated camera, monitor, auto-pause, record"
+    )
     p.add_argument(
         "--out", type=Path, default=Path("layerwatch-demo"), help="output folder (default ./layerwatch-demo)"
     )
+    p.add_argument("--layers", type=_positive_int, default=40, help="layers of the simulated build (default 40)")
+    p.add_argument("--size", type=_positive_int, default=512, help="frame size in px (default 512)")
+    p.add_argument("--scenario", choices=("warp", "clean"), default="warp", help="defect scenario (default warp)")
+    p.add_argument("--warp-start", type=int, default=14, help="layer where warping starts (default 14)")
+    p.add_argument("--seed", type=int, default=3, help="appearance seed of the simulated build")
+    p.add_argument("--layer-time", type=float, default=0.8, help="seconds a layer takes (default 0.8)")
+    p.add_argument("--broker", default=None, help="use this MQTT broker instead of starting one")
+    p.add_argument("--broker-impl", choices=("auto", "mosquitto", "amqtt"), default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--headless", action="store_true", help="no dashboard")
     p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--model", type=Path, default=None, help="model checkpoint; default: shipped model")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("monitor", help="judge every layer of the configured printers (MQTT frames in, results out)")
+    p.add_argument("--config", type=Path, default=None, help="TOML config (see data/config/layerwatch.toml)")
+    p.add_argument("--broker", default=None, help="MQTT broker URL; overrides [mqtt] url")
+    p.add_argument("--printer", action="append", default=[], help="printer id (repeat); default: [printers.*]")
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("record", help="summarise or validate a build record (HDF5)")
+    p.add_argument("action", choices=("info", "check"))
+    p.add_argument("file", type=Path)
+    p.add_argument("--repair", action="store_true", help="check: rewrite a record left open by a crashed writer")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("feedback", help="tell the monitor whether an incident was a false alarm or a real defect")
+    _mqtt_args(p)
+    p.add_argument("--incident", required=True, help="incident id (from the action messages or the record)")
+    p.add_argument("--verdict", choices=("false_alarm", "confirmed_defect"), required=True)
+    p.add_argument("--operator", default="", help="who says so")
+    p.add_argument("--note", default="", help="free text")
+    p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("segment", help="segment layer images into class-id masks")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")

@@ -167,8 +167,9 @@ class Controller:
                 out.append(msg)
         return out
 
-    def _message(self, hit: RuleHit, inc: Incident, action: str, state: ActionState, metrics: Mapping[str, float],
-                 **extra: Any) -> ActionMessage:  # fmt: skip
+    def _message(
+        self, hit: RuleHit, inc: Incident, action: str, state: ActionState, metrics: Mapping[str, float], **extra: Any
+    ) -> ActionMessage:
         return ActionMessage(
             printer=self.printer_id,
             action=action,  # type: ignore[arg-type]

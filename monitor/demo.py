@@ -1,52 +1,265 @@
-"""``layerwatch demo``: the main job with no hardware.
+"""``layerwatch demo``: the main job, one command, no hardware.
 
-For now it segments the shipped sample layers (``data/samples/layers``) with the shipped model and
-writes, for each layer, the class-id mask and a colour overlay, and prints one line per layer with
-the defect fractions. Later issues grow it into the full pipeline (virtual printer, monitor,
-dashboard).
+Starts a local MQTT broker (Mosquitto when installed, otherwise amqtt in-process) unless ``--broker``
+names one, the embedded virtual printer and its layer bridge, a camera node fed by a simulated build
+whose defect appears mid-build (``--scenario warp``: warping from layer 14 that grows; ``clean``: the
+same build without it), the monitor with the default policy, and the dashboard where it exists. It
+prints one line per judged layer, pauses the virtual printer on a critical defect with the reason,
+writes the build record and the evidence overlay, and ends with a summary.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import sys
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-import numpy as np
+from monitor.config import Config, MonitorSection, PrinterSection
+from monitor.service import MonitorService
+from printer_io.bridge import Bridge
+from printer_io.camera import CameraNode, CameraSettings
+from printer_io.messages import ActionMessage, EventMessage, ResultMessage
+from printer_io.mqtt import MqttConfig, MqttLink
+from printer_io.printer import PrinterState
+from printer_io.topics import Topics
+from printer_io.virtual import VirtualPrinter
 
-from segmentation.classes import CLASS_NAMES, LayerClass
-
-__all__ = ["SAMPLE_LAYERS", "run_demo"]
+__all__ = ["DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
+PRINTER = "demo"
 
-SAMPLE_LAYERS = Path(__file__).resolve().parent.parent / "data" / "samples" / "layers"
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: Path = Path("layerwatch-demo")
+    layers: int = 40
+    size: int = 512
+    scenario: str = "warp"
+    warp_start: int = 14
+    seed: int = 3
+    layer_time_s: float = 0.8
+    broker: str | None = None
+    broker_impl: str = "auto"
+    headless: bool = False
+    engine: Literal["onnx", "torch"] = "onnx"
+    model: Path | None = None
 
 
-def run_demo(out: Path, engine: str = "onnx", model: Path | None = None, samples: Path = SAMPLE_LAYERS) -> int:
-    """Segment every sample layer into ``out``; returns the process exit status."""
-    from segmentation.imageio import iter_image_paths, read_image, write_mask, write_overlay
-    from segmentation.inference import DEFAULT_MODEL, Segmenter
+@dataclass
+class Watch:
+    """What the demo's own subscriber saw: results, actions and events of the printer."""
 
-    paths = [p for p in iter_image_paths([samples]) if isinstance(p, Path)]
-    if not paths:
-        print(f"layerwatch demo: no sample layers in {samples}", file=sys.stderr)
-        return 2
-    with Segmenter(model_path=model or DEFAULT_MODEL, engine=engine) as seg:
-        print(f"model {seg.model_meta.get('arch')} ({engine}), {len(paths)} sample layers -> {out}")
-        for path in paths:
-            image = read_image(path)
-            mask = seg.segment(image).mask
-            write_mask(out / f"{path.stem}.png", mask)
-            write_overlay(out / "overlays" / f"{path.stem}.png", image, mask)
-            counts = np.bincount(mask.ravel(), minlength=len(CLASS_NAMES))
-            # pores and warping belong to parts; spatter lands anywhere on the plate
-            part = counts[LayerClass.PART] + counts[LayerClass.POROSITY] + counts[LayerClass.WARPING]
-            print(
-                f"{path.name}: part {part / mask.size:6.2%} of frame; porosity "
-                f"{counts[LayerClass.POROSITY] / max(part, 1):6.2%} and warping "
-                f"{counts[LayerClass.WARPING] / max(part, 1):6.2%} of part area; spatter "
-                f"{counts[LayerClass.SPATTER] / mask.size:6.3%} of frame"
-            )
-    print(f"masks in {out}/, overlays in {out}/overlays/")
+    results: list[ResultMessage] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    actions: list[ActionMessage] = field(default_factory=list)
+    events: list[EventMessage] = field(default_factory=list)
+    paused: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def run_demo(opts: DemoOptions) -> int:
+    from monitor.broker import LocalBroker
+    from monitor.sources import SimulatorSource
+    from segmentation.simulator import scenario_spec
+
+    if opts.scenario not in ("warp", "clean"):
+        raise ValueError(f"scenario {opts.scenario!r}: use warp or clean")
+    if opts.scenario == "warp" and opts.warp_start >= opts.layers - 3:
+        raise ValueError(f"--layers {opts.layers} leaves no room for the warp starting at layer {opts.warp_start}")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    broker = None
+    url, protocol = opts.broker, "5"
+    if url is None:
+        broker = LocalBroker(opts.broker_impl).start()  # type: ignore[arg-type]
+        url, protocol = broker.url, broker.protocol
+        print(f"broker: {broker.kind} on {url}")
+    else:
+        print(f"broker: {url}")
+    spec = scenario_spec(
+        opts.seed, opts.size, opts.layers, warp_start=opts.warp_start if opts.scenario == "warp" else None
+    )
+    mqtt = MqttConfig(url=url, protocol=protocol)  # type: ignore[arg-type]
+    config = Config(
+        mqtt=mqtt,
+        monitor=MonitorSection(
+            out_dir=opts.out / "records",
+            engine=opts.engine,
+            model=opts.model,
+            mm_per_px=spec.mm_per_px,
+            layer_thickness_mm=spec.layer_thickness,
+        ),
+        printers={PRINTER: PrinterSection(backend="virtual")},
+    )
+    topics = Topics(mqtt.prefix, PRINTER)
+    printer = VirtualPrinter(
+        PRINTER,
+        layers=opts.layers,
+        layer_time_s=opts.layer_time_s,
+        layer_height_mm=spec.layer_thickness,
+        pause_delay_s=0.3,
+    )
+    watch = Watch()
+    started = time.monotonic()
+    stack: list[object] = []
+    try:
+        monitor = MonitorService(config, printer_ids=[PRINTER], printers={PRINTER: printer}).start()
+        stack.append(monitor)
+        watcher = _watcher(mqtt, topics, watch, opts.layers)
+        stack.append(watcher)
+        source = SimulatorSource(spec=spec)
+        camera = CameraNode(MqttLink(mqtt, service="camera", topics=topics), source, CameraSettings()).start()
+        stack.append(camera)
+        bridge_link = MqttLink(mqtt, service="bridge", topics=topics).start()
+        stack.append(bridge_link)
+        bridge = Bridge(bridge_link, "virtual")
+        printer.add_layer_listener(bridge.on_virtual_layer)
+        printer.start()
+        stack.append(printer)
+        _dashboard(opts, config)
+        job = printer.start_job(f"demo-{opts.scenario}")
+        print(
+            f"printing {job}: {opts.layers} layers of {opts.size}x{opts.size} px, {opts.layer_time_s:g} s a layer; "
+            f"scenario {opts.scenario}"
+            + (f" (warping from layer {opts.warp_start})" if opts.scenario == "warp" else "")
+        )
+        _wait(printer, watch, opts)
+        monitor.monitors[PRINTER].controller.wait_idle(30)
+        time.sleep(0.3)  # the last outcome messages reach the watcher
+        pm = monitor.monitors[PRINTER]
+        record = pm.build.record.path if pm.build is not None else None
+        incidents = pm.controller.incidents
+    finally:
+        for item in reversed(stack):
+            item.close()  # type: ignore[attr-defined]
+        if broker is not None:
+            broker.close()
+    evidence = _evidence(record, watch, opts.out) if record else None
+    _summary(watch, incidents, record, evidence, time.monotonic() - started)
     return 0
+
+
+def _watcher(mqtt: MqttConfig, topics: Topics, watch: Watch, layers: int) -> MqttLink:
+    link = MqttLink(mqtt, service="demo-watch", topics=topics)
+
+    def on_result(topic: str, payload: bytes) -> None:
+        r = ResultMessage.from_json(payload, topic)
+        now = time.time()
+        with watch.lock:
+            watch.results.append(r)
+            watch.latencies.append(now - r.captured_at)
+        v = r.metrics
+        flag = "" if r.judged else "  (not judged)"
+        hits = "  " + "; ".join(f"{h.rule} [{h.severity}]" for h in r.hits) if r.hits else ""
+        porosity = 100 * v.get("porosity_fraction_part", 0)
+        spatter = 100 * v.get("spatter_fraction", 0)
+        print(
+            f"layer {r.layer:3d}/{layers - 1}  z={r.z_mm:5.2f} mm  porosity {porosity:5.2f}%  spatter {spatter:5.2f}%"
+            f"  warping {v.get('warping_area_mm2', 0):6.1f} mm²  ({now - r.captured_at:.2f} s){flag}{hits}",
+            flush=True,
+        )
+
+    def on_action(topic: str, payload: bytes) -> None:
+        a = ActionMessage.from_json(payload, topic)
+        with watch.lock:
+            watch.actions.append(a)
+        if a.action == "pause" and a.state.value == "requested":
+            print(f">>> PAUSE requested at layer {a.layer}: {a.reason}", flush=True)
+        elif a.action == "pause" and a.state.value == "confirmed":
+            print(f">>> printer PAUSED ({a.detail})", flush=True)
+            watch.paused.set()
+        elif a.state.value in ("failed", "timed_out"):
+            print(f">>> {a.action} {a.state.value}: {a.detail}", flush=True)
+        elif a.action in ("gcode", "notify", "exclude_object") and a.state.value in (
+            "requested",
+            "confirmed",
+            "skipped",
+        ):
+            what = " ".join(a.gcode) if a.gcode else a.reason
+            print(f">>> {a.action} {a.state.value} at layer {a.layer}: {what}", flush=True)
+
+    def on_event(topic: str, payload: bytes) -> None:
+        e = EventMessage.from_json(payload, topic)
+        with watch.lock:
+            watch.events.append(e)
+
+    link.subscribe(topics.result, on_result)
+    link.subscribe(topics.action, on_action)
+    link.subscribe(topics.event, on_event)
+    return link.start()
+
+
+def _wait(printer: VirtualPrinter, watch: Watch, opts: DemoOptions) -> None:
+    deadline = time.monotonic() + opts.layers * opts.layer_time_s * 3 + 60
+    while time.monotonic() < deadline:
+        state = printer.status().state
+        done = len(watch.results) >= opts.layers
+        if watch.paused.is_set() or (state == PrinterState.FINISHED and done):
+            break
+        time.sleep(0.1)
+    else:
+        print("demo: timed out waiting for the build to finish (is the machine very busy?)")
+    if watch.paused.is_set():
+        # frames already captured before the pause are still judged; give them a moment
+        time.sleep(1.0)
+
+
+def _dashboard(opts: DemoOptions, config: Config) -> None:
+    if opts.headless:
+        return
+    try:
+        importlib.import_module("dashboards.app")
+    except ImportError:
+        print("dashboard: not part of this version yet; records can be read with `layerwatch record info`")
+        return
+
+
+def _evidence(record: Path, watch: Watch, out: Path) -> Path | None:
+    """Overlay of the layer whose judgement paused the printer, from the build record."""
+    from monitor.record import RecordReader
+    from segmentation.imageio import write_overlay
+
+    pause = next((a for a in watch.actions if a.action == "pause" and a.state.value == "requested"), None)
+    if pause is None or pause.layer is None:
+        return None
+    with RecordReader(record) as r:
+        if pause.layer not in set(int(n) for n in r.stored_layers()):
+            return None
+        path = out / f"evidence_layer_{pause.layer:04d}.png"
+        write_overlay(path, r.image(pause.layer), r.mask(pause.layer))
+    return path
+
+
+def _summary(
+    watch: Watch, incidents: Sequence[object], record: Path | None, evidence: Path | None, seconds: float
+) -> None:
+    judged = sum(r.judged for r in watch.results)
+    lat = sorted(watch.latencies)
+    print()
+    print("summary")
+    print(f"  layers judged: {judged} of {len(watch.results)} received, in {seconds:.0f} s")
+    if lat:
+        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+        print(f"  latency capture -> result: median {statistics.median(lat):.2f} s, p95 {p95:.2f} s")
+    print(f"  incidents: {len(incidents)}")
+    for inc in incidents:
+        print(f"    {getattr(inc, 'id', inc)} ({getattr(inc, 'state', '')})")
+    outcomes = [a for a in watch.actions if a.state.value != "requested"]
+    print(f"  actions: {len(outcomes)}")
+    for a in outcomes:
+        print(f"    layer {a.layer}: {a.action} {a.state.value} - {a.rule}: {a.detail or a.reason}")
+    if watch.events:
+        codes: dict[str, int] = {}
+        for e in watch.events:
+            codes[e.code] = codes.get(e.code, 0) + 1
+        print("  events: " + ", ".join(f"{c} x{n}" for c, n in sorted(codes.items())))
+    if record is not None:
+        print(f"  build record: {record}   (layerwatch record info {record})")
+    if evidence is not None:
+        print(f"  evidence: {evidence}")

@@ -13,7 +13,9 @@ Metrics (``METRIC_NAMES``), per layer:
   ``pore_p90_diameter_mm``, ``pore_max_diameter_mm`` (equivalent circle diameters);
 - spatter particles: ``spatter_count``, ``spatter_area_mm2``;
 - warping: ``warping_area_mm2``, ``warping_edge_mm`` (length of part outline next to warping),
-  ``warping_growth_mm`` (edge length gained since the previous layer), ``warping_growth_area_mm2``.
+  ``warping_growth_mm`` (edge length gained since the previous layer), ``warping_growth_area_mm2``,
+  ``warping_stable_area_mm2`` (warping also present, within 2 px, on the previous layer: a real lifted
+  edge persists from layer to layer, a misreading flickers) and ``warping_stable_growth_mm2``.
 
 Per part (``PART_METRIC_NAMES``): ``area_mm2``, ``porosity_fraction``, ``pore_count``, ``spatter_count``
 (particles within ``spatter_reach_px`` of the part), ``warping_area_mm2``, ``warping_edge_mm``.
@@ -48,6 +50,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "warping_edge_mm",
     "warping_growth_mm",
     "warping_growth_area_mm2",
+    "warping_stable_area_mm2",
+    "warping_stable_growth_mm2",
 )
 PART_METRIC_NAMES: tuple[str, ...] = (
     "area_mm2",
@@ -121,6 +125,8 @@ class MetricsComputer:
         self.spatter_reach_px = spatter_reach_px
         self._prev_edge_mm: float | None = None
         self._prev_warp_mm2: float | None = None
+        self._prev_warp: np.ndarray | None = None
+        self._prev_stable_mm2 = 0.0
 
     def compute(self, mask: np.ndarray, part_ids: np.ndarray | None = None) -> LayerMetrics:
         """``mask``: (H, W) uint8 class ids. ``part_ids``: (H, W) part ids supplied with the frame, if any."""
@@ -160,6 +166,13 @@ class MetricsComputer:
         v["warping_growth_mm"] = v["warping_edge_mm"] - prev_edge
         v["warping_growth_area_mm2"] = v["warping_area_mm2"] - prev_area
         self._prev_edge_mm, self._prev_warp_mm2 = v["warping_edge_mm"], v["warping_area_mm2"]
+        prev_warp = self._prev_warp if self._prev_warp is not None and self._prev_warp.shape == warp.shape else None
+        stable = (
+            warp & ndimage.binary_dilation(prev_warp, structure=_EIGHT, iterations=2) if prev_warp is not None else None
+        )
+        v["warping_stable_area_mm2"] = float(stable.sum()) * self.px_mm2 if stable is not None else 0.0
+        v["warping_stable_growth_mm2"] = v["warping_stable_area_mm2"] - self._prev_stable_mm2
+        self._prev_warp, self._prev_stable_mm2 = warp, v["warping_stable_area_mm2"]
         parts = self._per_part(ids, pid_list, pores, pore_labels, spatter_labels, n_spatter, warp, edge)
         return LayerMetrics(v, parts, ids)
 

@@ -14,7 +14,7 @@ frame quality), ``metrics`` (one row per layer index, one column per metric), ``
 ``events``, ``actions``, ``feedback``, ``telemetry`` (append-only tables), ``state``, and attributes
 with the config and policy in force, the model id and hash, the software and record schema versions.
 
-Crash safety: the file is written in SWMR mode (``libver="latest"``), every table exists as an
+Crash safety: the file is written in SWMR mode (``libver=("v110", "v110")``), every table exists as an
 extendable dataset before SWMR starts, and every append ends with ``flush()`` (plus ``fsync`` when
 asked). A layer is *stored* once :meth:`BuildRecord.append_layer` has returned. A writer killed at any
 moment leaves a file that opens with ``swmr=True`` (which every reader here uses) and holds every
@@ -123,7 +123,7 @@ class BuildRecord:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".creating.h5")
         try:
-            f = h5py.File(tmp, "w", libver="latest")
+            f = h5py.File(tmp, "w", libver=("v110", "v110"))
         except OSError as err:
             raise RecordError(f"cannot create build record {path}: {err}") from err
         h, w = spec.height, spec.width
@@ -168,12 +168,12 @@ class BuildRecord:
     def open(cls, path: Path, *, fsync: bool = False) -> BuildRecord:
         """Open an existing record to append (a monitor restarted mid-build); a crashed one is recovered first."""
         try:
-            f = h5py.File(path, "r+", libver="latest")
+            f = h5py.File(path, "r+", libver=("v110", "v110"))
         except OSError as err:
             if "already open for write" not in str(err) and "file close degree" not in str(err):
                 raise RecordError(f"cannot open build record {path} for writing: {err}") from err
             recover(path)
-            f = h5py.File(path, "r+", libver="latest")
+            f = h5py.File(path, "r+", libver=("v110", "v110"))
         if f.attrs.get("layerwatch/schema_version") != SCHEMA_VERSION:
             f.close()
             raise RecordError(f"{path} is not a LayerWatch record of schema {SCHEMA_VERSION}")
@@ -310,7 +310,7 @@ class RecordReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._f = h5py.File(path, "r", libver="latest", swmr=True)
+            self._f = h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
         except OSError as err:
             raise RecordError(f"cannot open build record {path}: {err}") from err
         if self._f.attrs.get("layerwatch/schema_version") is None:
@@ -428,9 +428,9 @@ def recover(path: Path) -> Path:
     Reads it with SWMR (which a crash does not prevent), copies every group, dataset and attribute
     into a new file and puts it in place; the original is kept as ``NAME.crashed.h5``.
     """
-    src = h5py.File(path, "r", libver="latest", swmr=True)
+    src = h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
     tmp = path.with_suffix(".recovering.h5")
-    with src, h5py.File(tmp, "w", libver="latest") as dst:
+    with src, h5py.File(tmp, "w", libver=("v110", "v110")) as dst:
         for key, value in src.attrs.items():
             dst.attrs[key] = value
         for name in src:

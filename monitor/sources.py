@@ -6,6 +6,8 @@ registers it by name in printer_io's source registry.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -21,11 +23,14 @@ class SimulatorSource:
 
     name = "simulator"
 
-    def __init__(self, seed: int = 20261127, size: int = 512, layers: int = 40) -> None:
+    def __init__(self, seed: int = 20261127, size: int = 512, layers: int = 40, spec: Any = None) -> None:
+        """A random build of ``seed``, or the given :class:`segmentation.simulator.BuildSpec` (a scenario)."""
         from segmentation.simulator import SimBuild
 
+        if spec is not None:
+            seed, size, layers = spec.seed, spec.height, spec.n_layers
         self.layers = layers
-        self.build = SimBuild(seed, size, size, layers)
+        self.build = SimBuild(seed, size, size, layers, spec=spec)
 
     def open(self) -> None:
         pass

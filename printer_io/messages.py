@@ -30,6 +30,8 @@ __all__ = [
     "FrameQuality",
     "LayerEvent",
     "Message",
+    "ResultMessage",
+    "RuleHitInfo",
     "StatusMessage",
     "decode_frame",
     "encode_frame",
@@ -188,10 +190,44 @@ class ActionMessage(Message):
     operator: str = Field(default="", max_length=64)
 
 
+class RuleHitInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    rule: str
+    severity: str
+    value: float
+    threshold: float
+    part_id: int = 0
+    description: str = ""
+
+
+class ResultMessage(Message):
+    """The monitor's judgement of one layer: metrics, rule hits, the actions requested, timings."""
+
+    SCHEMA: ClassVar[str] = "layerwatch.result/1"
+    printer: str = Field(min_length=1, max_length=64)
+    job_id: str = Field(min_length=1, max_length=256)
+    layer: int = Field(ge=0)
+    z_mm: float
+    judged: bool = True
+    severity: Literal["ok", "info", "warning", "critical"] = "ok"
+    metrics: dict[str, float] = Field(default_factory=dict)
+    parts: list[dict[str, float]] = Field(default_factory=list)
+    hits: list[RuleHitInfo] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list, description="request ids of the actions requested")
+    quality: FrameQuality | None = None
+    captured_at: float = 0.0
+    received_at: float = 0.0
+    published_at: float = Field(default_factory=time.time)
+    segment_ms: float = 0.0
+    model: str = ""
+    record: str = ""
+
+
 class EventLevel(StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+    CRITICAL = "critical"
 
 
 class EventMessage(Message):

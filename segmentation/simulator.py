@@ -605,3 +605,31 @@ def simulate_dataset(
                 out.append(build.layer(k))
         b += 1
     return out
+
+
+def scenario_spec(
+    seed: int, size: int = 512, n_layers: int = 40, *, warp_start: int | None = None, pores: int = 6
+) -> BuildSpec:
+    """A fixed, readable build for demos and end-to-end tests: two parts (a box and a cylinder) on a
+    51 mm plate at 0.1 mm/px scaled to ``size``, a few small pores, light spatter, and, when
+    ``warp_start`` is given, warping that starts at the box's corner on that layer and grows every layer.
+    ``seed`` drives the appearance (lighting, texture, noise) and the pore positions."""
+    rng = _rng(seed, 7)
+    mmpp = 0.1 * 512 / size
+    plate = size * mmpp
+    box = PartSpec(1, "box", 0.38 * plate, 0.42 * plate, 0.16 * plate, 0.12 * plate, 0.15, 0, n_layers)
+    cyl = PartSpec(2, "cylinder", 0.72 * plate, 0.66 * plate, 0.11 * plate, 0.11 * plate, 0.0, 0, n_layers)
+    pore_specs = []
+    for _ in range(pores):
+        p = box if rng.random() < 0.6 else cyl
+        cx, cy = _part_point(p, float(rng.uniform(-0.7, 0.7)), float(rng.uniform(-0.7, 0.7)))
+        r = float(rng.uniform(0.2, 0.4))
+        pore_specs.append(PoreSpec(p.part_id, cx, cy, float(rng.uniform(1, n_layers - 1)), r, r, 1.5, 0.0, False))
+    warps: tuple[WarpSpec, ...] = ()
+    if warp_start is not None:
+        x, y = _part_point(box, 1.0, 1.0)
+        warps = (WarpSpec(1, x, y, warp_start, 0.3 * box.half_h, 0.12 * box.half_h, 1.4 * box.half_h, 3.0),)
+    return BuildSpec(
+        seed=seed, height=size, width=size, n_layers=n_layers, mm_per_px=mmpp, layer_thickness=0.04, color=False,
+        bit_depth=8, parts=(box, cyl), pores=tuple(pore_specs), warps=warps, spatter_rate=15.0, recoat_axis=0,
+    )  # fmt: skip

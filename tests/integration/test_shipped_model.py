@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.demo import SAMPLE_LAYERS, run_demo
+from monitor.cli import main
 from segmentation.evaluate import evaluate_simulated, read_mask
 from segmentation.inference import DEFAULT_MODEL, Segmenter
 from segmentation.metrics import Evaluation, scores
@@ -76,15 +76,19 @@ def test_tiled_prediction_agrees_with_whole_frame() -> None:
         assert union == 0 or inter / union >= 0.9, (c, inter, union)
 
 
+SAMPLE_LAYERS = Path(__file__).resolve().parents[2] / "data" / "samples" / "layers"
+
+
 @pytest.mark.slow
-def test_demo_segments_every_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_demo(tmp_path) == 0
+def test_segment_command_on_every_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["segment", str(SAMPLE_LAYERS), "--out", str(tmp_path), "--overlay"]) == 0
     out = capsys.readouterr().out
     samples = sorted(SAMPLE_LAYERS.glob("*.png"))
+    assert f"segmented {len(samples)} image(s)" in out
     assert len(samples) >= 5
     ev = Evaluation.empty()
     for s in samples:
-        assert s.name in out
+        assert (tmp_path / s.name).is_file()
         mask = read_mask(tmp_path / s.name)
         assert (tmp_path / "overlays" / s.name).is_file()
         ev.add(read_mask(SAMPLE_LAYERS.parent / "masks" / s.name), mask)

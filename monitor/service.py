@@ -1,0 +1,495 @@
+"""``layerwatch monitor``: judge every layer of every configured printer.
+
+Per printer: one MQTT link (persistent session ``layerwatch-monitor-<printer>``) subscribed to the
+printer's image and action topics; frames are handled one at a time, in order, on the link's worker:
+decode, segment, metrics, policy, controller, build record, result. The model is loaded once at start
+and shared by all printers. Bad input (undecodable frames, a frame of another size mid-build, a layer
+of a build that has ended) is logged, counted and published as an event; the service goes on, and no
+stored layer is lost. A redelivered layer is recognised and not acted on twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from monitor import __version__
+from monitor.config import Config
+from monitor.controller import Controller, ControllerLimits
+from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
+from monitor.policy import Policy, PolicyEngine, RuleHit
+from monitor.record import BuildRecord, RecordError, RecordSpec
+from printer_io.errors import PayloadError, PrinterError
+from printer_io.frames import decode_image
+from printer_io.messages import (
+    ActionMessage,
+    EventLevel,
+    EventMessage,
+    FrameMeta,
+    ResultMessage,
+    RuleHitInfo,
+    decode_frame,
+)
+from printer_io.mqtt import MqttLink
+from printer_io.printer import Printer, create_printer
+from printer_io.topics import Topics
+from segmentation.classes import CLASS_NAMES
+
+__all__ = ["MonitorService", "PrinterMonitor"]
+
+log = logging.getLogger(__name__)
+
+_SEVERITY_ORDER = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
+
+
+def _safe_name(job_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", job_id)[:120] or "job"
+
+
+@dataclass
+class Build:
+    job_id: str
+    record: BuildRecord
+    metrics: MetricsComputer
+    policy: PolicyEngine
+    last_layer: int = -1
+    last_seen: float = field(default_factory=time.monotonic)
+    layers_judged: int = 0
+
+
+class PrinterMonitor:
+    """Everything the monitor keeps for one printer."""
+
+    def __init__(
+        self, service: MonitorService, printer_id: str, link: MqttLink, printer: Printer | None, policy: Policy
+    ) -> None:
+        self.service = service
+        self.printer_id = printer_id
+        self.link = link
+        self.printer = printer
+        self.policy = policy
+        cfg = service.config
+        section = cfg.printers.get(printer_id)
+        self.mm_per_px = (section.mm_per_px if section and section.mm_per_px else None) or cfg.monitor.mm_per_px
+        self.thickness = (
+            section.layer_thickness_mm if section and section.layer_thickness_mm else None
+        ) or cfg.monitor.layer_thickness_mm
+        names = dict(section.object_names) if section else {}
+        c = cfg.controller
+        self.controller = Controller(
+            printer,
+            printer_id=printer_id,
+            emit_action=self._emit_action,
+            emit_event=self._emit_event,
+            limits=ControllerLimits(c.cooldown_layers, c.max_adjustments, c.pause_timeout_s, c.regrow_factor),
+            object_name=lambda pid: names.get(str(pid), f"part_{pid}"),
+        )
+        self.build: Build | None = None
+        self.ended: set[str] = set()
+        self.lock = threading.RLock()  # the record is written from the link's worker and the controller's
+        self.results: list[ResultMessage] = []
+        self.counters: dict[str, int] = {"layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0}
+
+    # ---- messages in ------------------------------------------------------------------------------
+    def on_frame(self, topic: str, payload: bytes) -> None:
+        received = time.time()
+        meta, data = decode_frame(payload, topic)
+        if meta.printer != self.printer_id:
+            raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {self.printer_id!r}'s topic", "printer")
+        try:
+            image = decode_image(data, topic)
+        except PayloadError as err:
+            self.counters["bad_frames"] += 1
+            self._emit_event("error", "frame_undecodable", f"layer {meta.layer}: {err}; layer not judged", meta.layer)
+            raise
+        with self.lock:
+            self._handle(meta, image, received)
+
+    def on_action(self, topic: str, payload: bytes) -> None:
+        msg = ActionMessage.from_json(payload, topic)
+        if msg.action != "feedback":
+            return  # our own actions and other services' commands
+        if msg.verdict == "":
+            raise PayloadError(f"{topic}: feedback without a verdict (false_alarm or confirmed_defect)", "field")
+        with self.lock:
+            build = self.build
+            if build is None or not msg.incident.startswith(build.job_id):
+                raise PayloadError(
+                    f"{topic}: feedback for incident {msg.incident!r}, not of the current build", "incident"
+                )
+            build.record.add_feedback(msg.incident, msg.verdict, msg.operator, msg.reason, at=msg.time)
+        log.info(
+            "%s: operator %s says incident %s is %s", self.printer_id, msg.operator or "?", msg.incident, msg.verdict
+        )
+
+    # ---- one layer --------------------------------------------------------------------------------
+    def _handle(self, meta: FrameMeta, frame: np.ndarray, received: float) -> None:
+        build = self._build_for(meta, frame)
+        if build is None:
+            return
+        layer = meta.layer
+        if build.record.is_stored(layer):
+            self.counters["duplicates"] += 1
+            log.info(
+                "%s: layer %d of %s already stored; redelivered frame ignored", self.printer_id, layer, meta.job_id
+            )
+            return
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if gray.shape != (build.record.height, build.record.width):
+            self.counters["bad_frames"] += 1
+            self._emit_event(
+                "error",
+                "frame_size",
+                f"layer {layer} is {gray.shape[1]}x{gray.shape[0]} px but this build's frames are "
+                f"{build.record.width}x{build.record.height}; layer not judged (camera changed mid-build?)",
+                layer,
+            )
+            raise PayloadError(f"layer {layer}: frame size changed mid-build", "size")
+        late = layer < build.last_layer
+        t0 = time.perf_counter()
+        result = self.service.segmenter.segment(frame)
+        segment_ms = (time.perf_counter() - t0) * 1000
+        m = build.metrics.compute(result.mask)
+        quality = meta.quality
+        judged = (quality is None or quality.ok) and not late
+        if quality is not None and not quality.ok:
+            self._emit_event(
+                "warning", "frame_quality", f"layer {layer} frame is {', '.join(quality.problems)}: not judged", layer
+            )
+        if late:
+            self.counters["late"] += 1
+            self._emit_event(
+                "warning",
+                "layer_out_of_order",
+                f"layer {layer} arrived after layer {build.last_layer}: stored, not judged",
+                layer,
+            )
+        hits = build.policy.evaluate(layer, m.values, m.parts, judged=judged)
+        state = self._printer_state()
+        actions = self.controller.on_layer(layer, hits, m.values, state.state if state else None) if judged else []
+        part_rows = [{"layer": layer, **p} for p in m.parts]
+        q = quality.model_dump() if quality is not None else {}
+        build.record.append_layer(
+            layer,
+            z_mm=meta.z_mm,
+            image=gray,
+            mask=result.mask,
+            part_ids=m.part_ids,
+            metrics=m.values,
+            part_metrics=part_rows,
+            captured_at=meta.captured_at,
+            quality=q,
+        )
+        if state is not None:
+            job = state.job
+            build.record.add_telemetry(
+                layer, state.state.value, job.z_mm if job and job.z_mm else meta.z_mm, state.feed_pct, state.flow_pct
+            )
+        build.last_layer = max(build.last_layer, layer)
+        build.last_seen = time.monotonic()
+        build.layers_judged += int(judged)
+        self.counters["layers"] += 1
+        severity = max((h.rule.severity.value for h in hits), key=_SEVERITY_ORDER.__getitem__, default="ok")
+        res = ResultMessage(
+            printer=self.printer_id,
+            job_id=meta.job_id,
+            layer=layer,
+            z_mm=meta.z_mm,
+            judged=judged,
+            severity=severity,  # type: ignore[arg-type]
+            metrics={k: v for k, v in m.values.items() if v == v},
+            parts=m.parts,
+            hits=[_hit_info(h) for h in hits],
+            actions=[a.request_id for a in actions],
+            quality=quality,
+            captured_at=meta.captured_at,
+            received_at=received,
+            segment_ms=round(segment_ms, 2),
+            model=self.service.model_id,
+            record=str(build.record.path),
+        )
+        self.link.publish(self.link.topics.result, res.to_json())
+        self.results.append(res)
+        v = m.values
+        log.info(
+            "%s layer %d: porosity %.2f%% spatter %.2f%% warping %.2f%% of the part area%s",
+            self.printer_id,
+            layer,
+            100 * v["porosity_fraction_part"],
+            100 * v["spatter_fraction_part"],
+            100 * v["warping_fraction_part"],
+            "; " + ", ".join(f"{a.action} ({a.rule})" for a in actions) if actions else "",
+        )
+
+    def _printer_state(self) -> Any:
+        if self.printer is None:
+            return None
+        try:
+            return self.printer.status()
+        except PrinterError as err:
+            log.debug("%s: printer status unavailable: %s", self.printer_id, err)
+            return None
+
+    def _build_for(self, meta: FrameMeta, frame: np.ndarray) -> Build | None:
+        if self.build is not None and self.build.job_id == meta.job_id:
+            return self.build
+        if meta.job_id in self.ended:
+            self._emit_event(
+                "error",
+                "build_ended",
+                f"layer {meta.layer} arrived for build {meta.job_id}, which has ended; not stored",
+                meta.layer,
+            )
+            raise PayloadError(f"layer {meta.layer} of ended build {meta.job_id}", "ended")
+        self.close_build("closed")
+        path = self.service.config.monitor.out_dir / self.printer_id / f"{_safe_name(meta.job_id)}.h5"
+        h, w = frame.shape[:2]
+        dtype = "uint16" if frame.dtype == np.uint16 else "uint8"
+        try:
+            if path.exists():
+                record = BuildRecord.open(path, fsync=self.service.config.monitor.fsync)
+                log.info(
+                    "%s: continuing build record %s (%d layers stored)",
+                    self.printer_id,
+                    path,
+                    len(record.stored_layers()),
+                )
+            else:
+                record = BuildRecord.create(
+                    path, self._spec(meta.job_id, h, w, dtype), fsync=self.service.config.monitor.fsync
+                )
+                log.info("%s: new build %s, record %s", self.printer_id, meta.job_id, path)
+        except RecordError as err:
+            self._emit_event("critical", "record_failed", str(err), meta.layer)
+            raise PayloadError(str(err), "record") from err
+        build = Build(meta.job_id, record, MetricsComputer(self.mm_per_px), PolicyEngine(self.policy))
+        self._replay_windows(build)
+        self.build = build
+        self.controller.new_build(meta.job_id, self.service.model_id)
+        return build
+
+    def _replay_windows(self, build: Build) -> None:
+        """A monitor restarted mid-build rebuilds its rule windows from the stored metrics (no actions)."""
+        stored = build.record.stored_layers()
+        if not len(stored):
+            return
+        table = build.record._f["layerwatch/metrics"][:]  # our own writer's file
+        parts = build.record._f["layerwatch/part_metrics"][:]
+        for layer in stored:
+            values = {name: float(table[layer][name]) for name in METRIC_NAMES}
+            rows = [
+                {n: float(r[n]) for n in ("part_id", *PART_METRIC_NAMES)}
+                for r in parts
+                if int(r["layer"]) == int(layer)
+            ]
+            build.policy.evaluate(int(layer), values, rows)
+            self.controller._state.handled.add(int(layer))
+        build.last_layer = int(stored.max())
+
+    def _spec(self, job_id: str, h: int, w: int, dtype: str) -> RecordSpec:
+        svc = self.service
+        return RecordSpec(
+            printer=self.printer_id,
+            job_id=job_id,
+            height=h,
+            width=w,
+            dtype=dtype,
+            mm_per_px=self.mm_per_px,
+            layer_thickness_mm=self.thickness,
+            class_names=tuple(CLASS_NAMES),
+            metric_names=METRIC_NAMES,
+            part_metric_names=PART_METRIC_NAMES,
+            config=svc.config.to_record(),
+            policy=self.policy.model_dump(mode="json"),
+            model={"id": svc.model_id, "sha256": svc.model_sha256},
+            software_version=__version__,
+            compression_level=svc.config.monitor.gzip_level,
+        )
+
+    def close_build(self, state: str = "closed") -> None:
+        with self.lock:
+            if self.build is None:
+                return
+            self.controller.wait_idle(30)
+            self.build.record.close(state)
+            self.ended.add(self.build.job_id)
+            log.info(
+                "%s: build %s %s (%d layers judged)",
+                self.printer_id,
+                self.build.job_id,
+                state,
+                self.build.layers_judged,
+            )
+            self.build = None
+
+    # ---- messages out -----------------------------------------------------------------------------
+    def _emit_action(self, msg: ActionMessage) -> None:
+        with self.lock:
+            if self.build is not None:
+                detail = {
+                    "reason": msg.reason,
+                    "metrics": msg.metrics,
+                    "model": msg.model,
+                    "detail": msg.detail,
+                    "gcode": msg.gcode,
+                    "severity": msg.severity,
+                }
+                self.build.record.add_action(
+                    msg.layer or 0,
+                    msg.request_id,
+                    msg.action,
+                    msg.state.value,
+                    msg.rule,
+                    msg.incident,
+                    detail,
+                    at=msg.time,
+                )
+        level = logging.WARNING if msg.action in ("pause", "cancel") else logging.INFO
+        log.log(
+            level,
+            "%s: %s %s at layer %s: %s %s",
+            self.printer_id,
+            msg.action,
+            msg.state.value,
+            msg.layer,
+            msg.reason,
+            msg.detail,
+        )
+        self._publish(self.link.topics.action, msg.to_json())
+
+    def _emit_event(self, level: str, code: str, message: str, layer: int) -> None:
+        with self.lock:
+            if self.build is not None:
+                self.build.record.add_event(layer, level, code, message)
+        log.log(
+            logging.ERROR if level in ("error", "critical") else logging.WARNING, "%s: %s", self.printer_id, message
+        )
+        event = EventMessage(
+            printer=self.printer_id,
+            service="monitor",
+            level=EventLevel(level),
+            code=code,
+            message=message[:4000],
+            job_id=self.build.job_id if self.build else "",
+            layer=layer,
+        )
+        self._publish(self.link.topics.event, event.to_json())
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        try:
+            self.link.publish(topic, payload)
+        except Exception as err:  # never let a publish failure take the judgement down
+            log.warning("%s: could not publish on %s: %s", self.printer_id, topic, err)
+
+
+def _hit_info(hit: RuleHit) -> RuleHitInfo:
+    return RuleHitInfo(
+        rule=hit.rule.name,
+        severity=hit.rule.severity.value,
+        value=hit.value,
+        threshold=hit.rule.threshold,
+        part_id=hit.part_id,
+        description=hit.describe(),
+    )
+
+
+class MonitorService:
+    """The monitor for all configured printers. ``printers`` overrides backends (the demo's virtual printer)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        printer_ids: list[str] | None = None,
+        printers: Mapping[str, Printer | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.printer_ids = printer_ids or sorted(config.printers)
+        if not self.printer_ids:
+            raise ValueError("no printer to monitor: add a [printers.<id>] table to the config or pass --printer ID")
+        self._given = dict(printers or {})
+        self.monitors: dict[str, PrinterMonitor] = {}
+        self.segmenter: Any = None
+        self.model_id = ""
+        self.model_sha256 = ""
+        self._stop = threading.Event()
+        self._idle: threading.Thread | None = None
+
+    def start(self) -> MonitorService:
+        from segmentation.inference import DEFAULT_MODEL, Segmenter
+        from segmentation.model import file_sha256
+
+        cfg = self.config
+        model = cfg.monitor.model or DEFAULT_MODEL
+        self.segmenter = Segmenter(
+            model_path=model,
+            engine=cfg.monitor.engine,
+            threads=cfg.monitor.threads,
+            max_pixels=cfg.monitor.max_frame_pixels,
+        ).start()
+        self.model_sha256 = file_sha256(Path(model))
+        self.model_id = f"{Path(model).stem}@{self.model_sha256[:12]}"
+        policy = cfg.resolved_policy()
+        try:
+            for pid in self.printer_ids:
+                printer = self._given[pid] if pid in self._given else self._make_printer(pid)
+                topics = Topics(cfg.mqtt.prefix, pid)
+                link = MqttLink(cfg.mqtt, service="monitor", topics=topics, version=__version__)
+                pm = PrinterMonitor(self, pid, link, printer, policy)
+                link.subscribe(topics.image, pm.on_frame)
+                link.subscribe(topics.action, pm.on_action)
+                self.monitors[pid] = pm
+                link.start()
+        except BaseException:
+            self.close()
+            raise
+        self._idle = threading.Thread(target=self._close_idle, name="monitor-idle", daemon=True)
+        self._idle.start()
+        log.info(
+            "monitor: model %s (%s engine); printers %s", self.model_id, cfg.monitor.engine, ", ".join(self.printer_ids)
+        )
+        return self
+
+    def _make_printer(self, pid: str) -> Printer | None:
+        section = self.config.printers.get(pid)
+        if section is None or section.backend == "none":
+            return None
+        options: dict[str, Any] = {"name": pid}
+        if section.backend in ("octoprint", "moonraker"):
+            options.update(url=section.url, api_key_file=section.api_key_file, timeout_s=section.timeout_s)
+        return create_printer(section.backend, **options).start()
+
+    def _close_idle(self) -> None:
+        limit = self.config.monitor.build_idle_close_s
+        while not self._stop.wait(min(5.0, limit)):
+            for pm in self.monitors.values():
+                build = pm.build
+                if build is not None and time.monotonic() - build.last_seen > limit:
+                    pm.close_build("closed-idle")
+
+    def close(self) -> None:
+        self._stop.set()
+        for pm in self.monitors.values():
+            pm.link.close()
+            pm.close_build("closed")
+            pm.controller.close()
+            if pm.printer is not None and pm.printer_id not in self._given:
+                pm.printer.close()
+        if self.segmenter is not None:
+            self.segmenter.close()
+            self.segmenter = None
+
+    def __enter__(self) -> MonitorService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
