@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ class Incident:
 @dataclass
 class _BuildState:
     handled: set[int] = field(default_factory=set)
+    baseline: dict[str, float] = field(default_factory=dict)  # metric values when the operator resumed
     incidents: dict[str, Incident] = field(default_factory=dict)
     last_acted: dict[tuple[str, str], int] = field(default_factory=dict)
     adjustments: int = 0
@@ -123,7 +124,7 @@ class Controller:
             return []
         st.handled.add(layer)
         try:
-            self._note_operator_resume(printer_state, layer)
+            self._note_operator_resume(printer_state, layer, metrics)
             out: list[ActionMessage] = []
             for hit in hits:
                 out += self._decide(hit, metrics)
@@ -135,13 +136,39 @@ class Controller:
             )
             return []
 
-    def _note_operator_resume(self, state: PrinterState | None, layer: int) -> None:
+    def _note_operator_resume(self, state: PrinterState | None, layer: int, metrics: Mapping[str, float]) -> None:
+        """The printer prints again after our pause: the operator looked and resumed. What they saw is the
+        new baseline: from now on a pause rule acts only when its metric grows by ``regrow_factor`` over it."""
         if state not in (PrinterState.PRINTING, PrinterState.RESUMING):
             return
+        resumed = False
         for inc in self._state.incidents.values():
             if inc.state == "paused":
                 inc.state = "resumed"
+                resumed = True
                 log.info("%s: incident %s resumed by the operator at layer %d", self.printer_id, inc.id, layer)
+        if resumed:
+            self._state.baseline = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and v == v}
+
+    def restore_handled(self, layers: Iterable[int]) -> None:
+        """Layers judged before a restart: never acted on again."""
+        self._state.handled.update(layers)
+
+    def restore(self, actions: Sequence[Mapping[str, Any]]) -> None:
+        """Rebuild incidents from a record's action rows (a monitor restarted mid-build)."""
+        for row in actions:
+            if row.get("action") not in ("pause", "cancel") or row.get("state") not in ("confirmed", "requested"):
+                continue
+            inc_id = str(row.get("incident", ""))
+            parts = inc_id.rsplit(":", 2)
+            if len(parts) != 3:
+                continue
+            key = parts[1]
+            inc = self._state.incidents.setdefault(
+                key, Incident(inc_id, key, str(row.get("rule", "")), 0, int(row.get("layer", 0)))
+            )
+            inc.state = "paused" if row["action"] == "pause" else "cancelled"
+            inc.pauses = max(inc.pauses, 1)
 
     def _decide(self, hit: RuleHit, metrics: Mapping[str, float]) -> list[ActionMessage]:
         out: list[ActionMessage] = []
@@ -189,14 +216,16 @@ class Controller:
     def _stop(self, kind: str, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]) -> ActionMessage | None:
         if inc.state in ("pausing", "paused", "cancelled"):
             return None  # one pause per incident
-        if inc.state == "resumed":
-            worse = (
-                hit.value >= inc.value_at_pause * self.limits.regrow_factor
-                if hit.rule.above is not None
-                else (hit.value <= inc.value_at_pause / self.limits.regrow_factor)
-            )
-            if not worse:
-                return None  # the operator resumed; the defect has not grown since
+        metric = hit.rule.metric if hit.rule.region != "part" else f"{hit.rule.metric}_part"
+        base = self._state.baseline.get(metric) if not hit.part_id else None
+        if inc.state == "resumed" and not self._grown(hit, max(inc.value_at_pause, base or 0.0)):
+            return None  # the operator resumed; the defect has not grown since
+        if inc.state == "open" and base is not None and not self._grown(hit, base):
+            return None  # the operator resumed with this defect in view; it has not grown since
+        if kind == "pause" and any(i.state in ("pausing", "paused") for i in self._state.incidents.values()):
+            # the printer is already stopped for another rule: this incident joins that pause
+            inc.state, inc.value_at_pause = "paused", hit.value
+            return None
         inc.state = "pausing" if kind == "pause" else "cancelled"
         inc.value_at_pause = hit.value
         inc.pauses += 1
@@ -204,6 +233,12 @@ class Controller:
         self.emit_action(msg)
         self._work.put(lambda: self._execute_stop(kind, msg, inc))
         return msg
+
+    def _grown(self, hit: RuleHit, reference: float) -> bool:
+        factor = self.limits.regrow_factor
+        if hit.rule.above is not None:
+            return hit.value >= reference * factor if reference > 0 else hit.value > reference
+        return hit.value <= reference / factor
 
     def _execute_stop(self, kind: str, msg: ActionMessage, inc: Incident) -> None:
         t0 = time.monotonic()

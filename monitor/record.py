@@ -265,6 +265,12 @@ class BuildRecord:
         f[f"{LW}/layers"][layer] = layer_row
         self._commit()
 
+    def table(self, name: str) -> list[dict[str, Any]]:
+        """Rows of a table written so far (``metrics``, ``part_metrics``, ``actions``, ...) as dicts."""
+        data = self._f[f"{LW}/{name}"][:]
+        fields = data.dtype.names or ()
+        return [{k: _py(row[k]) for k in fields} for row in data]
+
     def _append(self, table: str, row: tuple[Any, ...]) -> None:
         d = self._f[f"{LW}/{table}"]
         d.resize(d.shape[0] + 1, axis=0)

@@ -272,27 +272,23 @@ class PrinterMonitor:
             self._emit_event("critical", "record_failed", str(err), meta.layer)
             raise PayloadError(str(err), "record") from err
         build = Build(meta.job_id, record, MetricsComputer(self.mm_per_px), PolicyEngine(self.policy))
-        self._replay_windows(build)
         self.build = build
         self.controller.new_build(meta.job_id, self.service.model_id)
+        self._replay_windows(build)
         return build
 
     def _replay_windows(self, build: Build) -> None:
-        """A monitor restarted mid-build rebuilds its rule windows from the stored metrics (no actions)."""
+        """A monitor restarted mid-build rebuilds its rule windows and incidents from the record (no actions)."""
         stored = build.record.stored_layers()
         if not len(stored):
             return
-        table = build.record._f["layerwatch/metrics"][:]  # our own writer's file
-        parts = build.record._f["layerwatch/part_metrics"][:]
-        for layer in stored:
-            values = {name: float(table[layer][name]) for name in METRIC_NAMES}
-            rows = [
-                {n: float(r[n]) for n in ("part_id", *PART_METRIC_NAMES)}
-                for r in parts
-                if int(r["layer"]) == int(layer)
-            ]
-            build.policy.evaluate(int(layer), values, rows)
-            self.controller._state.handled.add(int(layer))
+        metrics = build.record.table("metrics")
+        parts = build.record.table("part_metrics")
+        for layer in (int(n) for n in stored):
+            rows = [p for p in parts if int(p["layer"]) == layer]
+            build.policy.evaluate(layer, metrics[layer], rows)
+        self.controller.restore_handled(int(n) for n in stored)
+        self.controller.restore(build.record.table("actions"))
         build.last_layer = int(stored.max())
 
     def _spec(self, job_id: str, h: int, w: int, dtype: str) -> RecordSpec:
@@ -428,6 +424,8 @@ class MonitorService:
         from segmentation.inference import DEFAULT_MODEL, Segmenter
         from segmentation.model import file_sha256
 
+        if self.segmenter is not None:
+            return self  # already started (``with MonitorService(...).start():``)
         cfg = self.config
         model = cfg.monitor.model or DEFAULT_MODEL
         self.segmenter = Segmenter(

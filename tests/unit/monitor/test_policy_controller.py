@@ -192,3 +192,41 @@ def test_a_failing_controller_takes_no_action_and_says_so() -> None:
     assert out == [] and sink.actions == []
     assert sink.events[-1][:2] == ("critical", "controller_failed")
     c.close()
+
+
+def test_after_a_resume_another_rule_on_the_same_defect_needs_growth_too() -> None:
+    printer = VirtualPrinter("v", layers=100, layer_time_s=1, realtime=False).start()
+    printer.start_job()
+    sink = Sink()
+    c = controller(printer, sink, regrow_factor=1.5)
+    grows = rule(name="grows", k=1, n=1, actions=[{"type": "pause"}])
+    large = rule(name="large", metric="warping_area_mm2", above=25, k=1, n=1, actions=[{"type": "pause"}])
+    engine = PolicyEngine(Policy(rules=(grows, large)))
+
+    def layer(n: int, growth: float, area: float) -> None:
+        m = {"warping_growth_mm": growth, "warping_area_mm2": area}
+        c.on_layer(n, engine.evaluate(n, m, []), m, printer.status().state)
+        c.wait_idle()
+
+    layer(0, 1.0, 10.0)  # "grows" pauses
+    printer.resume()
+    layer(1, 0.0, 20.0)  # the operator resumed: baseline area 20
+    layer(2, 0.0, 26.0)  # "large" holds, but 26 < 1.5 x 20
+    assert sink.states("pause") == ["requested", "confirmed"]
+    layer(3, 0.0, 31.0)  # 31 >= 30: grown since the operator looked
+    assert sink.states("pause") == ["requested", "confirmed", "requested", "confirmed"]
+    c.close()
+
+
+def test_incidents_are_restored_from_the_record_after_a_restart() -> None:
+    printer = VirtualPrinter("v", layers=100, layer_time_s=1, realtime=False).start()
+    printer.start_job()
+    printer.pause()
+    sink = Sink()
+    c = controller(printer, sink)
+    c.restore([{"action": "pause", "state": "confirmed", "incident": "job-1:r:4", "rule": "r", "layer": 4}])
+    c.restore_handled([0, 1, 2, 3, 4])
+    engine = PolicyEngine(Policy(rules=(rule(k=1, n=1, actions=[{"type": "pause"}]),)))
+    assert c.on_layer(4, hits_for(engine, 4, 1.0), {}) == []  # judged before the restart
+    assert c.on_layer(5, hits_for(engine, 5, 1.0), {}, PrinterState.PAUSED) == []  # still paused: same incident
+    c.close()
