@@ -157,5 +157,8 @@ def load_config(path: Path | None) -> Config:
             raise ConfigFileError(f"{path}: [printers.{pid}] {err}") from None
         parts["printers"][pid] = section(PrinterSection, table, f"printers.{pid}", str(path))
     config = Config(**parts)
-    config.resolved_policy()  # a bad policy file stops start-up too
+    try:
+        config.resolved_policy()  # a bad policy file stops start-up too
+    except ConfigFileError as err:
+        raise ConfigFileError(f"{path}: [policy] file: {err}") from None
     return config

@@ -171,3 +171,47 @@ def test_bad_arguments_exit_2_without_traceback(tmp_path: Path) -> None:
     assert r.returncode == 2 and "invalid choice: 'tensorrt'" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("train", "--out", str(tmp_path), "--arch", "unet-huge")
     assert r.returncode == 2 and "unet-huge" in r.stderr and "Traceback" not in r.stderr
+
+
+def _one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ('[monitor]\nout_dir = "r"\nengin = "onnx"\n', ("[monitor] has no key 'engin'", "allowed keys:")),
+        ("[monitor]\nmm_per_px = -1\n", ("[monitor] mm_per_px = -1", "greater than 0")),
+        ('[printers.p1]\nbackend = "prusalink"\n', ("[printers.p1] backend = 'prusalink'", "octoprint")),
+        ('[[policy.rules]]\nname = "x"\nmetric = "pores"\nabove = 1\n', ("metric 'pores' does not exist",)),
+        ('[printers."p 1"]\n', ("printer id 'p 1' is not usable",)),
+        ('[policy]\nfile = "nope.toml"\n', ("policy file", "does not exist")),
+    ],
+)
+def test_monitor_refuses_a_bad_config_in_one_line(tmp_path: Path, toml: str, words: tuple[str, ...]) -> None:
+    cfg = tmp_path / "lw.toml"
+    cfg.write_text(toml)
+    _one_line(run_cli("monitor", "--config", str(cfg)), 2, str(cfg), *words)
+
+
+def test_monitor_without_a_printer_says_how_to_name_one() -> None:
+    _one_line(run_cli("monitor"), 2, "no printer to monitor", "--printer ID")
+
+
+def test_record_commands_on_files_that_are_not_records(tmp_path: Path) -> None:
+    _one_line(run_cli("record", "info", str(tmp_path / "missing.h5")), 2, "does not exist")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"junk")
+    _one_line(run_cli("record", "info", str(bad)), 2, "cannot open build record")
+    _one_line(run_cli("record", "check", str(bad)), 1, "cannot open build record")
+
+
+def test_the_shipped_example_config_loads() -> None:
+    from monitor.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[3] / "data" / "config" / "layerwatch.toml")
+    assert "printer-1" in cfg.printers and cfg.resolved_policy().rules

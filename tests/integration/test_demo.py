@@ -1,0 +1,56 @@
+"""``layerwatch demo``, the README's first command, run as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.record import RecordReader, check_record
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+LAYERWATCH = str(Path(sys.executable).parent / "layerwatch")
+
+
+def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LAYERWATCH, "demo", "--out", str(tmp_path), "--headless", "--layer-time", "0.4", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_demo_pauses_on_the_growing_warp_and_writes_the_record(tmp_path: Path) -> None:
+    result = _demo(tmp_path, "--layers", "14", "--warp-start", "5")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "broker: mosquitto on mqtt://127.0.0.1:" in out
+    assert ">>> PAUSE requested at layer 8: warping-grows" in out
+    assert ">>> printer PAUSED" in out
+    assert "summary" in out and "incidents: 1" in out
+    assert "Traceback" not in result.stderr and result.stderr.strip() == ""
+    (record,) = (tmp_path / "records" / "demo").glob("*.h5")
+    assert f"build record: {record}" in out
+    assert (tmp_path / "evidence_layer_0008.png").is_file()
+    assert check_record(record) == []
+    with RecordReader(record) as r:
+        assert 8 in set(int(n) for n in r.stored_layers())
+        assert [a["state"] for a in r.table("actions") if a["action"] == "pause"] == ["requested", "confirmed"]
+
+
+def test_demo_runs_on_the_in_process_broker_where_mosquitto_is_missing(tmp_path: Path) -> None:
+    result = _demo(tmp_path, "--layers", "6", "--scenario", "clean", "--broker-impl", "amqtt")
+    assert result.returncode == 0, result.stderr
+    assert "broker: amqtt on mqtt://127.0.0.1:" in result.stdout
+    assert "layers judged: 6 of 6" in result.stdout and "incidents: 0" in result.stdout
+
+
+def test_demo_bad_arguments_are_one_line(tmp_path: Path) -> None:
+    result = _demo(tmp_path, "--layers", "6", "--warp-start", "5")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "layerwatch demo: --layers 6 leaves no room for the warp starting at layer 5"
+    ]
