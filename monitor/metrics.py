@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 from segmentation.classes import LayerClass
 
@@ -61,7 +61,31 @@ PART_METRIC_NAMES: tuple[str, ...] = (
     "warping_area_mm2",
     "warping_edge_mm",
 )
-_EIGHT = np.ones((3, 3), dtype=bool)
+_K3 = np.ones((3, 3), dtype=np.uint8)
+
+
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """8-connected components: (labels int32, count, areas px per label from 1, centroids (x, y) from 1)."""
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    return labels, n - 1, stats[1:, cv2.CC_STAT_AREA].astype(np.float64), centroids[1:]
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` plus every background region that does not touch the border."""
+    h, w = mask.shape
+    outside = np.zeros((h + 2, w + 2), np.uint8)
+    outside[1:-1, 1:-1] = mask.view(np.uint8)
+    flood_mask = np.zeros((h + 4, w + 4), np.uint8)
+    cv2.floodFill(outside, flood_mask, (0, 0), 2)
+    return np.asarray(outside[1:-1, 1:-1] != 2)
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    return np.asarray(cv2.erode(mask.view(np.uint8), _K3, borderType=cv2.BORDER_REPLICATE) > 0)
+
+
+def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    return np.asarray(cv2.dilate(mask.view(np.uint8), _K3, iterations=iterations) > 0)
 
 
 @dataclass(frozen=True)
@@ -81,12 +105,12 @@ class PartTracker:
     seen: set[int] = field(default_factory=set)
 
     def label(self, region: np.ndarray) -> np.ndarray:
-        labels, n = ndimage.label(region, structure=_EIGHT)
+        labels, n, areas, _ = _label(region)
         out = np.zeros(region.shape, dtype=np.uint32)
         if n == 0:
             self._previous = out
             return out
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        sizes = np.concatenate([[0.0], areas])
         used: set[int] = set()
         prev = self._previous if self._previous is not None and self._previous.shape == region.shape else None
         for lab in np.argsort(-sizes[1:]) + 1:  # biggest first: they claim the ids they overlap
@@ -132,7 +156,7 @@ class MetricsComputer:
         """``mask``: (H, W) uint8 class ids. ``part_ids``: (H, W) part ids supplied with the frame, if any."""
         total = float(mask.size)
         is_part, pores, spatter, warp = (mask == c for c in (LayerClass.PART, *DEFECTS))
-        region = ndimage.binary_fill_holes(is_part | pores | warp)
+        region = _fill_holes(is_part | pores | warp)
         ids = part_ids.astype(np.uint32) if part_ids is not None else self.tracker.label(region)
         if part_ids is not None:
             region = region | (ids > 0)
@@ -145,19 +169,18 @@ class MetricsComputer:
             name = c.name.lower()
             v[f"{name}_fraction"] = float(m.sum()) / total
             v[f"{name}_fraction_part"] = float((m & region).sum()) / region_px if region_px else 0.0
-        pore_labels, n_pores = ndimage.label(pores, structure=_EIGHT)
-        pore_px = np.bincount(pore_labels.ravel())[1:] if n_pores else np.zeros(0)
+        pore_labels, n_pores, pore_px, _ = _label(pores)
         diam = 2.0 * np.sqrt(pore_px * self.px_mm2 / np.pi)
         v["pore_count"] = float(n_pores)
         v["pore_area_mm2"] = float(pore_px.sum()) * self.px_mm2
         v["pore_mean_diameter_mm"] = float(diam.mean()) if n_pores else 0.0
         v["pore_p90_diameter_mm"] = float(np.percentile(diam, 90)) if n_pores else 0.0
         v["pore_max_diameter_mm"] = float(diam.max()) if n_pores else 0.0
-        spatter_labels, n_spatter = ndimage.label(spatter, structure=_EIGHT)
+        _, n_spatter, _, spatter_xy = _label(spatter)
         v["spatter_count"] = float(n_spatter)
         v["spatter_area_mm2"] = float(spatter.sum()) * self.px_mm2
-        outline = region & ~ndimage.binary_erosion(region, structure=_EIGHT)
-        near_warp = ndimage.binary_dilation(warp, structure=_EIGHT, iterations=2)
+        outline = region & ~_erode(region)
+        near_warp = _dilate(warp, 2)
         edge = outline & near_warp
         v["warping_area_mm2"] = float(warp.sum()) * self.px_mm2
         v["warping_edge_mm"] = float(edge.sum()) * self.mm_per_px
@@ -167,13 +190,11 @@ class MetricsComputer:
         v["warping_growth_area_mm2"] = v["warping_area_mm2"] - prev_area
         self._prev_edge_mm, self._prev_warp_mm2 = v["warping_edge_mm"], v["warping_area_mm2"]
         prev_warp = self._prev_warp if self._prev_warp is not None and self._prev_warp.shape == warp.shape else None
-        stable = (
-            warp & ndimage.binary_dilation(prev_warp, structure=_EIGHT, iterations=2) if prev_warp is not None else None
-        )
+        stable = warp & _dilate(prev_warp, 2) if prev_warp is not None else None
         v["warping_stable_area_mm2"] = float(stable.sum()) * self.px_mm2 if stable is not None else 0.0
         v["warping_stable_growth_mm2"] = v["warping_stable_area_mm2"] - self._prev_stable_mm2
         self._prev_warp, self._prev_stable_mm2 = warp, v["warping_stable_area_mm2"]
-        parts = self._per_part(ids, pid_list, pores, pore_labels, spatter_labels, n_spatter, warp, edge)
+        parts = self._per_part(ids, pid_list, pores, pore_labels, spatter_xy, warp, edge)
         return LayerMetrics(v, parts, ids)
 
     def _per_part(
@@ -182,34 +203,35 @@ class MetricsComputer:
         pid_list: list[int],
         pores: np.ndarray,
         pore_labels: np.ndarray,
-        spatter_labels: np.ndarray,
-        n_spatter: int,
+        spatter_xy: np.ndarray,
         warp: np.ndarray,
         edge: np.ndarray,
     ) -> list[dict[str, float]]:
         if not pid_list:
             return []
-        reach = ndimage.grey_dilation(ids, size=(2 * self.spatter_reach_px + 1,) * 2) if n_spatter else ids
+        h, w = ids.shape
+        r = self.spatter_reach_px
         spatter_owner: dict[int, int] = {}
-        if n_spatter:
-            centres = ndimage.center_of_mass(np.ones_like(spatter_labels), spatter_labels, range(1, n_spatter + 1))
-            for cy, cx in centres:
-                owner = int(reach[round(cy), round(cx)])
-                spatter_owner[owner] = spatter_owner.get(owner, 0) + 1
+        for x, y in spatter_xy:  # a particle belongs to the part within reach (the largest id if several)
+            cy, cx = round(float(y)), round(float(x))
+            window = ids[max(0, cy - r) : min(h, cy + r + 1), max(0, cx - r) : min(w, cx + r + 1)]
+            owner = int(window.max()) if window.size else 0
+            spatter_owner[owner] = spatter_owner.get(owner, 0) + 1
         out = []
         for pid in pid_list:
             inside = ids == pid
-            area = float(inside.sum())
-            pore_ids = np.unique(pore_labels[inside & pores])
+            area = float(np.count_nonzero(inside))
+            in_pores = inside & pores
+            pore_ids = np.unique(pore_labels[in_pores])
             out.append(
                 {
                     "part_id": float(pid),
                     "area_mm2": area * self.px_mm2,
-                    "porosity_fraction": float((inside & pores).sum()) / area if area else 0.0,
+                    "porosity_fraction": float(np.count_nonzero(in_pores)) / area if area else 0.0,
                     "pore_count": float(np.count_nonzero(pore_ids)),
                     "spatter_count": float(spatter_owner.get(pid, 0)),
-                    "warping_area_mm2": float((inside & warp).sum()) * self.px_mm2,
-                    "warping_edge_mm": float((edge & inside).sum()) * self.mm_per_px,
+                    "warping_area_mm2": float(np.count_nonzero(inside & warp)) * self.px_mm2,
+                    "warping_edge_mm": float(np.count_nonzero(edge & inside)) * self.mm_per_px,
                 }
             )
         return out

@@ -127,7 +127,8 @@ class BuildRecord:
         except OSError as err:
             raise RecordError(f"cannot create build record {path}: {err}") from err
         h, w = spec.height, spec.width
-        gzip = {"compression": "gzip", "compression_opts": spec.compression_level, "shuffle": True}
+        level = spec.compression_level
+        gzip: dict[str, Any] = {"compression": "gzip", "compression_opts": level, "shuffle": True} if level else {}
         f.create_dataset(IMAGES, (0, h, w), maxshape=(None, h, w), dtype=spec.dtype, chunks=(1, h, w), **gzip)
         for cid in range(len(spec.class_names)):
             f.create_dataset(f"{MASKS}/{cid}", (0, h, w), maxshape=(None, h, w), dtype="u1", chunks=(1, h, w), **gzip)
