@@ -66,9 +66,8 @@ def main() -> int:
             if delays
             else "-"
         )
-        print(
-            f"  {r:20s} fired on {len(delays)}/{args.builds} warped builds, {delay}; on {clean[r]}/{args.builds} clean builds"
-        )
+        n = args.builds
+        print(f"  {r:20s} fired on {len(delays)}/{n} warped builds, {delay}; on {clean[r]}/{n} clean builds")
     return 0
 
 
