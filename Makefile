@@ -11,7 +11,7 @@ PEERS ?= .peers
 OCTOPRINT_VERSION ?= 1.11.8
 MOONRAKER_VERSION ?= 0.11.0
 
-.PHONY: demo test lint bench bench-io venv peers mosquitto clean
+.PHONY: demo test lint bench bench-io bench-monitor venv peers mosquitto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,12 @@ $(PEERS)/moonraker/.installed:
 	$(PEERS)/moonraker/bin/python -m pip install -q 'moonraker==$(MOONRAKER_VERSION)'
 	touch $@
 
+# Debian packages the tests use: Mosquitto (the broker) and hdf5-tools (h5dump reads our records)
 mosquitto:
-	@if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then :; \
+	@if { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null && command -v h5dump >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
-	else echo "make: Mosquitto is needed for the tests: sudo apt-get install mosquitto" >&2; exit 1; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto hdf5-tools >/dev/null; \
+	else echo "make: the tests need Debian's mosquitto and hdf5-tools: sudo apt-get install mosquitto hdf5-tools" >&2; exit 1; fi
 
 peers: mosquitto $(PEERS)/octoprint/.installed $(PEERS)/moonraker/.installed
 
@@ -58,6 +59,11 @@ bench: $(STAMP)
 bench-io: $(STAMP) peers
 	$(BIN)/python bench/bench_mqtt_transport.py
 	$(BIN)/python bench/bench_pause_octoprint.py
+
+bench-monitor: $(STAMP) peers
+	$(BIN)/python bench/bench_e2e.py
+	$(BIN)/python bench/bench_record.py
+	$(BIN)/python bench/eval_policy.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) layerwatch-demo .pytest_cache .mypy_cache .ruff_cache
