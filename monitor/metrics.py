@@ -1,7 +1,7 @@
 """Per-layer metrics from a class-id mask, in physical units (mm, mm²), and part tracking across layers.
 
 The *part region* of a layer is the filled union of part, porosity and warping pixels (a pore or a
-lifted corner belongs to the part it is in); connected regions of at least ``min_part_px`` pixels are
+lifted corner belongs to the part it is in); connected regions of at least ``min_part_mm2`` (2 mm², and 30 px) are
 parts, given stable ids across layers by overlap with the previous layer's parts.
 
 Metrics (``METRIC_NAMES``), per layer:
@@ -140,12 +140,13 @@ class PartTracker:
 class MetricsComputer:
     """Stateful per build: remembers the previous layer for growth figures and part ids."""
 
-    def __init__(self, mm_per_px: float, *, min_part_px: int = 30, spatter_reach_px: int = 12) -> None:
+    def __init__(self, mm_per_px: float, *, min_part_mm2: float = 2.0, spatter_reach_px: int = 12) -> None:
         if mm_per_px <= 0:
             raise ValueError(f"mm_per_px must be > 0, got {mm_per_px}")
         self.mm_per_px = mm_per_px
         self.px_mm2 = mm_per_px * mm_per_px
-        self.tracker = PartTracker(min_part_px)
+        # a part is at least min_part_mm2 (and 30 px): smaller regions are misread powder, not parts
+        self.tracker = PartTracker(max(30, round(min_part_mm2 / self.px_mm2)))
         self.spatter_reach_px = spatter_reach_px
         self._prev_edge_mm: float | None = None
         self._prev_warp_mm2: float | None = None

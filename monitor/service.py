@@ -37,7 +37,7 @@ from printer_io.messages import (
     FrameMeta,
     ResultMessage,
     RuleHitInfo,
-    decode_frame,
+    split_frame,
 )
 from printer_io.mqtt import MqttLink
 from printer_io.printer import Printer, create_printer
@@ -102,17 +102,23 @@ class PrinterMonitor:
     # ---- messages in ------------------------------------------------------------------------------
     def on_frame(self, topic: str, payload: bytes) -> None:
         received = time.time()
-        meta, data = decode_frame(payload, topic)
+        meta, data, part_data = split_frame(payload, topic)
         if meta.printer != self.printer_id:
             raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {self.printer_id!r}'s topic", "printer")
         try:
             image = decode_image(data, topic)
+            part_ids = decode_image(part_data, topic) if part_data else None
         except PayloadError as err:
             self.counters["bad_frames"] += 1
             self._emit_event("error", "frame_undecodable", f"layer {meta.layer}: {err}; layer not judged", meta.layer)
             raise
+        if part_ids is not None and part_ids.shape != image.shape[:2]:
+            self._emit_event(
+                "warning", "part_ids_size", f"layer {meta.layer}: part ids of another size ignored", meta.layer
+            )
+            part_ids = None
         with self.lock:
-            self._handle(meta, image, received)
+            self._handle(meta, image, received, part_ids)
 
     def on_action(self, topic: str, payload: bytes) -> None:
         msg = ActionMessage.from_json(payload, topic)
@@ -132,7 +138,7 @@ class PrinterMonitor:
         )
 
     # ---- one layer --------------------------------------------------------------------------------
-    def _handle(self, meta: FrameMeta, frame: np.ndarray, received: float) -> None:
+    def _handle(self, meta: FrameMeta, frame: np.ndarray, received: float, part_ids: np.ndarray | None = None) -> None:
         build = self._build_for(meta, frame)
         if build is None:
             return
@@ -158,7 +164,7 @@ class PrinterMonitor:
         t0 = time.perf_counter()
         result = self.service.segmenter.segment(frame)
         segment_ms = (time.perf_counter() - t0) * 1000
-        m = build.metrics.compute(result.mask)
+        m = build.metrics.compute(result.mask, part_ids=part_ids)
         quality = meta.quality
         judged = (quality is None or quality.ok) and not late
         if quality is not None and not quality.ok:

@@ -31,6 +31,7 @@ class SimulatorSource:
             seed, size, layers = spec.seed, spec.height, spec.n_layers
         self.layers = layers
         self.build = SimBuild(seed, size, size, layers, spec=spec)
+        self._last: tuple[int, Any] | None = None  # image and part ids of a layer are rendered once
 
     def open(self) -> None:
         pass
@@ -38,10 +39,21 @@ class SimulatorSource:
     def grab(self, event: LayerEvent) -> np.ndarray:
         if event.layer >= self.layers:
             raise CaptureError(f"the simulated build has {self.layers} layers, none for layer {event.layer}")
-        image = self.build.layer(event.layer).image
+        image = self._layer(event.layer).image
         if image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         return np.ascontiguousarray(image)
+
+    def part_ids(self, event: LayerEvent) -> np.ndarray | None:
+        """The simulator knows every pixel's part: (H, W) ids, 0 where no part."""
+        if event.layer >= self.layers:
+            return None
+        return np.asarray(self._layer(event.layer).part_ids)
+
+    def _layer(self, index: int) -> Any:
+        if self._last is None or self._last[0] != index:
+            self._last = (index, self.build.layer(index))
+        return self._last[1]
 
     def close(self) -> None:
         pass

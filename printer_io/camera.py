@@ -242,6 +242,7 @@ class CameraNode:
                     time.sleep(s.retry_s)
                 continue
             quality = self.quality.check(image)
+            part_ids = self._part_ids(event)
             meta = FrameMeta(
                 printer=event.printer,
                 job_id=event.job_id,
@@ -258,7 +259,7 @@ class CameraNode:
                 quality=quality,
             )
             try:
-                self.link.publish(self.topics.image, encode_frame(meta, data))
+                self.link.publish(self.topics.image, encode_frame(meta, data, part_ids))
             except FrameTooLarge as err:
                 self._event(event, EventLevel.ERROR, "frame_too_large", str(err))
                 self.given_up += 1
@@ -276,6 +277,17 @@ class CameraNode:
         text = f"no frame for layer {event.layer} after {s.attempts} attempts; the layer is not monitored"
         self._event(event, EventLevel.ERROR, "capture_gave_up", text)
         return False
+
+    def _part_ids(self, event: LayerEvent) -> bytes:
+        """A source that knows which part each pixel belongs to (``part_ids(event)``) sends it along, as a
+        16-bit PNG; the monitor then attributes defects to those parts instead of tracking its own."""
+        getter = getattr(self.source, "part_ids", None)
+        if getter is None:
+            return b""
+        ids = getter(event)
+        if ids is None:
+            return b""
+        return encode_image(np.minimum(ids, 65_535).astype(np.uint16), "png")
 
     def _event(self, event: LayerEvent, level: EventLevel, code: str, message: str) -> None:
         log.log(logging.ERROR if level == EventLevel.ERROR else logging.WARNING, "camera: %s", message)

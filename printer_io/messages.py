@@ -35,6 +35,7 @@ __all__ = [
     "StatusMessage",
     "decode_frame",
     "encode_frame",
+    "split_frame",
 ]
 
 FRAME_MAGIC = b"LWF1"
@@ -135,15 +136,19 @@ class FrameMeta(Message):
     source: str = Field(default="", max_length=64)
     attempt: int = Field(default=1, ge=1, description="capture attempt that succeeded")
     quality: FrameQuality | None = None
+    part_ids_bytes: int = Field(default=0, ge=0, description="length of the part-id PNG after the image bytes")
 
 
-def encode_frame(meta: FrameMeta, image_bytes: bytes) -> bytes:
+def encode_frame(meta: FrameMeta, image_bytes: bytes, part_ids: bytes = b"") -> bytes:
+    """The envelope; ``part_ids``, when given, is a PNG of the part id of every pixel (0: none)."""
+    if meta.part_ids_bytes != len(part_ids):
+        meta = meta.model_copy(update={"part_ids_bytes": len(part_ids)})
     header = meta.to_json()
-    return FRAME_MAGIC + _HEADER.pack(len(header)) + header + image_bytes
+    return FRAME_MAGIC + _HEADER.pack(len(header)) + header + image_bytes + part_ids
 
 
-def decode_frame(payload: bytes, topic: str = "") -> tuple[FrameMeta, bytes]:
-    """Split a frame envelope into its validated header and the encoded image bytes (not decoded here)."""
+def split_frame(payload: bytes, topic: str = "") -> tuple[FrameMeta, bytes, bytes]:
+    """Validated header, encoded image bytes and encoded part-id bytes (empty when the frame has none)."""
     where = f"{topic}: " if topic else ""
     if len(payload) < 8 or payload[:4] != FRAME_MAGIC:
         raise PayloadError(f"{where}not a LayerWatch frame (expected the {FRAME_MAGIC!r} envelope)", "envelope")
@@ -151,9 +156,25 @@ def decode_frame(payload: bytes, topic: str = "") -> tuple[FrameMeta, bytes]:
     if n > _MAX_HEADER or 8 + n > len(payload):
         raise PayloadError(f"{where}frame header length {n} does not fit the {len(payload)}-byte payload", "envelope")
     meta = FrameMeta.from_json(payload[8 : 8 + n], topic)
-    image = payload[8 + n :]
+    body = payload[8 + n :]
+    if not body:
+        raise PayloadError(f"{where}frame of layer {meta.layer} carries no image bytes", "envelope")
+    if meta.part_ids_bytes >= len(body):
+        raise PayloadError(
+            f"{where}frame of layer {meta.layer} says {meta.part_ids_bytes} bytes of part ids but carries "
+            f"{len(body)} bytes in all",
+            "envelope",
+        )
+    cut = len(body) - meta.part_ids_bytes
+    image, parts = body[:cut], body[cut:]
     if not image:
         raise PayloadError(f"{where}frame of layer {meta.layer} carries no image bytes", "envelope")
+    return meta, image, parts
+
+
+def decode_frame(payload: bytes, topic: str = "") -> tuple[FrameMeta, bytes]:
+    """Split a frame envelope into its validated header and the encoded image bytes (not decoded here)."""
+    meta, image, _ = split_frame(payload, topic)
     return meta, image
 
 

@@ -97,6 +97,7 @@ def test_one_frame_per_layer_with_its_metadata(broker: Mosquitto, topics: Topics
     assert np.array_equal(image, expected)  # PNG: lossless, 16-bit kept
     assert (meta.width, meta.height, meta.job_id, meta.source) == (256, 256, "job-7", "simulator")
     assert meta.quality is not None and meta.z_mm == pytest.approx(0.4)
+    assert meta.part_ids_bytes > 0  # the simulator knows the parts and sends them along
     assert dict(node.link.rejected) == {"json": 1, "printer": 1}
 
 

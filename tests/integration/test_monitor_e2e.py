@@ -47,7 +47,9 @@ class Frames:
         self.quality = QualityChecker()
         self.cache: dict[int, bytes] = {}
 
-    def payload(self, layer: int, image: np.ndarray | None = None, job: str | None = None) -> bytes:
+    def payload(
+        self, layer: int, image: np.ndarray | None = None, job: str | None = None, parts: bool = False
+    ) -> bytes:
         if image is None and layer in self.cache and job is None:
             return self.cache[layer]
         img = self.build.layer(layer).image if image is None else image
@@ -65,7 +67,8 @@ class Frames:
             source="simulator",
             quality=self.quality.check(img),
         )
-        data = encode_frame(meta, encode_image(img))
+        ids = encode_image((self.build.layer(layer).part_ids * 10).astype(np.uint16)) if parts else b""
+        data = encode_frame(meta, encode_image(img), ids)
         if image is None and job is None:
             self.cache[layer] = data
         return data
@@ -223,11 +226,15 @@ def test_a_clean_build_of_the_same_length_never_pauses(
     config, topics, observer = setup
     frames = Frames(broker, topics, None, "clean-job")
     with MonitorService(config).start():
-        frames.send(*range(LAYERS))
+        frames.send(*range(LAYERS - 1))
+        frames.raw(frames.payload(LAYERS - 1, parts=True))  # this camera knows the parts: ids 10 and 20
         observer.wait_layer(LAYERS - 1)
         time.sleep(0.5)
     frames.close()
     assert [a for a in observer.actions if a.action in ("pause", "cancel")] == []
+    last = next(r for r in observer.results if r.layer == LAYERS - 1)
+    assert sorted(int(p["part_id"]) for p in last.parts) == [10, 20]
+    assert sorted(int(p["part_id"]) for p in observer.results[0].parts) == [1, 2]  # tracked from the mask
     assert octo.state() == PrinterState.PRINTING
     with RecordReader(_record(config, topics)) as r:
         assert len(r.stored_layers()) == LAYERS and r.table("actions") == []

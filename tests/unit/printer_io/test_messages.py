@@ -131,3 +131,23 @@ def test_other_schemas_validate_their_enums() -> None:
         ActionMessage.from_dict({**json.loads(action.to_json()), "state": "maybe"})
     status = StatusMessage(service="camera", client_id="c", state="online")
     assert StatusMessage.from_json(status.to_json()).state == "online"
+
+
+def test_frames_can_carry_part_ids() -> None:
+    from printer_io.messages import split_frame
+
+    image = np.zeros((4, 8), np.uint8)
+    ids = np.zeros((4, 8), np.uint16)
+    ids[1:3, 2:6] = 300
+    payload = encode_frame(_meta(bit_depth=8), encode_image(image), encode_image(ids))
+    meta, img, parts = split_frame(payload)
+    assert meta.part_ids_bytes == len(parts) > 0
+    assert np.array_equal(decode_image(parts), ids) and decode_image(img).shape == (4, 8)
+    _, img_only = decode_frame(payload)
+    assert img_only == img
+    bad = encode_frame(_meta(bit_depth=8), b"x")
+    header_len = int.from_bytes(bad[4:8], "big")
+    forged = bad[:8] + bad[8 : 8 + header_len].replace(b'"part_ids_bytes":0', b'"part_ids_bytes":99') + b"x"
+    forged = forged[:4] + len(forged[8:-1]).to_bytes(4, "big") + forged[8:]
+    with pytest.raises(PayloadError, match="says 99 bytes of part ids"):
+        split_frame(forged)
