@@ -61,6 +61,30 @@ def _segmenter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_synth(args: argparse.Namespace) -> int:
     from segmentation.dataset import write_build, write_dataset
 
+    if args.record is not None:
+        from monitor.record import write_truth_build
+        from segmentation.classes import CLASS_NAMES
+        from segmentation.simulator import SimBuild, scenario_spec
+
+        warp = None if args.scenario == "clean" else args.warp_start
+        spec = scenario_spec(args.seed, args.size, args.layers, warp_start=warp)
+        build = SimBuild(args.seed, args.size, args.size, args.layers, spec=spec)
+        layers = [build.layer(k) for k in range(args.layers)]
+        images = [x.image if x.image.ndim == 2 else x.image.mean(axis=2).astype(x.image.dtype) for x in layers]
+        write_truth_build(
+            args.record,
+            images,
+            [x.mask for x in layers],
+            mm_per_px=spec.mm_per_px,
+            layer_thickness_mm=spec.layer_thickness,
+            class_names=CLASS_NAMES,
+            description=f"simulated {args.scenario} build, seed {args.seed}"
+            + (f", warp from layer {warp}" if warp is not None else ""),
+        )
+        print(f"wrote a simulated {args.scenario} build of {args.layers} layers with ground truth to {args.record}")
+        return EXIT_OK
+    if args.out is None:
+        raise CommandError("synth needs --out DIR (images and masks) or --record FILE.h5 (a build file)")
     if args.build:
         n = write_build(args.out, seed=args.seed, layers=args.layers, size=args.size)
         print(f"wrote a build of {n} layers to {args.out}")
@@ -272,6 +296,70 @@ def cmd_record(args: argparse.Namespace) -> int:
                 what = f"{act['action']} {act['state']} ({act['rule']})"
                 print(f"  layer {act['layer']}: {what} {json_detail(act['detail'])}")
     return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.replay import ReplayError, ReplayOptions, run_replay, summary
+
+    speed = None if args.speed == "max" else float(args.speed)
+    if speed is not None and speed <= 0:
+        raise CommandError(f"--speed {args.speed}: give a factor > 0 (10 = ten times faster) or max")
+    printer = None
+    if args.printer_backend != "virtual":
+        if not args.move_real_printer:
+            raise CommandError(
+                f"--printer-backend {args.printer_backend} would pause or adjust a real machine; "
+                "add --move-real-printer if that is what you want"
+            )
+        from printer_io.printer import create_printer
+
+        printer = create_printer(
+            args.printer_backend, name="replay", url=args.url, api_key_file=args.api_key_file
+        ).start()
+    if not args.verbose:
+        for name in ("monitor", "printer_io"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    opts = ReplayOptions(
+        source=args.record,
+        out=args.out,
+        speed=speed,
+        model=args.model,
+        policy=args.policy,
+        broker=args.broker,
+        engine=args.engine,
+        printer=printer,
+        skip_missing=args.skip_missing,
+    )
+    try:
+        result = run_replay(opts)
+    except ReplayError as err:
+        raise CommandError(str(err)) from err
+    finally:
+        if printer is not None:
+            printer.close()
+    for line in summary(result, args.record):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from monitor.compare import compare, format_report, load_run, write_json
+    from monitor.record import RecordError
+
+    runs = []
+    for path in (args.a, args.b):
+        if not path.exists():
+            raise CommandError(f"{path} does not exist")
+        try:
+            runs.append(load_run(path))
+        except (RecordError, OSError, KeyError) as err:
+            raise CommandError(f"{path}: not a LayerWatch record ({err})") from err
+    report = compare(runs[0], runs[1], tolerance=args.tolerance, truth=args.truth)
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"JSON written to {args.json}")
+    return EXIT_PARTIAL if report["decisions_differ"] else EXIT_OK
 
 
 def json_detail(text: str) -> str:
@@ -519,6 +607,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true", help="check: rewrite a record left open by a crashed writer")
     p.set_defaults(func=cmd_record)
 
+    p = sub.add_parser("replay", help="run a recorded build through the pipeline again (test a model or policy)")
+    p.add_argument("record", type=Path, help="a build record, a simulated build file, or a Peregrine-layout file")
+    p.add_argument("--out", type=Path, default=None, help="the new record (default replays/NAME-replay.h5)")
+    p.add_argument("--speed", default="max", help="pace: a factor of the original (10 = ten times faster) or max")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint instead of the shipped one")
+    p.add_argument("--policy", type=Path, default=None, help="policy file instead of the default")
+    p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--broker", default=None, help="MQTT broker URL (default: start a local one)")
+    p.add_argument("--skip-missing", action="store_true", help="replay a record whose some layers are missing")
+    p.add_argument("--printer-backend", choices=("virtual", "octoprint", "moonraker"), default="virtual")
+    p.add_argument("--url", default="http://127.0.0.1:5000", help="real printer URL (with --printer-backend)")
+    p.add_argument("--api-key-file", type=Path, default=None)
+    p.add_argument("--move-real-printer", action="store_true", help="confirm that a real backend may be paused")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("compare", help="compare two runs of a build: metrics, severities, actions, ground truth")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("--truth", type=Path, default=None, help="ground-truth build file (default: what both replay)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="relative tolerance for metrics (default 0.01)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("feedback", help="tell the monitor whether an incident was a false alarm or a real defect")
     _mqtt_args(p)
     p.add_argument("--incident", required=True, help="incident id (from the action messages or the record)")
@@ -541,8 +652,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("synth", help="simulate layer images with exact masks (a data set or a build)")
-    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("synth", help="simulate layer images with exact masks (a data set, a build, a build file)")
+    p.add_argument("--out", type=Path, default=None, help="folder for a data set or a build's images and masks")
+    p.add_argument(
+        "--record", type=Path, default=None, help="write a scenario build with ground truth as one HDF5 build file"
+    )
+    p.add_argument("--scenario", choices=("warp", "clean"), default="warp", help="--record: defect scenario")
+    p.add_argument("--warp-start", type=int, default=8, help="--record: layer where warping starts (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--count", type=_positive_int, default=64, help="layers in a data set (default 64)")
     p.add_argument("--size", type=_positive_int, default=512, help="frame height and width in px (default 512)")

@@ -43,6 +43,8 @@ __all__ = [
     "RecordReader",
     "check_record",
     "recover",
+    "set_attrs",
+    "write_truth_build",
 ]
 
 SCHEMA_VERSION = 1
@@ -56,9 +58,10 @@ LAYER_DTYPE = np.dtype(
     [
         ("stored", "u1"), ("z_mm", "f4"), ("captured_at", "f8"), ("stored_at", "f8"),
         ("sharpness", "f4"), ("mean", "f4"), ("blurry", "u1"), ("frozen", "u1"),
-        ("too_dark", "u1"), ("too_bright", "u1"),
+        ("too_dark", "u1"), ("too_bright", "u1"), ("judged", "u1"), ("severity", "u1"),
     ]
 )  # fmt: skip
+SEVERITIES = ("ok", "info", "warning", "critical")  # the layers table stores the index
 EVENT_DTYPE = np.dtype([("time", "f8"), ("layer", "i4"), ("level", _STR), ("code", _STR), ("message", _STR)])
 ACTION_DTYPE = np.dtype(
     [
@@ -220,6 +223,8 @@ class BuildRecord:
         part_metrics: Sequence[Mapping[str, float]] = (),
         captured_at: float = 0.0,
         quality: Mapping[str, float | bool] | None = None,
+        judged: bool = True,
+        severity: str = "ok",
     ) -> None:
         """Store layer ``layer`` (row ``layer`` of every slice dataset); stored once this returns.
 
@@ -259,6 +264,8 @@ class BuildRecord:
         layer_row["z_mm"], layer_row["captured_at"], layer_row["stored_at"] = z_mm, captured_at, time.time()
         for key in ("sharpness", "mean", "blurry", "frozen", "too_dark", "too_bright"):
             layer_row[key] = q.get(key, 0)
+        layer_row["judged"] = judged
+        layer_row["severity"] = SEVERITIES.index(severity) if severity in SEVERITIES else 0
         # the stored flag goes last: a crash before this flush leaves the layer unstored, not half-stored
         _put_row(f[f"{LW}/layers"], layer, layer_row)
         self._commit()
@@ -311,13 +318,24 @@ def _put_row(dataset: h5py.Dataset, index: int, row: np.ndarray) -> None:
     dataset[index] = row
 
 
+def _open_for_reading(path: Path) -> h5py.File:
+    """A closed record opens plainly; one being written (or left by a crashed writer) with SWMR. Never try
+    SWMR on a damaged file: HDF5's SWMR reader retries bad metadata for minutes instead of failing."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        if "already open for write" not in str(err):
+            raise
+        return h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
+
+
 class RecordReader:
     """Reads a record, also while it is being written (SWMR); :meth:`refresh` sees new layers."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._f = h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
+            self._f = _open_for_reading(path)
         except OSError as err:
             raise RecordError(f"cannot open build record {path}: {err}") from err
         if self._f.attrs.get("layerwatch/schema_version") is None:
@@ -334,6 +352,8 @@ class RecordReader:
         self.close()
 
     def refresh(self) -> None:
+        if not self._f.swmr_mode:
+            return  # the writer had closed the file when we opened it: nothing new will come
         for name in [IMAGES, PART_IDS, *(f"{MASKS}/{c}" for c in range(len(self.class_names)))]:
             self._f[name].refresh()
         for name in ["layers", "metrics", "part_metrics", "state", *TABLES]:
@@ -395,6 +415,45 @@ def _py(value: Any) -> Any:
     return value
 
 
+def set_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
+    """Add ``layerwatch/<key>`` attributes to a closed record (e.g. which record a replay replays)."""
+    with h5py.File(path, "r+", libver=("v110", "v110")) as f:
+        for key, value in attrs.items():
+            f.attrs[f"layerwatch/{key}"] = value
+
+
+def write_truth_build(
+    path: Path,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    *,
+    mm_per_px: float,
+    layer_thickness_mm: float,
+    class_names: Sequence[str],
+    description: str = "",
+) -> None:
+    """A build in the plain Peregrine layout with *ground-truth* masks (a simulated build, or a labelled
+    one from elsewhere): ``/slices/camera_data/0``, ``/slices/segmentation_results/<id>`` and the
+    calibration attributes, plus ``layerwatch/ground_truth = 1``. Replay reads it like any build file."""
+    h, w = images[0].shape[:2]
+    tmp = path.with_suffix(".writing.h5")
+    gzip: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    with h5py.File(tmp, "w", libver=("v110", "v110")) as f:
+        f.create_dataset(IMAGES, data=np.stack(images), chunks=(1, h, w), **gzip)
+        stack = np.stack(masks)
+        for cid in range(len(class_names)):
+            f.create_dataset(f"{MASKS}/{cid}", data=(stack == cid).astype(np.uint8), chunks=(1, h, w), **gzip)
+        f.attrs["printer/x_real_dimension"] = w * mm_per_px
+        f.attrs["printer/y_real_dimension"] = h * mm_per_px
+        f.attrs["printer/x_camera_dimension"] = w
+        f.attrs["printer/y_camera_dimension"] = h
+        f.attrs["material/layer_thickness"] = layer_thickness_mm
+        f.attrs["layerwatch/ground_truth"] = 1
+        f.attrs["layerwatch/class_names"] = list(class_names)
+        f.attrs["layerwatch/description"] = description
+    tmp.replace(path)
+
+
 def check_record(path: Path) -> list[str]:
     """Problems with a record's layout, as lines; empty when it is a valid LayerWatch/Peregrine record."""
     problems: list[str] = []
@@ -435,7 +494,7 @@ def recover(path: Path) -> Path:
     Reads it with SWMR (which a crash does not prevent), copies every group, dataset and attribute
     into a new file and puts it in place; the original is kept as ``NAME.crashed.h5``.
     """
-    src = h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
+    src = _open_for_reading(path)
     tmp = path.with_suffix(".recovering.h5")
     with src, h5py.File(tmp, "w", libver=("v110", "v110")) as dst:
         for key, value in src.attrs.items():

@@ -102,6 +102,7 @@ class PrinterMonitor:
     # ---- messages in ------------------------------------------------------------------------------
     def on_frame(self, topic: str, payload: bytes) -> None:
         received = time.time()
+        t0 = time.perf_counter()
         meta, data, part_data = split_frame(payload, topic)
         if meta.printer != self.printer_id:
             raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {self.printer_id!r}'s topic", "printer")
@@ -117,8 +118,9 @@ class PrinterMonitor:
                 "warning", "part_ids_size", f"layer {meta.layer}: part ids of another size ignored", meta.layer
             )
             part_ids = None
+        decode_ms = (time.perf_counter() - t0) * 1000
         with self.lock:
-            self._handle(meta, image, received, part_ids)
+            self._handle(meta, image, received, part_ids, decode_ms)
 
     def on_action(self, topic: str, payload: bytes) -> None:
         msg = ActionMessage.from_json(payload, topic)
@@ -138,7 +140,14 @@ class PrinterMonitor:
         )
 
     # ---- one layer --------------------------------------------------------------------------------
-    def _handle(self, meta: FrameMeta, frame: np.ndarray, received: float, part_ids: np.ndarray | None = None) -> None:
+    def _handle(
+        self,
+        meta: FrameMeta,
+        frame: np.ndarray,
+        received: float,
+        part_ids: np.ndarray | None = None,
+        decode_ms: float = 0.0,
+    ) -> None:
         build = self._build_for(meta, frame)
         if build is None:
             return
@@ -165,6 +174,7 @@ class PrinterMonitor:
         result = self.service.segmenter.segment(frame)
         segment_ms = (time.perf_counter() - t0) * 1000
         m = build.metrics.compute(result.mask, part_ids=part_ids)
+        metrics_ms = (time.perf_counter() - t0) * 1000 - segment_ms
         quality = meta.quality
         judged = (quality is None or quality.ok) and not late
         if quality is not None and not quality.ok:
@@ -184,6 +194,8 @@ class PrinterMonitor:
         actions = self.controller.on_layer(layer, hits, m.values, state.state if state else None) if judged else []
         part_rows = [{"layer": layer, **p} for p in m.parts]
         q = quality.model_dump() if quality is not None else {}
+        severity = max((h.rule.severity.value for h in hits), key=_SEVERITY_ORDER.__getitem__, default="ok")
+        t1 = time.perf_counter()
         build.record.append_layer(
             layer,
             z_mm=meta.z_mm,
@@ -194,7 +206,10 @@ class PrinterMonitor:
             part_metrics=part_rows,
             captured_at=meta.captured_at,
             quality=q,
+            judged=judged,
+            severity=severity,
         )
+        record_ms = (time.perf_counter() - t1) * 1000
         if state is not None:
             job = state.job
             build.record.add_telemetry(
@@ -204,7 +219,6 @@ class PrinterMonitor:
         build.last_seen = time.monotonic()
         build.layers_judged += int(judged)
         self.counters["layers"] += 1
-        severity = max((h.rule.severity.value for h in hits), key=_SEVERITY_ORDER.__getitem__, default="ok")
         res = ResultMessage(
             printer=self.printer_id,
             job_id=meta.job_id,
@@ -220,6 +234,12 @@ class PrinterMonitor:
             captured_at=meta.captured_at,
             received_at=received,
             segment_ms=round(segment_ms, 2),
+            timings_ms={
+                "decode": round(decode_ms, 2),
+                "segment": round(segment_ms, 2),
+                "metrics": round(metrics_ms, 2),
+                "record": round(record_ms, 2),
+            },
             model=self.service.model_id,
             record=str(build.record.path),
         )

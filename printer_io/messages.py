@@ -240,6 +240,7 @@ class ResultMessage(Message):
     received_at: float = 0.0
     published_at: float = Field(default_factory=time.time)
     segment_ms: float = 0.0
+    timings_ms: dict[str, float] = Field(default_factory=dict, description="decode, segment, metrics, record")
     model: str = ""
     record: str = ""
 

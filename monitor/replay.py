@@ -1,0 +1,337 @@
+"""``layerwatch replay``: run a recorded build through the live pipeline again, to test a model or policy.
+
+The recorded layers are published exactly as the bridge and the camera publish them (a layer event,
+then the frame, same topics, same metadata) and judged by an ordinary monitor, against the embedded
+virtual printer unless a real backend is asked for. ``--model`` and ``--policy`` replace what the
+record was made with; the run writes a new record that names the one it replays.
+
+Accepted inputs: records of ``monitor`` and ``demo``, simulated builds with ground truth
+(``layerwatch synth --build --record``), and build files in the plain Peregrine layout from other
+tools (``/slices/camera_data/0`` and the calibration attributes; ``/slices/segmentation_results/<id>``
+is read as ground truth when the file says so or is not a LayerWatch record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from monitor.config import Config, MonitorSection, PolicySection, PrinterSection
+from monitor.record import IMAGES, MASKS, SCHEMA_VERSION, set_attrs
+from monitor.service import MonitorService
+from printer_io.errors import MqttError
+from printer_io.frames import QualityChecker, encode_image
+from printer_io.messages import ActionMessage, FrameMeta, LayerEvent, ResultMessage, encode_frame
+from printer_io.mqtt import MqttConfig, MqttLink
+from printer_io.printer import Printer
+from printer_io.topics import Topics
+from printer_io.virtual import VirtualPrinter
+
+__all__ = ["ReplayError", "ReplayOptions", "ReplaySource", "open_source", "run_replay"]
+
+log = logging.getLogger(__name__)
+PRINTER = "replay"
+
+
+class ReplayError(Exception):
+    """The input cannot be replayed or the replay cannot run; the message says why and what to do."""
+
+
+@dataclass
+class ReplaySource:
+    path: Path
+    kind: str  # "record", "truth", "peregrine"
+    layers: list[int]
+    height: int
+    width: int
+    mm_per_px: float
+    thickness_mm: float
+    z_mm: dict[int, float]
+    captured_at: dict[int, float]
+    job_id: str
+    ground_truth: bool
+    _file: Any = field(repr=False, default=None)
+
+    def image(self, layer: int) -> np.ndarray:
+        return np.asarray(self._file[IMAGES][layer])
+
+    def truth(self, layer: int) -> np.ndarray | None:
+        """(H, W) uint8 class ids of the ground truth, or None."""
+        if not self.ground_truth:
+            return None
+        return truth_mask(self._file, layer)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def truth_mask(f: h5py.File, layer: int) -> np.ndarray:
+    ids = sorted(int(k) for k in f[MASKS] if k.isdigit())
+    out = np.zeros(f[IMAGES].shape[1:], dtype=np.uint8)
+    for c in ids:
+        if c:
+            out[f[f"{MASKS}/{c}"][layer].astype(bool)] = c
+    return out
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        raise ReplayError(f"{path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        # a record left open by a crashed writer opens with SWMR; anything else (a truncated file, not
+        # HDF5) must not: HDF5's SWMR reader retries damaged metadata for minutes
+        if "already open for write" not in str(err):
+            raise ReplayError(f"{path} is not a readable HDF5 file ({err}); is it truncated?") from err
+        try:
+            return h5py.File(path, "r", swmr=True)
+        except OSError as err2:
+            raise ReplayError(f"{path} cannot be read ({err2})") from err2
+
+
+def open_source(path: Path, *, skip_missing: bool = False) -> ReplaySource:
+    f = _open_h5(path)
+    try:
+        if IMAGES not in f:
+            raise ReplayError(f"{path} has no /{IMAGES}: not a build file in the Peregrine layout")
+        a = f.attrs
+        schema = a.get("layerwatch/schema_version")
+        if schema is not None and schema != SCHEMA_VERSION:
+            raise ReplayError(
+                f"{path} is a LayerWatch record of schema {schema}; this version reads schema {SCHEMA_VERSION}"
+            )
+        for attr in ("printer/x_real_dimension", "printer/x_camera_dimension"):
+            if attr not in a:
+                raise ReplayError(f"{path} lacks the calibration attribute {attr}: the scale in mm is unknown")
+        z, h, w = f[IMAGES].shape
+        mm_per_px = float(a["printer/x_real_dimension"]) / float(a["printer/x_camera_dimension"])
+        thickness = float(a.get("material/layer_thickness", 0.04))
+        kind = "record" if schema is not None else ("truth" if a.get("layerwatch/ground_truth") else "peregrine")
+        layers = list(range(z))
+        z_mm = {k: thickness * (k + 1) for k in layers}
+        captured: dict[int, float] = {}
+        if kind == "record":
+            rows = f["layerwatch/layers"][:]
+            stored = [int(k) for k in np.flatnonzero(rows["stored"])]
+            missing = sorted(set(range(max(stored) + 1 if stored else 0)) - set(stored))
+            if missing and not skip_missing:
+                shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+                raise ReplayError(
+                    f"{path} is missing the frames of layers {shown}; replay the rest with --skip-missing"
+                )
+            layers = stored
+            z_mm = {k: float(rows[k]["z_mm"]) for k in layers}
+            captured = {k: float(rows[k]["captured_at"]) for k in layers}
+        if not layers:
+            raise ReplayError(f"{path} holds no layer to replay")
+        job = str(a.get("layerwatch/job_id", path.stem))
+        truth = kind in ("truth", "peregrine") and MASKS in f
+        return ReplaySource(path, kind, layers, h, w, mm_per_px, thickness, z_mm, captured, job, truth, f)
+    except BaseException:
+        f.close()
+        raise
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    source: Path
+    out: Path | None = None
+    speed: float | None = None  # None: as fast as the monitor keeps up
+    model: Path | None = None
+    policy: Path | None = None
+    broker: str | None = None
+    engine: Literal["onnx", "torch"] = "onnx"
+    window: int = 2  # frames in flight at most (back-pressure)
+    printer: Printer | None = None  # a real backend; default: the embedded virtual printer
+    skip_missing: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ReplayResult:
+    record: Path
+    layers: int
+    seconds: float
+    results: list[ResultMessage]
+    actions: list[ActionMessage]
+
+    @property
+    def first_pause(self) -> ActionMessage | None:
+        return next((a for a in self.actions if a.action == "pause" and a.state.value == "requested"), None)
+
+
+def default_out(source: Path) -> Path:
+    return Path("replays") / f"{source.stem}-replay.h5"
+
+
+def run_replay(opts: ReplayOptions) -> ReplayResult:
+    from monitor.broker import LocalBroker
+
+    out = opts.out or default_out(opts.source)
+    if out.resolve() == opts.source.resolve():
+        raise ReplayError(f"--out {out} is the record being replayed; choose another path")
+    source = open_source(opts.source, skip_missing=opts.skip_missing)
+    broker = None
+    try:
+        url, protocol = opts.broker, "5"
+        if url is None:
+            broker = LocalBroker().start()
+            url, protocol = broker.url, broker.protocol
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".replay-", dir=out.parent) as tmp:
+            result = _replay(source, opts, url, protocol, Path(tmp))
+            sha = hashlib.sha256(opts.source.read_bytes()).hexdigest()
+            set_attrs(result.record, {"replay_of": str(opts.source.resolve()), "replay_of_sha256": sha})
+            shutil.move(str(result.record), out)  # the output name appears only once the record is complete
+            result.record = out
+        return result
+    finally:
+        source.close()
+        if broker is not None:
+            broker.close()
+
+
+def _replay(source: ReplaySource, opts: ReplayOptions, url: str, protocol: str, tmp: Path) -> ReplayResult:
+    mqtt = MqttConfig(url=url, protocol=protocol, connect_timeout_s=10)  # type: ignore[arg-type]
+    config = Config(
+        mqtt=mqtt,
+        monitor=MonitorSection(
+            out_dir=tmp,
+            engine=opts.engine,
+            model=opts.model,
+            mm_per_px=source.mm_per_px,
+            layer_thickness_mm=source.thickness_mm,
+        ),
+        printers={PRINTER: PrinterSection(backend="virtual")},
+        policy=PolicySection(file=opts.policy),
+    )
+    topics = Topics(mqtt.prefix, PRINTER)
+    printer = opts.printer
+    if printer is None:
+        virtual = VirtualPrinter(PRINTER, layers=max(source.layers) + 1, realtime=False).start()
+        virtual.start_job(f"replay-{source.job_id}")
+        printer = virtual
+    results: list[ResultMessage] = []
+    actions: list[ActionMessage] = []
+    cond = threading.Condition()
+
+    def on_result(topic: str, payload: bytes) -> None:
+        with cond:
+            results.append(ResultMessage.from_json(payload, topic))
+            cond.notify_all()
+
+    def on_action(topic: str, payload: bytes) -> None:
+        with cond:
+            actions.append(ActionMessage.from_json(payload, topic))
+
+    job = f"replay-{source.job_id}"
+    try:
+        monitor = MonitorService(config, printer_ids=[PRINTER], printers={PRINTER: printer}).start()
+    except MqttError as err:
+        raise ReplayError(str(err)) from err
+    watch = MqttLink(mqtt, service="replay-watch", topics=topics)
+    watch.subscribe(topics.result, on_result)
+    watch.subscribe(topics.action, on_action)
+    bridge = MqttLink(mqtt, service="bridge", topics=topics)
+    camera = MqttLink(mqtt, service="camera", topics=topics)
+    started = time.monotonic()
+    try:
+        watch.start()
+        bridge.start()
+        camera.start()
+        _publish(source, opts, job, topics, bridge, camera, results, cond)
+        with cond:
+            cond.wait_for(lambda: len(results) >= len(source.layers), 600)
+        monitor.monitors[PRINTER].controller.wait_idle(60)
+        time.sleep(0.2)  # the last outcomes reach the watcher
+        pm = monitor.monitors[PRINTER]
+        if pm.build is None:
+            raise ReplayError("the monitor stored no layer of the replay (see the events above)")
+        record = pm.build.record.path
+    finally:
+        for link in (camera, bridge, watch):
+            link.close()
+        monitor.close()
+    return ReplayResult(record, len(results), time.monotonic() - started, results, actions)
+
+
+def _publish(
+    source: ReplaySource,
+    opts: ReplayOptions,
+    job: str,
+    topics: Topics,
+    bridge: MqttLink,
+    camera: MqttLink,
+    results: list[ResultMessage],
+    cond: threading.Condition,
+) -> None:
+    from tqdm import tqdm
+
+    quality = QualityChecker()
+    first = source.layers[0]
+    t0 = time.monotonic()
+    bar = tqdm(source.layers, desc="replay", unit="layer", disable=not opts.progress)
+    for i, layer in enumerate(bar):
+        if opts.speed is not None and source.captured_at:
+            due = (source.captured_at.get(layer, 0.0) - source.captured_at.get(first, 0.0)) / opts.speed
+            time.sleep(max(0.0, due - (time.monotonic() - t0)))
+        with cond:  # back-pressure: at most `window` frames in flight, whatever the speed
+            if not cond.wait_for(lambda i=i: len(results) >= i - opts.window + 1, 300):  # type: ignore[misc]
+                raise ReplayError(f"the monitor stopped answering at layer {layer}; see its events")
+        image = source.image(layer)
+        z = source.z_mm.get(layer, 0.0)
+        event = LayerEvent(printer=PRINTER, job_id=job, layer=layer, z_mm=z, source="replay")
+        bridge.publish(topics.layer, event.to_json())
+        meta = FrameMeta(
+            printer=PRINTER,
+            job_id=job,
+            layer=layer,
+            z_mm=z,
+            captured_at=time.time(),
+            encoding="png",
+            width=source.width,
+            height=source.height,
+            channels=1 if image.ndim == 2 else 3,
+            bit_depth=16 if image.dtype == np.uint16 else 8,
+            source="replay",
+            quality=quality.check(image),
+        )
+        camera.publish(topics.image, encode_frame(meta, encode_image(image)))
+        if results:
+            bar.set_postfix(severity=results[-1].severity)
+    bar.close()
+
+
+def summary(result: ReplayResult, source: Path) -> list[str]:
+    lines = [
+        f"replayed {result.layers} layers of {source} in {result.seconds:.1f} s "
+        f"({result.layers / max(result.seconds, 1e-9):.1f} layers/s)"
+    ]
+    pause = result.first_pause
+    lines.append(f"first pause: layer {pause.layer} ({pause.rule})" if pause else "first pause: none")
+    outcomes = [a for a in result.actions if a.state.value != "requested"]
+    for a in outcomes:
+        lines.append(f"  layer {a.layer}: {a.action} {a.state.value} ({a.rule})")
+    stages = ("decode", "segment", "metrics", "record")
+    timings = [r.timings_ms for r in result.results if r.timings_ms]
+    if timings:
+        med = {s: statistics.median(t.get(s, 0.0) for t in timings) for s in stages}
+        total = statistics.median((r.published_at - r.received_at) * 1000 for r in result.results)
+        parts = ", ".join(f"{s} {med[s]:.0f}" for s in stages)
+        lines.append(f"time per layer in the monitor (median ms): {parts}; receipt to result {total:.0f}")
+    lines.append(f"record: {result.record}")
+    return lines
