@@ -370,6 +370,32 @@ def json_detail(text: str) -> str:
     return str(data.get("detail") or data.get("reason") or "")
 
 
+# ---- control ----------------------------------------------------------------------------------
+def cmd_control(args: argparse.Namespace) -> int:
+    import uuid
+
+    from printer_io.messages import ActionMessage, ActionState
+
+    if not args.operator:
+        raise CommandError("control needs --operator NAME: operator actions are recorded with who asked")
+    link = _link(args, "operator")
+    msg = ActionMessage(
+        printer=args.printer,
+        action=args.action,
+        state=ActionState.REQUESTED,
+        request_id=f"operator:{uuid.uuid4().hex[:12]}",
+        operator=args.operator,
+        reason=args.reason,
+    )
+    link.start()
+    try:
+        link.publish(link.topics.action, msg.to_json(), wait_s=10)
+    finally:
+        link.close(publish_offline=False)
+    print(f"sent: {args.action} {args.printer} (request {msg.request_id}); the monitor carries it out and records it")
+    return EXIT_OK
+
+
 # ---- feedback ---------------------------------------------------------------------------------
 def cmd_feedback(args: argparse.Namespace) -> int:
     from printer_io.messages import ActionMessage, ActionState
@@ -629,6 +655,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.01, help="relative tolerance for metrics (default 0.01)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("control", help="ask the monitor to pause or resume a printer (recorded like its own actions)")
+    p.add_argument("action", choices=("pause", "resume"))
+    _mqtt_args(p)
+    p.add_argument("--operator", default="", help="who asks (recorded)")
+    p.add_argument("--reason", default="", help="why (recorded)")
+    p.set_defaults(func=cmd_control)
 
     p = sub.add_parser("feedback", help="tell the monitor whether an incident was a false alarm or a real defect")
     _mqtt_args(p)

@@ -234,6 +234,31 @@ class Controller:
         self._work.put(lambda: self._execute_stop(kind, msg, inc))
         return msg
 
+    def operator(self, request: ActionMessage) -> None:
+        """Carry out an operator's pause or resume on the worker; the outcome is published and recorded."""
+
+        def run() -> None:
+            if self.printer is None:
+                self._outcome(request, ActionState.SKIPPED, "no printer backend configured (observe-only)")
+                return
+            try:
+                if request.action == "pause":
+                    outcome = self.printer.pause(self.limits.pause_timeout_s)
+                    for inc in self._state.incidents.values():
+                        if inc.state == "resumed":
+                            inc.state = "paused"
+                    self._outcome(request, ActionState.CONFIRMED, f"paused after {outcome.paused_s * 1000:.0f} ms")
+                else:
+                    self.printer.resume()
+                    self._outcome(request, ActionState.CONFIRMED, "resume sent")
+            except PauseNotConfirmed as err:
+                self._outcome(request, ActionState.TIMED_OUT, str(err))
+                self.emit_event("critical", "pause_not_confirmed", str(err), request.layer or 0)
+            except PrinterError as err:
+                self._outcome(request, ActionState.FAILED, str(err))
+
+        self._work.put(run)
+
     def _grown(self, hit: RuleHit, reference: float) -> bool:
         factor = self.limits.regrow_factor
         if hit.rule.above is not None:

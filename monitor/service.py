@@ -98,6 +98,7 @@ class PrinterMonitor:
         self.lock = threading.RLock()  # the record is written from the link's worker and the controller's
         self.results: list[ResultMessage] = []
         self.counters: dict[str, int] = {"layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0}
+        self._operator_requests: set[str] = set()
 
     # ---- messages in ------------------------------------------------------------------------------
     def on_frame(self, topic: str, payload: bytes) -> None:
@@ -124,8 +125,11 @@ class PrinterMonitor:
 
     def on_action(self, topic: str, payload: bytes) -> None:
         msg = ActionMessage.from_json(payload, topic)
+        if msg.action in ("pause", "resume") and msg.state.value == "requested" and msg.operator:
+            self._operator_command(msg)
+            return
         if msg.action != "feedback":
-            return  # our own actions and other services' commands
+            return  # our own actions and their outcomes
         if msg.verdict == "":
             raise PayloadError(f"{topic}: feedback without a verdict (false_alarm or confirmed_defect)", "field")
         with self.lock:
@@ -138,6 +142,21 @@ class PrinterMonitor:
         log.info(
             "%s: operator %s says incident %s is %s", self.printer_id, msg.operator or "?", msg.incident, msg.verdict
         )
+
+    def _operator_command(self, msg: ActionMessage) -> None:
+        """A pause or resume an operator asked for (dashboard, ``layerwatch control``): carried out by the
+        same controller as automatic actions, recorded, outcome published. Redelivered requests run once."""
+        with self.lock:
+            if msg.request_id in self._operator_requests:
+                return
+            self._operator_requests.add(msg.request_id)
+            layer = self.build.last_layer if self.build is not None else 0
+            request = msg.model_copy(
+                update={"rule": "operator", "layer": max(layer, 0), "job_id": self.build.job_id if self.build else ""}
+            )
+            self._record_action(request)
+        log.warning("%s: operator %s asks to %s: %s", self.printer_id, msg.operator, msg.action, msg.reason)
+        self.controller.operator(request)
 
     # ---- one layer --------------------------------------------------------------------------------
     def _handle(
@@ -354,27 +373,24 @@ class PrinterMonitor:
             self.build = None
 
     # ---- messages out -----------------------------------------------------------------------------
+    def _record_action(self, msg: ActionMessage) -> None:
+        if self.build is not None:
+            detail = {
+                "reason": msg.reason,
+                "metrics": msg.metrics,
+                "model": msg.model,
+                "detail": msg.detail,
+                "gcode": msg.gcode,
+                "severity": msg.severity,
+                "operator": msg.operator,
+            }
+            self.build.record.add_action(
+                msg.layer or 0, msg.request_id, msg.action, msg.state.value, msg.rule, msg.incident, detail, at=msg.time
+            )
+
     def _emit_action(self, msg: ActionMessage) -> None:
         with self.lock:
-            if self.build is not None:
-                detail = {
-                    "reason": msg.reason,
-                    "metrics": msg.metrics,
-                    "model": msg.model,
-                    "detail": msg.detail,
-                    "gcode": msg.gcode,
-                    "severity": msg.severity,
-                }
-                self.build.record.add_action(
-                    msg.layer or 0,
-                    msg.request_id,
-                    msg.action,
-                    msg.state.value,
-                    msg.rule,
-                    msg.incident,
-                    detail,
-                    at=msg.time,
-                )
+            self._record_action(msg)
         level = logging.WARNING if msg.action in ("pause", "cancel") else logging.INFO
         log.log(
             level,

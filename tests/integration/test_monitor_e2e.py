@@ -310,3 +310,52 @@ def test_records_open_in_stock_tools(setup: tuple[Config, Topics, Observer], bro
     assert out.returncode == 0, out.stderr
     for name in ('DATASET "0"', 'GROUP "segmentation_results"', 'DATASET "part_ids"', "material/layer_thickness"):
         assert name in out.stdout
+
+
+def test_an_operator_pause_and_resume_go_through_the_controller_and_are_recorded(
+    setup: tuple[Config, Topics, Observer], broker: Mosquitto, octo: OctoPrintPrinter
+) -> None:
+    config, topics, observer = setup
+    frames = Frames(broker, topics, None, "operator-job")
+    with MonitorService(config).start():
+        frames.send(0, 1)
+        observer.wait_layer(1)
+        result = subprocess.run(
+            [
+                LAYERWATCH,
+                "control",
+                "pause",
+                "--printer",
+                topics.printer,
+                "--broker",
+                broker.url,
+                "--operator",
+                "ana",
+                "--reason",
+                "smoke from the chamber",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        done = observer.wait_action("pause", "confirmed")
+        assert done.operator == "ana" and done.rule == "operator"
+        assert octo.state() == PrinterState.PAUSED
+        request = ActionMessage(
+            printer=topics.printer,
+            action="resume",
+            state="requested",  # type: ignore[arg-type]
+            request_id="operator:fixed-id",
+            operator="ana",
+        )
+        for _ in range(2):  # redelivered: carried out once
+            frames.link.publish(topics.action, request.to_json(), wait_s=5)
+        observer.wait_action("resume", "confirmed")
+        time.sleep(1.0)
+    frames.close()
+    assert octo.state() == PrinterState.PRINTING
+    with RecordReader(_record(config, topics)) as r:
+        rows = [(a["action"], a["state"], a["rule"]) for a in r.table("actions")]
+    assert rows.count(("pause", "requested", "operator")) == 1 and ("pause", "confirmed", "operator") in rows
+    assert rows.count(("resume", "requested", "operator")) == 1 and rows.count(("resume", "confirmed", "operator")) == 1
