@@ -39,12 +39,15 @@ $(PEERS)/moonraker/.installed:
 	$(PEERS)/moonraker/bin/python -m pip install -q 'moonraker==$(MOONRAKER_VERSION)'
 	touch $@
 
-# Debian packages the tests use: Mosquitto (the broker) and hdf5-tools (h5dump reads our records)
+# Debian packages the tests use: Mosquitto (the broker), hdf5-tools (h5dump reads our records) and
+# Chromium (the dashboard tests drive it with Playwright; no browser is downloaded)
+DEBS := mosquitto hdf5-tools chromium
 mosquitto:
-	@if { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null && command -v h5dump >/dev/null; then :; \
+	@if { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null && command -v h5dump >/dev/null \
+		&& command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto hdf5-tools >/dev/null; \
-	else echo "make: the tests need Debian's mosquitto and hdf5-tools: sudo apt-get install mosquitto hdf5-tools" >&2; exit 1; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; \
+	else echo "make: the tests need Debian's $(DEBS): sudo apt-get install $(DEBS)" >&2; exit 1; fi
 
 peers: mosquitto $(PEERS)/octoprint/.installed $(PEERS)/moonraker/.installed
 

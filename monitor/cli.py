@@ -206,6 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         broker=args.broker,
         broker_impl=args.broker_impl,
         headless=args.headless,
+        stay=args.stay,
         engine=args.engine,
         model=args.model,
     )
@@ -368,6 +369,34 @@ def json_detail(text: str) -> str:
     except ValueError:
         return text
     return str(data.get("detail") or data.get("reason") or "")
+
+
+# ---- dashboard --------------------------------------------------------------------------------
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import importlib
+    import os
+
+    if args.record is None and args.records is None:
+        raise CommandError("dashboard needs --record FILE or --records DIR (the monitor's out_dir)")
+    if args.record is not None and not args.record.exists():
+        raise CommandError(f"{args.record} does not exist")
+    token = os.environ.get("LAYERWATCH_DASHBOARD_TOKEN")
+    if token is None and args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip() or None
+        except OSError as err:
+            raise CommandError(f"token file {args.token_file}: {err.strerror}") from err
+    try:  # the dashboard stands above the monitor: resolved by name, so the rest works without Dash
+        dashboards = importlib.import_module("dashboards.app")
+    except ImportError as err:
+        raise CommandError(f"the dashboard cannot start: {err}") from err
+    opts = dashboards.DashboardOptions(record=args.record, records=args.records, broker=args.broker, token=token)
+    app = dashboards.create_app(opts)
+    mode = "operator controls on (token set)" if token and args.broker else "read-only"
+    print(f"dashboard: http://{args.host}:{args.port}/  ({mode}); Ctrl-C stops", flush=True)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app.run(host=args.host, port=args.port, debug=False)
+    return EXIT_OK
 
 
 # ---- control ----------------------------------------------------------------------------------
@@ -617,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default=None, help="use this MQTT broker instead of starting one")
     p.add_argument("--broker-impl", choices=("auto", "mosquitto", "amqtt"), default="auto", help=argparse.SUPPRESS)
     p.add_argument("--headless", action="store_true", help="no dashboard")
+    p.add_argument("--stay", action="store_true", help="keep the dashboard up after the summary until Ctrl-C")
     p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--model", type=Path, default=None, help="model checkpoint; default: shipped model")
     p.set_defaults(func=cmd_demo)
@@ -655,6 +685,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.01, help="relative tolerance for metrics (default 0.01)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("dashboard", help="the live dashboard: layers, overlays, trends, actions, operator controls")
+    p.add_argument("--record", type=Path, default=None, help="one build record")
+    p.add_argument("--records", type=Path, default=None, help="a folder of records (the monitor's out_dir)")
+    p.add_argument("--broker", default=None, help="MQTT broker for operator commands (none: read-only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8050)
+    p.add_argument(
+        "--token-file", type=Path, default=None, help="file with the operator token (or LAYERWATCH_DASHBOARD_TOKEN)"
+    )
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("control", help="ask the monitor to pause or resume a printer (recorded like its own actions)")
     p.add_argument("action", choices=("pause", "resume"))

@@ -48,6 +48,7 @@ class DemoOptions:
     broker: str | None = None
     broker_impl: str = "auto"
     headless: bool = False
+    stay: bool = False  # keep the dashboard up after the summary until Ctrl-C
     engine: Literal["onnx", "torch"] = "onnx"
     model: Path | None = None
 
@@ -108,6 +109,7 @@ def run_demo(opts: DemoOptions) -> int:
     watch = Watch()
     started = time.monotonic()
     stack: list[object] = []
+    server = None
     try:
         monitor = MonitorService(config, printer_ids=[PRINTER], printers={PRINTER: printer}).start()
         stack.append(monitor)
@@ -122,7 +124,9 @@ def run_demo(opts: DemoOptions) -> int:
         printer.add_layer_listener(bridge.on_virtual_layer)
         printer.start()
         stack.append(printer)
-        _dashboard(opts, config)
+        server = _dashboard(opts, config)
+        if server is not None:
+            stack.append(_Stopper(server))
         job = printer.start_job(f"demo-{opts.scenario}")
         print(
             f"printing {job}: {opts.layers} layers of {opts.size}x{opts.size} px, {opts.layer_time_s:g} s a layer; "
@@ -135,6 +139,14 @@ def run_demo(opts: DemoOptions) -> int:
         pm = monitor.monitors[PRINTER]
         record = pm.build.record.path if pm.build is not None else None
         incidents = pm.controller.incidents
+        if opts.stay and server is not None:
+            _summary(watch, incidents, record, None, time.monotonic() - started)
+            print("the dashboard stays up; Ctrl-C ends the demo", flush=True)
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
     finally:
         for item in reversed(stack):
             item.close()  # type: ignore[attr-defined]
@@ -143,6 +155,14 @@ def run_demo(opts: DemoOptions) -> int:
     evidence = _evidence(record, watch, opts.out) if record else None
     _summary(watch, incidents, record, evidence, time.monotonic() - started)
     return 0
+
+
+class _Stopper:
+    def __init__(self, server: object) -> None:
+        self.server = server
+
+    def close(self) -> None:
+        self.server.shutdown()  # type: ignore[attr-defined]
 
 
 def _watcher(mqtt: MqttConfig, topics: Topics, watch: Watch, layers: int) -> MqttLink:
@@ -210,14 +230,27 @@ def _wait(printer: VirtualPrinter, watch: Watch, opts: DemoOptions) -> None:
         time.sleep(1.0)
 
 
-def _dashboard(opts: DemoOptions, config: Config) -> None:
+def _dashboard(opts: DemoOptions, config: Config) -> object | None:
+    """Start the dashboard on a free loopback port (resolved by name: the demo runs without it)."""
     if opts.headless:
-        return
+        return None
     try:
-        importlib.import_module("dashboards.app")
-    except ImportError:
-        print("dashboard: not part of this version yet; records can be read with `layerwatch record info`")
-        return
+        dashboards = importlib.import_module("dashboards.app")
+        from werkzeug.serving import make_server
+    except ImportError as err:
+        print(f"dashboard: not available ({err}); records can be read with `layerwatch record info`")
+        return None
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    app = dashboards.create_app(dashboards.DashboardOptions(records=config.monitor.out_dir, title="LayerWatch demo"))
+    server = make_server("127.0.0.1", port, app.server, threaded=True)
+    threading.Thread(target=server.serve_forever, name="dashboard", daemon=True).start()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    print(f"dashboard: http://127.0.0.1:{port}/ (read-only; it stops with the demo)")
+    return server
 
 
 def _evidence(record: Path, watch: Watch, out: Path) -> Path | None:

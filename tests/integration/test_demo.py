@@ -14,9 +14,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LAYERWATCH = str(Path(sys.executable).parent / "layerwatch")
 
 
-def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _demo(tmp_path: Path, *args: str, headless: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [LAYERWATCH, "demo", "--out", str(tmp_path), "--headless", "--layer-time", "0.4", *args],
+        [
+            LAYERWATCH,
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--layer-time",
+            "0.4",
+            *(["--headless"] if headless else []),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -42,9 +51,10 @@ def test_demo_pauses_on_the_growing_warp_and_writes_the_record(tmp_path: Path) -
 
 
 def test_demo_runs_on_the_in_process_broker_where_mosquitto_is_missing(tmp_path: Path) -> None:
-    result = _demo(tmp_path, "--layers", "6", "--scenario", "clean", "--broker-impl", "amqtt")
+    result = _demo(tmp_path, "--layers", "6", "--scenario", "clean", "--broker-impl", "amqtt", headless=False)
     assert result.returncode == 0, result.stderr
     assert "broker: amqtt on mqtt://127.0.0.1:" in result.stdout
+    assert "dashboard: http://127.0.0.1:" in result.stdout  # started unless --headless
     assert "layers judged: 6 of 6" in result.stdout and "incidents: 0" in result.stdout
 
 

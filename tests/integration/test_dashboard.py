@@ -1,0 +1,193 @@
+"""The dashboard in a real headless Chromium (Debian's), driven by Playwright: live view, overlay, controls.
+
+Screenshots of the main views are saved to ``runs/test-artifacts/`` (or ``$LAYERWATCH_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from peers import REPO, Mosquitto, free_port, require
+
+from monitor.config import Config, MonitorSection, PrinterSection
+from monitor.record import RecordReader
+from monitor.service import MonitorService
+from printer_io.frames import QualityChecker, encode_image
+from printer_io.messages import FrameMeta, encode_frame
+from printer_io.mqtt import MqttConfig, MqttLink
+from printer_io.printer import PrinterState
+from printer_io.topics import Topics
+from printer_io.virtual import VirtualPrinter
+from segmentation.simulator import SimBuild, scenario_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ARTIFACTS = Path(os.environ.get("LAYERWATCH_ARTIFACTS", REPO / "runs" / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TOKEN = "operator-token-for-tests"
+PID = "dash-p1"
+
+
+class Server:
+    def __init__(self, app: object) -> None:
+        from werkzeug.serving import make_server
+
+        self.port = free_port()
+        self.httpd = make_server("127.0.0.1", self.port, app.server, threaded=True)  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def rig(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    if not Path(CHROMIUM).exists():
+        require("chromium", "apt-get install chromium (make test does it)")
+    tmp = tmp_path_factory.mktemp("dash")
+    printer = VirtualPrinter(PID, layers=1000, layer_time_s=5.0).start()
+    printer.start_job("dash-job")
+    spec = scenario_spec(3, 512, 12, warp_start=4)
+    config = Config(
+        mqtt=MqttConfig(url=broker.url),
+        monitor=MonitorSection(out_dir=tmp / "records", mm_per_px=spec.mm_per_px),
+        printers={PID: PrinterSection(backend="virtual")},
+    )
+    monitor = MonitorService(config, printers={PID: printer}).start()
+    camera = MqttLink(MqttConfig(url=broker.url), service="camera", topics=Topics("layerwatch", PID)).start()
+    build = SimBuild(3, 512, 512, 12, spec=spec)
+    quality = QualityChecker()
+
+    def publish(layer: int) -> None:
+        image = build.layer(layer).image
+        meta = FrameMeta(
+            printer=PID,
+            job_id="dash-job",
+            layer=layer,
+            z_mm=0.04 * (layer + 1),
+            captured_at=time.time(),
+            encoding="png",
+            width=512,
+            height=512,
+            channels=1,
+            bit_depth=8,
+            quality=quality.check(image),
+        )
+        camera.publish(camera.topics.image, encode_frame(meta, encode_image(image)), wait_s=5)
+
+    from dashboards.app import DashboardOptions, create_app
+
+    controlled = Server(create_app(DashboardOptions(records=tmp / "records", broker=broker.url, token=TOKEN)))
+    readonly = Server(create_app(DashboardOptions(records=tmp / "records")))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield {"publish": publish, "printer": printer, "controlled": controlled, "readonly": readonly, "tmp": tmp}
+    controlled.close()
+    readonly.close()
+    camera.close()
+    monitor.close()
+    printer.close()
+
+
+def _browser(p: object) -> object:
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ]
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)  # type: ignore[attr-defined]
+
+
+def _wait_text(page: object, selector: str, text: str, timeout: float = 15.0) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if text in page.inner_text(selector):  # type: ignore[attr-defined]
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"{selector!r} never showed {text!r}; it shows {page.inner_text(selector)!r}")  # type: ignore[attr-defined]
+
+
+def test_live_view_overlay_toggle_and_pause_from_the_page(rig: dict[str, object]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    publish = rig["publish"]
+    for layer in range(3):
+        publish(layer)  # type: ignore[operator]
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_context(  # type: ignore[attr-defined]
+            http_credentials={"username": "operator", "password": TOKEN}, viewport={"width": 1400, "height": 1000}
+        ).new_page()
+        page.goto(rig["controlled"].url)  # type: ignore[attr-defined]
+        _wait_text(page, "#layer-info", "layer 2")
+        assert (page.get_attribute("#frame", "src") or "").startswith("data:image/png;base64,")
+        publish(3)  # type: ignore[operator]
+        shown_after = _wait_text(page, "#layer-info", "layer 3")  # appears live, no reload
+        page.screenshot(path=str(ARTIFACTS / "dashboard_live.png"), full_page=True)
+        before = page.get_attribute("#frame", "src")
+        page.get_by_text("part", exact=True).click()  # the class toggle: part off
+        t0 = time.monotonic()
+        while page.get_attribute("#frame", "src") == before and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+        assert page.get_attribute("#frame", "src") != before
+        page.screenshot(path=str(ARTIFACTS / "dashboard_part_hidden.png"), full_page=True)
+        page.click("#btn-pause")
+        _wait_text(page, "#control-status", "sent")
+        printer = rig["printer"]
+        t0 = time.monotonic()
+        while printer.status().state != PrinterState.PAUSED and time.monotonic() - t0 < 15:  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        assert printer.status().state == PrinterState.PAUSED  # type: ignore[attr-defined]
+        _wait_text(page, "#log", "pause confirmed (operator)")
+        page.screenshot(path=str(ARTIFACTS / "dashboard_paused.png"), full_page=True)
+        browser.close()  # type: ignore[attr-defined]
+    (record,) = (rig["tmp"] / "records" / PID).glob("*.h5")  # type: ignore[operator]
+    with RecordReader(record) as r:
+        rows = [(a["action"], a["state"], a["rule"]) for a in r.table("actions")]
+    assert ("pause", "requested", "operator") in rows and ("pause", "confirmed", "operator") in rows
+    print(f"layer shown {shown_after:.2f} s after it was published")
+
+
+def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+        page.goto(rig["readonly"].url)  # type: ignore[attr-defined]
+        _wait_text(page, "#read-only", "Read-only")
+        _wait_text(page, "#layer-info", "layer ")
+        assert page.query_selector("#btn-pause") is None
+        page.screenshot(path=str(ARTIFACTS / "dashboard_read_only.png"), full_page=True)
+        browser.close()  # type: ignore[attr-defined]
+    # a forged control request to the read-only server: there is no such callback to run
+    body = {
+        "output": "control-status.children",
+        "outputs": {"id": "control-status", "property": "children"},
+        "inputs": [{"id": "btn-pause", "property": "n_clicks", "value": 1}],
+        "changedPropIds": ["btn-pause.n_clicks"],
+        "state": [],
+    }
+    response = httpx.post(rig["readonly"].url + "_dash-update-component", json=body)  # type: ignore[attr-defined]
+    assert response.status_code >= 400 and "sent" not in response.text
+
+
+def test_controls_need_the_token(rig: dict[str, object]) -> None:
+    url = rig["controlled"].url  # type: ignore[attr-defined]
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, auth=("operator", "wrong")).status_code == 401
+    assert httpx.get(url, auth=("operator", TOKEN)).status_code == 200
