@@ -81,8 +81,10 @@ class Records:
             return r
 
 
-def overlay_png(image: np.ndarray, mask: np.ndarray, classes: list[int], opacity: float) -> str:
-    """A data URL of the frame with the chosen classes tinted, at most DISPLAY_PX wide."""
+def overlay_png(
+    image: np.ndarray, mask: np.ndarray, classes: list[int], opacity: float, max_px: int = DISPLAY_PX
+) -> str:
+    """A data URL of the frame with the chosen classes tinted, at most ``max_px`` wide."""
     gray = image if image.dtype == np.uint8 else (image // 256).astype(np.uint8)
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
     for c in classes:
@@ -91,10 +93,9 @@ def overlay_png(image: np.ndarray, mask: np.ndarray, classes: list[int], opacity
             bgr[sel] = (1 - opacity) * bgr[sel] + opacity * np.array(CLASS_BGR[c], np.float32)
     out = bgr.astype(np.uint8)
     h, w = out.shape[:2]
-    if w > DISPLAY_PX:
-        out = np.asarray(
-            cv2.resize(out, (DISPLAY_PX, round(h * DISPLAY_PX / w)), interpolation=cv2.INTER_AREA), np.uint8
-        )
+    if w > max_px:
+        size = (max_px, round(h * max_px / w))
+        out = np.asarray(cv2.resize(out, size, interpolation=cv2.INTER_AREA), np.uint8)
     _, buf = cv2.imencode(".png", out)
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
@@ -240,7 +241,17 @@ def create_app(opts: DashboardOptions) -> Any:
         last = int(stored.max())
         value = last if "live" in (follow or []) or layer is None else min(int(layer), last)
         live = "being written" if state == "writing" else state
-        return last, value, f"{len(stored)} layers stored, record {live}"
+        printer = ""
+        try:
+            telemetry = r.table("telemetry")
+        except (OSError, KeyError):
+            telemetry = []
+        if telemetry:
+            t = telemetry[-1]
+            printer = (
+                f"; printer {t['state']} at layer {t['layer']} ({time.strftime('%H:%M:%S', time.localtime(t['time']))})"
+            )
+        return last, value, f"{len(stored)} layers stored, record {live}{printer}"
 
     @app.callback(
         Output("frame", "src"),
@@ -295,7 +306,7 @@ def create_app(opts: DashboardOptions) -> Any:
             events = r.table("events")
         except (RecordError, OSError, KeyError) as err:
             return no_update, f"cannot read the record: {err}", 0
-        return _figure(stored, m, policy, layer), _log(events, actions), len(stored)
+        return _figure(stored, m, policy, layer), _log(events, actions, r), len(stored)
 
     if can_control:
         assert link is not None
@@ -447,18 +458,37 @@ def _figure(stored: np.ndarray, m: np.ndarray, policy: dict[str, Any], layer: in
     }
 
 
-def _log(events: list[dict[str, Any]], actions: list[dict[str, Any]]) -> Any:
+def _log(events: list[dict[str, Any]], actions: list[dict[str, Any]], reader: RecordReader | None = None) -> Any:
+    """Events and actions, newest first; a pause carries its reason, metrics and a thumbnail of the evidence."""
+    import json
+
     from dash import html
 
-    rows = [(e["time"], e["layer"], e["level"], f"{e['code']}: {e['message']}") for e in events]
+    rows: list[tuple[float, int, str, str, Any]] = [
+        (e["time"], e["layer"], e["level"], f"{e['code']}: {e['message']}", None) for e in events
+    ]
+    stored = set(int(k) for k in reader.stored_layers()) if reader is not None else set()
     for a in actions:
         who = " (operator)" if a["rule"] == "operator" else ""
-        rows.append((a["time"], a["layer"], a["state"], f"{a['action']} {a['state']}{who} - {a['rule']}"))
+        text = f"{a['action']} {a['state']}{who} - {a['rule']}"
+        thumb = None
+        if a["action"] == "pause" and a["state"] == "requested":
+            try:
+                detail = json.loads(a["detail"] or "{}")
+            except ValueError:
+                detail = {}
+            if detail.get("reason"):
+                text += f": {detail['reason']}"
+            if reader is not None and int(a["layer"]) in stored:
+                layer_img, layer_mask = reader.image(int(a["layer"])), reader.mask(int(a["layer"]))
+                src = overlay_png(layer_img, layer_mask, [1, 2, 3, 4], 0.55, max_px=160)
+                thumb = html.Img(src=src, className="thumb", title=f"evidence: layer {a['layer']}")
+        rows.append((a["time"], a["layer"], a["state"], text, thumb))
     rows.sort(key=lambda r: r[0], reverse=True)
     if not rows:
         return html.P("nothing yet", className="muted")
     return html.Table(
-        [html.Tr([html.Th("time"), html.Th("layer"), html.Th("level"), html.Th("what")])]
+        [html.Tr([html.Th("time"), html.Th("layer"), html.Th("level"), html.Th("what"), html.Th("evidence")])]
         + [
             html.Tr(
                 [
@@ -466,9 +496,10 @@ def _log(events: list[dict[str, Any]], actions: list[dict[str, Any]]) -> Any:
                     html.Td(str(layer)),
                     html.Td(level),
                     html.Td(text),
+                    html.Td(thumb or ""),
                 ],
                 className=f"lvl-{level}",
             )
-            for t, layer, level, text in rows[:200]
+            for t, layer, level, text, thumb in rows[:200]
         ]
     )

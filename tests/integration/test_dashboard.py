@@ -137,6 +137,7 @@ def test_live_view_overlay_toggle_and_pause_from_the_page(rig: dict[str, object]
         assert (page.get_attribute("#frame", "src") or "").startswith("data:image/png;base64,")
         publish(3)  # type: ignore[operator]
         shown_after = _wait_text(page, "#layer-info", "layer 3")  # appears live, no reload
+        page.wait_for_selector("#trend .main-svg", timeout=15_000)
         page.screenshot(path=str(ARTIFACTS / "dashboard_live.png"), full_page=True)
         before = page.get_attribute("#frame", "src")
         page.get_by_text("part", exact=True).click()  # the class toggle: part off
@@ -172,6 +173,7 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object
         _wait_text(page, "#read-only", "Read-only")
         _wait_text(page, "#layer-info", "layer ")
         assert page.query_selector("#btn-pause") is None
+        page.wait_for_selector("#trend .main-svg", timeout=15_000)  # plotly.js has drawn the trend
         page.screenshot(path=str(ARTIFACTS / "dashboard_read_only.png"), full_page=True)
         browser.close()  # type: ignore[attr-defined]
     # a forged control request to the read-only server: there is no such callback to run
