@@ -68,6 +68,7 @@ bench-monitor: $(STAMP) peers
 	$(BIN)/python bench/bench_record.py
 	$(BIN)/python bench/eval_policy.py
 	$(BIN)/python bench/bench_replay.py
+	$(BIN)/python bench/bench_dashboard.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) layerwatch-demo .pytest_cache .mypy_cache .ruff_cache

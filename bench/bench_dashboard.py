@@ -15,6 +15,7 @@ serves the dashboard on it, and measures
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 import tempfile
@@ -42,6 +43,8 @@ def main() -> int:
     args = ap.parse_args()
     print(f"machine: {machine()}")
     from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     from dashboards.app import DashboardOptions, create_app
 

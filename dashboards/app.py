@@ -165,7 +165,13 @@ def create_app(opts: DashboardOptions) -> Any:
                 ],
                 className="row",
             ),
-            html.Div(id="record-status", className="status"),
+            html.Div(
+                [
+                    html.Div(id="record-status", className="status"),
+                    dcc.Dropdown(id="jump", placeholder="jump to an incident", style={"width": "320px"}),
+                ],
+                className="row",
+            ),
             html.Div(
                 [
                     html.Div(
@@ -222,24 +228,34 @@ def create_app(opts: DashboardOptions) -> Any:
         Output("layer", "max"),
         Output("layer", "value"),
         Output("record-status", "children"),
+        Output("follow", "value"),
         Input("tick", "n_intervals"),
         Input("record", "value"),
+        Input("jump", "value"),
         State("layer", "value"),
         State("follow", "value"),
     )
-    def track(_: int | None, path: str | None, layer: int | None, follow: list[str]) -> tuple[Any, Any, str]:
+    def track(
+        _: int | None, path: str | None, jump: int | None, layer: int | None, follow: list[str]
+    ) -> tuple[Any, Any, str, Any]:
+        from dash import ctx
+
         if not path:
-            return 0, 0, "no build record yet" + (f" in {opts.records}" if opts.records else "")
+            return 0, 0, "no build record yet" + (f" in {opts.records}" if opts.records else ""), no_update
         try:
             r = records.reader(Path(path))
             stored = r.stored_layers()
             state = r.state
         except (RecordError, OSError, KeyError) as err:
-            return no_update, no_update, f"this record cannot be read: {err}"
+            return no_update, no_update, f"this record cannot be read: {err}", no_update
         if not len(stored):
-            return 0, 0, "no layer stored yet"
+            return 0, 0, "no layer stored yet", no_update
         last = int(stored.max())
-        value = last if "live" in (follow or []) or layer is None else min(int(layer), last)
+        new_follow: Any = no_update
+        if ctx.triggered_id == "jump" and jump is not None:
+            value, new_follow = min(int(jump), last), []  # looking at an incident: stop following
+        else:
+            value = last if "live" in (follow or []) or layer is None else min(int(layer), last)
         live = "being written" if state == "writing" else state
         printer = ""
         try:
@@ -248,10 +264,26 @@ def create_app(opts: DashboardOptions) -> Any:
             telemetry = []
         if telemetry:
             t = telemetry[-1]
-            printer = (
-                f"; printer {t['state']} at layer {t['layer']} ({time.strftime('%H:%M:%S', time.localtime(t['time']))})"
-            )
-        return last, value, f"{len(stored)} layers stored, record {live}{printer}"
+            when = time.strftime("%H:%M:%S", time.localtime(t["time"]))
+            printer = f"; printer {t['state']} at layer {t['layer']} ({when})"
+        return last, value, f"{len(stored)} layers stored, record {live}{printer}", new_follow
+
+    @app.callback(Output("jump", "options"), Input("log", "children"), State("record", "value"))
+    def jump_options(_: Any, path: str | None) -> list[dict[str, Any]]:
+        if not path:
+            return []
+        try:
+            acts = records.reader(Path(path)).table("actions")
+        except (RecordError, OSError, KeyError):
+            return []
+        seen: dict[str, dict[str, Any]] = {}
+        for a in acts:
+            if a["incident"] and a["state"] == "requested" and a["incident"] not in seen:
+                seen[a["incident"]] = {
+                    "label": f"{a['action']} ({a['rule']}) at layer {a['layer']}",
+                    "value": a["layer"],
+                }
+        return list(seen.values())
 
     @app.callback(
         Output("frame", "src"),
@@ -496,7 +528,7 @@ def _log(events: list[dict[str, Any]], actions: list[dict[str, Any]], reader: Re
                     html.Td(str(layer)),
                     html.Td(level),
                     html.Td(text),
-                    html.Td(thumb or ""),
+                    html.Td(thumb if thumb is not None else ""),  # a component with no children is falsy
                 ],
                 className=f"lvl-{level}",
             )

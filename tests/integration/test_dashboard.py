@@ -166,6 +166,9 @@ def test_live_view_overlay_toggle_and_pause_from_the_page(rig: dict[str, object]
 def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object]) -> None:
     from playwright.sync_api import sync_playwright
 
+    rig["printer"].resume()  # type: ignore[attr-defined]
+    for layer in range(4, 9):  # the warp from layer 4 grows: the monitor pauses at layer 7
+        rig["publish"](layer)  # type: ignore[operator]
     with sync_playwright() as p:
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
@@ -173,8 +176,15 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object
         _wait_text(page, "#read-only", "Read-only")
         _wait_text(page, "#layer-info", "layer ")
         assert page.query_selector("#btn-pause") is None
+        _wait_text(page, "#layer-info", "layer 8", timeout=30)
         page.wait_for_selector("#trend .main-svg", timeout=15_000)  # plotly.js has drawn the trend
         page.screenshot(path=str(ARTIFACTS / "dashboard_read_only.png"), full_page=True)
+        page.click("#jump")  # the build browser: jump to the incident
+        page.get_by_text("pause (warping-grows) at layer 7").click()
+        _wait_text(page, "#layer-info", "layer 7 ")
+        assert "warping" in page.inner_text("#layer-info")
+        page.wait_for_selector("#log img.thumb", timeout=15_000)  # the evidence thumbnail of the pause
+        page.screenshot(path=str(ARTIFACTS / "dashboard_incident.png"), full_page=True)
         browser.close()  # type: ignore[attr-defined]
     # a forged control request to the read-only server: there is no such callback to run
     body = {
