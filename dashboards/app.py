@@ -48,6 +48,41 @@ class DashboardOptions:
     title: str = "LayerWatch"
 
 
+class ServiceStatus:
+    """Retained online/offline status of every service, from the broker (``<prefix>/+/status/+``)."""
+
+    def __init__(self, broker: str) -> None:
+        from printer_io.mqtt import MqttConfig, MqttLink
+        from printer_io.topics import Topics
+
+        self.status: dict[tuple[str, str], tuple[str, float]] = {}
+        config = MqttConfig(url=broker, connect_timeout_s=5)
+        self.link = MqttLink(config, service="dashboard-status", topics=Topics(config.prefix, "dashboard"))
+        self.link.subscribe(f"{config.prefix}/+/status/+", self._on_status)
+
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        from printer_io.messages import StatusMessage
+
+        parts = topic.split("/")
+        msg = StatusMessage.from_json(payload, topic)
+        self.status[(parts[-3], parts[-1])] = (msg.state, msg.time)
+
+    def start(self) -> ServiceStatus:
+        try:
+            self.link.start()
+        except Exception as err:  # the page still works from the records; it says why status is missing
+            log.warning("dashboard: no service status from the broker: %s", err)
+        return self
+
+    def describe(self, printer: str) -> str:
+        down = [
+            f"{svc} offline since {time.strftime('%H:%M:%S', time.localtime(t))}"
+            for (p, svc), (state, t) in sorted(self.status.items())
+            if p == printer and state == "offline"
+        ]
+        return "; " + ", ".join(down) if down else ""
+
+
 class Records:
     """Open readers by path, refreshed on demand; a record that cannot be read gives a message, not an error."""
 
@@ -115,6 +150,8 @@ def create_app(opts: DashboardOptions) -> Any:
         BasicAuth(app, auth_func=lambda user, password: password == token)
     link = ControlLink(opts.broker) if can_control and opts.broker else None
     app.server.config["LAYERWATCH_CONTROL_LINK"] = link
+    services = ServiceStatus(opts.broker).start() if opts.broker else None
+    app.server.config["LAYERWATCH_SERVICE_STATUS"] = services
 
     controls: list[Any] = []
     if can_control:
@@ -265,7 +302,10 @@ def create_app(opts: DashboardOptions) -> Any:
         if telemetry:
             t = telemetry[-1]
             when = time.strftime("%H:%M:%S", time.localtime(t["time"]))
-            printer = f"; printer {t['state']} at layer {t['layer']} ({when})"
+            what = "unreachable (offline)" if t["state"] == "offline" else t["state"]
+            printer = f"; printer {what} at layer {t['layer']} ({when})"
+        if services is not None:
+            printer += services.describe(str(r.attrs.get("layerwatch/printer", "")))
         return last, value, f"{len(stored)} layers stored, record {live}{printer}", new_follow
 
     @app.callback(Output("jump", "options"), Input("log", "children"), State("record", "value"))

@@ -229,6 +229,8 @@ class PrinterMonitor:
             severity=severity,
         )
         record_ms = (time.perf_counter() - t1) * 1000
+        if state is None and self.printer is not None:
+            build.record.add_telemetry(layer, "offline", meta.z_mm, None, None)  # the page says so in words
         if state is not None:
             job = state.job
             build.record.add_telemetry(

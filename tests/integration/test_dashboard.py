@@ -91,7 +91,14 @@ def rig(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     controlled = Server(create_app(DashboardOptions(records=tmp / "records", broker=broker.url, token=TOKEN)))
     readonly = Server(create_app(DashboardOptions(records=tmp / "records")))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    yield {"publish": publish, "printer": printer, "controlled": controlled, "readonly": readonly, "tmp": tmp}
+    yield {
+        "publish": publish,
+        "printer": printer,
+        "controlled": controlled,
+        "readonly": readonly,
+        "tmp": tmp,
+        "monitor": monitor,
+    }
     controlled.close()
     readonly.close()
     camera.close()
@@ -196,6 +203,21 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object
     }
     response = httpx.post(rig["readonly"].url + "_dash-update-component", json=body)  # type: ignore[attr-defined]
     assert response.status_code >= 400 and "sent" not in response.text
+
+
+def test_a_monitor_that_goes_offline_is_said_in_words(rig: dict[str, object]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    rig["monitor"].close()  # type: ignore[attr-defined]  # its retained status turns to offline
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_context(  # type: ignore[attr-defined]
+            http_credentials={"username": "operator", "password": TOKEN}, viewport={"width": 1400, "height": 1000}
+        ).new_page()
+        page.goto(rig["controlled"].url)  # type: ignore[attr-defined]
+        _wait_text(page, "#record-status", "monitor offline since")
+        assert "Traceback" not in page.content()
+        browser.close()  # type: ignore[attr-defined]
 
 
 def test_controls_need_the_token(rig: dict[str, object]) -> None:
