@@ -205,6 +205,31 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object
     assert response.status_code >= 400 and "sent" not in response.text
 
 
+def test_false_alarm_from_the_page_is_stored_with_the_incident(rig: dict[str, object]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:  # the read-only test above made the monitor pause at layer 7: an incident
+        browser = _browser(p)
+        page = browser.new_context(  # type: ignore[attr-defined]
+            http_credentials={"username": "operator", "password": TOKEN}, viewport={"width": 1400, "height": 1000}
+        ).new_page()
+        page.goto(rig["controlled"].url)  # type: ignore[attr-defined]
+        _wait_text(page, "#layer-info", "layer 8")
+        page.click("#incident")
+        page.get_by_text("warping-grows @ layer 7").click()
+        page.click("#btn-false")
+        _wait_text(page, "#control-status", "false alarm for")
+        browser.close()  # type: ignore[attr-defined]
+    (record,) = (rig["tmp"] / "records" / PID).glob("*.h5")  # type: ignore[operator]
+    deadline = time.monotonic() + 10
+    verdicts: list[str] = []
+    while time.monotonic() < deadline and not verdicts:
+        with RecordReader(record) as r:
+            verdicts = [f["verdict"] for f in r.table("feedback")]
+        time.sleep(0.2)
+    assert verdicts == ["false_alarm"]
+
+
 def test_a_monitor_that_goes_offline_is_said_in_words(rig: dict[str, object]) -> None:
     from playwright.sync_api import sync_playwright
 
