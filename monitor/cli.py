@@ -399,6 +399,39 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- report -----------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    import importlib
+
+    if not args.record.exists():
+        raise CommandError(f"{args.record} does not exist")
+    report_mod = importlib.import_module("dashboards.report")  # reports stand above the monitor
+    criteria = report_mod.Criteria(
+        max_pore_diameter_mm=args.max_pore_mm,
+        max_porosity_pct=args.max_porosity_pct,
+        max_warping_mm3=args.max_warping_mm3,
+    )
+    try:
+        report = report_mod.analyze(args.record, floor_voxels=args.floor, criteria=criteria)
+    except report_mod.ReportError as err:
+        raise CommandError(str(err)) from err
+    files = report_mod.write_report(report, args.out)
+    for note in report["build"]["notes"]:
+        print(f"note: {note}")
+    by_class: dict[str, int] = {}
+    for d in report["defects"]:
+        by_class[d["cls"]] = by_class.get(d["cls"], 0) + 1
+    print(
+        f"{len(report['defects'])} defects ({', '.join(f'{k} {v}' for k, v in sorted(by_class.items())) or 'none'}); "
+        f"{len(report['parts'])} part(s)"
+    )
+    for p in report["parts"]:
+        why = f" ({'; '.join(p['reasons'])})" if p["reasons"] else ""
+        print(f"  part {p['id']}: {p['volume_mm3']:.1f} mm³, porosity {p['porosity_pct']:.3f} %: {p['verdict']}{why}")
+    print("wrote " + ", ".join(str(f) for f in files))
+    return EXIT_OK
+
+
 # ---- control ----------------------------------------------------------------------------------
 def cmd_control(args: argparse.Namespace) -> int:
     import uuid
@@ -696,6 +729,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file", type=Path, default=None, help="file with the operator token (or LAYERWATCH_DASHBOARD_TOKEN)"
     )
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("report", help="3D defect report per part: HTML (offline), defects.csv, parts.csv, report.json")
+    p.add_argument("record", type=Path, help="a build record (live or finished) or a build file with masks")
+    p.add_argument("--out", type=Path, required=True, help="folder for the report files")
+    p.add_argument("--floor", type=int, default=3, help="smallest defect kept, in voxels (default 3)")
+    p.add_argument("--max-pore-mm", type=float, default=0.5, help="acceptance: largest pore diameter (default 0.5)")
+    p.add_argument("--max-porosity-pct", type=float, default=0.5, help="acceptance: porosity of a part (default 0.5)")
+    p.add_argument("--max-warping-mm3", type=float, default=0.0, help="acceptance: warping volume (default 0)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("control", help="ask the monitor to pause or resume a printer (recorded like its own actions)")
     p.add_argument("action", choices=("pause", "resume"))

@@ -1,0 +1,450 @@
+"""``layerwatch report``: from a build record (or a build file with ground truth) to a 3D defect report.
+
+The per-layer class masks are stacked into a voxel volume with the record's pixel size and layer
+thickness *without* holding it in memory: each layer's 2D components of a defect class are linked to
+the components of the previous layer they overlap (6-connectivity along Z), with union-find, while
+their statistics accumulate. Memory stays bounded by two layers, whatever the number of layers.
+
+Outputs: ``defects.csv`` (one row per 3D defect), ``parts.csv`` (one row per part, with a verdict
+against acceptance criteria), ``report.json`` (both, plus the build's facts) and a self-contained
+``report.html`` (plotly.js embedded: opens offline) with a 3D view of the defects per class.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import h5py
+import numpy as np
+
+__all__ = ["Criteria", "Defect", "Part", "ReportError", "analyze", "write_report"]
+
+IMAGES = "slices/camera_data/0"
+MASKS = "slices/segmentation_results"
+PART_IDS = "slices/part_ids"
+DEFECT_CLASSES = {2: "porosity", 3: "spatter", 4: "warping"}
+CLASS_COLORS = {"porosity": "#e62828", "spatter": "#f0dc1e", "warping": "#dc28dc", "part": "#1e78ff"}
+
+
+class ReportError(Exception):
+    """The record cannot give a report; the message says why."""
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """Acceptance of a part: no pore larger than ``max_pore_diameter_mm`` and porosity under ``max_porosity_pct``."""
+
+    max_pore_diameter_mm: float = 0.5
+    max_porosity_pct: float = 0.5
+    max_warping_mm3: float = 0.0
+
+
+@dataclass
+class Defect:
+    id: int
+    cls: str
+    part_id: int
+    voxels: int
+    volume_mm3: float
+    centroid_mm: tuple[float, float, float]
+    bbox_mm: tuple[float, float, float, float, float, float]  # x0, y0, z0, x1, y1, z1
+    first_layer: int
+    last_layer: int
+    equivalent_diameter_mm: float
+    max_extent_mm: float
+
+
+@dataclass
+class Part:
+    id: int
+    volume_mm3: float
+    porosity_pct: float
+    defects: dict[str, int] = field(default_factory=dict)
+    defect_volume_mm3: dict[str, float] = field(default_factory=dict)
+    largest_defect_mm: float = 0.0
+    first_affected_layer: int | None = None
+    last_affected_layer: int | None = None
+    verdict: str = "pass"
+    reasons: list[str] = field(default_factory=list)
+
+
+class _Acc:
+    """Running statistics of one 3D component."""
+
+    __slots__ = ("n", "parts", "sx", "sy", "sz", "x0", "x1", "y0", "y1", "z0", "z1")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sx = self.sy = self.sz = 0.0
+        self.x0 = self.y0 = self.z0 = 1 << 30
+        self.x1 = self.y1 = self.z1 = -1
+        self.parts: dict[int, int] = {}
+
+    def merge(self, o: _Acc) -> None:
+        self.n += o.n
+        self.sx += o.sx
+        self.sy += o.sy
+        self.sz += o.sz
+        self.x0, self.y0, self.z0 = min(self.x0, o.x0), min(self.y0, o.y0), min(self.z0, o.z0)
+        self.x1, self.y1, self.z1 = max(self.x1, o.x1), max(self.y1, o.y1), max(self.z1, o.z1)
+        for k, v in o.parts.items():
+            self.parts[k] = self.parts.get(k, 0) + v
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def add(self, a: int) -> None:
+        self.parent[a] = a
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+        return ra
+
+
+def _layer_mask(f: h5py.File, cls: int, k: int) -> np.ndarray:
+    return np.asarray(f[f"{MASKS}/{cls}"][k]).astype(bool)
+
+
+def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = None) -> dict[str, Any]:
+    """Defects and parts of one build. Layers missing from a record are skipped (and said so)."""
+    criteria = criteria or Criteria()
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        if "already open for write" not in str(err):
+            raise ReportError(f"{path} cannot be read as HDF5 ({err})") from err
+        f = h5py.File(path, "r", swmr=True)  # a live record: a partial report
+    with f:
+        if IMAGES not in f or MASKS not in f:
+            raise ReportError(f"{path} has no /{IMAGES} and /{MASKS}: not a build record with masks")
+        a = f.attrs
+        try:
+            mm_px = float(a["printer/x_real_dimension"]) / float(a["printer/x_camera_dimension"])
+            mm_py = float(a["printer/y_real_dimension"]) / float(a["printer/y_camera_dimension"])
+            dz = float(a["material/layer_thickness"])
+        except KeyError as err:
+            raise ReportError(f"{path} lacks the calibration attribute {err}: sizes in mm are unknown") from err
+        if not (mm_px > 0 and mm_py > 0 and dz > 0) or abs(mm_px - mm_py) > 0.05 * mm_px:
+            raise ReportError(
+                f"{path}: inconsistent calibration (x {mm_px:.4g} mm/px, y {mm_py:.4g} mm/px, layer {dz:.4g} mm)"
+            )
+        n = f[IMAGES].shape[0]
+        layers = list(range(n))
+        notes: list[str] = []
+        if "layerwatch/layers" in f:
+            stored = np.flatnonzero(f["layerwatch/layers"]["stored"][:])
+            missing = sorted(set(range(n)) - set(int(k) for k in stored))
+            if missing:
+                notes.append(f"{len(missing)} layer(s) missing from the record and skipped: {missing[:10]}")
+            layers = [int(k) for k in stored]
+        has_parts = PART_IDS in f
+        voxel_mm3 = mm_px * mm_py * dz
+        part_voxels: dict[int, int] = {}
+        part_pores: dict[int, int] = {}
+        defects: list[Defect] = []
+        for cls, name in DEFECT_CLASSES.items():
+            if f"{MASKS}/{cls}" not in f:
+                continue
+            uf, acc = _UnionFind(), {}
+            prev_labels: np.ndarray | None = None
+            prev_ids = np.zeros(0, dtype=np.int64)
+            prev_layer = -2
+            next_id = 1
+            for k in layers:
+                m = _layer_mask(f, cls, k)
+                parts_k = np.asarray(f[PART_IDS][k]) if has_parts else None
+                if cls == 2:  # part volumes once, with the first class pass
+                    part_px = _layer_mask(f, 1, k) | m | _layer_mask(f, 4, k)
+                    if parts_k is not None:
+                        ids, counts = np.unique(parts_k[part_px], return_counts=True)
+                        for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
+                            part_voxels[int(i)] = part_voxels.get(int(i), 0) + int(c)
+                    else:
+                        part_voxels[0] = part_voxels.get(0, 0) + int(part_px.sum())
+                count, labels, stats, cents = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8)
+                ids_here = np.zeros(count, dtype=np.int64)
+                for lab in range(1, count):
+                    gid = next_id
+                    next_id += 1
+                    uf.add(gid)
+                    ids_here[lab] = gid
+                    x, y, w, h, area = (int(v) for v in stats[lab])
+                    s = _Acc()
+                    s.n, s.sx, s.sy, s.sz = (
+                        area,
+                        float(cents[lab][0]) * area,
+                        float(cents[lab][1]) * area,
+                        float(k) * area,
+                    )
+                    s.x0, s.y0, s.z0, s.x1, s.y1, s.z1 = x, y, k, x + w - 1, y + h - 1, k
+                    if parts_k is not None:
+                        pid, cnt = np.unique(parts_k[labels == lab], return_counts=True)
+                        s.parts = {int(p): int(c) for p, c in zip(pid.tolist(), cnt.tolist(), strict=True)}
+                    acc[gid] = s
+                if prev_labels is not None and k == prev_layer + 1 and count > 1:
+                    both = (labels > 0) & (prev_labels > 0)
+                    if both.any():
+                        pairs = np.unique(np.stack([labels[both], prev_labels[both]]), axis=1)
+                        for here, before in pairs.T:
+                            uf.union(int(ids_here[here]), int(prev_ids[before]))
+                prev_labels, prev_ids, prev_layer = labels, ids_here, k
+            merged: dict[int, _Acc] = {}
+            for gid, s in acc.items():
+                root = uf.find(gid)
+                if root in merged:
+                    merged[root].merge(s)
+                else:
+                    merged[root] = s
+            for s in merged.values():
+                if s.n < floor_voxels:
+                    continue
+                part = max(s.parts, key=lambda p: s.parts[p]) if s.parts else 0
+                vol = s.n * voxel_mm3
+                ext = max((s.x1 - s.x0 + 1) * mm_px, (s.y1 - s.y0 + 1) * mm_py, (s.z1 - s.z0 + 1) * dz)
+                defects.append(
+                    Defect(
+                        id=len(defects) + 1,
+                        cls=name,
+                        part_id=part,
+                        voxels=s.n,
+                        volume_mm3=round(vol, 6),
+                        centroid_mm=(
+                            round(s.sx / s.n * mm_px, 3),
+                            round(s.sy / s.n * mm_py, 3),
+                            round((s.sz / s.n + 0.5) * dz, 3),
+                        ),
+                        bbox_mm=(
+                            round(s.x0 * mm_px, 3),
+                            round(s.y0 * mm_py, 3),
+                            round(s.z0 * dz, 3),
+                            round((s.x1 + 1) * mm_px, 3),
+                            round((s.y1 + 1) * mm_py, 3),
+                            round((s.z1 + 1) * dz, 3),
+                        ),
+                        first_layer=s.z0,
+                        last_layer=s.z1,
+                        equivalent_diameter_mm=round(2 * (3 * vol / (4 * math.pi)) ** (1 / 3), 4),
+                        max_extent_mm=round(ext, 3),
+                    )
+                )
+                if name == "porosity":
+                    part_pores[part] = part_pores.get(part, 0) + s.n
+        parts = _parts(part_voxels, part_pores, defects, voxel_mm3, criteria, has_parts)
+        facts = {
+            "record": str(path),
+            "layers": len(layers),
+            "layers_in_file": n,
+            "mm_per_px": mm_px,
+            "layer_thickness_mm": dz,
+            "voxel_mm3": voxel_mm3,
+            "floor_voxels": floor_voxels,
+            "criteria": asdict(criteria),
+            "notes": notes,
+            "printer": str(a.get("layerwatch/printer", "")),
+            "job_id": str(a.get("layerwatch/job_id", path.stem)),
+            "state": bytes(f["layerwatch/state"][()]).decode().strip() if "layerwatch/state" in f else "file",
+        }
+        if not defects:
+            notes.append("no defect above the size floor: a clean build")
+        if not parts or all(p.volume_mm3 == 0 for p in parts):
+            notes.append("no part found in the masks")
+    return {"build": facts, "defects": [asdict(d) for d in defects], "parts": [asdict(p) for p in parts]}
+
+
+def _parts(
+    voxels: dict[int, int], pores: dict[int, int], defects: list[Defect], voxel_mm3: float, c: Criteria, has_parts: bool
+) -> list[Part]:
+    out = []
+    for pid in sorted(p for p in voxels if p or not has_parts):
+        mine = [d for d in defects if d.part_id == pid]
+        vol = voxels[pid] * voxel_mm3
+        part = Part(
+            id=pid, volume_mm3=round(vol, 4), porosity_pct=round(100 * pores.get(pid, 0) / max(voxels[pid], 1), 4)
+        )
+        for d in mine:
+            part.defects[d.cls] = part.defects.get(d.cls, 0) + 1
+            part.defect_volume_mm3[d.cls] = round(part.defect_volume_mm3.get(d.cls, 0.0) + d.volume_mm3, 6)
+        if mine:
+            part.largest_defect_mm = max(d.equivalent_diameter_mm for d in mine)
+            part.first_affected_layer = min(d.first_layer for d in mine)
+            part.last_affected_layer = max(d.last_layer for d in mine)
+        pores_d = [d.equivalent_diameter_mm for d in mine if d.cls == "porosity"]
+        if pores_d and max(pores_d) > c.max_pore_diameter_mm:
+            part.reasons.append(f"pore of {max(pores_d):.2f} mm > {c.max_pore_diameter_mm} mm")
+        if part.porosity_pct > c.max_porosity_pct:
+            part.reasons.append(f"porosity {part.porosity_pct:.2f} % > {c.max_porosity_pct} %")
+        warp = part.defect_volume_mm3.get("warping", 0.0)
+        if warp > c.max_warping_mm3:
+            part.reasons.append(f"warping {warp:.2f} mm³ > {c.max_warping_mm3} mm³")
+        part.verdict = "reject" if part.reasons else "pass"
+        out.append(part)
+    return out
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    """defects.csv, parts.csv, report.json and a self-contained report.html in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    defects_csv = out / "defects.csv"
+    fields = [
+        "id",
+        "cls",
+        "part_id",
+        "voxels",
+        "volume_mm3",
+        "equivalent_diameter_mm",
+        "max_extent_mm",
+        "first_layer",
+        "last_layer",
+        "cx_mm",
+        "cy_mm",
+        "cz_mm",
+        "x0_mm",
+        "y0_mm",
+        "z0_mm",
+        "x1_mm",
+        "y1_mm",
+        "z1_mm",
+    ]
+    with defects_csv.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(fields)
+        for d in report["defects"]:
+            w.writerow(
+                [
+                    d["id"],
+                    d["cls"],
+                    d["part_id"],
+                    d["voxels"],
+                    d["volume_mm3"],
+                    d["equivalent_diameter_mm"],
+                    d["max_extent_mm"],
+                    d["first_layer"],
+                    d["last_layer"],
+                    *d["centroid_mm"],
+                    *d["bbox_mm"],
+                ]
+            )
+    written.append(defects_csv)
+    parts_csv = out / "parts.csv"
+    with parts_csv.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "part_id",
+                "volume_mm3",
+                "porosity_pct",
+                "pores",
+                "spatter",
+                "warping",
+                "largest_defect_mm",
+                "first_affected_layer",
+                "last_affected_layer",
+                "verdict",
+                "reasons",
+            ]
+        )
+        for p in report["parts"]:
+            d = p["defects"]
+            w.writerow(
+                [
+                    p["id"],
+                    p["volume_mm3"],
+                    p["porosity_pct"],
+                    d.get("porosity", 0),
+                    d.get("spatter", 0),
+                    d.get("warping", 0),
+                    p["largest_defect_mm"],
+                    p["first_affected_layer"],
+                    p["last_affected_layer"],
+                    p["verdict"],
+                    "; ".join(p["reasons"]),
+                ]
+            )
+    written.append(parts_csv)
+    js = out / "report.json"
+    js.write_text(json.dumps(report, indent=1))
+    written.append(js)
+    html_path = out / "report.html"
+    html_path.write_text(_html(report))
+    written.append(html_path)
+    return written
+
+
+def _html(report: dict[str, Any]) -> str:
+    import html as h
+
+    from plotly.offline import get_plotlyjs
+
+    traces = []
+    for cls, color in CLASS_COLORS.items():
+        ds = [d for d in report["defects"] if d["cls"] == cls]
+        if not ds:
+            continue
+        traces.append(
+            {
+                "type": "scatter3d",
+                "mode": "markers",
+                "name": cls,
+                "x": [d["centroid_mm"][0] for d in ds],
+                "y": [d["centroid_mm"][1] for d in ds],
+                "z": [d["centroid_mm"][2] for d in ds],
+                "marker": {"color": color, "size": [max(3.0, min(20.0, 12 * d["equivalent_diameter_mm"])) for d in ds]},
+                "text": [
+                    f"defect {d['id']} ({cls}), part {d['part_id']}: {d['volume_mm3']:.4f} mm³, "
+                    f"{d['equivalent_diameter_mm']:.2f} mm, layers {d['first_layer']}-{d['last_layer']}"
+                    for d in ds
+                ],
+                "hoverinfo": "text",
+            }
+        )
+    layout = {
+        "scene": {
+            "xaxis": {"title": {"text": "x (mm)"}},
+            "yaxis": {"title": {"text": "y (mm)"}},
+            "zaxis": {"title": {"text": "z (mm)"}},
+            "aspectmode": "data",
+        },
+        "margin": {"l": 0, "r": 0, "t": 30, "b": 0},
+        "title": {"text": "defects in 3D (marker size: equivalent diameter)"},
+    }
+    b = report["build"]
+    rows = "".join(
+        f"<tr class='{p['verdict']}'><td>{p['id']}</td><td>{p['volume_mm3']:.2f}</td><td>{p['porosity_pct']:.3f}</td>"
+        f"<td>{p['defects'].get('porosity', 0)}</td><td>{p['defects'].get('spatter', 0)}</td>"
+        f"<td>{p['defects'].get('warping', 0)}</td><td>{p['largest_defect_mm']:.2f}</td>"
+        f"<td><b>{p['verdict']}</b> {h.escape('; '.join(p['reasons']))}</td></tr>"
+        for p in report["parts"]
+    )
+    notes = "".join(f"<li>{h.escape(n)}</li>" for n in b["notes"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>LayerWatch report {h.escape(b["job_id"])}</title>
+<script>{get_plotlyjs()}</script>
+<style>body{{font-family:system-ui,sans-serif;margin:16px;color:#222}} table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}} tr.reject td{{color:#b71c1c}}</style></head>
+<body><h1>Build report: {h.escape(b["job_id"])}</h1>
+<p>printer {h.escape(b["printer"])}; {b["layers"]} layers; {b["mm_per_px"]:.4g} mm/px;
+layer {b["layer_thickness_mm"]} mm; record {h.escape(b["state"])};
+{len(report["defects"])} defects above {b["floor_voxels"]} voxels.</p><ul>{notes}</ul>
+<div id="view3d" style="height:560px"></div>
+<h2>Parts</h2><table><tr><th>part</th><th>volume (mm³)</th><th>porosity (%)</th><th>pores</th><th>spatter</th>
+<th>warping</th><th>largest defect (mm)</th><th>verdict</th></tr>{rows}</table>
+<p>Criteria: pores up to {b["criteria"]["max_pore_diameter_mm"]} mm,
+porosity under {b["criteria"]["max_porosity_pct"]} %, warping at most {b["criteria"]["max_warping_mm3"]} mm³.
+Every defect: defects.csv; parts: parts.csv; all: report.json.</p>
+<script>Plotly.newPlot("view3d", {json.dumps(traces)}, {json.dumps(layout)});</script></body></html>"""
