@@ -243,6 +243,13 @@ def create_app(opts: DashboardOptions) -> Any:
                 ],
                 className="main",
             ),
+            html.Details(
+                [
+                    html.Summary("3D defect view (the report's; computed from the record on opening)"),
+                    dcc.Graph(id="view3d", style={"height": "480px"}),
+                ],
+                id="details3d",
+            ),
             html.H4("Events and actions"),
             html.Div(id="log", className="log"),
             dcc.Interval(id="tick", interval=500),
@@ -307,6 +314,17 @@ def create_app(opts: DashboardOptions) -> Any:
         if services is not None:
             printer += services.describe(str(r.attrs.get("layerwatch/printer", "")))
         return last, value, f"{len(stored)} layers stored, record {live}{printer}", new_follow
+
+    @app.callback(Output("view3d", "figure"), Input("details3d", "open"), State("record", "value"))
+    def view3d(is_open: bool | None, path: str | None) -> Any:
+        if not is_open or not path:
+            raise PreventUpdate
+        from dashboards.report import ReportError, analyze, figure_3d
+
+        try:
+            return figure_3d(analyze(Path(path)))
+        except (ReportError, OSError, KeyError) as err:
+            return {"data": [], "layout": {"title": {"text": f"no 3D view: {err}"}}}
 
     @app.callback(Output("jump", "options"), Input("log", "children"), State("record", "value"))
     def jump_options(_: Any, path: str | None) -> list[dict[str, Any]]:

@@ -387,11 +387,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
-def _html(report: dict[str, Any]) -> str:
-    import html as h
-
-    from plotly.offline import get_plotlyjs
-
+def figure_3d(report: dict[str, Any]) -> dict[str, Any]:
+    """The 3D view of the defects (plotly figure as a dict), shared by the HTML report and the dashboard."""
     traces = []
     for cls, color in CLASS_COLORS.items():
         ds = [d for d in report["defects"] if d["cls"] == cls]
@@ -424,6 +421,16 @@ def _html(report: dict[str, Any]) -> str:
         "margin": {"l": 0, "r": 0, "t": 30, "b": 0},
         "title": {"text": "defects in 3D (marker size: equivalent diameter)"},
     }
+    return {"data": traces, "layout": layout}
+
+
+def _html(report: dict[str, Any]) -> str:
+    import html as h
+
+    from plotly.offline import get_plotlyjs
+
+    fig = figure_3d(report)
+    traces, layout = fig["data"], fig["layout"]
     b = report["build"]
     rows = "".join(
         f"<tr class='{p['verdict']}'><td>{p['id']}</td><td>{p['volume_mm3']:.2f}</td><td>{p['porosity_pct']:.3f}</td>"

@@ -192,6 +192,7 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object
         assert "warping" in page.inner_text("#layer-info")
         page.wait_for_selector("#log img.thumb", timeout=15_000)  # the evidence thumbnail of the pause
         page.screenshot(path=str(ARTIFACTS / "dashboard_incident.png"), full_page=True)
+
         browser.close()  # type: ignore[attr-defined]
     # a forged control request to the read-only server: there is no such callback to run
     body = {
@@ -243,6 +244,23 @@ def test_a_monitor_that_goes_offline_is_said_in_words(rig: dict[str, object]) ->
         _wait_text(page, "#record-status", "monitor offline since")
         assert "Traceback" not in page.content()
         browser.close()  # type: ignore[attr-defined]
+
+
+def test_the_3d_view_callback_gives_the_reports_figure(rig: dict[str, object]) -> None:
+    (record,) = (rig["tmp"] / "records" / PID).glob("*.h5")  # type: ignore[operator]
+    body = {
+        "output": "view3d.figure",
+        "outputs": {"id": "view3d", "property": "figure"},
+        "inputs": [{"id": "details3d", "property": "open", "value": True}],
+        "state": [{"id": "record", "property": "value", "value": str(record)}],
+        "changedPropIds": ["details3d.open"],
+    }
+    url = rig["readonly"].url + "_dash-update-component"  # type: ignore[attr-defined]
+    response = httpx.post(url, json=body, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    figure = response.json()["response"]["view3d"]["figure"]
+    kinds = {t["name"]: t["type"] for t in figure["data"]}
+    assert kinds.get("warping") == "scatter3d"
 
 
 def test_controls_need_the_token(rig: dict[str, object]) -> None:
