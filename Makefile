@@ -69,6 +69,7 @@ bench-monitor: $(STAMP) peers
 	$(BIN)/python bench/eval_policy.py
 	$(BIN)/python bench/bench_replay.py
 	$(BIN)/python bench/bench_dashboard.py
+	$(BIN)/python bench/bench_report.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) layerwatch-demo .pytest_cache .mypy_cache .ruff_cache

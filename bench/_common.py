@@ -45,3 +45,50 @@ def percentile(samples: list[float], q: float) -> float:
     """Nearest-rank percentile, ``q`` in 0..1."""
     s = sorted(samples)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def write_simulated_record(path: object, layers: int, size: int) -> float:
+    """A build record of ``layers`` simulated layers (10 distinct ones, repeated), written as the monitor
+    writes (SWMR, gzip 1). Returns the seconds it took."""
+    from pathlib import Path
+
+    from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
+    from monitor.record import BuildRecord, RecordSpec
+    from segmentation.classes import CLASS_NAMES
+    from segmentation.simulator import SimBuild, scenario_spec
+
+    spec = scenario_spec(3, size, 40, warp_start=10)
+    build = SimBuild(3, size, size, 40, spec=spec)
+    frames = [build.layer(k) for k in range(0, 40, 4)]
+    mc = MetricsComputer(spec.mm_per_px)
+    computed = [mc.compute(f.mask) for f in frames]
+    rspec = RecordSpec(
+        printer="bench",
+        job_id="big",
+        height=size,
+        width=size,
+        dtype="uint8",
+        mm_per_px=spec.mm_per_px,
+        layer_thickness_mm=0.04,
+        class_names=tuple(CLASS_NAMES),
+        metric_names=METRIC_NAMES,
+        part_metric_names=PART_METRIC_NAMES,
+        config={},
+        policy={"rules": []},
+        model={"id": "bench"},
+        software_version="bench",
+    )
+    t0 = time.monotonic()
+    with BuildRecord.create(Path(str(path)), rspec) as rec:
+        for k in range(layers):
+            f, m = frames[k % len(frames)], computed[k % len(computed)]
+            rec.append_layer(
+                k,
+                z_mm=0.04 * (k + 1),
+                image=f.image,
+                mask=f.mask,
+                part_ids=m.part_ids,
+                metrics=m.values,
+                part_metrics=[{"layer": k, **p} for p in m.parts],
+            )
+    return time.monotonic() - t0

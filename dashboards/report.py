@@ -179,6 +179,13 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
                         part_voxels[0] = part_voxels.get(0, 0) + int(part_px.sum())
                 count, labels, stats, cents = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8)
                 ids_here = np.zeros(count, dtype=np.int64)
+                owners: dict[int, dict[int, int]] = {}
+                if parts_k is not None and count > 1:  # which parts each component lies on, in one pass
+                    sel = labels > 0
+                    width = int(parts_k.max()) + 1
+                    keys, cnt = np.unique(labels[sel].astype(np.int64) * width + parts_k[sel], return_counts=True)
+                    for key, c in zip(keys.tolist(), cnt.tolist(), strict=True):
+                        owners.setdefault(key // width, {})[key % width] = int(c)
                 for lab in range(1, count):
                     gid = next_id
                     next_id += 1
@@ -193,9 +200,7 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
                         float(k) * area,
                     )
                     s.x0, s.y0, s.z0, s.x1, s.y1, s.z1 = x, y, k, x + w - 1, y + h - 1, k
-                    if parts_k is not None:
-                        pid, cnt = np.unique(parts_k[labels == lab], return_counts=True)
-                        s.parts = {int(p): int(c) for p, c in zip(pid.tolist(), cnt.tolist(), strict=True)}
+                    s.parts = owners.get(lab, {})
                     acc[gid] = s
                 if prev_labels is not None and k == prev_layer + 1 and count > 1:
                     both = (labels > 0) & (prev_labels > 0)

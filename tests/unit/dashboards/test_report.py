@@ -81,3 +81,17 @@ def test_a_clean_build_gives_a_clean_report_and_bad_files_say_why(tmp_path: Path
         f.attrs["material/layer_thickness"] = 0.04
     with pytest.raises(ReportError, match="inconsistent calibration"):
         analyze(bad)
+
+
+def test_a_monitor_record_with_part_ids_reports_per_part(tmp_path: Path) -> None:
+    from monitor.record import BuildRecord
+    from tests.unit.monitor.test_record import append, spec
+
+    path = tmp_path / "rec.h5"
+    with BuildRecord.create(path, spec()) as rec:
+        for k in range(4):
+            append(rec, k)  # random masks; part ids 1..3 by layer
+    report = analyze(path)
+    assert sorted(p["id"] for p in report["parts"]) == [1, 2, 3]
+    assert all(d["part_id"] in (0, 1, 2, 3) for d in report["defects"])
+    assert report["build"]["state"] == "closed"
