@@ -158,6 +158,10 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
         part_voxels: dict[int, int] = {}
         part_pores: dict[int, int] = {}
         defects: list[Defect] = []
+        h, w = f[IMAGES].shape[1:]
+        footprint = np.zeros((h, w), dtype=bool)  # top view: bounded by one frame per class
+        projection = {name: np.zeros((h, w), dtype=bool) for name in DEFECT_CLASSES.values()}
+        per_layer: dict[str, list[float]] = {name: [] for name in DEFECT_CLASSES.values()}
         for cls, name in DEFECT_CLASSES.items():
             if f"{MASKS}/{cls}" not in f:
                 continue
@@ -168,9 +172,12 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
             next_id = 1
             for k in layers:
                 m = _layer_mask(f, cls, k)
+                projection[name] |= m
+                per_layer[name].append(round(float(m.sum()) * mm_px * mm_py, 4))
                 parts_k = np.asarray(f[PART_IDS][k]) if has_parts else None
                 if cls == 2:  # part volumes once, with the first class pass
                     part_px = _layer_mask(f, 1, k) | m | _layer_mask(f, 4, k)
+                    footprint |= part_px
                     if parts_k is not None:
                         ids, counts = np.unique(parts_k[part_px], return_counts=True)
                         for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
@@ -269,7 +276,48 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
             notes.append("no defect above the size floor: a clean build")
         if not parts or all(p.volume_mm3 == 0 for p in parts):
             notes.append("no part found in the masks")
-    return {"build": facts, "defects": [asdict(d) for d in defects], "parts": [asdict(p) for p in parts]}
+        timeline: list[dict[str, Any]] = []
+        if "layerwatch/actions" in f:
+            for row in f["layerwatch/actions"][:]:
+                item = {
+                    k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
+                    for k, v in zip(row.dtype.names or (), row, strict=True)
+                }
+                item.pop("detail", None)
+                if item["action"] == "pause" and item["state"] == "requested" and 0 <= int(item["layer"]) < n:
+                    item["thumbnail"] = _thumbnail(f, int(item["layer"]))
+                timeline.append(item)
+    return {
+        "build": facts,
+        "defects": [asdict(d) for d in defects],
+        "parts": [asdict(p) for p in parts],
+        "per_layer_mm2": {"layers": layers, **per_layer},
+        "timeline": timeline,
+        "_top_view": _top_view(footprint, projection),  # a PNG (bytes): written to top_view.png, not JSON
+    }
+
+
+def _thumbnail(f: h5py.File, layer: int) -> str:
+    import base64
+
+    gray = np.asarray(f[IMAGES][layer])
+    gray = gray if gray.dtype == np.uint8 else (gray // 256).astype(np.uint8)
+    bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    for cls, color in ((1, (255, 120, 30)), (2, (40, 40, 230)), (3, (30, 220, 240)), (4, (220, 40, 220))):
+        if f"{MASKS}/{cls}" in f:
+            sel = np.asarray(f[f"{MASKS}/{cls}"][layer]).astype(bool)
+            bgr[sel] = (0.45 * bgr[sel] + 0.55 * np.array(color)).astype(np.uint8)
+    small = cv2.resize(bgr, (160, round(160 * bgr.shape[0] / bgr.shape[1])), interpolation=cv2.INTER_AREA)
+    return "data:image/png;base64," + base64.b64encode(cv2.imencode(".png", small)[1].tobytes()).decode()
+
+
+def _top_view(footprint: np.ndarray, projection: dict[str, np.ndarray]) -> bytes:
+    """Static figure: every defect seen from above over the parts' footprint, in the class colours."""
+    img = np.full((*footprint.shape, 3), 245, np.uint8)
+    img[footprint] = (235, 190, 150)
+    for name, bgr in (("spatter", (30, 220, 240)), ("porosity", (40, 40, 230)), ("warping", (220, 40, 220))):
+        img[projection[name]] = bgr
+    return bytes(cv2.imencode(".png", img)[1].tobytes())
 
 
 def _parts(
@@ -383,8 +431,11 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
                 ]
             )
     written.append(parts_csv)
+    top = out / "top_view.png"
+    top.write_bytes(report["_top_view"])
+    written.append(top)
     js = out / "report.json"
-    js.write_text(json.dumps(report, indent=1))
+    js.write_text(json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=1))
     written.append(js)
     html_path = out / "report.html"
     html_path.write_text(_html(report))
@@ -429,7 +480,14 @@ def figure_3d(report: dict[str, Any]) -> dict[str, Any]:
     return {"data": traces, "layout": layout}
 
 
+def time_text(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
 def _html(report: dict[str, Any]) -> str:
+    import base64
     import html as h
 
     from plotly.offline import get_plotlyjs
@@ -437,6 +495,56 @@ def _html(report: dict[str, Any]) -> str:
     fig = figure_3d(report)
     traces, layout = fig["data"], fig["layout"]
     b = report["build"]
+    pl = report.get("per_layer_mm2", {"layers": []})
+    layer_traces = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": cls,
+            "x": pl["layers"],
+            "y": pl.get(cls, []),
+            "line": {"color": CLASS_COLORS[cls]},
+        }
+        for cls in ("porosity", "spatter", "warping")
+    ]
+    layer_layout = {
+        "title": {"text": "defect area per layer (mm²)"},
+        "xaxis": {"title": {"text": "layer"}},
+        "yaxis": {"title": {"text": "mm²"}},
+        "margin": {"t": 40},
+    }
+    size_traces = [
+        {
+            "type": "histogram",
+            "name": cls,
+            "x": [d["equivalent_diameter_mm"] for d in report["defects"] if d["cls"] == cls],
+            "marker": {"color": CLASS_COLORS[cls]},
+            "opacity": 0.7,
+        }
+        for cls in ("porosity", "spatter", "warping")
+    ]
+    size_layout = {
+        "title": {"text": "defect sizes (equivalent diameter, mm)"},
+        "barmode": "overlay",
+        "xaxis": {"title": {"text": "mm"}},
+        "yaxis": {"title": {"text": "defects"}},
+        "margin": {"t": 40},
+    }
+    timeline_rows = (
+        "".join(
+            f"<tr><td>{time_text(t['time'])}</td><td>{t['layer']}</td><td>{h.escape(str(t['action']))} "
+            f"{h.escape(str(t['state']))}</td><td>{h.escape(str(t['rule']))}</td>"
+            f"<td>{'<img src=' + chr(34) + t['thumbnail'] + chr(34) + '>' if t.get('thumbnail') else ''}</td></tr>"
+            for t in report.get("timeline", [])
+        )
+        or "<tr><td colspan='5'>no action in this record</td></tr>"
+    )
+    top = report.get("_top_view")
+    top_img = (
+        f"<img alt='top view' src='data:image/png;base64,{base64.b64encode(top).decode()}' style='max-width:640px'>"
+        if top
+        else ""
+    )
     rows = "".join(
         f"<tr class='{p['verdict']}'><td>{p['id']}</td><td>{p['volume_mm3']:.2f}</td><td>{p['porosity_pct']:.3f}</td>"
         f"<td>{p['defects'].get('porosity', 0)}</td><td>{p['defects'].get('spatter', 0)}</td>"
@@ -454,9 +562,15 @@ td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}} tr.reject
 layer {b["layer_thickness_mm"]} mm; record {h.escape(b["state"])};
 {len(report["defects"])} defects above {b["floor_voxels"]} voxels.</p><ul>{notes}</ul>
 <div id="view3d" style="height:560px"></div>
+<h2>Seen from above</h2><p>every defect of the build over the parts' footprint (also top_view.png)</p>{top_img}
+<div id="perlayer" style="height:320px"></div><div id="sizes" style="height:320px"></div>
+<h2>Incidents and actions</h2><table><tr><th>time</th><th>layer</th><th>action</th><th>rule</th><th>evidence</th></tr>
+{timeline_rows}</table>
 <h2>Parts</h2><table><tr><th>part</th><th>volume (mm³)</th><th>porosity (%)</th><th>pores</th><th>spatter</th>
 <th>warping</th><th>largest defect (mm)</th><th>verdict</th></tr>{rows}</table>
 <p>Criteria: pores up to {b["criteria"]["max_pore_diameter_mm"]} mm,
 porosity under {b["criteria"]["max_porosity_pct"]} %, warping at most {b["criteria"]["max_warping_mm3"]} mm³.
 Every defect: defects.csv; parts: parts.csv; all: report.json.</p>
-<script>Plotly.newPlot("view3d", {json.dumps(traces)}, {json.dumps(layout)});</script></body></html>"""
+<script>Plotly.newPlot("view3d", {json.dumps(traces)}, {json.dumps(layout)});
+Plotly.newPlot("perlayer", {json.dumps(layer_traces)}, {json.dumps(layer_layout)});
+Plotly.newPlot("sizes", {json.dumps(size_traces)}, {json.dumps(size_layout)});</script></body></html>"""

@@ -40,7 +40,7 @@ def test_injected_pores_are_recovered_from_the_ground_truth() -> None:
 def test_outputs_and_verdicts(tmp_path: Path) -> None:
     report = analyze(SAMPLE, criteria=Criteria(max_pore_diameter_mm=0.5, max_porosity_pct=0.5, max_warping_mm3=0.0))
     files = write_report(report, tmp_path)
-    assert [f.name for f in files] == ["defects.csv", "parts.csv", "report.json", "report.html"]
+    assert [f.name for f in files] == ["defects.csv", "parts.csv", "top_view.png", "report.json", "report.html"]
     rows = list(csv.DictReader((tmp_path / "defects.csv").open()))
     assert len(rows) == len(report["defects"]) and {"cls", "volume_mm3", "cx_mm"} <= set(rows[0])
     (part,) = json.loads((tmp_path / "report.json").read_text())["parts"]
