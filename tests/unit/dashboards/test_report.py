@@ -95,3 +95,19 @@ def test_a_monitor_record_with_part_ids_reports_per_part(tmp_path: Path) -> None
     assert sorted(p["id"] for p in report["parts"]) == [1, 2, 3]
     assert all(d["part_id"] in (0, 1, 2, 3) for d in report["defects"])
     assert report["build"]["state"] == "closed"
+
+
+def test_a_live_record_with_a_missing_layer_gives_a_partial_report_that_says_so(tmp_path: Path) -> None:
+    from monitor.record import BuildRecord
+    from tests.unit.monitor.test_record import append, spec
+
+    path = tmp_path / "live.h5"
+    rec = BuildRecord.create(path, spec())
+    try:
+        append(rec, 0)
+        append(rec, 2)  # layer 1 never arrived; the writer is still at work
+        report = analyze(path)
+    finally:
+        rec.close()
+    assert report["build"]["state"] == "writing" and report["build"]["layers"] == 2
+    assert any("1 layer(s) missing" in n for n in report["build"]["notes"])
