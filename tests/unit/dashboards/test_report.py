@@ -111,3 +111,17 @@ def test_a_live_record_with_a_missing_layer_gives_a_partial_report_that_says_so(
         rec.close()
     assert report["build"]["state"] == "writing" and report["build"]["layers"] == 2
     assert any("1 layer(s) missing" in n for n in report["build"]["notes"])
+
+
+def test_the_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor.cli import main
+
+    assert main(["report", str(SAMPLE), "--out", str(tmp_path / "r"), "--max-pore-mm", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "part 0:" in out and "reject (warping" in out and (tmp_path / "r" / "report.html").is_file()
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    assert main(["report", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be read as HDF5" in err[0]
+    assert not (tmp_path / "x").exists()
