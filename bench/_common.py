@@ -7,6 +7,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def machine() -> str:
@@ -47,9 +48,9 @@ def percentile(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def write_simulated_record(path: object, layers: int, size: int) -> float:
-    """A build record of ``layers`` simulated layers (10 distinct ones, repeated), written as the monitor
-    writes (SWMR, gzip 1). Returns the seconds it took."""
+def open_simulated_record(path: object, size: int) -> tuple[Any, Callable[[int], None]]:
+    """A new build record and ``append(layer)`` that stores a simulated layer (10 distinct ones, repeated)
+    the way the monitor does (SWMR, gzip 1). Close the record when done."""
     from pathlib import Path
 
     from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
@@ -78,17 +79,29 @@ def write_simulated_record(path: object, layers: int, size: int) -> float:
         model={"id": "bench"},
         software_version="bench",
     )
+    rec = BuildRecord.create(Path(str(path)), rspec)
+
+    def append(k: int) -> None:
+        f, m = frames[k % len(frames)], computed[k % len(computed)]
+        rec.append_layer(
+            k,
+            z_mm=0.04 * (k + 1),
+            image=f.image,
+            mask=f.mask,
+            part_ids=m.part_ids,
+            metrics=m.values,
+            part_metrics=[{"layer": k, **p} for p in m.parts],
+        )
+
+    return rec, append
+
+
+def write_simulated_record(path: object, layers: int, size: int) -> float:
+    """A closed record of ``layers`` simulated layers; returns the seconds the appends took."""
+    rec, append = open_simulated_record(path, size)
     t0 = time.monotonic()
-    with BuildRecord.create(Path(str(path)), rspec) as rec:
-        for k in range(layers):
-            f, m = frames[k % len(frames)], computed[k % len(computed)]
-            rec.append_layer(
-                k,
-                z_mm=0.04 * (k + 1),
-                image=f.image,
-                mask=f.mask,
-                part_ids=m.part_ids,
-                metrics=m.values,
-                part_metrics=[{"layer": k, **p} for p in m.parts],
-            )
-    return time.monotonic() - t0
+    for k in range(layers):
+        append(k)
+    seconds = time.monotonic() - t0
+    rec.close()
+    return seconds

@@ -27,11 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from bench._common import machine, median_p95
-from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
-from monitor.record import BuildRecord, RecordReader, RecordSpec
-from segmentation.classes import CLASS_NAMES
-from segmentation.simulator import SimBuild, scenario_spec
+from bench._common import machine, median_p95, open_simulated_record
+from monitor.record import RecordReader
 
 SIZE = 1024
 
@@ -48,44 +45,11 @@ def main() -> int:
 
     from dashboards.app import DashboardOptions, create_app
 
-    spec = scenario_spec(3, SIZE, 40, warp_start=10)
-    build = SimBuild(3, SIZE, SIZE, 40, spec=spec)
-    frames = [build.layer(k) for k in range(0, 40, 4)]
-    mc = MetricsComputer(spec.mm_per_px)
-    computed = [mc.compute(f.mask) for f in frames]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "records" / "bench" / "big.h5"
-        rspec = RecordSpec(
-            printer="bench",
-            job_id="big",
-            height=SIZE,
-            width=SIZE,
-            dtype="uint8",
-            mm_per_px=spec.mm_per_px,
-            layer_thickness_mm=0.04,
-            class_names=tuple(CLASS_NAMES),
-            metric_names=METRIC_NAMES,
-            part_metric_names=PART_METRIC_NAMES,
-            config={},
-            policy={"rules": []},
-            model={"id": "bench"},
-            software_version="bench",
-        )
-        rec = BuildRecord.create(path, rspec)
+        path.parent.mkdir(parents=True)
+        rec, append = open_simulated_record(path, SIZE)
         t0 = time.monotonic()
-
-        def append(k: int) -> None:
-            f, m = frames[k % len(frames)], computed[k % len(computed)]
-            rec.append_layer(
-                k,
-                z_mm=0.04 * (k + 1),
-                image=f.image,
-                mask=f.mask,
-                part_ids=m.part_ids,
-                metrics=m.values,
-                part_metrics=[{"layer": k, **p} for p in m.parts],
-            )
-
         for k in range(args.layers):
             append(k)
         print(

@@ -100,6 +100,15 @@ class Records:
         files = [p for p in root.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5"))]
         return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
 
+    def actions(self, path: str | None) -> list[dict[str, Any]]:
+        """The record's action rows; none when there is no record or it cannot be read (the status says why)."""
+        if not path:
+            return []
+        try:
+            return self.reader(Path(path)).table("actions")
+        except (RecordError, OSError, KeyError):
+            return []
+
     def reader(self, path: Path) -> RecordReader:
         with self._lock:
             r = self._readers.get(path)
@@ -328,12 +337,7 @@ def create_app(opts: DashboardOptions) -> Any:
 
     @app.callback(Output("jump", "options"), Input("log", "children"), State("record", "value"))
     def jump_options(_: Any, path: str | None) -> list[dict[str, Any]]:
-        if not path:
-            return []
-        try:
-            acts = records.reader(Path(path)).table("actions")
-        except (RecordError, OSError, KeyError):
-            return []
+        acts = records.actions(path)
         seen: dict[str, dict[str, Any]] = {}
         for a in acts:
             if a["incident"] and a["state"] == "requested" and a["incident"] not in seen:
@@ -403,13 +407,7 @@ def create_app(opts: DashboardOptions) -> Any:
 
         @app.callback(Output("incident", "options"), Input("log", "children"), State("record", "value"))
         def incidents(_: Any, path: str | None) -> list[dict[str, str]]:
-            if not path:
-                return []
-            try:
-                acts = records.reader(Path(path)).table("actions")
-            except (RecordError, OSError, KeyError):
-                return []
-            ids = sorted({a["incident"] for a in acts if a["incident"]})
+            ids = sorted({a["incident"] for a in records.actions(path) if a["incident"]})
             return [{"label": i.rsplit(":", 2)[-2] + " @ layer " + i.rsplit(":", 1)[-1], "value": i} for i in ids]
 
         @app.callback(

@@ -119,7 +119,7 @@ def _browser(p: object) -> object:
     return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)  # type: ignore[attr-defined]
 
 
-def _wait_text(page: object, selector: str, text: str, timeout: float = 15.0) -> float:
+def _wait_text(page: object, selector: str, text: str, timeout: float = 30.0) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if text in page.inner_text(selector):  # type: ignore[attr-defined]
