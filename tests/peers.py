@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -320,3 +321,24 @@ class Moonraker:
             stop(self.proc)
             self.proc = None
         self.klippy.close()
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# headless Chromium on a machine without outside network: no sandbox as root, no GPU, and none of the
+# background connections that would be refused at every start
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's Chromium through Playwright (no browser download)."""
+    if not Path(CHROMIUM).exists():
+        require("chromium", "apt-get install chromium (make test does it)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)

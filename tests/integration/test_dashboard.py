@@ -6,7 +6,6 @@ Screenshots of the main views are saved to ``runs/test-artifacts/`` (or ``$LAYER
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from peers import REPO, Mosquitto, free_port, require
+from peers import REPO, Mosquitto, free_port, launch_chromium
 
 from monitor.config import Config, MonitorSection, PrinterSection
 from monitor.record import RecordReader
@@ -29,7 +28,6 @@ from segmentation.simulator import SimBuild, scenario_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ARTIFACTS = Path(os.environ.get("LAYERWATCH_ARTIFACTS", REPO / "runs" / "test-artifacts"))
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "operator-token-for-tests"
 PID = "dash-p1"
 
@@ -53,8 +51,6 @@ class Server:
 
 @pytest.fixture(scope="module")
 def rig(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    if not Path(CHROMIUM).exists():
-        require("chromium", "apt-get install chromium (make test does it)")
     tmp = tmp_path_factory.mktemp("dash")
     printer = VirtualPrinter(PID, layers=1000, layer_time_s=5.0).start()
     printer.start_job("dash-job")
@@ -106,17 +102,14 @@ def rig(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     printer.close()
 
 
-def _browser(p: object) -> object:
-    flags = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-    ]
-    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)  # type: ignore[attr-defined]
+def _operator_page(p: object, rig: dict[str, object]) -> tuple[object, object]:
+    """A browser and a page on the controlled dashboard, logged in with the token."""
+    browser = launch_chromium(p)
+    page = browser.new_context(  # type: ignore[attr-defined]
+        http_credentials={"username": "operator", "password": TOKEN}, viewport={"width": 1400, "height": 1000}
+    ).new_page()
+    page.goto(rig["controlled"].url)  # type: ignore[attr-defined]
+    return browser, page
 
 
 def _wait_text(page: object, selector: str, text: str, timeout: float = 30.0) -> float:
@@ -135,11 +128,7 @@ def test_live_view_overlay_toggle_and_pause_from_the_page(rig: dict[str, object]
     for layer in range(3):
         publish(layer)  # type: ignore[operator]
     with sync_playwright() as p:
-        browser = _browser(p)
-        page = browser.new_context(  # type: ignore[attr-defined]
-            http_credentials={"username": "operator", "password": TOKEN}, viewport={"width": 1400, "height": 1000}
-        ).new_page()
-        page.goto(rig["controlled"].url)  # type: ignore[attr-defined]
+        browser, page = _operator_page(p, rig)
         _wait_text(page, "#layer-info", "layer 2")
         assert (page.get_attribute("#frame", "src") or "").startswith("data:image/png;base64,")
         publish(3)  # type: ignore[operator]
@@ -177,7 +166,7 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object
     for layer in range(4, 9):  # the warp from layer 4 grows: the monitor pauses at layer 7
         rig["publish"](layer)  # type: ignore[operator]
     with sync_playwright() as p:
-        browser = _browser(p)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
         page.goto(rig["readonly"].url)  # type: ignore[attr-defined]
         _wait_text(page, "#read-only", "Read-only")
@@ -210,11 +199,7 @@ def test_false_alarm_from_the_page_is_stored_with_the_incident(rig: dict[str, ob
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:  # the read-only test above made the monitor pause at layer 7: an incident
-        browser = _browser(p)
-        page = browser.new_context(  # type: ignore[attr-defined]
-            http_credentials={"username": "operator", "password": TOKEN}, viewport={"width": 1400, "height": 1000}
-        ).new_page()
-        page.goto(rig["controlled"].url)  # type: ignore[attr-defined]
+        browser, page = _operator_page(p, rig)
         _wait_text(page, "#layer-info", "layer 8")
         page.click("#incident")
         page.get_by_text("warping-grows @ layer 7").click()
@@ -236,11 +221,7 @@ def test_a_monitor_that_goes_offline_is_said_in_words(rig: dict[str, object]) ->
 
     rig["monitor"].close()  # type: ignore[attr-defined]  # its retained status turns to offline
     with sync_playwright() as p:
-        browser = _browser(p)
-        page = browser.new_context(  # type: ignore[attr-defined]
-            http_credentials={"username": "operator", "password": TOKEN}, viewport={"width": 1400, "height": 1000}
-        ).new_page()
-        page.goto(rig["controlled"].url)  # type: ignore[attr-defined]
+        browser, page = _operator_page(p, rig)
         _wait_text(page, "#record-status", "monitor offline since")
         assert "Traceback" not in page.content()
         browser.close()  # type: ignore[attr-defined]
