@@ -287,9 +287,10 @@ def create_app(opts: DashboardOptions) -> Any:
         Input("jump", "value"),
         State("layer", "value"),
         State("follow", "value"),
+        State("layer", "max"),
     )
     def track(
-        _: int | None, path: str | None, jump: int | None, layer: int | None, follow: list[str]
+        _: int | None, path: str | None, jump: int | None, layer: int | None, follow: list[str], shown_max: int | None
     ) -> tuple[Any, Any, str, Any]:
         from dash import ctx
 
@@ -305,10 +306,16 @@ def create_app(opts: DashboardOptions) -> Any:
             return 0, 0, "no layer stored yet", no_update
         last = int(stored.max())
         new_follow: Any = no_update
+        value: Any
         if ctx.triggered_id == "jump" and jump is not None:
             value, new_follow = min(int(jump), last), []  # looking at an incident: stop following
+        elif layer is None or (ctx.triggered_id != "tick" and "live" in (follow or [])):
+            value = last
+        elif "live" in (follow or []) and last != shown_max:
+            value = last  # a new layer arrived: follow it
         else:
-            value = last if "live" in (follow or []) or layer is None else min(int(layer), last)
+            # nothing new: leave the slider where it is, so a tick answered late cannot undo a jump
+            value = no_update
         live = "being written" if state == "writing" else state
         printer = ""
         try:
