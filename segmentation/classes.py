@@ -6,7 +6,15 @@ from enum import IntEnum
 
 import numpy as np
 
-__all__ = ["CLASS_COLORS", "CLASS_NAMES", "DEFECT_CLASSES", "NUM_CLASSES", "LayerClass"]
+__all__ = [
+    "CLASS_COLORS",
+    "CLASS_NAMES",
+    "DEFECT_CLASSES",
+    "NO_DEFECT",
+    "NUM_CLASSES",
+    "UNLABELLED",
+    "LayerClass",
+]
 
 
 class LayerClass(IntEnum):
@@ -26,6 +34,11 @@ DEFECT_CLASSES: tuple[LayerClass, ...] = (
     LayerClass.SPATTER,
     LayerClass.WARPING,
 )
+
+#: Label-mask values beside the class ids (labels only, never model output): a pixel that is powder
+#: or part, which one not said ("no defect here"), and a pixel nobody labelled (ignored).
+NO_DEFECT = 254
+UNLABELLED = 255
 
 #: RGB overlay colours, indexed by class id: (NUM_CLASSES, 3) uint8.
 CLASS_COLORS = np.array(

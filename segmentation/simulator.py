@@ -3,16 +3,31 @@
 A :class:`SimBuild` is a stack of layers over several parts of varied geometry (boxes, cylinders,
 thin walls, rings, overhangs). Defects are 3D-coherent: a pore is an ellipsoid spanning a few
 layers, warping starts at a part's corner and grows over consecutive layers, spatter is new on
-every layer. Appearance varies from build to build and layer to layer (powder grain, scan-track
-hatching whose angle rotates every layer, illumination gradients, vignetting, brightness drift,
-blur, noise, recoater streaks and powder smudges that are *not* defects, gray or colour, mm per
-pixel), so that a model cannot learn one renderer's habits.
+every layer.
+
+Appearance is randomised per build and per layer so that a model learns defects, not one
+renderer's (or one camera's) habits (domain randomisation, :class:`Look`):
+
+- parts brighter, darker or about as bright as the powder, or freshly melted and much brighter
+  with specular glints; scan-track hatching whose angle rotates every layer;
+- defects of both polarities: bright or dark spatter, dark pits and pores with or without a lit
+  wall or a bright rim, lifted corners brighter, darker or rough (warping is geometry: a lifted
+  rim outside the part's outline, with a shadow, never a uniformly bright part);
+- distractors that are *not* defects: powder grain, dark speckle, dark powder clumps, recoater
+  streaks, uneven-spreading bands, ghosts of parts under the powder, chamber walls, rails, screws
+  and the plate edge around the plate;
+- the camera: linear gradients, falloff bands, vignetting, light blobs, gain, gamma, contrast,
+  blur, read and shot noise, JPEG, colour tint, 16-bit, 0.05 to 0.12 mm per pixel.
+
+A layer can also be drawn over a *real* frame (``layer(k, background=...)``): the parts and
+defects are painted relative to the real frame's local brightness, and its pixels keep the label
+given for them (powder, or "no defect here" where it is not known).
 
 Everything is deterministic by seed: ``SimBuild(seed).layer(k)`` always returns the same arrays.
 
 Rendering rule that keeps masks exact: every defect pixel of the mask is painted with the defect's
 appearance and no pixel outside the mask is; blur and noise are applied afterwards to the whole
-frame, as a camera would.
+frame, as a camera would. Chamber hardware occludes: its pixels are background (class 0).
 """
 
 from __future__ import annotations
@@ -29,16 +44,20 @@ from segmentation.classes import LayerClass
 
 __all__ = [
     "BuildSpec",
+    "Look",
     "PartSpec",
     "PoreSpec",
     "SimBuild",
     "SimLayer",
     "WarpSpec",
+    "scenario_spec",
     "simulate_dataset",
 ]
 
 PartKind = Literal["box", "cylinder", "thin_wall", "ring", "overhang"]
 PART_KINDS: tuple[PartKind, ...] = ("box", "cylinder", "thin_wall", "ring", "overhang")
+PartMode = Literal["brighter", "darker", "similar", "fresh"]
+Polarity = Literal["bright", "dark", "mixed"]
 
 # Smallest pore cross-section radius (px) that is drawn at all: below it a pore is not visible
 # through camera noise, so labelling it would teach the model to guess.
@@ -79,7 +98,12 @@ class PoreSpec:
 
 @dataclass(frozen=True)
 class WarpSpec:
-    """Warping that starts at a corner (x, y) mm of a part at ``start`` and grows each layer."""
+    """Warping that starts at a corner (x, y) mm of a part at ``start`` and grows each layer.
+
+    The lifted region is the part and a rim just outside its outline within ``extent`` mm of the
+    corner. ``extent`` grows by ``growth`` mm a layer from ``extent0``; or, when ``area_growth``
+    is set, so that the lifted area grows by about that many mm² a layer from ``area0`` (slow warps).
+    """
 
     part_id: int
     x: float
@@ -89,6 +113,16 @@ class WarpSpec:
     growth: float  # mm per layer
     max_extent: float  # mm
     rim_px: float  # width of the lifted rim outside the part outline, px
+    area0: float = 0.0  # mm², with area_growth
+    area_growth: float = 0.0  # mm² per layer; 0: extent grows linearly instead
+
+    def extent(self, k: int) -> float:
+        """Radius (mm) of the lifted region around the corner at layer ``k >= start``."""
+        if self.area_growth > 0:
+            # a quarter disc of radius e at a right-angled corner has area pi e^2 / 4
+            area = self.area0 + self.area_growth * (k - self.start)
+            return min(self.max_extent, math.sqrt(4.0 * area / math.pi))
+        return min(self.max_extent, self.extent0 + self.growth * (k - self.start))
 
 
 @dataclass(frozen=True)
@@ -110,24 +144,105 @@ class BuildSpec:
     recoat_axis: int  # 0: streaks along x, 1: along y
 
 
-@dataclass
-class SimLayer:
-    """One rendered layer.
+@dataclass(frozen=True)
+class Look:
+    """How one build looks (drawn from its seed): materials, distractors, chamber and camera."""
 
-    ``image``: (H, W) gray or (H, W, 3) RGB, uint8 or uint16; ``mask``: (H, W) uint8 class ids;
-    ``part_ids``: (H, W) uint32, 0 where no part; ``index``: layer index from 0; ``z``: mm.
-    """
-
-    image: np.ndarray
-    mask: np.ndarray
-    part_ids: np.ndarray
-    index: int
-    z: float
-    meta: dict[str, float] = field(default_factory=dict)
+    powder: float  # powder gray level in [0, 1]
+    part_mode: PartMode
+    part_delta: float  # part level minus powder level (signed)
+    hatch_angle0: float
+    hatch_period: float  # px
+    hatch_amp: float
+    light: float  # direction light comes from (radians)
+    drift_phase: float
+    drift_amp: float
+    streaks: int  # recoater streaks per layer (mean)
+    streak_amp: float
+    uneven: float  # probability of uneven-spreading bands on a layer
+    clumps: int  # dark powder clumps per layer (mean)
+    speckle: float  # amplitude of dark speckle on powder and parts
+    ghost: float  # contrast of parts under the powder (ghosts of earlier layers)
+    spatter: Polarity
+    pore_style: Literal["lit", "dark", "rim"]
+    warp_style: Literal["bright", "dark", "rough"]
+    pit_rate: float  # small single-layer pits per 100 mm² of part and layer
+    gradient: float  # strength of the linear illumination gradient
+    vignette: float
+    falloff: float  # a band of the frame falling off into darkness
+    blobs: int
+    gamma_mid: float
+    contrast: float
+    noise: float
+    shot: float
+    blur: float
+    jpeg_quality: int  # 0: no JPEG
+    tint: tuple[float, float, float]
+    walls: tuple[bool, bool, bool, bool]  # top, bottom, left, right
+    wall_width: tuple[float, float, float, float]  # share of the frame
+    wall_gain: float  # <1 dark walls, >1 bright metal
+    rails: int  # bright rails along the recoating direction, beside the plate
+    screws: bool
+    plate_edge: float  # contrast of the plate's edge line (0: none)
 
 
 def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([abs(int(k)) for k in keys]))
+
+
+def _draw_look(seed: int, color: bool) -> Look:
+    rng = _rng(seed, 2)
+    mode: PartMode = ("brighter", "darker", "similar", "fresh")[int(rng.choice(4, p=[0.4, 0.25, 0.12, 0.23]))]
+    powder = float(rng.uniform(0.18, 0.65))
+    if mode == "brighter":
+        delta = float(rng.uniform(0.1, 0.3))
+    elif mode == "darker":
+        delta = -float(rng.uniform(0.08, min(0.3, powder - 0.05)))
+    elif mode == "similar":
+        # about as bright as the powder: the scan tracks and the outline tell the part apart
+        delta = float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.04, 0.09))
+    else:
+        delta = float(rng.uniform(0.25, 0.55))
+    walls = rng.random(4) < 0.35
+    tint = tuple(float(t) for t in rng.uniform(0.75, 1.0, size=3)) if color else (1.0, 1.0, 1.0)
+    return Look(
+        powder=powder,
+        part_mode=mode,
+        part_delta=delta,
+        hatch_angle0=float(rng.uniform(0, math.pi)),
+        hatch_period=float(rng.uniform(2.5, 8.0)),
+        hatch_amp=float(rng.uniform(0.02 if mode == "similar" else 0.005, 0.06)),
+        light=float(rng.uniform(0, 2 * math.pi)),
+        drift_phase=float(rng.uniform(0, 2 * math.pi)),
+        drift_amp=float(rng.uniform(0.0, 0.12)),
+        streaks=int(rng.integers(0, 8)),
+        streak_amp=float(rng.uniform(0.02, 0.12)),
+        uneven=float(rng.uniform(0.0, 0.8)),
+        clumps=int(rng.integers(0, 10)),
+        speckle=float(rng.uniform(0.0, 0.12)) if rng.random() < 0.6 else 0.0,
+        ghost=float(rng.uniform(0.02, 0.08)) if rng.random() < 0.5 else 0.0,
+        spatter=("bright", "dark", "mixed")[int(rng.choice(3, p=[0.45, 0.3, 0.25]))],
+        pore_style=("lit", "dark", "rim")[int(rng.choice(3, p=[0.4, 0.45, 0.15]))],
+        warp_style=("bright", "dark", "rough")[int(rng.choice(3, p=[0.45, 0.25, 0.3]))],
+        pit_rate=float(rng.uniform(0.0, 1.5)),
+        gradient=float(rng.uniform(0.0, 0.6)),
+        vignette=float(rng.uniform(0.0, 0.6)),
+        falloff=float(rng.uniform(0.2, 0.7)) if rng.random() < 0.35 else 0.0,
+        blobs=int(rng.integers(0, 4)),
+        gamma_mid=float(np.exp(rng.uniform(np.log(0.6), np.log(1.7)))),
+        contrast=float(rng.uniform(0.55, 1.3)),
+        noise=float(rng.uniform(0.003, 0.035)),
+        shot=float(rng.uniform(0.0, 0.04)),
+        blur=float(rng.uniform(0.0, 1.4)),
+        jpeg_quality=int(rng.integers(40, 96)) if rng.random() < 0.35 else 0,
+        tint=tint,  # type: ignore[arg-type]
+        walls=tuple(bool(w) for w in walls),  # type: ignore[arg-type]
+        wall_width=tuple(float(w) for w in rng.uniform(0.015, 0.08, 4)),  # type: ignore[arg-type]
+        wall_gain=float(rng.uniform(0.15, 0.7)) if rng.random() < 0.7 else float(rng.uniform(1.3, 1.9)),
+        rails=int(rng.choice(3, p=[0.7, 0.15, 0.15])),
+        screws=bool(rng.random() < 0.2),
+        plate_edge=float(rng.uniform(-0.15, 0.15)) if rng.random() < 0.3 else 0.0,
+    )
 
 
 def _random_spec(seed: int, height: int, width: int, n_layers: int) -> BuildSpec:
@@ -206,18 +321,16 @@ def _random_spec(seed: int, height: int, width: int, n_layers: int) -> BuildSpec
                 su, sv = math.cos(a), math.sin(a)
             x, y = _part_point(p, su, sv)
             start = int(rng.integers(p.z0, max(p.z0 + 1, p.z1 - 3)))
-            warps.append(
-                WarpSpec(
-                    p.part_id,
-                    x,
-                    y,
-                    start,
-                    float(rng.uniform(0.2, 0.6)) * p.half_h,
-                    float(rng.uniform(0.02, 0.08)) * p.half_h,
-                    float(rng.uniform(0.5, 1.2)) * p.half_h,
-                    float(rng.uniform(1.5, 4.0)),
-                )
-            )
+            extent0 = float(rng.uniform(0.2, 0.6)) * p.half_h
+            growth = float(rng.uniform(0.02, 0.08)) * p.half_h
+            max_extent = float(rng.uniform(0.5, 1.2)) * p.half_h
+            rim = float(rng.uniform(1.5, 4.0))
+            if rng.random() < 0.4:
+                # a slow warp: a few tenths of a mm² more every layer, small for many layers
+                g = float(rng.uniform(0.2, 1.0))
+                warps.append(WarpSpec(p.part_id, x, y, start, 0.0, 0.0, max_extent, rim, g, g))
+            else:
+                warps.append(WarpSpec(p.part_id, x, y, start, extent0, growth, max_extent, rim))
 
     return BuildSpec(
         seed=seed,
@@ -253,6 +366,27 @@ def _part_point(p: PartSpec, u: float, v: float) -> tuple[float, float]:
     return p.cx + c * du - s * dv, p.cy + s * du + c * dv
 
 
+@dataclass
+class SimLayer:
+    """One rendered layer.
+
+    ``image``: (H, W) gray or (H, W, 3) RGB, uint8 or uint16; ``mask``: (H, W) uint8 class ids
+    (254, "no defect here", where drawn over a real frame whose pixels are not known);
+    ``part_ids``: (H, W) uint32, 0 where no part; ``index``: layer index from 0; ``z``: mm.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    part_ids: np.ndarray
+    index: int
+    z: float
+    meta: dict[str, float] = field(default_factory=dict)
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    return np.asarray(cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT))
+
+
 class SimBuild:
     """A simulated build: ``layer(k)`` renders layer ``k`` (0 <= k < n_layers).
 
@@ -283,22 +417,9 @@ class SimBuild:
         self._yy_mm = (yy + 0.5) * s.mm_per_px
         self._xx = xx
         self._yy = yy
-        rng = _rng(seed, 2)
-        # Appearance fixed for the build, drifting slowly over layers.
-        self._powder = float(rng.uniform(0.3, 0.6))
-        sign = 1.0 if rng.random() < 0.6 else -1.0
-        self._part_delta = sign * float(rng.uniform(0.12, 0.3))
-        self._tint = rng.uniform(0.75, 1.0, size=3) if s.color else np.ones(3)
-        self._drift_phase = float(rng.uniform(0, 2 * math.pi))
-        self._drift_amp = float(rng.uniform(0.0, 0.12))
-        self._hatch_angle0 = float(rng.uniform(0, math.pi))
-        self._hatch_period = float(rng.uniform(3.0, 7.0))
-        self._light = float(rng.uniform(0, 2 * math.pi))  # direction light comes from
-        # chamber walls beyond the plate on some sides, of varied width and darkness
-        self._border = rng.random(4) < 0.35
-        self._border_width = rng.uniform(0.015, 0.08, 4)
-        self._border_gain = float(rng.uniform(0.15, 0.7))
-        self._jpeg_quality = int(rng.integers(60, 96)) if rng.random() < 0.25 else 0
+        self.look = _draw_look(seed, s.color)
+        self._hardware, self._hardware_img = self._chamber()
+        self._ghost_shapes = self._ghost_field()
 
     @property
     def n_layers(self) -> int:
@@ -321,7 +442,7 @@ class SimBuild:
         if p.kind in ("box", "thin_wall"):
             return (np.abs(u) <= p.half_w) & (np.abs(v) <= p.half_h)
         if p.kind == "overhang":
-            extra = p.growth * (k - p.z0)
+            extra = p.growth * (min(k, p.z1 - 1) - p.z0)
             # one side fixed, the other side grows outward layer by layer
             return (u >= -p.half_w) & (u <= p.half_w + 2 * extra) & (np.abs(v) <= p.half_h)
         r2 = u * u + v * v
@@ -362,6 +483,31 @@ class SimBuild:
             mask[y0:y1, x0:x1] |= inside
         return mask
 
+    def _pits(self, rng: np.random.Generator, part: np.ndarray) -> np.ndarray:
+        """Small single-layer pits (holes of 1.3-3 px radius) in the part: porosity too."""
+        s = self.spec
+        mask = np.zeros(part.shape, dtype=bool)
+        area_mm2 = float(part.sum()) * s.mm_per_px**2
+        n = int(rng.poisson(self.look.pit_rate * area_mm2 / 100.0))
+        if n == 0:
+            return mask
+        ys, xs = np.nonzero(part)
+        for _ in range(min(n, 40)):
+            i = int(rng.integers(ys.size))
+            r = float(rng.uniform(_MIN_PORE_RADIUS_PX, 3.0))
+            e = float(rng.uniform(0.6, 1.0))
+            cv2.ellipse(
+                mask.view(np.uint8),
+                (int(xs[i]), int(ys[i])),
+                (max(1, round(r)), max(1, round(r * e))),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                1,
+                -1,
+            )
+        return mask & part
+
     def _warp_mask(self, k: int, part_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Warped pixels and, for shading, the normalised distance to the warp's corner."""
         s = self.spec
@@ -373,7 +519,9 @@ class SimBuild:
             part = part_ids == w.part_id
             if not part.any():
                 continue
-            extent = min(w.max_extent, w.extent0 + w.growth * (k - w.start))
+            extent = w.extent(k)
+            if extent <= 0:
+                continue
             d = np.hypot(self._xx_mm - w.x, self._yy_mm - w.y)
             near = d <= extent
             if not near.any():
@@ -386,92 +534,153 @@ class SimBuild:
         return mask, ramp
 
     def mask(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(mask, part_ids) of layer ``k``: (H, W) uint8 class ids and (H, W) uint32 part ids."""
+        """(mask, part_ids) of layer ``k`` without rendering: (H, W) uint8 class ids (no spatter, no
+        single-layer pits: those are drawn with the image) and (H, W) uint32 part ids."""
         ids = self.part_ids(k)
         m = np.where(ids > 0, LayerClass.PART, LayerClass.POWDER).astype(np.uint8)
         m[self._pore_mask(k, ids)] = LayerClass.POROSITY
         warp, _ = self._warp_mask(k, ids)
         m[warp] = LayerClass.WARPING
+        m[self._hardware] = LayerClass.POWDER
         return m, ids
 
     # ---- rendering ------------------------------------------------------------------------------
-    def layer(self, k: int) -> SimLayer:
-        """Render layer ``k``: image, exact mask and part ids."""
+    def layer(self, k: int, background: np.ndarray | None = None, background_label: int = 0) -> SimLayer:
+        """Render layer ``k``: image, exact mask and part ids.
+
+        ``background``: an (H, W) float32 gray frame in [0, 1] of a real camera to draw the layer
+        over (its lighting, texture and fixtures are kept; no simulated chamber or lighting is added);
+        its pixels are labelled ``background_label`` (0 powder, or 254 "no defect here").
+        """
         s = self.spec
+        lk = self.look
         if not 0 <= k < s.n_layers:
             raise IndexError(f"layer {k} outside the build (0..{s.n_layers - 1})")
+        if background is not None and background.shape != (s.height, s.width):
+            raise ValueError(f"background is {background.shape}, the build's frames are {(s.height, s.width)}")
         rng = _rng(self.seed, 3, k)
         h, w = s.height, s.width
         ids = self.part_ids(k)
         part = ids > 0
-        pores = self._pore_mask(k, ids)
+        if background is None:
+            part &= ~self._hardware
+        pores = self._pore_mask(k, ids) & part
+        pores |= self._pits(rng, part & ~pores)
         warp, ramp = self._warp_mask(k, ids)
+        if background is None:
+            warp &= ~self._hardware
 
-        drift = self._drift_amp * math.sin(self._drift_phase + 2 * math.pi * k / max(8, s.n_layers))
-        powder = self._powder + drift + float(rng.normal(0, 0.015))
-        part_level = powder + self._part_delta * float(rng.uniform(0.85, 1.15))
+        grain = _blur(rng.normal(0, 1, (h, w)).astype(np.float32), float(rng.uniform(0.6, 1.4)))
+        grain /= max(0.2, float(grain.std()))
+        img: np.ndarray
+        if background is None:
+            drift = lk.drift_amp * math.sin(lk.drift_phase + 2 * math.pi * k / max(8, s.n_layers))
+            powder: np.ndarray = np.full((h, w), lk.powder + drift + float(rng.normal(0, 0.015)), np.float32)
+            # powder: grain texture + streaks + smudges + clumps + speckle + ghosts (not defects)
+            img = powder + grain * float(rng.uniform(0.015, 0.06))
+            img += self._streaks(rng)
+            img += self._smudges(rng)
+            img += self._clumps(rng, powder)
+            img += self._ghosts(k) * lk.ghost
+            delta = lk.part_delta * float(rng.uniform(0.85, 1.15))
+            part_level = powder + delta
+        else:
+            img = background.astype(np.float32).copy()
+            # the real frame's local brightness: parts and defects are drawn relative to it
+            powder = _blur(img, 6.0)
+            rel = lk.part_delta / max(lk.powder, 0.1) * float(rng.uniform(0.85, 1.15))
+            part_level = powder * (1.0 + rel)
+            delta = lk.part_delta
+        speckle = self._speckle(rng, (h, w)) * lk.speckle
 
-        # powder: grain texture + recoater streaks + soft smudges (distractors, not defects)
-        grain = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), rng.uniform(0.6, 1.4))
-        img = powder + grain * float(rng.uniform(0.02, 0.06)) / max(0.2, float(grain.std()))
-        img += self._streaks(rng)
-        img += self._smudges(rng)
-
-        # part: scan-track hatching rotating layer by layer, border contour
-        theta = self._hatch_angle0 + k * math.radians(67)
-        phase = (self._xx * math.cos(theta) + self._yy * math.sin(theta)) * (2 * math.pi / self._hatch_period)
-        hatch = np.sin(phase) * float(rng.uniform(0.015, 0.05))
-        part_tex = part_level + hatch + grain * 0.01
-        img = np.where(part, part_tex, img)
+        # part: scan-track hatching rotating layer by layer, border contour, glints when fresh
+        theta = lk.hatch_angle0 + k * math.radians(67)
+        phase = (self._xx * math.cos(theta) + self._yy * math.sin(theta)) * (2 * math.pi / lk.hatch_period)
+        hatch = np.sin(phase) * lk.hatch_amp * float(rng.uniform(0.6, 1.4))
+        part_tex = part_level + hatch + grain * 0.012 + speckle
+        if lk.part_mode == "fresh":
+            glint = np.maximum(rng.normal(0, 1, (h, w)).astype(np.float32) - 2.2, 0) * 0.25
+            part_tex += _blur(glint, 0.7) + 0.1 * _blur(rng.normal(0, 1, (h, w)).astype(np.float32), 4.0)
+        img = np.where(part, part_tex, img + speckle * 0.7)
         contour = part & ~ndimage.binary_erosion(part, iterations=1)
-        img[contour] += self._part_delta * 0.25
+        img[contour] += delta * float(rng.uniform(-0.2, 0.4))
 
-        # porosity: dark voids with a lit far wall
+        # porosity: dark voids; a lit far wall, plain dark or a bright rim
+        dark_level = np.minimum(part_level, powder)
         if pores.any():
-            depth = float(rng.uniform(0.2, 0.4))
-            lx, ly = math.cos(self._light), math.sin(self._light)
-            shade = ndimage.gaussian_filter(pores.astype(np.float32), 1.0)
-            gx, gy = np.gradient(shade)
-            lit = np.clip(-(gx * lx + gy * ly) * 3, 0, 1)
-            img[pores] = (np.minimum(part_level, powder) - depth + 0.15 * lit[pores]).astype(np.float32)
+            depth = float(rng.uniform(0.15, 0.4))
+            if lk.pore_style == "lit":
+                lx, ly = math.cos(lk.light), math.sin(lk.light)
+                shade = _blur(pores.astype(np.float32), 1.0)
+                gy, gx = np.gradient(shade)
+                lit = np.clip(-(gx * lx + gy * ly) * 3, 0, 1)
+                img[pores] = (dark_level - depth + 0.15 * lit)[pores]
+            else:
+                img[pores] = (dark_level - depth)[pores]
+                if lk.pore_style == "rim":
+                    rim = ndimage.binary_dilation(pores, iterations=1) & ~pores & part
+                    img[rim] += 0.12
 
-        # warping: lifted material, brighter towards the corner, hatching smeared out
+        # warping: lifted material near a corner, its rim outside the outline, a shadow beside it
         if warp.any():
-            lift = float(rng.uniform(0.25, 0.4))
-            base = max(part_level, powder) + 0.5 * lift
-            rough = ndimage.gaussian_filter(rng.normal(0, 0.03, (h, w)).astype(np.float32), 1.2)
-            img[warp] = (base + lift * 0.6 * ramp[warp] + rough[warp]).astype(np.float32)
+            lift = float(rng.uniform(0.2, 0.4))
+            rough = _blur(rng.normal(0, 1, (h, w)).astype(np.float32), 1.2)
+            rough /= max(float(rough.std()), 1e-6)
+            # a tilted surface: shading ramps towards the lifted corner, the scan tracks are smeared
+            if lk.warp_style == "bright":
+                base = np.maximum(part_level, powder) + 0.5 * lift
+                wimg = base + lift * 0.6 * ramp + 0.015 * rough
+            elif lk.warp_style == "dark":
+                base = np.minimum(part_level, powder) - 0.35 * lift
+                wimg = base - lift * 0.5 * ramp + 0.015 * rough
+            else:
+                sign = float(rng.choice([-1.0, 1.0]))
+                wimg = part_level + sign * lift * (0.25 + 0.5 * ramp) + 0.06 * rough
+            img[warp] = wimg[warp]
+            edge = warp & ~ndimage.binary_erosion(warp, iterations=1) & ~part
+            img[edge] += 0.1 if lk.warp_style == "dark" else 0.03
             # shadow cast on the powder beside the rim (not labelled: it is powder)
             shadow = ndimage.binary_dilation(warp, iterations=2) & ~warp & ~part
-            img[shadow] -= 0.08
+            img[shadow] -= float(rng.uniform(0.04, 0.12))
 
-        # spatter: new on every layer, bright round particles, mostly near the parts
         mask = np.where(part, LayerClass.PART, LayerClass.POWDER).astype(np.uint8)
+        if background is not None:
+            mask[~part] = background_label
         mask[pores] = LayerClass.POROSITY
         mask[warp] = LayerClass.WARPING
-        self._spatter(rng, img, mask, part, powder, part_level)
+        self._spatter(rng, img, mask, part, powder, part_level, occluded=self._hardware if background is None else None)
 
-        img = self._camera(rng, img)
+        if background is None:
+            img = np.where(self._hardware, self._hardware_img * (0.85 + 0.3 * powder), img)
+            img = self._camera(rng, img)
+        else:
+            img = self._light_camera(rng, img)
         return SimLayer(
             image=self._encode(rng, img),
             mask=mask,
-            part_ids=ids,
+            part_ids=np.where(mask == LayerClass.POWDER, 0, ids).astype(np.uint32) if background is None else ids,
             index=k,
             z=round((k + 1) * s.layer_thickness, 6),
             meta={"mm_per_px": s.mm_per_px, "layer_thickness": s.layer_thickness},
         )
 
+    # ---- distractors (never labelled as defects) --------------------------------------------------
     def _streaks(self, rng: np.random.Generator) -> np.ndarray:
         s = self.spec
-        n = int(rng.integers(0, 6))
+        n = int(rng.poisson(self.look.streaks))
         prof = np.zeros(s.width if s.recoat_axis == 0 else s.height, dtype=np.float32)
+        x = np.arange(prof.size, dtype=np.float32)
         for _ in range(n):
             c = float(rng.uniform(0, prof.size))
-            width = float(rng.uniform(0.8, 3.0))
-            x = np.arange(prof.size, dtype=np.float32)
-            prof += float(rng.uniform(-0.07, 0.07)) * np.exp(-0.5 * ((x - c) / width) ** 2)
+            width = float(rng.uniform(0.6, 4.0))
+            amp = self.look.streak_amp
+            prof += float(rng.uniform(-amp, amp)) * np.exp(-0.5 * ((x - c) / width) ** 2)
         # streaks run along the recoating direction across the whole plate
-        return prof[:, None].T.repeat(s.height, 0) if s.recoat_axis == 0 else prof[:, None].repeat(s.width, 1)
+        return np.asarray(
+            np.broadcast_to(prof[None, :], (s.height, s.width))
+            if s.recoat_axis == 0
+            else np.broadcast_to(prof[:, None], (s.height, s.width))
+        )
 
     def _smudges(self, rng: np.random.Generator) -> np.ndarray:
         """Soft powder blotches and uneven-spreading bands: not defects, and not parts."""
@@ -483,36 +692,151 @@ class SimBuild:
             field += float(rng.uniform(-0.1, 0.1)) * np.exp(
                 -((self._xx - cx) ** 2 + (self._yy - cy) ** 2) / (2 * r * r)
             )
-        if rng.random() < 0.4:
-            # bands across the recoating direction where the blade spread unevenly
+        if rng.random() < self.look.uneven:
+            # bands across the recoating direction where the blade spread unevenly, wavy at their edges
             n = s.height if s.recoat_axis == 0 else s.width
-            prof = ndimage.gaussian_filter1d(rng.normal(0, 1, n), float(rng.uniform(4, 25)))
-            prof = (prof / max(float(np.abs(prof).max()), 1e-6) * float(rng.uniform(0.02, 0.09))).astype(np.float32)
-            field += prof[:, None] if s.recoat_axis == 0 else prof[None, :]
+            prof = ndimage.gaussian_filter1d(rng.normal(0, 1, n), float(rng.uniform(3, 25)))
+            prof = (prof / max(float(np.abs(prof).max()), 1e-6) * float(rng.uniform(0.02, 0.12))).astype(np.float32)
+            band = np.broadcast_to(prof[:, None] if s.recoat_axis == 0 else prof[None, :], (s.height, s.width))
+            wobble = _blur(rng.normal(0, 1, (s.height, s.width)).astype(np.float32), 12.0)
+            field += band * (1.0 + 4.0 * wobble)
         return field
 
+    def _clumps(self, rng: np.random.Generator, powder: np.ndarray) -> np.ndarray:
+        """Dark (sometimes bright) powder clumps and thin patches, 3-15 px, soft edges."""
+        s = self.spec
+        n = int(rng.poisson(self.look.clumps))
+        field = np.zeros((s.height, s.width), dtype=np.float32)
+        for _ in range(n):
+            cx, cy = int(rng.uniform(0, s.width)), int(rng.uniform(0, s.height))
+            r = float(rng.uniform(3, 15))
+            amp = float(rng.uniform(0.03, 0.12)) * (-1.0 if rng.random() < 0.75 else 1.0)
+            cv2.ellipse(
+                field,
+                (cx, cy),
+                (round(r), round(r * rng.uniform(0.4, 1.0))),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                amp,
+                -1,
+            )
+        return _blur(field, 2.0) if n else field
+
+    def _speckle(self, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+        """Dark specks of at most 1 px: powder texture and sensor dust, never porosity or spatter."""
+        if self.look.speckle <= 0:
+            return np.zeros(shape, np.float32)
+        u = rng.random(shape).astype(np.float32)
+        specks = (u < 0.01).astype(np.float32) * -rng.uniform(0.4, 1.0, shape).astype(np.float32)
+        return _blur(specks, 0.5)
+
+    def _ghost_field(self) -> np.ndarray:
+        """Faint shapes under the powder (parts of earlier layers), fixed for the build."""
+        s = self.spec
+        rng = _rng(self.seed, 5)
+        field = np.zeros((s.height, s.width), dtype=np.float32)
+        for _ in range(int(rng.integers(0, 4))):
+            cx, cy = int(rng.uniform(0.1, 0.9) * s.width), int(rng.uniform(0.1, 0.9) * s.height)
+            a = int(rng.uniform(0.03, 0.15) * s.width)
+            b = int(a * rng.uniform(0.3, 1.0))
+            sign = float(rng.choice([-1.0, 1.0]))
+            if rng.random() < 0.5:
+                cv2.ellipse(field, (cx, cy), (a, b), float(rng.uniform(0, 180)), 0, 360, sign, -1)
+            else:
+                cv2.rectangle(field, (cx - a, cy - b), (cx + a, cy + b), sign, -1)
+        return _blur(field, 1.5)
+
+    def _ghosts(self, k: int) -> np.ndarray:
+        """Shapes under the powder: parts that ended in the last few layers and the build's fixed ghosts."""
+        if self.look.ghost <= 0:
+            return np.zeros_like(self._ghost_shapes)
+        field = self._ghost_shapes.copy()
+        for p in self.spec.parts:
+            if p.z1 <= k < p.z1 + 6:
+                field += self._part_mask(p, k).astype(np.float32) * float(np.sign(self.look.part_delta) or 1.0)
+        return field
+
+    def _chamber(self) -> tuple[np.ndarray, np.ndarray]:
+        """Chamber hardware around the plate: walls, rails, screws, the plate's edge. (H, W) bool
+        where hardware hides the plate, and its brightness relative to the powder level."""
+        s = self.spec
+        lk = self.look
+        rng = _rng(self.seed, 6)
+        h, w = s.height, s.width
+        hw = np.zeros((h, w), dtype=bool)
+        val = np.ones((h, w), dtype=np.float32) * lk.powder * lk.wall_gain
+        texture = _blur(rng.normal(0, 1, (h, w)).astype(np.float32), 2.0) * 0.04
+        if any(lk.walls):
+            bh = [int(lk.wall_width[i] * h) for i in (0, 1)]
+            bw = [int(lk.wall_width[i] * w) for i in (2, 3)]
+            if lk.walls[0]:
+                hw[: bh[0]] = True
+            if lk.walls[1]:
+                hw[h - bh[1] :] = True
+            if lk.walls[2]:
+                hw[:, : bw[0]] = True
+            if lk.walls[3]:
+                hw[:, w - bw[1] :] = True
+        for i in range(lk.rails):
+            # a bright metal bar beside the plate, with a specular line along it
+            width = max(2, int(rng.uniform(0.01, 0.03) * min(h, w)))
+            pos = int(rng.uniform(0.0, 0.06) * (w if s.recoat_axis == 0 else h))
+            pos = pos if i == 0 else (w if s.recoat_axis == 0 else h) - pos - width
+            bar = np.zeros((h, w), dtype=bool)
+            if s.recoat_axis == 0:
+                bar[:, pos : pos + width] = True
+            else:
+                bar[pos : pos + width, :] = True
+            hw |= bar
+            gain = float(rng.uniform(1.3, 2.0))
+            val[bar] = lk.powder * gain
+            line = pos + width // 2
+            if s.recoat_axis == 0:
+                val[:, line] = min(1.0, lk.powder * gain * 1.3)
+            else:
+                val[line, :] = min(1.0, lk.powder * gain * 1.3)
+        if lk.screws:
+            r = max(3, int(rng.uniform(0.02, 0.04) * min(h, w)))
+            m = int(rng.uniform(0.03, 0.07) * min(h, w)) + r
+            for cx, cy in ((m, m), (w - m, m), (m, h - m), (w - m, h - m)):
+                disc = np.zeros((h, w), np.uint8)
+                cv2.circle(disc, (cx, cy), r, 1, -1)
+                d = disc.astype(bool)
+                hw |= d
+                val[d] = lk.powder * float(rng.choice([0.4, 1.6]))
+        if lk.plate_edge:
+            m = int(rng.uniform(0.02, 0.06) * min(h, w))
+            frame = np.zeros((h, w), np.uint8)
+            cv2.rectangle(frame, (m, m), (w - 1 - m, h - 1 - m), 1, max(1, int(rng.integers(1, 3))))
+            f = frame.astype(bool) & ~hw
+            hw |= f
+            val[f] = lk.powder + lk.plate_edge
+        return hw, (val + texture).astype(np.float32)
+
+    # ---- defects drawn per layer ------------------------------------------------------------------
     def _spatter(
         self,
         rng: np.random.Generator,
         img: np.ndarray,
         mask: np.ndarray,
         part: np.ndarray,
-        powder: float,
-        part_level: float,
+        powder: np.ndarray,
+        part_level: np.ndarray,
+        occluded: np.ndarray | None = None,
     ) -> None:
         s = self.spec
         n = int(rng.poisson(s.spatter_rate))
         near = ndimage.binary_dilation(part, iterations=int(min(s.height, s.width) * 0.06))
         ys, xs = np.nonzero(near)
-        bright = max(powder, part_level)
-        lx, ly = math.cos(self._light), math.sin(self._light)
+        lx, ly = math.cos(self.look.light), math.sin(self.look.light)
         for _ in range(n):
             if ys.size and rng.random() < 0.8:
                 i = int(rng.integers(ys.size))
                 cy, cx = float(ys[i] + rng.uniform(-0.5, 0.5)), float(xs[i] + rng.uniform(-0.5, 0.5))
             else:
                 cy, cx = float(rng.uniform(0, s.height)), float(rng.uniform(0, s.width))
-            r = float(rng.uniform(1.2, 3.2))
+            r = float(rng.uniform(0.9, 3.2))
             y0, y1 = max(0, int(cy - r - 3)), min(s.height, int(cy + r + 4))
             x0, x1 = max(0, int(cx - r - 3)), min(s.width, int(cx + r + 4))
             if y0 >= y1 or x0 >= x1:
@@ -521,61 +845,73 @@ class SimBuild:
             dx = self._xx[y0:y1, x0:x1] - cx
             d2 = dx * dx + dy * dy
             disk = d2 <= r * r
+            if occluded is not None:
+                disk &= ~occluded[y0:y1, x0:x1]
             if not disk.any():
                 continue
-            # small shadow on the side away from the light, outside the particle
-            sh = ((dx + lx * r * 0.8) ** 2 + (dy + ly * r * 0.8) ** 2 <= r * r) & ~disk
-            img[y0:y1, x0:x1][sh] -= 0.06
-            peak = bright + float(rng.uniform(0.2, 0.45))
-            img[y0:y1, x0:x1][disk] = (peak - 0.12 * d2[disk] / (r * r)).astype(np.float32)
+            local = np.maximum(powder[y0:y1, x0:x1], part_level[y0:y1, x0:x1])
+            low = np.minimum(powder[y0:y1, x0:x1], part_level[y0:y1, x0:x1])
+            dark = self.look.spatter == "dark" or (self.look.spatter == "mixed" and rng.random() < 0.5)
+            if dark:
+                vals = low - float(rng.uniform(0.15, 0.35)) + 0.08 * d2 / (r * r)
+            else:
+                # small shadow on the side away from the light, outside the particle
+                sh = ((dx + lx * r * 0.8) ** 2 + (dy + ly * r * 0.8) ** 2 <= r * r) & ~disk
+                img[y0:y1, x0:x1][sh] -= 0.06
+                vals = local + float(rng.uniform(0.2, 0.45)) - 0.12 * d2 / (r * r)
+            img[y0:y1, x0:x1][disk] = vals[disk].astype(np.float32)
             mask[y0:y1, x0:x1][disk] = LayerClass.SPATTER
 
+    # ---- camera -----------------------------------------------------------------------------------
     def _camera(self, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
         s = self.spec
-        # illumination: linear gradient, vignetting and broad uneven lighting, then per-layer gain
-        gx, gy = rng.normal(0, 0.2, 2)
+        lk = self.look
         xn = self._xx / s.width - 0.5
         yn = self._yy / s.height - 0.5
-        illum = 1.0 + gx * xn + gy * yn - float(rng.uniform(0, 0.4)) * (xn * xn + yn * yn) * 2
-        for _ in range(int(rng.integers(0, 4))):
+        # illumination: linear gradient, vignetting, a falloff band, broad blobs, per-layer gain
+        g = rng.normal(0, 1, 2)
+        g = g / max(float(np.hypot(*g)), 1e-6) * lk.gradient * float(rng.uniform(0.7, 1.3))
+        illum = 1.0 + g[0] * xn + g[1] * yn - lk.vignette * float(rng.uniform(0.7, 1.3)) * (xn * xn + yn * yn) * 2
+        if lk.falloff:
+            a = lk.light
+            t = np.cos(a) * xn + np.sin(a) * yn  # -0.7..0.7 across the frame
+            illum = illum * (1.0 - lk.falloff * np.clip((t - 0.15) / 0.5, 0, 1) ** 1.5)
+        for _ in range(lk.blobs):
             cx, cy, r = rng.uniform(-0.3, 1.3), rng.uniform(-0.3, 1.3), rng.uniform(0.15, 0.5)
-            illum += float(rng.uniform(-0.2, 0.2)) * np.exp(
+            illum += float(rng.uniform(-0.25, 0.25)) * np.exp(
                 -((self._xx / s.width - cx) ** 2 + (self._yy / s.height - cy) ** 2) / (2 * r * r)
             )
-        img = img * illum
-        if self._border.any():
-            # dark chamber walls beyond the plate (still "powder"/background class)
-            edge = np.zeros_like(img, dtype=bool)
-            bh = (self._border_width * s.height).astype(int)
-            bw = (self._border_width * s.width).astype(int)
-            if self._border[0]:
-                edge[: bh[0]] = True
-            if self._border[1]:
-                edge[s.height - bh[1] :] = True
-            if self._border[2]:
-                edge[:, : bw[2]] = True
-            if self._border[3]:
-                edge[:, s.width - bw[3] :] = True
-            img = np.where(edge, img * self._border_gain, img)
-        sigma = float(rng.uniform(0.0, 1.0))
+        img = img * np.maximum(illum, 0.05)
+        mean = float(img.mean())
+        img = mean + (img - mean) * lk.contrast * float(rng.uniform(0.9, 1.1))
+        sigma = lk.blur * float(rng.uniform(0.5, 1.2))
         if sigma > 0.3:
-            img = ndimage.gaussian_filter(img, sigma)
-        img = img + rng.normal(0, float(rng.uniform(0.005, 0.03)), img.shape).astype(np.float32)
+            img = _blur(img.astype(np.float32), sigma)
+        shot = np.sqrt(np.clip(img, 0, 1)) * lk.shot
+        img = img + rng.normal(0, 1, img.shape).astype(np.float32) * (lk.noise + shot)
         gain = float(rng.uniform(0.8, 1.2))
-        gamma = float(rng.uniform(0.8, 1.25))
+        gamma = lk.gamma_mid * float(rng.uniform(0.9, 1.1))
         img = np.clip(np.clip(img * gain, 0, 1) ** gamma, 0, 1).astype(np.float32)
-        if self._jpeg_quality:
-            # compression artefacts of cameras that only stream JPEG
-            ok, buf = cv2.imencode(".jpg", (img * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, self._jpeg_quality])
-            dec = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else None
-            if dec is not None:
-                img = dec.astype(np.float32) / 255.0
-        return img
+        return self._jpeg(img)
+
+    def _light_camera(self, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+        """Over a real frame: only what a second capture would add (a little noise, JPEG)."""
+        img = img + rng.normal(0, float(rng.uniform(0.0, 0.012)), img.shape).astype(np.float32)
+        return self._jpeg(np.clip(img, 0, 1).astype(np.float32))
+
+    def _jpeg(self, img: np.ndarray) -> np.ndarray:
+        if not self.look.jpeg_quality:
+            return img
+        # compression artefacts of cameras that only stream JPEG
+        ok, buf = cv2.imencode(".jpg", (img * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, self.look.jpeg_quality])
+        dec = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else None
+        return dec.astype(np.float32) / 255.0 if dec is not None else img
 
     def _encode(self, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
         s = self.spec
         if s.color:
-            rgb = img[..., None] * self._tint[None, None, :].astype(np.float32)
+            tint = np.asarray(self.look.tint, dtype=np.float32)
+            rgb = img[..., None] * tint[None, None, :]
             rgb += rng.normal(0, 0.006, rgb.shape).astype(np.float32)
             img = np.clip(rgb, 0, 1)
         if s.bit_depth == 16:
@@ -608,12 +944,19 @@ def simulate_dataset(
 
 
 def scenario_spec(
-    seed: int, size: int = 512, n_layers: int = 40, *, warp_start: int | None = None, pores: int = 6
+    seed: int,
+    size: int = 512,
+    n_layers: int = 40,
+    *,
+    warp_start: int | None = None,
+    pores: int = 6,
+    warp_area_growth: float = 0.0,
 ) -> BuildSpec:
     """A fixed, readable build for demos and end-to-end tests: two parts (a box and a cylinder) on a
     51 mm plate at 0.1 mm/px scaled to ``size``, a few small pores, light spatter, and, when
-    ``warp_start`` is given, warping that starts at the box's corner on that layer and grows every layer.
-    ``seed`` drives the appearance (lighting, texture, noise) and the pore positions."""
+    ``warp_start`` is given, warping that starts at the box's corner on that layer and grows every layer
+    (by ``warp_area_growth`` mm² a layer when given: a slow warp, otherwise fast).
+    ``seed`` drives the appearance (lighting, texture, noise, distractors) and the pore positions."""
     rng = _rng(seed, 7)
     mmpp = 0.1 * 512 / size
     plate = size * mmpp
@@ -628,7 +971,12 @@ def scenario_spec(
     warps: tuple[WarpSpec, ...] = ()
     if warp_start is not None:
         x, y = _part_point(box, 1.0, 1.0)
-        warps = (WarpSpec(1, x, y, warp_start, 0.3 * box.half_h, 0.12 * box.half_h, 1.4 * box.half_h, 3.0),)
+        if warp_area_growth > 0:
+            warps = (
+                WarpSpec(1, x, y, warp_start, 0.0, 0.0, 1.4 * box.half_h, 2.0, warp_area_growth, warp_area_growth),
+            )
+        else:
+            warps = (WarpSpec(1, x, y, warp_start, 0.3 * box.half_h, 0.12 * box.half_h, 1.4 * box.half_h, 3.0),)
     return BuildSpec(
         seed=seed, height=size, width=size, n_layers=n_layers, mm_per_px=mmpp, layer_thickness=0.04, color=False,
         bit_depth=8, parts=(box, cyl), pores=tuple(pore_specs), warps=warps, spatter_rate=15.0, recoat_axis=0,
