@@ -158,7 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---- train ------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from segmentation.train import TrainConfig, train
+    from segmentation.train import DEFAULT_REAL_DIR, TrainConfig, calibrate_run, train
 
     try:
         cfg = TrainConfig(
@@ -173,9 +173,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             lr=args.lr,
             max_minutes=args.max_minutes,
             precision=args.precision,
+            real_dir=None if args.no_real else (args.real or DEFAULT_REAL_DIR),
+            composite_layers=args.composites,
+            init=args.init,
         )
     except ValueError as err:
         raise CommandError(str(err)) from err
+    if args.calibrate_only:
+        calibrate_run(cfg)
+        return EXIT_OK
     result = train(cfg, resume=args.resume)
     print(f"best mean defect IoU {result['best_defect_iou']:.3f}; weights in {args.out / 'best.pt'}")
     return EXIT_OK
@@ -791,10 +797,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=12)
     p.add_argument("--epochs", type=_positive_int, default=40)
     p.add_argument("--steps", type=_positive_int, default=80, help="optimiser steps per epoch")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="training arithmetic (default bf16)")
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="fp32",
+        help="training arithmetic (default fp32; bf16 only where the CPU has AVX-512 BF16 or AMX)",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        help="labelled real frames (images/ + masks/, class ids, 254 no defect, 255 not labelled); "
+        "default: the licensed train frames in data/realdata",
+    )
+    p.add_argument("--no-real", action="store_true", help="simulated layers only")
+    p.add_argument("--composites", type=int, default=360, help="simulated layers drawn over real clean frames")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (same architecture)")
+    p.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="only (re)compute the out-of-distribution statistics of OUT/final.pt and OUT/best.pt",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX")

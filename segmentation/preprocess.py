@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["local_contrast", "model_input", "normalize", "to_gray_float"]
+__all__ = ["flat_field", "illumination", "local_contrast", "model_input", "normalize", "to_gray_float"]
 
 # Floor for the per-frame standard deviation: an almost uniform frame (empty plate) must not have
 # its sensor noise amplified into structure.
-_MIN_STD = 0.02
+_MIN_STD = 0.04
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -53,7 +53,7 @@ def normalize(gray: np.ndarray) -> np.ndarray:
 # Scale of the local-contrast channel: a few scan-track periods, far below a part's size, so the
 # channel keeps texture and outlines and drops broad lighting.
 _LOCAL_SIGMA = 6.0
-_LOCAL_MIN_STD = 0.01
+_LOCAL_MIN_STD = 0.02
 
 
 def local_contrast(gray: np.ndarray) -> np.ndarray:
@@ -79,3 +79,35 @@ def model_input(gray: np.ndarray, channels: int) -> np.ndarray:
     if channels == 2:
         return np.stack([normalize(gray), local_contrast(gray)])
     raise ValueError(f"models with {channels} input channels are not supported (1 or 2)")
+
+
+# The reference illumination is estimated on a coarse grid: lighting varies over a frame's width,
+# not over a few pixels, and a part's own outline must not leak into it.
+_ILLUM_GRID = 64
+_ILLUM_SIGMA = 3.0  # grid cells
+
+
+def illumination(gray: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) float32 in [0, 1] -> (H, W) float32: the frame's broad lighting, from the pixels where
+    ``weight`` (H, W) is set (e.g. plain powder inside the plate), filled in smoothly elsewhere
+    (normalised convolution on a coarse grid)."""
+    import cv2
+
+    h, w = gray.shape
+    gw, gh = _ILLUM_GRID, max(4, round(_ILLUM_GRID * h / w))
+    wt = np.ones((h, w), np.float32) if weight is None else weight.astype(np.float32)
+    num = cv2.resize(gray * wt, (gw, gh), interpolation=cv2.INTER_AREA)
+    den = cv2.resize(wt, (gw, gh), interpolation=cv2.INTER_AREA)
+    num = cv2.GaussianBlur(num, (0, 0), _ILLUM_SIGMA, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(den, (0, 0), _ILLUM_SIGMA, borderType=cv2.BORDER_REFLECT)
+    fallback = float((gray * wt).sum() / max(float(wt.sum()), 1.0))
+    coarse = np.where(den > 1e-3, num / np.maximum(den, 1e-6), fallback).astype(np.float32)
+    return np.asarray(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+
+
+def flat_field(gray: np.ndarray, illum: np.ndarray) -> np.ndarray:
+    """(H, W) float32 frame divided by the reference lighting ``illum`` and brought back to its mean
+    level: fixed lighting gradients, falloff and vignetting of the camera are gone."""
+    ref = np.maximum(illum.astype(np.float32), 0.02)
+    out = gray * (float(ref.mean()) / ref)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -1,10 +1,22 @@
-"""Training of the layer U-Net on simulated layers.
+"""Training of the layer U-Net: simulated layers, simulated defects over real frames, and real frames.
 
-The data set is simulated once (in worker processes), cached under the run directory, and
-sampled as random crops with flips, rotations and intensity jitter. Validation runs on whole
-frames from builds seeded apart from the training builds; per-class IoU is printed every epoch.
-Checkpoints: ``last.pt`` (resumable: model, optimiser, scheduler, epoch) and ``best.pt``
-(best mean defect IoU, fp16, the file that ships).
+Three sources make up every batch (shares in :class:`TrainConfig`):
+
+- simulated layers (:mod:`segmentation.simulator`, domain-randomised), simulated once in worker
+  processes and cached under the run directory;
+- *composites*: simulated parts and defects drawn over real clean frames (``real_dir``), so that
+  defects are seen on real powder, real lighting and real fixtures;
+- real frames with their label masks (``real_dir``: ``images/`` + ``masks/``, LayerWatch's label
+  format: class ids 0-4, 254 "no defect here", 255 "not labelled").
+
+Every frame gets a random lighting change (:func:`segmentation.augment.random_lighting`) before its
+input channels are computed on the whole frame, then a random crop, rotation and flip. The loss is
+class-weighted cross-entropy plus soft Dice over the labelled pixels; a 254 pixel asks only that
+powder or part win (``-log(p_powder + p_part)``), a 255 pixel is ignored.
+
+Validation runs on whole simulated frames from builds seeded apart from the training builds;
+per-class IoU is printed every epoch. Checkpoints: ``last.pt`` (resumable: model, optimiser,
+scheduler, epoch) and ``best.pt`` (best mean defect IoU, fp16), ``final.pt`` (the last epoch, fp16).
 """
 
 from __future__ import annotations
@@ -18,15 +30,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
-from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NUM_CLASSES
+from segmentation.augment import random_lighting
+from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, NUM_CLASSES, UNLABELLED
 from segmentation.metrics import Evaluation, scores
 from segmentation.model import ARCHITECTURES, DEFAULT_ARCH, create_model, save_checkpoint
 from segmentation.preprocess import model_input, to_gray_float
-from segmentation.simulator import simulate_dataset
+from segmentation.simulator import SimBuild, simulate_dataset
 
-__all__ = ["TRAIN_SEED_STREAM", "VAL_SEED_STREAM", "TrainConfig", "train"]
+__all__ = [
+    "DEFAULT_REAL_DIR",
+    "TRAIN_SEED_STREAM",
+    "VAL_SEED_STREAM",
+    "LabelledSet",
+    "TrainConfig",
+    "calibrate_run",
+    "load_labelled",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +57,14 @@ log = logging.getLogger(__name__)
 #: streams (see segmentation.evaluate.TEST_SEED_STREAM), so no evaluated build was ever trained on.
 TRAIN_SEED_STREAM = 1
 VAL_SEED_STREAM = 2
+COMPOSITE_SEED_STREAM = 3
+
+#: The licensed real frames shipped for training (train rows of the fixed split only).
+DEFAULT_REAL_DIR = Path(__file__).resolve().parent.parent / "data" / "realdata"
 
 # Class weights of the cross-entropy: defects are a few percent of the pixels.
 _CLASS_WEIGHTS = (0.5, 1.0, 3.0, 3.0, 2.0)
+_NO_DEFECT_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +85,14 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0: no limit; otherwise stop (after an epoch) when exceeded
     threads: int = 2
     workers: int = 2
-    precision: str = "bf16"  # bf16 autocast (2x faster on CPUs with AMX/AVX-512 BF16) or fp32
+    # fp32, or bf16 autocast: 2x faster on CPUs with AMX/AVX-512 BF16, 30x slower on those without
+    precision: str = "fp32"
+    real_dir: Path | None = DEFAULT_REAL_DIR  # images/ + masks/; None: simulated layers only
+    composite_layers: int = 360  # simulated layers drawn over real clean frames
+    real_share: float = 0.15  # share of a batch taken from the real frames
+    composite_share: float = 0.25  # share of a batch taken from the composites
+    lighting: float = 1.0  # strength of the random lighting changes (0: none)
+    init: Path | None = None  # start from these weights (a checkpoint of the same architecture)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -69,27 +104,102 @@ class TrainConfig:
         for name in ("train_layers", "val_layers", "batch", "epochs", "steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        for name in ("real_share", "composite_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be between 0 and 1")
+        if self.real_share + self.composite_share > 1:
+            raise ValueError("real_share + composite_share must not exceed 1")
 
 
-def _simulate_chunk(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    stream, start, count, frame, channels = args
+# ---- data ------------------------------------------------------------------------------------------
+@dataclass
+class LabelledSet:
+    """Frames and label masks: ``gray[i]`` (H, W) float16 in [0, 1], ``masks[i]`` (H, W) uint8."""
+
+    names: list[str]
+    gray: list[np.ndarray]
+    masks: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.gray)
+
+
+def load_labelled(folder: Path, max_side: int = 1024) -> LabelledSet:
+    """A labelled folder (``images/NAME.*`` + ``masks/NAME.png``), frames scaled to at most ``max_side``."""
+    from segmentation.imageio import iter_image_paths, read_image
+
+    out = LabelledSet([], [], [])
+    if not (folder / "images").is_dir():
+        return out
+    for item in iter_image_paths([folder / "images"]):
+        if isinstance(item, Exception):
+            continue
+        mask_path = folder / "masks" / f"{item.stem}.png"
+        m = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        if m is None:
+            log.warning("%s: no mask %s; skipped", item, mask_path)
+            continue
+        g = to_gray_float(read_image(item))
+        if m.shape != g.shape:
+            log.warning("%s: mask is %s, image %s; skipped", item, m.shape, g.shape)
+            continue
+        scale = max_side / max(g.shape)
+        if scale < 1:
+            size = (round(g.shape[1] * scale), round(g.shape[0] * scale))
+            g = cv2.resize(g, size, interpolation=cv2.INTER_AREA)
+            m = cv2.resize(m, size, interpolation=cv2.INTER_NEAREST)
+        out.names.append(item.stem)
+        out.gray.append(g.astype(np.float16))
+        out.masks.append(m.astype(np.uint8))
+    return out
+
+
+def _simulate_chunk(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    stream, start, count, frame = args
     # chunks are whole builds (4 layers each) so that the set does not depend on the chunking
     layers = simulate_dataset(stream * 1000 + start, count, frame, frame)
-    x = np.stack([model_input(to_gray_float(la.image), channels).astype(np.float16) for la in layers])
+    x = np.stack([to_gray_float(la.image).astype(np.float16) for la in layers])
     y = np.stack([la.mask for la in layers])
     return x, y
 
 
-def build_set(
-    stream: int, count: int, frame: int, workers: int, cache: Path | None, channels: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate ``count`` frames as model input: (N, channels, H, W) float16 and (N, H, W) uint8 masks."""
+def _composite_chunk(args: tuple[int, list[tuple[np.ndarray, int]], int]) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated layers drawn over the given real backgrounds (frame-sized, float32, with their label)."""
+    seed, backgrounds, frame = args
+    xs, ys = [], []
+    for i, (bg, label) in enumerate(backgrounds):
+        build = SimBuild(seed * 1000 + i, frame, frame, 40)
+        rng = np.random.default_rng([seed, i])
+        layer = build.layer(int(rng.integers(8, 40)), background=bg, background_label=label)
+        xs.append(to_gray_float(layer.image).astype(np.float16))
+        ys.append(layer.mask)
+    return np.stack(xs), np.stack(ys)
+
+
+def _cached(cache: Path | None, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
-            if z["x"].shape == (count, channels, frame, frame):
+            if z["x"].shape == shape:
                 return z["x"], z["y"]
+    return None
+
+
+def _save(cache: Path | None, x: np.ndarray, y: np.ndarray) -> None:
+    if cache is None:
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.stem + ".tmp.npz")
+    np.savez(tmp, x=x, y=y)
+    tmp.replace(cache)
+
+
+def build_set(stream: int, count: int, frame: int, workers: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Simulate ``count`` frames: (N, H, W) float16 gray in [0, 1] and (N, H, W) uint8 masks."""
+    hit = _cached(cache, (count, frame, frame))
+    if hit is not None:
+        return hit
     chunk = 16
-    jobs = [(stream, i // chunk, min(chunk, count - i), frame, channels) for i in range(0, count, chunk)]
+    jobs = [(stream, i // chunk, min(chunk, count - i), frame) for i in range(0, count, chunk)]
     from tqdm import tqdm
 
     xs, ys = [], []
@@ -98,44 +208,162 @@ def build_set(
             xs.append(x)
             ys.append(y)
     x, y = np.concatenate(xs), np.concatenate(ys)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
-        np.savez(tmp, x=x, y=y)
-        tmp.replace(cache)
+    _save(cache, x, y)
     return x, y
 
 
-def _batch(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, n: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = rng.integers(0, x.shape[0], n)
-    xb = np.empty((n, x.shape[1], crop, crop), np.float32)
-    yb = np.empty((n, crop, crop), np.int64)
-    h, w = x.shape[2:]
-    for j, i in enumerate(idx):
-        r0, c0 = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-        xi = x[i, :, r0 : r0 + crop, c0 : c0 + crop].astype(np.float32)
-        yi = y[i, r0 : r0 + crop, c0 : c0 + crop]
-        k = int(rng.integers(4))
-        xi, yi = np.rot90(xi, k, axes=(1, 2)), np.rot90(yi, k)
-        if rng.random() < 0.5:
-            xi, yi = xi[:, :, ::-1], yi[:, ::-1]
-        # intensity jitter on the global channel: the model must not rely on exact normalised levels
-        xi[0] = xi[0] * float(rng.uniform(0.8, 1.25)) + float(rng.uniform(-0.25, 0.25))
-        xb[j] = xi
-        yb[j] = yi
+def _backgrounds(real: LabelledSet, frame: int, count: int, seed: int) -> list[tuple[np.ndarray, int]]:
+    """``count`` frame-sized real backgrounds: clean frames (no defect label), cropped or scaled down."""
+    clean = [i for i, m in enumerate(real.masks) if not np.isin(m, [1, 2, 3, 4]).any()]
+    out: list[tuple[np.ndarray, int]] = []
+    if not clean:
+        return out
+    rng = np.random.default_rng([seed, 77])
+    for _ in range(count):
+        i = int(clean[int(rng.integers(len(clean)))])
+        g = real.gray[i].astype(np.float32)
+        m = real.masks[i]
+        if rng.random() < 0.5 or min(g.shape) < frame:
+            g = np.asarray(cv2.resize(g, (frame, frame), interpolation=cv2.INTER_AREA), dtype=np.float32)
+            m = np.asarray(cv2.resize(m, (frame, frame), interpolation=cv2.INTER_NEAREST), dtype=np.uint8)
+        else:
+            r0 = int(rng.integers(0, g.shape[0] - frame + 1))
+            c0 = int(rng.integers(0, g.shape[1] - frame + 1))
+            g, m = g[r0 : r0 + frame, c0 : c0 + frame], m[r0 : r0 + frame, c0 : c0 + frame]
+        label = 0 if not m.any() else NO_DEFECT
+        out.append((np.ascontiguousarray(g), label))
+    return out
+
+
+def build_composites(
+    real: LabelledSet, count: int, frame: int, workers: int, cache: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` simulated layers over real clean frames: (N, H, W) float16 and (N, H, W) uint8."""
+    hit = _cached(cache, (count, frame, frame))
+    if hit is not None:
+        return hit
+    bgs = _backgrounds(real, frame, count, COMPOSITE_SEED_STREAM)
+    if not bgs:
+        return np.zeros((0, frame, frame), np.float16), np.zeros((0, frame, frame), np.uint8)
+    chunk = 8
+    jobs = [(COMPOSITE_SEED_STREAM * 1000 + i // chunk, bgs[i : i + chunk], frame) for i in range(0, len(bgs), chunk)]
+    from tqdm import tqdm
+
+    xs, ys = [], []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for x, y in tqdm(pool.map(_composite_chunk, jobs), total=len(jobs), desc="composites", unit="chunk"):
+            xs.append(x)
+            ys.append(y)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    _save(cache, x, y)
+    return x, y
+
+
+# ---- batches ----------------------------------------------------------------------------------------
+def _sample(
+    rng: np.random.Generator, gray: np.ndarray, mask: np.ndarray, crop: int, channels: int, lighting: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One training crop: lighting change on the whole frame, input channels, crop, rotation, flip."""
+    g = gray.astype(np.float32)
+    if lighting > 0 and rng.random() < 0.8:
+        g = random_lighting(g, rng, lighting)
+    x = model_input(g, channels)
+    h, w = g.shape
+    if h < crop or w < crop:
+        ph, pw = max(0, crop - h), max(0, crop - w)
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=UNLABELLED)
+        h, w = mask.shape
+    r0, c0 = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    xi = x[:, r0 : r0 + crop, c0 : c0 + crop]
+    yi = mask[r0 : r0 + crop, c0 : c0 + crop]
+    k = int(rng.integers(4))
+    xi, yi = np.rot90(xi, k, axes=(1, 2)), np.rot90(yi, k)
+    if rng.random() < 0.5:
+        xi, yi = xi[:, :, ::-1], yi[:, ::-1]
+    return xi, yi
+
+
+def _real_view(rng: np.random.Generator, real: LabelledSet, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real frame at a random scale (0.5-1x), cut to at most ``frame`` px a side."""
+    # each source data set (name prefix) is drawn equally often, whatever its number of frames
+    groups = sorted({n.split("-", 1)[0] for n in real.names})
+    group = groups[int(rng.integers(len(groups)))]
+    members = [j for j, n in enumerate(real.names) if n.split("-", 1)[0] == group]
+    i = members[int(rng.integers(len(members)))]
+    g, m = real.gray[i].astype(np.float32), real.masks[i]
+    scale = float(rng.uniform(0.5, 1.0))
+    if scale < 0.95:
+        size = (max(8, round(g.shape[1] * scale)), max(8, round(g.shape[0] * scale)))
+        g = np.asarray(cv2.resize(g, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
+        m = np.asarray(cv2.resize(m, size, interpolation=cv2.INTER_NEAREST), dtype=np.uint8)
+    h, w = g.shape
+    if h > frame or w > frame:
+        r0 = int(rng.integers(0, max(1, h - frame + 1)))
+        c0 = int(rng.integers(0, max(1, w - frame + 1)))
+        g, m = g[r0 : r0 + frame, c0 : c0 + frame], m[r0 : r0 + frame, c0 : c0 + frame]
+    return g, m
+
+
+@dataclass
+class _Sources:
+    sim: tuple[np.ndarray, np.ndarray]
+    composite: tuple[np.ndarray, np.ndarray]
+    real: LabelledSet
+
+
+def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    xb = np.empty((cfg.batch, channels, cfg.crop, cfg.crop), np.float32)
+    yb = np.empty((cfg.batch, cfg.crop, cfg.crop), np.int64)
+    n_comp = src.composite[0].shape[0]
+    for j in range(cfg.batch):
+        u = rng.random()
+        if len(src.real) and u < cfg.real_share:
+            g, m = _real_view(rng, src.real, cfg.frame)
+        elif n_comp and u < cfg.real_share + cfg.composite_share:
+            i = int(rng.integers(n_comp))
+            g, m = src.composite[0][i], src.composite[1][i]
+        else:
+            i = int(rng.integers(src.sim[0].shape[0]))
+            g, m = src.sim[0][i], src.sim[1][i]
+        xb[j], yb[j] = _sample(rng, g, m, cfg.crop, channels, cfg.lighting)
     return xb, yb
 
 
-def evaluate_arrays(model: Any, x: np.ndarray, y: np.ndarray, batch: int = 4) -> Evaluation:
-    """Whole-frame evaluation of a torch model on normalised frames and their masks."""
+def partial_label_loss(logits: Any, y: Any, weights: Any) -> Any:
+    """Cross-entropy over pixels labelled 0..C-1 (class-weighted), ``-log(p0 + p1)`` over 254
+    ("no defect here") pixels, 255 ignored; plus soft Dice over the non-powder classes on labelled pixels."""
+    import torch
+    import torch.nn.functional as F
+
+    c = logits.shape[1]
+    logp = F.log_softmax(logits, 1)
+    known = y < c
+    nd = y == NO_DEFECT
+    yk = torch.where(known, y, torch.zeros_like(y))
+    w = weights[yk] * known
+    nll = -logp.gather(1, yk[:, None])[:, 0]
+    nd_nll = -torch.logsumexp(logp[:, :2], 1)
+    denom = w.sum() + nd.sum() * _NO_DEFECT_WEIGHT
+    ce = ((nll * w).sum() + (nd_nll * nd).sum() * _NO_DEFECT_WEIGHT) / denom.clamp(min=1.0)
+    prob = logp.exp() * known[:, None]
+    onehot = F.one_hot(yk, c).permute(0, 3, 1, 2).float() * known[:, None]
+    inter = (prob * onehot).sum((0, 2, 3))
+    den = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (den + 1)
+    return ce + dice[1:].mean()
+
+
+def evaluate_arrays(model: Any, gray: np.ndarray, y: np.ndarray, channels: int, batch: int = 4) -> Evaluation:
+    """Whole-frame evaluation of a torch model on gray frames (N, H, W) and their masks."""
     import torch
 
     ev = Evaluation.empty()
     model.eval()
     with torch.inference_mode():
-        for i in range(0, x.shape[0], batch):
-            xb = torch.from_numpy(x[i : i + batch].astype(np.float32))
-            pred = model(xb).argmax(1).numpy().astype(np.uint8)
+        for i in range(0, gray.shape[0], batch):
+            x = np.stack([model_input(g.astype(np.float32), channels) for g in gray[i : i + batch]])
+            pred = model(torch.from_numpy(x)).argmax(1).numpy().astype(np.uint8)
             for t, p in zip(y[i : i + batch], pred, strict=True):
                 ev.add(t, p)
     return ev
@@ -144,7 +372,6 @@ def evaluate_arrays(model: Any, x: np.ndarray, y: np.ndarray, batch: int = 4) ->
 def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) training; returns the best validation summary."""
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
@@ -153,14 +380,26 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
     t_start = time.monotonic()
 
     channels = ARCHITECTURES[cfg.arch].in_channels
-    x_tr, y_tr = build_set(
-        TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz", channels
+    sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz")
+    x_va, y_va = build_set(VAL_SEED_STREAM, cfg.val_layers, cfg.frame, cfg.workers, cfg.out / "val_set.npz")
+    real = load_labelled(cfg.real_dir) if cfg.real_dir is not None else LabelledSet([], [], [])
+    composite = build_composites(
+        real, cfg.composite_layers if len(real) else 0, cfg.frame, cfg.workers, cfg.out / "composite_set.npz"
     )
-    x_va, y_va = build_set(VAL_SEED_STREAM, cfg.val_layers, cfg.frame, cfg.workers, cfg.out / "val_set.npz", channels)
-    freq = np.bincount(y_tr.ravel(), minlength=NUM_CLASSES) / y_tr.size
-    echo("train pixel share: " + ", ".join(f"{n} {f:.4f}" for n, f in zip(CLASS_NAMES, freq, strict=True)))
+    src = _Sources(sim, composite, real)
+    freq = np.bincount(sim[1].ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] / sim[1].size
+    echo("simulated pixel share: " + ", ".join(f"{n} {f:.4f}" for n, f in zip(CLASS_NAMES, freq, strict=True)))
+    echo(f"real labelled frames: {len(real)}; composites: {composite[0].shape[0]}")
 
     model = create_model(cfg.arch)
+    if cfg.init is not None and not resume:
+        from segmentation.model import load_checkpoint
+
+        init_model, _ = load_checkpoint(cfg.init)
+        own = model.state_dict()
+        same = {k: v for k, v in init_model.state_dict().items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(same, strict=False)
+        echo(f"starting from the weights of {cfg.init} ({len(same)} of {len(own)} tensors match)")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
@@ -176,30 +415,25 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
         echo(f"resumed from {last} at epoch {epoch0}")
     elapsed0 = history[-1]["minutes"] if history else 0.0
 
+    extra_cfg = {k: str(v) for k, v in asdict(cfg).items()}
     for epoch in range(epoch0, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
         model.train()
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
         loss_sum = 0.0
         for _ in bar:
-            xb, yb = _batch(rng, x_tr, y_tr, cfg.batch, cfg.crop)
+            xb, yb = _batch(rng, src, cfg, channels)
             xt, yt = torch.from_numpy(xb), torch.from_numpy(yb)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 logits = model(xt).float()
-            ce = F.cross_entropy(logits, yt, weight=weights)
-            prob = logits.softmax(1)
-            onehot = F.one_hot(yt, NUM_CLASSES).permute(0, 3, 1, 2).float()
-            inter = (prob * onehot).sum((0, 2, 3))
-            denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-            dice = 1 - (2 * inter + 1) / (denom + 1)
-            loss = ce + dice[1:].mean()
+            loss = partial_label_loss(logits, yt, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             loss_sum += loss.item()
             bar.set_postfix(loss=f"{loss_sum / (bar.n + 1):.3f}")
-        ev = evaluate_arrays(model, x_va, y_va)
+        ev = evaluate_arrays(model, x_va, y_va, channels)
         cls = scores(ev.cm)
         defect_iou = float(np.mean([cls[c].iou for c in DEFECT_CLASSES]))
         minutes = elapsed0 + (time.monotonic() - t_start) / 60
@@ -216,10 +450,11 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
             + " ".join(f"{s.name} {s.iou:.3f}" for s in cls)
             + f" pore-recall {ev.pore_recall:.3f} ({minutes:.1f} min)"
         )
-        extra = {"train_config": {k: str(v) for k, v in asdict(cfg).items()}, "val": row}
+        extra = {"train_config": extra_cfg, "val": row}
         if defect_iou > best:
             best = defect_iou
             save_checkpoint(cfg.out / "best.pt", model, cfg.arch, extra)
+        save_checkpoint(cfg.out / "final.pt", model, cfg.arch, extra)
         torch.save(
             {
                 "model": model.state_dict(),
@@ -236,4 +471,38 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
         if cfg.max_minutes and minutes > cfg.max_minutes:
             echo(f"stopping after epoch {epoch + 1}: {minutes:.1f} min exceeds --max-minutes {cfg.max_minutes}")
             break
+    calibrate_run(cfg, src, echo)
     return {"best_defect_iou": best, "history": history, "minutes": (time.monotonic() - t_start) / 60}
+
+
+def _calibration_frames(src: _Sources, seed: int, n_sim: int = 240, n_comp: int = 120) -> list[np.ndarray]:
+    """Whole frames of the kinds the model trained on, for the out-of-distribution statistics."""
+    rng = np.random.default_rng([seed, 991])
+    frames: list[np.ndarray] = []
+    for (x, _), n in ((src.sim, n_sim), (src.composite, n_comp)):
+        if x.shape[0]:
+            frames += [x[int(i)] for i in rng.choice(x.shape[0], min(n, x.shape[0]), replace=False)]
+    frames += list(src.real.gray)
+    return frames
+
+
+def calibrate_run(cfg: TrainConfig, src: _Sources | None = None, echo: Callable[[str], None] = print) -> None:
+    """Fill the out-of-distribution statistics of the run's ``final.pt`` and ``best.pt``."""
+    from segmentation.ood import calibrate
+
+    if src is None:
+        sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz")
+        real = load_labelled(cfg.real_dir) if cfg.real_dir is not None else LabelledSet([], [], [])
+        comp = build_composites(
+            real, cfg.composite_layers if len(real) else 0, cfg.frame, cfg.workers, cfg.out / "composite_set.npz"
+        )
+        src = _Sources(sim, comp, real)
+    frames = _calibration_frames(src, cfg.seed)
+    for name in ("final.pt", "best.pt"):
+        path = cfg.out / name
+        if path.is_file():
+            summary = calibrate(path, frames)
+            echo(
+                f"{name}: out-of-distribution threshold {summary['threshold']:.3g} "
+                f"(median calibration score {summary['median_score']:.3g}, {summary['frames']} frames)"
+            )
