@@ -2,9 +2,11 @@
 
 An engine maps a model-input batch (N, in_channels, H, W) float32 to class probabilities
 (N, C, H, W) float32 (the softmax runs inside the engine: in ONNX Runtime it is part of the
-exported graph, several times faster than NumPy). The Segmenter owns everything around it:
-conversion to gray, whole-frame input channels, padding to the network's stride, tiling of large
-frames with overlap and blending, and the class-id mask.
+exported graph, several times faster than NumPy) and to each image's out-of-distribution score
+(:mod:`segmentation.ood`). The Segmenter owns everything around it: conversion to gray, an optional
+flat-field correction by the build's reference illumination, whole-frame input channels, padding to
+the network's stride, tiling of large frames with overlap and blending, the class-id mask and the
+region of interest.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from segmentation.errors import ImageError, ModelError
-from segmentation.preprocess import model_input, to_gray_float
+from segmentation.preprocess import flat_field, model_input, to_gray_float
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -41,14 +43,15 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "models" / "la
 
 
 class Engine(Protocol):
-    """Runs the network: (N, in_channels, H, W) float32 -> (N, classes, H, W) float32 probabilities."""
+    """Runs the network: (N, in_channels, H, W) float32 -> ((N, classes, H, W) float32 probabilities,
+    (N,) float32 out-of-distribution scores, 0 for an uncalibrated model)."""
 
     name: str
     stride: int
     in_channels: int
     meta: dict[str, Any]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
     def close(self) -> None: ...
 
@@ -75,10 +78,11 @@ class TorchEngine:
         self._device = torch.device(device)
         self._model = model.to(self._device)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._torch.inference_mode():
-            out = self._model(self._torch.from_numpy(x).to(self._device)).float().softmax(1)
-        return np.asarray(out.cpu().numpy())
+            logits, score = self._model.forward_with_ood(self._torch.from_numpy(x).to(self._device))
+            out = logits.float().softmax(1)
+        return np.asarray(out.cpu().numpy()), np.asarray(score.float().cpu().numpy())
 
     def close(self) -> None:
         self._model = None
@@ -119,28 +123,37 @@ class OnnxEngine:
         self.in_channels = model_spec.in_channels
         self._input = self._session.get_inputs()[0].name
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._session.run(None, {self._input: x})[0])
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, score = self._session.run(None, {self._input: x})
+        return np.asarray(probs), np.asarray(score)
 
     def close(self) -> None:
         self._session = None
 
 
-# Bumped when the exported graph changes shape or meaning (3: softmax probabilities as output).
-_ONNX_FORMAT = "3"
+# Bumped when the exported graph changes shape or meaning (3: softmax probabilities as output;
+# 4: and the out-of-distribution score).
+_ONNX_FORMAT = "4"
 
 
-def channel_softmax() -> Any:
-    """Softmax over dim 1 written as max/sub/exp/sum/div: ONNX Runtime runs the Softmax operator
+def exportable(model: Any) -> Any:
+    """The network as exported: (N, in_channels, H, W) -> (probabilities, out-of-distribution score).
+
+    The softmax over dim 1 is written as max/sub/exp/sum/div: ONNX Runtime runs the Softmax operator
     over a non-last axis through transposes, about 250 ms slower on a 1024x1024 frame."""
     import torch
 
-    class _ChannelSoftmax(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            e = torch.exp(x - x.amax(dim=1, keepdim=True))
-            return e / e.sum(dim=1, keepdim=True)
+    class _Exported(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
 
-    return _ChannelSoftmax()
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits, score = self.net.forward_with_ood(x)
+            e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+            return e / e.sum(dim=1, keepdim=True), score
+
+    return _Exported()
 
 
 def _onnx_source_sha(path: Path) -> str | None:
@@ -173,13 +186,13 @@ def export_onnx(model_path: Path, onnx_path: Path, opset: int = 17) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                torch.nn.Sequential(model, channel_softmax()),
+                exportable(model),
                 (dummy,),
                 str(tmp_file),
                 input_names=["image"],
-                output_names=["probs"],
+                output_names=["probs", "ood"],
                 opset_version=opset,
-                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "probs": {0: "n", 2: "h", 3: "w"}},
+                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "probs": {0: "n", 2: "h", 3: "w"}, "ood": {0: "n"}},
                 dynamo=False,
             )
         proto = onnx.load(str(tmp_file))
@@ -209,10 +222,18 @@ def create_engine(name: str, model_path: Path, threads: int | None = None) -> En
 
 
 class Segmentation(NamedTuple):
-    """``mask``: (H, W) uint8 class ids; ``probs``: (C, H, W) float32 class probabilities."""
+    """``mask``: (H, W) uint8 class ids (0 outside the region of interest); ``probs``: (C, H, W)
+    float32 class probabilities; ``ood``: how unfamiliar the frame is to the model, as a multiple of
+    its calibrated threshold (above 1: unlike anything it was trained on; NaN: the model has no
+    calibration)."""
 
     mask: np.ndarray
     probs: np.ndarray
+    ood: float = float("nan")
+
+    @property
+    def unfamiliar(self) -> bool:
+        return bool(self.ood > 1.0)  # NaN compares False: an uncalibrated model never says so
 
 
 @dataclass
@@ -262,8 +283,15 @@ class Segmenter:
         engine = self.start()._engine
         return dict(engine.meta) if engine is not None else {}
 
-    def segment(self, image: np.ndarray) -> Segmentation:
-        """Segment one frame: (H, W) or (H, W, C) array -> :class:`Segmentation`."""
+    def segment(
+        self, image: np.ndarray, *, roi: np.ndarray | None = None, illumination: np.ndarray | None = None
+    ) -> Segmentation:
+        """Segment one frame: (H, W) or (H, W, C) array -> :class:`Segmentation`.
+
+        ``roi``: (H, W) bool, the build plate; pixels outside it are powder (background) in the mask.
+        ``illumination``: (H, W) float32, the build's reference lighting
+        (:func:`segmentation.preprocess.illumination`); the frame is flat-fielded by it first.
+        """
         engine = self.start()._engine
         assert engine is not None  # for mypy: start() sets it
         img = np.asarray(image)
@@ -271,15 +299,31 @@ class Segmenter:
             raise ImageError(f"image has zero size {img.shape}")
         if img.shape[0] * img.shape[1] > self.max_pixels:
             raise ImageError(f"frame {img.shape[1]}x{img.shape[0]} is over the limit of {self.max_pixels} pixels")
+        for name, extra in (("roi", roi), ("illumination", illumination)):
+            if extra is not None and extra.shape != img.shape[:2]:
+                raise ImageError(f"{name} is {extra.shape[::-1]} px but the frame is {img.shape[1::-1]}")
         try:
-            x = model_input(to_gray_float(img), engine.in_channels)
+            gray = to_gray_float(img)
+            if illumination is not None:
+                gray = flat_field(gray, illumination)
+            x = model_input(gray, engine.in_channels)
         except ValueError as err:
             raise ImageError(str(err)) from err
-        probs = self._probs(engine, x)
-        return Segmentation(_argmax(probs), probs)
+        probs, score = self._probs(engine, x)
+        mask = _argmax(probs)
+        if roi is not None:
+            mask[~roi] = 0
+        return Segmentation(mask, probs, score / self._ood_threshold(engine))
 
-    def _probs(self, engine: Engine, x: np.ndarray) -> np.ndarray:
-        """(in_channels, H, W) model input -> (classes, H, W) probabilities, tiled when large."""
+    @staticmethod
+    def _ood_threshold(engine: Engine) -> float:
+        ood = engine.meta.get("ood") or {}
+        t = float(ood.get("threshold", "nan"))
+        return t if t > 0 else float("nan")
+
+    def _probs(self, engine: Engine, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """(in_channels, H, W) model input -> ((classes, H, W) probabilities, out-of-distribution
+        score: the largest of the tiles'), tiled when large."""
         h, w = x.shape[1:]
         if h <= self.tile and w <= self.tile:
             return self._run(engine, x)
@@ -288,9 +332,11 @@ class Segmenter:
             x = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect")
         acc: np.ndarray | None = None
         wsum = np.zeros((ph, pw), dtype=np.float32)
+        score = 0.0
         for r0 in _starts(ph, self.tile, self.overlap):
             for c0 in _starts(pw, self.tile, self.overlap):
-                p = self._run(engine, x[:, r0 : r0 + self.tile, c0 : c0 + self.tile])
+                p, tile_score = self._run(engine, x[:, r0 : r0 + self.tile, c0 : c0 + self.tile])
+                score = max(score, tile_score)
                 wt = np.outer(
                     _ramp(self.tile, self.overlap, r0 == 0, r0 + self.tile == ph),
                     _ramp(self.tile, self.overlap, c0 == 0, c0 + self.tile == pw),
@@ -300,18 +346,19 @@ class Segmenter:
                 acc[:, r0 : r0 + self.tile, c0 : c0 + self.tile] += p * wt
                 wsum[r0 : r0 + self.tile, c0 : c0 + self.tile] += wt
         assert acc is not None
-        return (acc / wsum)[:, :h, :w]
+        return (acc / wsum)[:, :h, :w], score
 
     @staticmethod
-    def _run(engine: Engine, x: np.ndarray) -> np.ndarray:
-        """(in_channels, h, w) -> (classes, h, w) probabilities, padding to the stride by reflection."""
+    def _run(engine: Engine, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """(in_channels, h, w) -> ((classes, h, w) probabilities, score), padding to the stride by reflection."""
         h, w = x.shape[1:]
         s = engine.stride
         ph, pw = -h % s, -w % s
         if ph or pw:
             x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-        probs = engine(np.ascontiguousarray(x[None], dtype=np.float32))[0]
-        return probs if (ph, pw) == (0, 0) else probs[:, :h, :w]
+        probs, score = engine(np.ascontiguousarray(x[None], dtype=np.float32))
+        p = probs[0]
+        return (p if (ph, pw) == (0, 0) else p[:, :h, :w]), float(score[0])
 
 
 def _argmax(probs: np.ndarray) -> np.ndarray:

@@ -21,7 +21,13 @@ __all__ = ["LayerUNet"]
 
 
 class LayerUNet(nn.Module):
-    """(N, 1, H, W) normalised gray image -> (N, classes, H, W) logits."""
+    """(N, in_channels, H, W) model input -> (N, classes, H, W) logits.
+
+    ``forward_with_ood`` also returns, per image, how far the encoder's deepest features (averaged
+    over the image) lie from those of the frames the model was calibrated on: the mean squared
+    z-score over the feature channels (buffers ``ood_mean`` and ``ood_inv_std``, all zero until
+    :func:`segmentation.ood.calibrate` fills them).
+    """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -48,8 +54,25 @@ class LayerUNet(nn.Module):
                 nn.Conv2d(r, spec.classes, 1),
             )
 
+        depth = int(self.unet.encoder.out_channels[-1])
+        self.register_buffer("ood_mean", torch.zeros(depth))
+        self.register_buffer("ood_inv_std", torch.zeros(depth))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.unet(x)
-        if self.refine is None:
-            return y
-        return self.refine(torch.cat([torch.relu(y), x], dim=1))
+        return self.forward_with_ood(x)[0]
+
+    def forward_with_ood(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, classes, H, W), score (N,)): the score is 0 for an uncalibrated model."""
+        feats = self.unet.encoder(x)
+        y = self.unet.segmentation_head(self.unet.decoder(feats))
+        if self.refine is not None:
+            y = self.refine(torch.cat([torch.relu(y), x], dim=1))
+        mean, inv_std = self.ood_mean, self.ood_inv_std
+        assert isinstance(mean, torch.Tensor) and isinstance(inv_std, torch.Tensor)  # registered buffers
+        z = (self.pooled(feats) - mean) * inv_std
+        return y, (z * z).mean(dim=1)
+
+    @staticmethod
+    def pooled(feats: list[torch.Tensor]) -> torch.Tensor:
+        """(N, C) the deepest encoder features averaged over the image."""
+        return feats[-1].mean(dim=(2, 3))

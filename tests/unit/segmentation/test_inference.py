@@ -127,10 +127,16 @@ def test_channel_loop_argmax_matches_numpy(rng: np.random.Generator) -> None:
     assert np.array_equal(_argmax(p), p.argmax(0).astype(np.uint8))
 
 
-def test_exported_softmax_matches_torch() -> None:
+def test_exported_graph_is_softmax_and_score_of_the_network(tiny_checkpoint: Path) -> None:
     import torch
 
-    from segmentation.inference import channel_softmax
+    from segmentation.inference import exportable
+    from segmentation.model import load_checkpoint
 
-    x = torch.randn(2, 5, 8, 9) * 10
-    assert torch.allclose(channel_softmax()(x), x.softmax(1), atol=1e-6)
+    model, _ = load_checkpoint(tiny_checkpoint)
+    x = torch.randn(2, model.spec.in_channels, 64, 64)
+    with torch.inference_mode():
+        probs, score = exportable(model)(x)
+        logits, ref_score = model.forward_with_ood(x)
+    assert torch.allclose(probs, logits.softmax(1), atol=1e-6)
+    assert torch.equal(score, ref_score) and score.shape == (2,)

@@ -1,0 +1,144 @@
+"""What makes the model see defects rather than lighting: lighting changes, the build plate, the
+reference lighting, partial labels and the out-of-distribution score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segmentation.augment import LIGHTING_TRANSFORMS, apply, random_lighting
+from segmentation.classes import NO_DEFECT, UNLABELLED
+from segmentation.preprocess import flat_field, illumination
+from segmentation.roi import Roi, polygon_mask, propose_roi
+
+
+def test_ten_lighting_changes_keep_frames_in_range() -> None:
+    g = np.linspace(0, 1, 64 * 80, dtype=np.float32).reshape(64, 80)
+    assert len(LIGHTING_TRANSFORMS) == 10
+    outs = [apply(g, fn) for _, fn in LIGHTING_TRANSFORMS]
+    for out in outs:
+        assert out.shape == g.shape and out.dtype == np.float32
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    # every change does change the frame
+    assert all(float(np.abs(o - g).mean()) > 0.01 for o in outs)
+
+
+def test_random_lighting_is_seeded_and_bounded(rng: np.random.Generator) -> None:
+    g = rng.uniform(0.2, 0.6, (96, 96)).astype(np.float32)
+    a = random_lighting(g, np.random.default_rng(5))
+    b = random_lighting(g, np.random.default_rng(5))
+    assert np.array_equal(a, b)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert np.array_equal(random_lighting(g, np.random.default_rng(5), strength=0.0) > -1, np.ones_like(g, bool))
+
+
+def _chamber(h: int = 400, w: int = 360) -> np.ndarray:
+    """A powder bed between dark walls on the left and right and a bright rail at the top."""
+    rng = np.random.default_rng(1)
+    img = 0.5 + 0.02 * rng.normal(size=(h, w))
+    img[:, :30] = 0.1
+    img[:, w - 24 :] = 0.12
+    img[:18] = 0.9
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def test_the_plate_is_proposed_between_walls_and_rails() -> None:
+    roi = propose_roi([_chamber()])
+    xs = [p[0] for p in roi.points]
+    ys = [p[1] for p in roi.points]
+    assert roi.source == "proposed" and len(roi.points) == 4
+    assert 30 <= min(xs) <= 45 and 320 <= max(xs) <= 336
+    assert 18 <= min(ys) <= 32 and max(ys) >= 390  # no edge at the bottom: the frame's border
+    mask = roi.mask((400, 360))
+    assert not mask[:, :30].any() and not mask[:18].any() and mask[200, 180]
+
+
+def test_a_plain_frame_keeps_the_whole_frame() -> None:
+    roi = propose_roi([np.full((100, 120), 0.5, np.float32)])
+    assert roi.mask((100, 120)).mean() > 0.99
+
+
+def test_roi_polygons_are_validated() -> None:
+    with pytest.raises(ValueError, match="at least 3 points"):
+        Roi.from_points([[0, 0], [1, 1]], "config")
+    with pytest.raises(ValueError, match="finite"):
+        Roi.from_points([[0, 0], [1, float("nan")], [2, 2]], "config")
+    m = polygon_mask((10, 10), [(2, 2), (8, 2), (8, 8), (2, 8)])
+    assert m.sum() == 36 and m[2, 2] and not m[8, 8]
+
+
+def test_flat_field_removes_the_cameras_lighting() -> None:
+    rng = np.random.default_rng(2)
+    h, w = 256, 256
+    yy, xx = np.mgrid[0:h, 0:w] / 256.0
+    light = (0.6 + 0.5 * xx - 0.2 * yy).astype(np.float32)
+    powder = (0.5 + 0.01 * rng.normal(size=(h, w))).astype(np.float32)
+    frame = powder * light
+    illum = illumination(frame)  # from a frame of plain powder
+    later = powder * light
+    later[100:140, 100:140] *= 0.6  # a dark part appears on a later layer
+    flat = flat_field(later, illum)
+    outside = np.ones((h, w), bool)
+    outside[90:150, 90:150] = False
+    assert float(later[outside].std()) > 0.07
+    assert float(flat[outside].std()) < 0.03  # the gradient is gone
+    assert float(flat[110:130, 110:130].mean()) < 0.8 * float(flat[outside].mean())  # the part is not
+
+
+def test_illumination_uses_only_the_weighted_pixels() -> None:
+    frame = np.full((128, 128), 0.5, np.float32)
+    frame[40:90, 40:90] = 0.9  # a bright part, not lighting
+    weight = np.ones_like(frame, bool)
+    weight[36:94, 36:94] = False
+    illum = illumination(frame, weight)
+    assert abs(float(illum[64, 64]) - 0.5) < 0.05
+
+
+def test_partial_labels_ask_only_what_is_known() -> None:
+    import torch
+
+    from segmentation.train import _CLASS_WEIGHTS, partial_label_loss
+
+    w = torch.tensor(_CLASS_WEIGHTS)
+    y = torch.full((1, 4, 4), NO_DEFECT, dtype=torch.int64)
+    powder_or_part = torch.zeros(1, 5, 4, 4)
+    powder_or_part[:, 0] = 3.0
+    powder_or_part[:, 1] = 3.0  # unsure between powder and part, sure it is no defect
+    defect = torch.zeros(1, 5, 4, 4)
+    defect[:, 2] = 6.0
+    assert float(partial_label_loss(powder_or_part, y, w)) < float(partial_label_loss(defect, y, w))
+    # unlabelled pixels change nothing
+    y2 = torch.full((1, 4, 4), UNLABELLED, dtype=torch.int64)
+    y2[0, 0, 0] = 2
+    y3 = y2.clone()
+    y3[0, 1:, :] = UNLABELLED
+    logits = torch.randn(1, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert float(partial_label_loss(logits, y2, w)) == pytest.approx(float(partial_label_loss(logits, y3, w)))
+
+
+@pytest.mark.slow
+def test_the_out_of_distribution_score_is_calibrated_and_exported(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Mechanics only (an untrained network's features say little; the shipped model's are tested in
+    tests/integration/test_shipped_model.py): statistics stored in the weights, the same score from
+    both engines, calibration frames under the threshold, NaN for an uncalibrated model."""
+    from segmentation.inference import Segmenter
+    from segmentation.ood import calibrate
+    from segmentation.preprocess import to_gray_float
+    from segmentation.simulator import simulate_dataset
+
+    frames = [to_gray_float(la.image) for la in simulate_dataset(31, 12, 128, 128)]
+    model = tmp_path / "m.pt"
+    summary = calibrate(tiny_checkpoint, frames, out=model)
+    assert summary["frames"] == 12 and summary["threshold"] > summary["max_score"] > 0
+    scores = {}
+    for engine in ("torch", "onnx"):
+        with Segmenter(model, engine=engine) as seg:
+            scores[engine] = [seg.segment(f).ood for f in frames]
+            assert seg.model_meta["ood"]["threshold"] == pytest.approx(summary["threshold"])
+    assert max(scores["torch"]) < 1.0
+    assert np.allclose(scores["torch"], scores["onnx"], rtol=1e-3)
+    with Segmenter(tiny_checkpoint, engine="torch") as seg:  # never calibrated: never says so
+        out = seg.segment(frames[0])
+        assert np.isnan(out.ood) and not out.unfamiliar
