@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from monitor.policy import DEFAULT_POLICY, Policy, Rule, load_policy
 from printer_io.errors import ConfigError
@@ -51,6 +51,12 @@ class MonitorSection(_Section):
     build_idle_close_s: float = Field(default=1800.0, gt=0)
     max_frame_pixels: int = Field(default=64_000_000, ge=1024)
     gzip_level: int = Field(default=1, ge=0, le=9)
+    # the build plate: propose it from a build's first frame where no [printers.<id>] roi is set
+    propose_roi: bool = True
+    # the first layers of a build give the camera's fixed lighting, which later frames are corrected by
+    reference_layers: int = Field(default=3, ge=0, le=50)
+    # frames unlike the model's training data are not judged automatically: a person reviews them
+    ood_check: bool = True
 
 
 class PrinterSection(_Section):
@@ -63,6 +69,17 @@ class PrinterSection(_Section):
     mm_per_px: float | None = Field(default=None, gt=0, le=10)
     layer_thickness_mm: float | None = Field(default=None, gt=0, le=5)
     object_names: dict[str, str] = Field(default_factory=dict, description="part id -> firmware object name")
+    # the build plate as a polygon of (x, y) camera pixels; nothing outside it is judged
+    roi: tuple[tuple[float, float], ...] | None = None
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_polygon(cls, v: tuple[tuple[float, float], ...] | None) -> tuple[tuple[float, float], ...] | None:
+        if v is not None and len(v) < 3:
+            raise ValueError(f"roi needs at least 3 [x, y] points, got {len(v)}")
+        if v is not None and any(c < 0 or c != c for p in v for c in p):
+            raise ValueError("roi points are camera pixels: numbers >= 0")
+        return v
 
 
 class ControllerSection(_Section):

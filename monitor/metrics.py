@@ -15,7 +15,13 @@ Metrics (``METRIC_NAMES``), per layer:
 - warping: ``warping_area_mm2``, ``warping_edge_mm`` (length of part outline next to warping),
   ``warping_growth_mm`` (edge length gained since the previous layer), ``warping_growth_area_mm2``,
   ``warping_stable_area_mm2`` (warping also present, within 2 px, on the previous layer: a real lifted
-  edge persists from layer to layer, a misreading flickers) and ``warping_stable_growth_mm2``.
+  edge persists from layer to layer, a misreading flickers) and ``warping_stable_growth_mm2``;
+- warping as geometry (a lifted edge stands out of the part's outline or stays at the same place; a
+  uniformly bright part is never warping by itself): ``warping_persistent_area_mm2`` (warping on each of
+  the last 3 layers, within 2 px), ``warping_outside_area_mm2`` (warping outside the footprint the parts had
+  3 to 8 layers earlier, next to a part), ``warping_confirmed_area_mm2`` (persistent warping components that
+  stand outside that footprint, or lie at a part's outline and cover less than half of that part) and
+  ``warping_confirmed_growth_mm2`` (its change since the previous layer).
 
 Per part (``PART_METRIC_NAMES``): ``area_mm2``, ``porosity_fraction``, ``pore_count``, ``spatter_count``
 (particles within ``spatter_reach_px`` of the part), ``warping_area_mm2``, ``warping_edge_mm``.
@@ -23,6 +29,7 @@ Per part (``PART_METRIC_NAMES``): ``area_mm2``, ``porosity_fraction``, ``pore_co
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -52,6 +59,10 @@ METRIC_NAMES: tuple[str, ...] = (
     "warping_growth_area_mm2",
     "warping_stable_area_mm2",
     "warping_stable_growth_mm2",
+    "warping_persistent_area_mm2",
+    "warping_outside_area_mm2",
+    "warping_confirmed_area_mm2",
+    "warping_confirmed_growth_mm2",
 )
 PART_METRIC_NAMES: tuple[str, ...] = (
     "area_mm2",
@@ -62,6 +73,9 @@ PART_METRIC_NAMES: tuple[str, ...] = (
     "warping_edge_mm",
 )
 _K3 = np.ones((3, 3), dtype=np.uint8)
+_PERSIST_LAYERS = 3  # warping on each of this many layers (this one included) is persistent
+_FOOTPRINT_LAYERS = 8  # the parts' footprint is taken from 3 to this many layers back
+_OUTSIDE_MIN_PX = 4  # pixels outside the earlier footprint that make a warping component stand out
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
@@ -152,6 +166,9 @@ class MetricsComputer:
         self._prev_warp_mm2: float | None = None
         self._prev_warp: np.ndarray | None = None
         self._prev_stable_mm2 = 0.0
+        self._warps: deque[np.ndarray] = deque(maxlen=_PERSIST_LAYERS - 1)  # the previous layers' warping
+        self._regions: deque[np.ndarray] = deque(maxlen=_FOOTPRINT_LAYERS)  # the previous layers' part regions
+        self._prev_confirmed_mm2 = 0.0
 
     def compute(self, mask: np.ndarray, part_ids: np.ndarray | None = None) -> LayerMetrics:
         """``mask``: (H, W) uint8 class ids. ``part_ids``: (H, W) part ids supplied with the frame, if any."""
@@ -195,8 +212,54 @@ class MetricsComputer:
         v["warping_stable_area_mm2"] = float(stable.sum()) * self.px_mm2 if stable is not None else 0.0
         v["warping_stable_growth_mm2"] = v["warping_stable_area_mm2"] - self._prev_stable_mm2
         self._prev_warp, self._prev_stable_mm2 = warp, v["warping_stable_area_mm2"]
+        self._geometry(v, warp, region, outline, ids)
         parts = self._per_part(ids, pid_list, pores, pore_labels, spatter_xy, warp, edge)
         return LayerMetrics(v, parts, ids)
+
+    def _geometry(
+        self, v: dict[str, float], warp: np.ndarray, region: np.ndarray, outline: np.ndarray, ids: np.ndarray
+    ) -> None:
+        """Warping judged by where it stands and whether it stays (see the module docstring)."""
+        shape_ok = all(w.shape == warp.shape for w in (*self._warps, *self._regions))
+        if not shape_ok:
+            self._warps.clear()
+            self._regions.clear()
+        persistent = warp.copy()
+        if len(self._warps) == _PERSIST_LAYERS - 1:
+            for earlier in self._warps:
+                persistent &= _dilate(earlier, 2)
+        else:
+            persistent[:] = False
+        outside = np.zeros_like(warp)
+        if len(self._regions) > 2:
+            footprint = np.zeros_like(warp)
+            for r in list(self._regions)[:-2]:  # 3 to 8 layers ago: before a growing warp's latest rim
+                footprint |= r
+            outside = warp & ~_dilate(footprint, 1) & _dilate(region & ~warp, 3)
+        v["warping_persistent_area_mm2"] = float(persistent.sum()) * self.px_mm2
+        v["warping_outside_area_mm2"] = float(outside.sum()) * self.px_mm2
+        confirmed_px = 0.0
+        if persistent.any():
+            labels, n, areas, _ = _label(persistent)
+            flat = labels.ravel()
+            n_out = np.bincount(flat, weights=outside.ravel(), minlength=n + 1)[1:]
+            at_edge = np.bincount(flat, weights=_dilate(outline, 2).ravel(), minlength=n + 1)[1:] > 0
+            # the part each component lies on (most pixels), and that part's area
+            owner = np.zeros(n, dtype=np.int64)
+            on_part = ids.ravel() > 0
+            if on_part.any():
+                pairs = flat[on_part] * (int(ids.max()) + 1) + ids.ravel()[on_part].astype(np.int64)
+                counts = np.bincount(pairs, minlength=(n + 1) * (int(ids.max()) + 1)).reshape(n + 1, -1)
+                owner = counts[1:].argmax(axis=1)
+            part_area = np.bincount(ids.ravel().astype(np.int64))
+            share = np.where(owner > 0, areas / np.maximum(part_area[np.minimum(owner, part_area.size - 1)], 1), 1.0)
+            keep = (n_out >= _OUTSIDE_MIN_PX) | (at_edge & (share < 0.5))
+            confirmed_px = float(areas[keep].sum())
+        v["warping_confirmed_area_mm2"] = confirmed_px * self.px_mm2
+        v["warping_confirmed_growth_mm2"] = v["warping_confirmed_area_mm2"] - self._prev_confirmed_mm2
+        self._prev_confirmed_mm2 = v["warping_confirmed_area_mm2"]
+        self._warps.append(warp)
+        self._regions.append(region)
 
     def _per_part(
         self,

@@ -104,6 +104,7 @@ class RecordSpec:
     model: Mapping[str, str]
     software_version: str
     compression_level: int = 1  # gzip, built into every HDF5: stock tools read it without plugins
+    roi: Mapping[str, Any] | None = None  # the build plate: {"points": [[x, y], ...], "source": ...}
 
 
 class BuildRecord:
@@ -163,6 +164,8 @@ class BuildRecord:
         a["layerwatch/config"] = json.dumps(spec.config, default=str)
         a["layerwatch/policy"] = json.dumps(spec.policy, default=str)
         a["layerwatch/model"] = json.dumps(dict(spec.model))
+        if spec.roi is not None:
+            a["layerwatch/roi"] = json.dumps(dict(spec.roi))
         f.flush()
         f.close()
         tmp.replace(path)  # the record appears complete with its layout, or not at all
@@ -196,6 +199,11 @@ class BuildRecord:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def json_attr(self, name: str) -> Any:
+        """A JSON attribute of the record (``layerwatch/<name>``), or None."""
+        raw = self._f.attrs.get(f"{LW}/{name}")
+        return json.loads(raw) if raw is not None else None
 
     def _commit(self) -> None:
         self._f.flush()

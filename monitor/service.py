@@ -10,6 +10,7 @@ stored layer is lost. A redelivered layer is recognised and not acted on twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -42,13 +43,18 @@ from printer_io.messages import (
 from printer_io.mqtt import MqttLink
 from printer_io.printer import Printer, create_printer
 from printer_io.topics import Topics
-from segmentation.classes import CLASS_NAMES
+from segmentation.classes import CLASS_NAMES, LayerClass
+from segmentation.preprocess import illumination, to_gray_float
+from segmentation.roi import Roi, propose_roi
 
 __all__ = ["MonitorService", "PrinterMonitor"]
 
 log = logging.getLogger(__name__)
 
 _SEVERITY_ORDER = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
+#: Per-frame figures stored beside the mask metrics (not usable in rules: they judge the frame, not the layer).
+FRAME_METRICS = ("ood_score",)
+_MAX_ROI_POINTS = 64
 
 
 def _safe_name(job_id: str) -> str:
@@ -64,6 +70,14 @@ class Build:
     last_layer: int = -1
     last_seen: float = field(default_factory=time.monotonic)
     layers_judged: int = 0
+    roi: Roi | None = None  # the build plate; None: the whole frame
+    roi_mask: np.ndarray | None = None
+    illum: np.ndarray | None = None  # the reference lighting, once the first layers gave it
+    illum_frames: list[np.ndarray] = field(default_factory=list)
+
+    def set_roi(self, roi: Roi | None, shape: tuple[int, int]) -> None:
+        self.roi = roi
+        self.roi_mask = roi.mask(shape) if roi is not None else None
 
 
 class PrinterMonitor:
@@ -97,7 +111,7 @@ class PrinterMonitor:
         self.ended: set[str] = set()
         self.lock = threading.RLock()  # the record is written from the link's worker and the controller's
         self.results: list[ResultMessage] = []
-        self.counters: dict[str, int] = {"layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0}
+        self.counters: dict[str, int] = {"layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0, "needs_review": 0}
         self._operator_requests: set[str] = set()
 
     # ---- messages in ------------------------------------------------------------------------------
@@ -128,6 +142,9 @@ class PrinterMonitor:
         if msg.action in ("pause", "resume") and msg.state.value == "requested" and msg.operator:
             self._operator_command(msg)
             return
+        if msg.action == "roi" and msg.state.value == "requested" and msg.operator:
+            self._confirm_roi(msg, topic)
+            return
         if msg.action != "feedback":
             return  # our own actions and their outcomes
         if msg.verdict == "":
@@ -157,6 +174,68 @@ class PrinterMonitor:
             self._record_action(request)
         log.warning("%s: operator %s asks to %s: %s", self.printer_id, msg.operator, msg.action, msg.reason)
         self.controller.operator(request)
+
+    def _confirm_roi(self, msg: ActionMessage, topic: str) -> None:
+        """An operator accepts (or redraws) the build plate: kept for this printer's later builds too."""
+        try:
+            points = json.loads(msg.detail)
+            if not isinstance(points, list) or len(points) > _MAX_ROI_POINTS:
+                raise ValueError(f"at most {_MAX_ROI_POINTS} [x, y] points")
+            roi = Roi.from_points(points, "confirmed")
+        except (ValueError, TypeError, IndexError) as err:
+            raise PayloadError(
+                f"{topic}: roi detail is not a polygon of [x, y] camera pixels ({err})", "field"
+            ) from err
+        path = self.roi_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**roi.to_json(), "operator": msg.operator, "time": msg.time}))
+        tmp.replace(path)
+        with self.lock:
+            if self.build is not None:
+                self.build.set_roi(roi, (self.build.record.height, self.build.record.width))
+                layer = max(self.build.last_layer, 0)
+            else:
+                layer = 0
+        self._emit_event(
+            "info", "roi_confirmed", f"operator {msg.operator} confirmed the build plate outline {roi.points}", layer
+        )
+
+    @property
+    def roi_file(self) -> Path:
+        return self.service.config.monitor.out_dir / self.printer_id / "roi.json"
+
+    def _initial_roi(self, frame: np.ndarray) -> Roi | None:
+        """The configured plate, else the one an operator confirmed, else one proposed from this frame."""
+        section = self.service.config.printers.get(self.printer_id)
+        if section is not None and section.roi is not None:
+            return Roi.from_points(section.roi, "config")
+        if self.roi_file.is_file():
+            try:
+                saved = json.loads(self.roi_file.read_text())
+                return Roi.from_points(saved["points"], "confirmed")
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                log.warning("%s: %s is unreadable (%s); proposing the plate again", self.printer_id, self.roi_file, err)
+        if not self.service.config.monitor.propose_roi:
+            return None
+        return propose_roi([frame])
+
+    def _reference(self, build: Build, frame: np.ndarray, mask: np.ndarray) -> None:
+        """Learn the camera's fixed lighting from the plain powder of the build's first layers."""
+        n = self.service.config.monitor.reference_layers
+        if n == 0 or build.illum is not None:
+            return
+        gray = to_gray_float(frame)
+        weight = mask == LayerClass.POWDER
+        if build.roi_mask is not None:
+            weight &= build.roi_mask
+        if weight.mean() < 0.2:
+            return  # too little plain powder to see the lighting by
+        build.illum_frames.append(illumination(gray, weight))
+        if len(build.illum_frames) >= n:
+            build.illum = np.mean(build.illum_frames, axis=0).astype(np.float32)
+            build.illum_frames.clear()
+            log.info("%s: reference lighting taken from the first %d layers", self.printer_id, n)
 
     # ---- one layer --------------------------------------------------------------------------------
     def _handle(
@@ -190,12 +269,24 @@ class PrinterMonitor:
             raise PayloadError(f"layer {layer}: frame size changed mid-build", "size")
         late = layer < build.last_layer
         t0 = time.perf_counter()
-        result = self.service.segmenter.segment(frame)
+        result = self.service.segmenter.segment(frame, roi=build.roi_mask, illumination=build.illum)
         segment_ms = (time.perf_counter() - t0) * 1000
+        self._reference(build, frame, result.mask)
         m = build.metrics.compute(result.mask, part_ids=part_ids)
+        m.values["ood_score"] = result.ood
         metrics_ms = (time.perf_counter() - t0) * 1000 - segment_ms
         quality = meta.quality
-        judged = (quality is None or quality.ok) and not late
+        unfamiliar = self.service.config.monitor.ood_check and result.unfamiliar
+        judged = (quality is None or quality.ok) and not late and not unfamiliar
+        if unfamiliar:
+            self.counters["needs_review"] += 1
+            self._emit_event(
+                "warning",
+                "needs_review",
+                f"layer {layer} looks unlike the frames the model was trained on (score {result.ood:.1f} times its "
+                "threshold): not judged automatically, never paused on; review it on the dashboard and label it",
+                layer,
+            )
         if quality is not None and not quality.ok:
             self._emit_event(
                 "warning", "frame_quality", f"layer {layer} frame is {', '.join(quality.problems)}: not judged", layer
@@ -301,9 +392,11 @@ class PrinterMonitor:
         path = self.service.config.monitor.out_dir / self.printer_id / f"{_safe_name(meta.job_id)}.h5"
         h, w = frame.shape[:2]
         dtype = "uint16" if frame.dtype == np.uint16 else "uint8"
+        resumed = path.exists()
         try:
-            if path.exists():
+            if resumed:
                 record = BuildRecord.open(path, fsync=self.service.config.monitor.fsync)
+                roi = _stored_roi(record) or self._initial_roi(frame)
                 log.info(
                     "%s: continuing build record %s (%d layers stored)",
                     self.printer_id,
@@ -311,15 +404,25 @@ class PrinterMonitor:
                     len(record.stored_layers()),
                 )
             else:
+                roi = self._initial_roi(frame)
                 record = BuildRecord.create(
-                    path, self._spec(meta.job_id, h, w, dtype), fsync=self.service.config.monitor.fsync
+                    path, self._spec(meta.job_id, h, w, dtype, roi), fsync=self.service.config.monitor.fsync
                 )
                 log.info("%s: new build %s, record %s", self.printer_id, meta.job_id, path)
         except RecordError as err:
             self._emit_event("critical", "record_failed", str(err), meta.layer)
             raise PayloadError(str(err), "record") from err
         build = Build(meta.job_id, record, MetricsComputer(self.mm_per_px), PolicyEngine(self.policy))
+        build.set_roi(roi, (h, w))
         self.build = build
+        if roi is not None and roi.source == "proposed" and not resumed:
+            self._emit_event(
+                "info",
+                "roi_proposed",
+                f"build plate proposed from the first frame: {[list(p) for p in roi.points]}; only it is judged. "
+                "Confirm it on the dashboard, or set [printers.<id>] roi in the config",
+                meta.layer,
+            )
         self.controller.new_build(meta.job_id, self.service.model_id)
         self._replay_windows(build)
         return build
@@ -338,7 +441,7 @@ class PrinterMonitor:
         self.controller.restore(build.record.table("actions"))
         build.last_layer = int(stored.max())
 
-    def _spec(self, job_id: str, h: int, w: int, dtype: str) -> RecordSpec:
+    def _spec(self, job_id: str, h: int, w: int, dtype: str, roi: Roi | None) -> RecordSpec:
         svc = self.service
         return RecordSpec(
             printer=self.printer_id,
@@ -349,13 +452,14 @@ class PrinterMonitor:
             mm_per_px=self.mm_per_px,
             layer_thickness_mm=self.thickness,
             class_names=tuple(CLASS_NAMES),
-            metric_names=METRIC_NAMES,
+            metric_names=(*METRIC_NAMES, *FRAME_METRICS),
             part_metric_names=PART_METRIC_NAMES,
             config=svc.config.to_record(),
             policy=self.policy.model_dump(mode="json"),
             model={"id": svc.model_id, "sha256": svc.model_sha256},
             software_version=__version__,
             compression_level=svc.config.monitor.gzip_level,
+            roi=roi.to_json() if roi is not None else None,
         )
 
     def close_build(self, state: str = "closed") -> None:
@@ -429,6 +533,15 @@ class PrinterMonitor:
             self.link.publish(topic, payload)
         except Exception as err:  # never let a publish failure take the judgement down
             log.warning("%s: could not publish on %s: %s", self.printer_id, topic, err)
+
+
+def _stored_roi(record: BuildRecord) -> Roi | None:
+    """The build plate a record was made with (a monitor restarted mid-build keeps judging the same area)."""
+    try:
+        data = record.json_attr("roi")
+        return Roi.from_points(data["points"], str(data.get("source", "proposed"))) if data else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _hit_info(hit: RuleHit) -> RuleHitInfo:

@@ -192,7 +192,7 @@ class ActionMessage(Message):
 
     SCHEMA: ClassVar[str] = "layerwatch.action/1"
     printer: str = Field(min_length=1, max_length=64)
-    action: Literal["pause", "resume", "cancel", "gcode", "exclude_object", "notify", "feedback"]
+    action: Literal["pause", "resume", "cancel", "gcode", "exclude_object", "notify", "feedback", "roi"]
     state: ActionState
     request_id: str = Field(min_length=1, max_length=128)
     job_id: str = ""

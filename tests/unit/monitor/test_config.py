@@ -31,6 +31,9 @@ def test_a_valid_file_is_loaded(tmp_path: Path) -> None:
         ("[mqtt]\nkeepalive_s = 1\n", "[mqtt] keepalive_s = 1: Input should be greater than or equal to 5"),
         ("[mqtt]\nprotocol = '4'\n", "[mqtt] protocol = '4'"),
         ("[mqtt\n", "is not valid TOML"),
+        ("[printers.p1]\nroi = [[0, 0], [10, 0]]\n", "[printers.p1] roi: roi needs at least 3 [x, y] points"),
+        ("[printers.p1]\nroi = [[0, 0], [10, -1], [5, 5]]\n", "[printers.p1] roi: roi points are camera pixels"),
+        ("[monitor]\nreference_layers = -1\n", "[monitor] reference_layers = -1"),
     ],
 )
 def test_bad_files_name_section_key_and_value(tmp_path: Path, text: str, words: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,53 @@ def test_supplied_part_ids_are_used() -> None:
 def test_an_empty_plate() -> None:
     v = MetricsComputer(mm_per_px=0.1).compute(np.zeros((50, 50), np.uint8)).values
     assert v["part_count"] == 0 and v["porosity_fraction_part"] == 0 and v["pore_mean_diameter_mm"] == 0
+
+
+def _corner_warp(m: np.ndarray, size: int, outside: int = 0) -> np.ndarray:
+    """Warping at the square part's lower right corner, ``size`` px, with ``outside`` px of rim beyond it."""
+    m = m.copy()
+    m[150 - size : 150 + outside, 150 - size : 150 + outside] = C.WARPING
+    return m
+
+
+def test_warping_that_flickers_is_never_confirmed() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    for k in range(8):
+        m = square_layer()
+        if k % 2:
+            m = _corner_warp(m, 20, outside=3)
+        v = mc.compute(m).values
+        assert v["warping_persistent_area_mm2"] == 0 and v["warping_confirmed_area_mm2"] == 0
+
+
+def test_a_uniformly_bright_part_called_warping_is_not_confirmed() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    for _ in range(6):
+        m = square_layer(pores=0)
+        m[m == C.PART] = C.WARPING  # the whole part, every layer
+        v = mc.compute(m).values
+    assert v["warping_persistent_area_mm2"] > 90  # it does persist...
+    assert v["warping_confirmed_area_mm2"] == 0  # ...but it is the whole part, inside its own outline
+
+
+def test_a_lifted_corner_that_stays_and_grows_is_confirmed() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    confirmed = []
+    for k in range(10):
+        m = square_layer(pores=0)
+        if k >= 4:
+            m = _corner_warp(m, 8 + 2 * (k - 4), outside=2 + (k - 4) // 2)  # grows and stands out of the outline
+        v = mc.compute(m).values
+        confirmed.append(v["warping_confirmed_area_mm2"])
+    assert confirmed[:6] == [0.0] * 6  # needs 3 layers at the same place
+    assert all(b > a > 0 for a, b in itertools.pairwise(confirmed[6:]))
+    assert v["warping_confirmed_growth_mm2"] == pytest.approx(confirmed[-1] - confirmed[-2])
+    assert v["warping_outside_area_mm2"] > 0
+
+
+def test_warping_inside_the_part_at_its_edge_is_confirmed_without_standing_out() -> None:
+    """An edge that lifts and stays at the same place counts even before it rises above the outline."""
+    mc = MetricsComputer(mm_per_px=0.1)
+    for _ in range(4):
+        v = mc.compute(_corner_warp(square_layer(pores=0), 15)).values
+    assert v["warping_confirmed_area_mm2"] == pytest.approx(2.25)
