@@ -10,6 +10,7 @@ controls are shown and the control callback refuses. Never run Dash's debug mode
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -34,8 +35,12 @@ CLASS_COLORS_HEX = {c: f"#{bgr[2]:02x}{bgr[1]:02x}{bgr[0]:02x}" for c, bgr in CL
 TREND_METRICS = (
     ("porosity_fraction_part", "porosity in parts", "share", 2),
     ("spatter_fraction", "spatter on the plate", "share", 3),
-    ("warping_stable_area_mm2", "stable warping", "mm²", 4),
+    ("warping_confirmed_area_mm2", "confirmed warping", "mm²", 4),
 )
+# records made before warping was judged as geometry have this in place of the confirmed area
+_OLDER_METRICS = {"warping_confirmed_area_mm2": "warping_stable_area_mm2"}
+# the build plate on the frame: confirmed (or configured) in green, proposed and not yet confirmed in amber
+ROI_BGR = {"proposed": (0, 170, 255), "confirmed": (80, 200, 80), "config": (80, 200, 80)}
 DISPLAY_PX = 640
 
 
@@ -126,9 +131,15 @@ class Records:
 
 
 def overlay_png(
-    image: np.ndarray, mask: np.ndarray, classes: list[int], opacity: float, max_px: int = DISPLAY_PX
+    image: np.ndarray,
+    mask: np.ndarray,
+    classes: list[int],
+    opacity: float,
+    max_px: int = DISPLAY_PX,
+    roi: dict[str, Any] | None = None,
 ) -> str:
-    """A data URL of the frame with the chosen classes tinted, at most ``max_px`` wide."""
+    """A data URL of the frame with the chosen classes tinted, at most ``max_px`` wide, and the build
+    plate's outline (``roi``: the record's ``{"points", "source"}``) drawn on it."""
     gray = image if image.dtype == np.uint8 else (image // 256).astype(np.uint8)
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
     for c in classes:
@@ -137,9 +148,15 @@ def overlay_png(
             bgr[sel] = (1 - opacity) * bgr[sel] + opacity * np.array(CLASS_BGR[c], np.float32)
     out = bgr.astype(np.uint8)
     h, w = out.shape[:2]
+    scale = 1.0
     if w > max_px:
-        size = (max_px, round(h * max_px / w))
+        scale = max_px / w
+        size = (max_px, round(h * scale))
         out = np.asarray(cv2.resize(out, size, interpolation=cv2.INTER_AREA), np.uint8)
+    if roi and roi.get("points"):
+        pts = np.round(np.asarray(roi["points"], np.float64) * scale).astype(np.int32)
+        color = ROI_BGR.get(str(roi.get("source")), ROI_BGR["proposed"])
+        cv2.polylines(out, [pts], True, color, 2 if max_px >= 320 else 1)
     _, buf = cv2.imencode(".png", out)
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
@@ -180,6 +197,11 @@ def create_app(opts: DashboardOptions) -> Any:
                     html.Button("Confirmed defect", id="btn-confirmed", n_clicks=0),
                 ],
                 className="row",
+            ),
+            html.Div(
+                [html.Button("Confirm plate outline", id="btn-roi", n_clicks=0)],
+                className="row",
+                title="the outlined area is what the monitor judges; confirming keeps it for the printer's next builds",
             ),
             html.Div(id="control-status", className="status"),
         ]
@@ -370,7 +392,8 @@ def create_app(opts: DashboardOptions) -> Any:
             rows = r.layers()
             if layer >= len(rows) or not rows[layer]["stored"]:
                 return no_update, f"layer {layer}: frame missing in the record"
-            src = overlay_png(r.image(layer), r.mask(layer), sorted(classes or []), float(opacity))
+            roi = r.json_attr("roi") if "layerwatch/roi" in r.attrs else None
+            src = overlay_png(r.image(layer), r.mask(layer), sorted(classes or []), float(opacity), roi=roi)
             row = rows[layer]
             m = r.metrics()[layer]
         except (RecordError, OSError, KeyError, IndexError) as err:
@@ -379,11 +402,22 @@ def create_app(opts: DashboardOptions) -> Any:
         severity = (
             ("ok", "info", "warning", "critical")[int(row["severity"])] if "severity" in row.dtype.names else "ok"
         )
+        ood = float(m["ood_score"]) if "ood_score" in (m.dtype.names or ()) else float("nan")
         info = (
             f"layer {layer}  z = {float(row['z_mm']):.2f} mm  severity {severity}  "
             f"porosity {100 * float(m['porosity_fraction_part']):.2f}% of parts  "
             f"spatter {int(m['spatter_count'])} particles  warping {float(m['warping_area_mm2']):.1f} mm²"
             + (f"  frame: {', '.join(flags)}" if flags else "")
+            + (
+                f"  NEEDS REVIEW: unlike the model's training frames ({ood:.1f}x its threshold), not judged"
+                if ood > 1
+                else ""
+            )
+            + (
+                "  plate outline proposed, not confirmed (amber): outside it nothing is judged"
+                if roi and roi.get("source") == "proposed"
+                else ""
+            )
         )
         return src, info
 
@@ -423,11 +457,12 @@ def create_app(opts: DashboardOptions) -> Any:
             Input("btn-resume", "n_clicks"),
             Input("btn-false", "n_clicks"),
             Input("btn-confirmed", "n_clicks"),
+            Input("btn-roi", "n_clicks"),
             State("record", "value"),
             State("incident", "value"),
             prevent_initial_call=True,
         )
-        def control(p: int, r_: int, f: int, c: int, path: str | None, incident: str | None) -> str:
+        def control(p: int, r_: int, f: int, c: int, o: int, path: str | None, incident: str | None) -> str:
             from dash import ctx
 
             return _send(link, records, ctx.triggered_id, path, incident)
@@ -468,13 +503,23 @@ def _send(link: ControlLink, records: Records, which: Any, path: str | None, inc
     if not path:
         return "open a record first"
     try:
-        printer = str(records.reader(Path(path)).attrs["layerwatch/printer"])
+        reader = records.reader(Path(path))
+        printer = str(reader.attrs["layerwatch/printer"])
+        roi = reader.json_attr("roi") if "layerwatch/roi" in reader.attrs else None
     except (RecordError, OSError, KeyError) as err:
         return f"cannot tell which printer this record belongs to: {err}"
-    action = {"btn-pause": "pause", "btn-resume": "resume", "btn-false": "feedback", "btn-confirmed": "feedback"}[which]
+    action = {
+        "btn-pause": "pause",
+        "btn-resume": "resume",
+        "btn-false": "feedback",
+        "btn-confirmed": "feedback",
+        "btn-roi": "roi",
+    }[which]
     verdict = {"btn-false": "false_alarm", "btn-confirmed": "confirmed_defect"}.get(which, "")
     if action == "feedback" and not incident:
         return "choose an incident first"
+    if action == "roi" and not (roi and roi.get("points")):
+        return "this record has no plate outline to confirm (the monitor judges the whole frame)"
     msg = ActionMessage(
         printer=printer,
         action=action,  # type: ignore[arg-type]
@@ -484,20 +529,25 @@ def _send(link: ControlLink, records: Records, which: Any, path: str | None, inc
         verdict=verdict,  # type: ignore[arg-type]
         incident=incident or "",
         reason="from the dashboard",
+        detail=json.dumps(roi["points"]) if action == "roi" and roi else "",
     )
     try:
         link.publish(printer, msg.to_json())
     except Exception as err:  # the page says so in words; the server goes on
         return f"could not send to the broker {link.url}: {err}"
-    what = f"{verdict.replace('_', ' ')} for {incident}" if action == "feedback" else f"{action} {printer}"
+    what = {"feedback": f"{verdict.replace('_', ' ')} for {incident}", "roi": f"plate outline of {printer}"}.get(
+        action, f"{action} {printer}"
+    )
     return f"sent at {time.strftime('%H:%M:%S')}: {what}; the monitor carries it out and records it"
 
 
 def _figure(stored: np.ndarray, m: np.ndarray, policy: dict[str, Any], layer: int | None) -> dict[str, Any]:
     xs = [int(k) for k in stored]
     data = []
+    names = m.dtype.names or ()
     for name, label, unit, cid in TREND_METRICS:
-        ys = [float(m[k][name]) for k in xs] if len(xs) else []
+        column = name if name in names else _OLDER_METRICS.get(name, name)
+        ys = [float(m[k][column]) for k in xs] if len(xs) and column in names else []
         yaxis = "y2" if unit == "mm²" else "y"
         data.append(
             {
