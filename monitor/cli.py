@@ -175,6 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             precision=args.precision,
             real_dir=None if args.no_real else (args.real or DEFAULT_REAL_DIR),
             composite_layers=args.composites,
+            real_share=args.real_share,
+            composite_share=args.composite_share,
             init=args.init,
         )
     except ValueError as err:
@@ -297,6 +299,13 @@ def cmd_record(args: argparse.Namespace) -> int:
                 f"last layer  porosity {100 * m['porosity_fraction_part'][last]:.2f}% of parts, "
                 f"warping {m['warping_area_mm2'][last]:.1f} mm², spatter {int(m['spatter_count'][last])} particles"
             )
+        roi = reader.json_attr("roi") if "layerwatch/roi" in a else None
+        if roi:
+            print(f"plate       {roi.get('source')} outline {roi.get('points')}")
+        review = sorted({int(e["layer"]) for e in events if e["code"] == "needs_review"})
+        if review:
+            shown = ", ".join(map(str, review[:20])) + (" ..." if len(review) > 20 else "")
+            print(f"review      {len(review)} layers unlike the model's training data, not judged: {shown}")
         print(f"events      {len(events)}   actions {len(actions)}   operator feedback {len(feedback)}")
         for act in actions:
             if act["state"] != "requested":
@@ -792,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, cached data, history")
     p.add_argument("--arch", default=DEFAULT_ARCH, help=f"one of {', '.join(sorted(ARCHITECTURES))}")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-layers", type=_positive_int, default=1200)
+    p.add_argument("--train-layers", type=_positive_int, default=1600)
     p.add_argument("--val-layers", type=_positive_int, default=48)
     p.add_argument("--batch", type=_positive_int, default=12)
     p.add_argument("--epochs", type=_positive_int, default=40)
@@ -814,7 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the licensed train frames in data/realdata",
     )
     p.add_argument("--no-real", action="store_true", help="simulated layers only")
-    p.add_argument("--composites", type=int, default=360, help="simulated layers drawn over real clean frames")
+    p.add_argument("--composites", type=int, default=480, help="simulated layers drawn over real clean frames")
+    p.add_argument("--real-share", type=float, default=0.2, help="share of each batch from the real frames")
+    p.add_argument("--composite-share", type=float, default=0.3, help="share of each batch from the composites")
     p.add_argument("--init", type=Path, default=None, help="start from these weights (same architecture)")
     p.add_argument(
         "--calibrate-only",

@@ -71,6 +71,9 @@ class PrinterSection(_Section):
     object_names: dict[str, str] = Field(default_factory=dict, description="part id -> firmware object name")
     # the build plate as a polygon of (x, y) camera pixels; nothing outside it is judged
     roi: tuple[tuple[float, float], ...] | None = None
+    # a frame of the plate before exposure (e.g. after recoating): the camera's fixed lighting, used
+    # from a build's first layer instead of learning it from the first layers
+    reference_image: Path | None = None
 
     @field_validator("roi")
     @classmethod

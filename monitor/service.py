@@ -220,6 +220,32 @@ class PrinterMonitor:
             return None
         return propose_roi([frame])
 
+    def _reference_image(self, build: Build) -> None:
+        """The printer's configured reference frame (the plate before exposure), if any, as the build's lighting."""
+        section = self.service.config.printers.get(self.printer_id)
+        path = section.reference_image if section is not None else None
+        if path is None:
+            return
+        from segmentation.errors import ImageError
+        from segmentation.imageio import read_image
+
+        try:
+            gray = to_gray_float(read_image(path, max_pixels=self.service.config.monitor.max_frame_pixels))
+        except ImageError as err:
+            self._emit_event("warning", "reference_unusable", f"{err}; the first layers give the lighting instead", 0)
+            return
+        shape = (build.record.height, build.record.width)
+        if gray.shape != shape:
+            self._emit_event(
+                "warning",
+                "reference_unusable",
+                f"{path} is {gray.shape[1]}x{gray.shape[0]} px, the frames {shape[1]}x{shape[0]}: "
+                "the first layers give the lighting instead",
+                0,
+            )
+            return
+        build.illum = illumination(gray, build.roi_mask)
+
     def _reference(self, build: Build, frame: np.ndarray, mask: np.ndarray) -> None:
         """Learn the camera's fixed lighting from the plain powder of the build's first layers."""
         n = self.service.config.monitor.reference_layers
@@ -415,6 +441,7 @@ class PrinterMonitor:
         build = Build(meta.job_id, record, MetricsComputer(self.mm_per_px), PolicyEngine(self.policy))
         build.set_roi(roi, (h, w))
         self.build = build
+        self._reference_image(build)
         if roi is not None and roi.source == "proposed" and not resumed:
             self._emit_event(
                 "info",

@@ -7,6 +7,7 @@ The default policy pauses on warping that has grown on 3 consecutive layers: at 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from printer_io.mqtt import MqttConfig, MqttLink
 from printer_io.octoprint import OctoPrintPrinter
 from printer_io.printer import PrinterState
 from printer_io.topics import Topics
+from printer_io.virtual import VirtualPrinter
 from segmentation.simulator import SimBuild, scenario_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -359,3 +361,110 @@ def test_an_operator_pause_and_resume_go_through_the_controller_and_are_recorded
         rows = [(a["action"], a["state"], a["rule"]) for a in r.table("actions")]
     assert rows.count(("pause", "requested", "operator")) == 1 and ("pause", "confirmed", "operator") in rows
     assert rows.count(("resume", "requested", "operator")) == 1 and rows.count(("resume", "confirmed", "operator")) == 1
+
+
+@pytest.fixture
+def virtual_setup(
+    request: pytest.FixtureRequest, broker: Mosquitto, tmp_path: Path
+) -> Iterator[tuple[Config, Topics, Observer, VirtualPrinter]]:
+    """The same monitor against the embedded virtual printer (what is tested here is the judging)."""
+    pid = f"v-{request.node.name[5:40].replace('_', '-')}"
+    printer = VirtualPrinter(pid, layers=400, realtime=False).start()
+    printer.start_job("job")
+    config = Config(
+        mqtt=MqttConfig(url=broker.url),
+        monitor=MonitorSection(out_dir=tmp_path / "records", mm_per_px=0.1, layer_thickness_mm=0.04),
+        printers={pid: PrinterSection(backend="virtual")},
+    )
+    topics = Topics("layerwatch", pid)
+    observer = Observer(broker, topics)
+    yield config, topics, observer, printer
+    observer.close()
+    printer.close()
+
+
+def test_only_the_build_plate_is_judged(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    """A configured plate that leaves the warping box out: the warp is never judged, never paused on."""
+    config, topics, observer, printer = virtual_setup
+    left_out = [[340.0, 0.0], [512.0, 0.0], [512.0, 512.0], [340.0, 512.0]]  # most of the cylinder only
+    config = config.model_copy(update={"printers": {topics.printer: PrinterSection(backend="virtual", roi=left_out)}})
+    frames = Frames(broker, topics, WARP, "roi-job")
+    with MonitorService(config, printers={topics.printer: printer}).start():
+        frames.send(*range(LAYERS))
+        observer.wait_layer(LAYERS - 1)
+        time.sleep(0.5)
+    frames.close()
+    assert [a for a in observer.actions if a.action == "pause"] == []
+    with RecordReader(_record(config, topics)) as r:
+        assert r.json_attr("roi") == {"points": left_out, "source": "config"}
+        for k in (0, LAYERS - 1):
+            assert not r.mask(k)[:, :339].any()  # background outside the plate, whatever the frame shows
+        assert (r.mask(LAYERS - 1)[:, 340:] == 1).sum() > 1000  # the cylinder inside it is judged
+
+
+def test_a_proposed_plate_is_recorded_and_an_operator_confirms_it(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    config, topics, observer, printer = virtual_setup
+    frames = Frames(broker, topics, None, "propose-job")
+    with MonitorService(config, printers={topics.printer: printer}).start() as service:
+        frames.send(0, 1)
+        observer.wait_layer(1)
+        with RecordReader(_record(config, topics)) as r:
+            proposed = r.json_attr("roi")
+            assert proposed["source"] == "proposed" and len(proposed["points"]) == 4
+            assert any(e["code"] == "roi_proposed" for e in r.table("events"))
+        confirm = ActionMessage(
+            printer=topics.printer,
+            action="roi",
+            state="requested",  # type: ignore[arg-type]
+            request_id="dashboard:roi-1",
+            operator="ana",
+            detail=json.dumps(proposed["points"]),
+        )
+        frames.link.publish(topics.action, confirm.to_json(), wait_s=5)
+        bad = confirm.model_copy(update={"request_id": "dashboard:roi-2", "detail": "[[1, 2]]"})
+        frames.link.publish(topics.action, bad.to_json(), wait_s=5)
+        roi_file = config.monitor.out_dir / topics.printer / "roi.json"
+        deadline = time.monotonic() + 10
+        while not roi_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        frames.send(2)
+        observer.wait_layer(2)
+        pm = service.monitors[topics.printer]
+        assert pm.build is not None and pm.build.roi is not None and pm.build.roi.source == "confirmed"
+        deadline = time.monotonic() + 10
+        while pm.link.rejected.get("field", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pm.link.rejected.get("field") == 1  # a polygon of one point is refused, the service goes on
+    frames.close()
+    saved = json.loads(roi_file.read_text())
+    assert saved["points"] == proposed["points"] and saved["operator"] == "ana" and saved["source"] == "confirmed"
+
+
+def test_unfamiliar_frames_are_reviewed_never_paused(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A model whose threshold calls every frame unfamiliar: the warp is stored, not judged, not paused on."""
+    from segmentation.inference import DEFAULT_MODEL
+    from segmentation.ood import calibrate
+    from segmentation.preprocess import to_gray_float
+
+    config, topics, observer, printer = virtual_setup
+    strict = tmp_path / "strict.pt"
+    sample = SimBuild(SEED + 1, 256, 256, 12)
+    calibrate(DEFAULT_MODEL, [to_gray_float(sample.layer(k).image) for k in range(8)], out=strict, margin=1e-9)
+    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"model": strict})})
+    frames = Frames(broker, topics, WARP, "review-job")
+    with MonitorService(config, printers={topics.printer: printer}).start():
+        frames.send(*range(LAYERS))
+        observer.wait_layer(LAYERS - 1)
+        time.sleep(0.5)
+    frames.close()
+    assert [a for a in observer.actions if a.action == "pause"] == []
+    assert all(not r.judged and r.metrics["ood_score"] > 1 for r in observer.results)
+    with RecordReader(_record(config, topics)) as r:
+        review = [e for e in r.table("events") if e["code"] == "needs_review"]
+        assert len(review) == LAYERS and "not judged automatically" in review[0]["message"]
