@@ -8,7 +8,7 @@ __all__ = ["flat_field", "illumination", "local_contrast", "model_input", "norma
 
 # Floor for the per-frame standard deviation: an almost uniform frame (empty plate) must not have
 # its sensor noise amplified into structure.
-_MIN_STD = 0.04
+_MIN_STD = 0.02
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -53,18 +53,24 @@ def normalize(gray: np.ndarray) -> np.ndarray:
 # Scale of the local-contrast channel: a few scan-track periods, far below a part's size, so the
 # channel keeps texture and outlines and drops broad lighting.
 _LOCAL_SIGMA = 6.0
-_LOCAL_MIN_STD = 0.02
+# Floor of the neighbourhood spread: a share of the frame's own spread, so that a darker exposure or
+# a flatter contrast gives the same channel, and never below an absolute floor, so that the sensor
+# noise of a near-uniform frame is not blown up into structure.
+_LOCAL_MIN_SHARE = 0.3
+_LOCAL_MIN_STD = 0.01
 
 
 def local_contrast(gray: np.ndarray) -> np.ndarray:
     """(H, W) float32 in [0, 1] -> (H, W) float32: each pixel against its neighbourhood's mean and
-    spread (Gaussian window of sigma 6 px), clipped to +-5. Illumination gradients vanish here."""
+    spread (Gaussian window of sigma 6 px, spread floored at 0.3 of the frame's, at least 0.01),
+    clipped to +-5. Illumination gradients vanish here; gain and contrast changes too."""
     import cv2
 
     mean = cv2.GaussianBlur(gray, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
     diff = gray - mean
     var = cv2.GaussianBlur(diff * diff, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
-    out = diff / np.sqrt(np.maximum(var, _LOCAL_MIN_STD**2))
+    floor = max(_LOCAL_MIN_SHARE * float(gray.std()), _LOCAL_MIN_STD)
+    out = diff / np.sqrt(np.maximum(var, floor * floor))
     return np.clip(out, -5.0, 5.0).astype(np.float32)
 
 

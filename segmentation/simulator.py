@@ -220,7 +220,7 @@ def _draw_look(seed: int, color: bool) -> Look:
         uneven=float(rng.uniform(0.0, 0.8)),
         clumps=int(rng.integers(0, 10)),
         speckle=float(rng.uniform(0.0, 0.12)) if rng.random() < 0.6 else 0.0,
-        ghost=float(rng.uniform(0.02, 0.08)) if rng.random() < 0.5 else 0.0,
+        ghost=float(rng.uniform(0.015, 0.05)) if rng.random() < 0.5 else 0.0,
         spatter=("bright", "dark", "mixed")[int(rng.choice(3, p=[0.45, 0.3, 0.25]))],
         pore_style=("lit", "dark", "rim")[int(rng.choice(3, p=[0.4, 0.45, 0.15]))],
         warp_style=("bright", "dark", "rough")[int(rng.choice(3, p=[0.45, 0.25, 0.3]))],
@@ -231,8 +231,8 @@ def _draw_look(seed: int, color: bool) -> Look:
         blobs=int(rng.integers(0, 4)),
         gamma_mid=float(np.exp(rng.uniform(np.log(0.6), np.log(1.7)))),
         contrast=float(rng.uniform(0.55, 1.3)),
-        noise=float(rng.uniform(0.003, 0.035)),
-        shot=float(rng.uniform(0.0, 0.04)),
+        noise=float(rng.uniform(0.003, 0.025)),
+        shot=float(rng.uniform(0.0, 0.025)),
         blur=float(rng.uniform(0.0, 1.4)),
         jpeg_quality=int(rng.integers(40, 96)) if rng.random() < 0.35 else 0,
         tint=tint,  # type: ignore[arg-type]
@@ -836,7 +836,8 @@ class SimBuild:
                 cy, cx = float(ys[i] + rng.uniform(-0.5, 0.5)), float(xs[i] + rng.uniform(-0.5, 0.5))
             else:
                 cy, cx = float(rng.uniform(0, s.height)), float(rng.uniform(0, s.width))
-            r = float(rng.uniform(0.9, 3.2))
+            # at least 1.2 px: a smaller particle is lost in camera noise, and labelling it teaches guessing
+            r = float(rng.uniform(1.2, 3.2))
             y0, y1 = max(0, int(cy - r - 3)), min(s.height, int(cy + r + 4))
             x0, x1 = max(0, int(cx - r - 3)), min(s.width, int(cx + r + 4))
             if y0 >= y1 or x0 >= x1:

@@ -74,7 +74,7 @@ class TrainConfig:
     out: Path
     arch: str = DEFAULT_ARCH
     seed: int = 0
-    train_layers: int = 1200
+    train_layers: int = 1600
     val_layers: int = 48
     frame: int = 512
     crop: int = 256
@@ -88,9 +88,9 @@ class TrainConfig:
     # fp32, or bf16 autocast: 2x faster on CPUs with AMX/AVX-512 BF16, 30x slower on those without
     precision: str = "fp32"
     real_dir: Path | None = DEFAULT_REAL_DIR  # images/ + masks/; None: simulated layers only
-    composite_layers: int = 360  # simulated layers drawn over real clean frames
-    real_share: float = 0.15  # share of a batch taken from the real frames
-    composite_share: float = 0.25  # share of a batch taken from the composites
+    composite_layers: int = 480  # simulated layers drawn over real clean frames
+    real_share: float = 0.2  # share of a batch taken from the real frames
+    composite_share: float = 0.3  # share of a batch taken from the composites
     lighting: float = 1.0  # strength of the random lighting changes (0: none)
     init: Path | None = None  # start from these weights (a checkpoint of the same architecture)
 
