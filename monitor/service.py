@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from monitor import __version__
@@ -44,7 +43,7 @@ from printer_io.mqtt import MqttLink
 from printer_io.printer import Printer, create_printer
 from printer_io.topics import Topics
 from segmentation.classes import CLASS_NAMES, LayerClass
-from segmentation.preprocess import illumination, to_gray_float
+from segmentation.preprocess import illumination, to_gray, to_gray_float
 from segmentation.roi import Roi, propose_roi
 
 __all__ = ["MonitorService", "PrinterMonitor"]
@@ -282,7 +281,9 @@ class PrinterMonitor:
                 "%s: layer %d of %s already stored; redelivered frame ignored", self.printer_id, layer, meta.job_id
             )
             return
-        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        # decoded frames are in OpenCV's BGR order: the gray the model sees is the gray the record keeps
+        # (and a replay, or `layerwatch segment` on the colour file, sees the same numbers)
+        gray = to_gray(frame, order="bgr")
         if gray.shape != (build.record.height, build.record.width):
             self.counters["bad_frames"] += 1
             self._emit_event(
@@ -295,9 +296,9 @@ class PrinterMonitor:
             raise PayloadError(f"layer {layer}: frame size changed mid-build", "size")
         late = layer < build.last_layer
         t0 = time.perf_counter()
-        result = self.service.segmenter.segment(frame, roi=build.roi_mask, illumination=build.illum)
+        result = self.service.segmenter.segment(gray, roi=build.roi_mask, illumination=build.illum)
         segment_ms = (time.perf_counter() - t0) * 1000
-        self._reference(build, frame, result.mask)
+        self._reference(build, gray, result.mask)
         m = build.metrics.compute(result.mask, part_ids=part_ids)
         m.values["ood_score"] = result.ood
         metrics_ms = (time.perf_counter() - t0) * 1000 - segment_ms
@@ -422,7 +423,7 @@ class PrinterMonitor:
         try:
             if resumed:
                 record = BuildRecord.open(path, fsync=self.service.config.monitor.fsync)
-                roi = _stored_roi(record) or self._initial_roi(frame)
+                roi = _stored_roi(record) or self._initial_roi(to_gray(frame, order="bgr"))
                 log.info(
                     "%s: continuing build record %s (%d layers stored)",
                     self.printer_id,
@@ -430,7 +431,7 @@ class PrinterMonitor:
                     len(record.stored_layers()),
                 )
             else:
-                roi = self._initial_roi(frame)
+                roi = self._initial_roi(to_gray(frame, order="bgr"))
                 record = BuildRecord.create(
                     path, self._spec(meta.job_id, h, w, dtype, roi), fsync=self.service.config.monitor.fsync
                 )

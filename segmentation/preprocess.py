@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["flat_field", "illumination", "local_contrast", "model_input", "normalize", "to_gray_float"]
+__all__ = ["flat_field", "illumination", "local_contrast", "model_input", "normalize", "to_gray", "to_gray_float"]
 
 # Floor for the per-frame standard deviation: an almost uniform frame (empty plate) must not have
 # its sensor noise amplified into structure.
@@ -12,21 +12,46 @@ _MIN_STD = 0.02
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+def to_gray(image: np.ndarray, order: str = "rgb") -> np.ndarray:
+    """(H, W) or (H, W, C) uint8/uint16 frame -> (H, W) gray of the same dtype.
+
+    Colour is reduced to luminance (0.299 R + 0.587 G + 0.114 B) and rounded to the frame's own
+    levels, so a colour frame, the gray frame a build record stores of it, and a replay of that
+    record give the model exactly the same numbers. ``order``: ``rgb`` (files, read by
+    :func:`segmentation.imageio.read_image`) or ``bgr`` (OpenCV's order: cameras, decoded MQTT frames).
+    """
+    img = np.asarray(image)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"unsupported pixel type {img.dtype}: expected uint8 or uint16")
+    if order not in ("rgb", "bgr"):
+        raise ValueError(f"order={order!r}: expected 'rgb' or 'bgr'")
+    if img.ndim == 2:
+        return img
+    if img.ndim != 3:
+        raise ValueError(f"unsupported image shape {img.shape}: expected (H, W) or (H, W, C)")
+    if img.shape[2] == 1:
+        return np.ascontiguousarray(img[..., 0])
+    if img.shape[2] not in (3, 4):
+        raise ValueError(f"unsupported channel count {img.shape[2]}: expected 1, 3 or 4")
+    rgb = img[..., :3] if order == "rgb" else img[..., 2::-1]
+    luma = rgb.astype(np.float32) @ _LUMA
+    top = 255 if img.dtype == np.uint8 else 65535
+    return np.clip(np.rint(luma), 0, top).astype(img.dtype)
+
+
 def to_gray_float(image: np.ndarray) -> np.ndarray:
     """(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, uint8/uint16/float -> (H, W) float32 in [0, 1].
 
-    Colour frames are reduced to luminance: the model is trained on gray so that a camera's tint
-    or white balance cannot change its answer.
+    Colour frames are reduced to luminance (:func:`to_gray`): the model is trained on gray so that a
+    camera's tint or white balance cannot change its answer.
     """
     img = np.asarray(image)
-    if img.dtype == np.uint8:
-        f = img.astype(np.float32) / 255.0
-    elif img.dtype == np.uint16:
-        f = img.astype(np.float32) / 65535.0
-    elif np.issubdtype(img.dtype, np.floating):
-        f = img.astype(np.float32)
-    else:
+    if img.dtype in (np.uint8, np.uint16):
+        g = to_gray(img)
+        return np.ascontiguousarray(g.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0))
+    if not np.issubdtype(img.dtype, np.floating):
         raise ValueError(f"unsupported pixel type {img.dtype}: expected uint8, uint16 or float")
+    f = img.astype(np.float32)
     if f.ndim == 3:
         if f.shape[2] == 1:
             f = f[..., 0]

@@ -85,3 +85,21 @@ def test_model_input_channels() -> None:
     assert two.shape == (2, 16, 24) and np.allclose(two[0], normalize(g))
     with pytest.raises(ValueError, match="3 input channels"):
         model_input(g, 3)
+
+
+def test_a_colour_frame_gives_the_same_numbers_in_every_channel_order() -> None:
+    """Live frames arrive as BGR, files are read as RGB, records keep gray: the model sees one input."""
+    from segmentation.preprocess import to_gray, to_gray_float
+
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    rgb[..., 0] = 250  # red and blue differ a lot
+    rgb[..., 2] = 10
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    gray = to_gray(bgr, order="bgr")
+    assert gray.dtype == np.uint8
+    assert np.array_equal(gray, to_gray(rgb))
+    assert np.array_equal(to_gray_float(gray), to_gray_float(rgb))  # stored gray == file read as RGB
+    assert not np.array_equal(to_gray(bgr), gray)  # reading BGR as RGB would change the numbers
+    deep = (rgb.astype(np.uint16) * 257).astype(np.uint16)
+    assert to_gray(deep).dtype == np.uint16
