@@ -114,6 +114,16 @@ class Records:
         except (RecordError, OSError, KeyError):
             return []
 
+    def drop(self, path: str | Path) -> None:
+        """Forget a reader after a read error: the next request opens the record afresh."""
+        with self._lock:
+            r = self._readers.pop(Path(path), None)
+        if r is not None:
+            try:
+                r.close()
+            except Exception as err:  # closing a broken handle must not break the page
+                log.debug("closing the reader of %s: %s", path, err)
+
     def reader(self, path: Path) -> RecordReader:
         with self._lock:
             r = self._readers.get(path)
@@ -322,8 +332,9 @@ def create_app(opts: DashboardOptions) -> Any:
             r = records.reader(Path(path))
             stored = r.stored_layers()
             state = r.state
-        except (RecordError, OSError, KeyError) as err:
-            return no_update, no_update, f"this record cannot be read: {err}", no_update
+        except (RecordError, OSError, KeyError, RuntimeError) as err:
+            records.drop(path)  # reopened on the next tick; this line clears itself when a read succeeds
+            return no_update, no_update, f"this record cannot be read right now ({err}); retrying", no_update
         if not len(stored):
             return 0, 0, "no layer stored yet", no_update
         last = int(stored.max())
@@ -396,8 +407,10 @@ def create_app(opts: DashboardOptions) -> Any:
             src = overlay_png(r.image(layer), r.mask(layer), sorted(classes or []), float(opacity), roi=roi)
             row = rows[layer]
             m = r.metrics()[layer]
-        except (RecordError, OSError, KeyError, IndexError) as err:
-            return no_update, f"layer {layer} cannot be read: {err}"
+        except (RecordError, OSError, KeyError, IndexError, RuntimeError) as err:
+            records.drop(path)  # the status line says so; the frame shown stays until a read succeeds
+            log.info("layer %s of %s could not be read (%s); the record is reopened", layer, path, err)
+            return no_update, no_update
         flags = [f for f in ("blurry", "frozen", "too_dark", "too_bright") if row[f]]
         severity = (
             ("ok", "info", "warning", "critical")[int(row["severity"])] if "severity" in row.dtype.names else "ok"
@@ -439,8 +452,10 @@ def create_app(opts: DashboardOptions) -> Any:
             policy = r.json_attr("policy")
             actions = r.table("actions")
             events = r.table("events")
-        except (RecordError, OSError, KeyError) as err:
-            return no_update, f"cannot read the record: {err}", 0
+        except (RecordError, OSError, KeyError, RuntimeError) as err:
+            records.drop(path)
+            log.info("%s could not be read (%s); the record is reopened", path, err)
+            return no_update, no_update, no_update
         return _figure(stored, m, policy, layer), _log(events, actions, r), len(stored)
 
     if can_control:

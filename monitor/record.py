@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 
 __all__ = [
+    "READABLE_SCHEMAS",
     "SCHEMA_VERSION",
     "BuildRecord",
     "RecordError",
@@ -47,13 +48,21 @@ __all__ = [
     "write_truth_build",
 ]
 
-SCHEMA_VERSION = 1
+# 2: the append-only tables hold fixed-length UTF-8 strings (HDF5's SWMR cannot write variable-length
+# data: readers of a live record failed once actions and events were written). Schema 1 still reads.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 IMAGES = "slices/camera_data/0"
 MASKS = "slices/segmentation_results"
 PART_IDS = "slices/part_ids"
 LW = "layerwatch"
 
-_STR = h5py.string_dtype()
+
+def _s(n: int) -> np.dtype:
+    """A fixed-length string of ``n`` bytes (UTF-8; longer text is cut at a character boundary)."""
+    return np.dtype(f"S{n}")
+
+
 LAYER_DTYPE = np.dtype(
     [
         ("stored", "u1"), ("z_mm", "f4"), ("captured_at", "f8"), ("stored_at", "f8"),
@@ -62,16 +71,18 @@ LAYER_DTYPE = np.dtype(
     ]
 )  # fmt: skip
 SEVERITIES = ("ok", "info", "warning", "critical")  # the layers table stores the index
-EVENT_DTYPE = np.dtype([("time", "f8"), ("layer", "i4"), ("level", _STR), ("code", _STR), ("message", _STR)])
+EVENT_DTYPE = np.dtype([("time", "f8"), ("layer", "i4"), ("level", _s(16)), ("code", _s(64)), ("message", _s(1024))])
 ACTION_DTYPE = np.dtype(
     [
-        ("time", "f8"), ("layer", "i4"), ("request_id", _STR), ("action", _STR), ("state", _STR),
-        ("rule", _STR), ("incident", _STR), ("detail", _STR),
+        ("time", "f8"), ("layer", "i4"), ("request_id", _s(160)), ("action", _s(32)), ("state", _s(32)),
+        ("rule", _s(64)), ("incident", _s(256)), ("detail", _s(8192)),
     ]
 )  # fmt: skip
-FEEDBACK_DTYPE = np.dtype([("time", "f8"), ("incident", _STR), ("verdict", _STR), ("operator", _STR), ("note", _STR)])
+FEEDBACK_DTYPE = np.dtype(
+    [("time", "f8"), ("incident", _s(256)), ("verdict", _s(32)), ("operator", _s(64)), ("note", _s(2048))]
+)
 TELEMETRY_DTYPE = np.dtype(
-    [("time", "f8"), ("layer", "i4"), ("state", _STR), ("z_mm", "f4"), ("feed_pct", "f4"), ("flow_pct", "f4")]
+    [("time", "f8"), ("layer", "i4"), ("state", _s(32)), ("z_mm", "f4"), ("feed_pct", "f4"), ("flow_pct", "f4")]
 )
 TABLES = {
     "events": EVENT_DTYPE,
@@ -79,6 +90,12 @@ TABLES = {
     "feedback": FEEDBACK_DTYPE,
     "telemetry": TELEMETRY_DTYPE,
 }
+
+
+def _fit(value: Any, size: int) -> bytes:
+    """UTF-8 bytes of ``value`` cut to ``size`` bytes without splitting a character."""
+    raw = str(value).encode("utf-8")
+    return raw if len(raw) <= size else raw[:size].decode("utf-8", errors="ignore").encode("utf-8")
 
 
 class RecordError(Exception):
@@ -144,7 +161,8 @@ class BuildRecord:
         part_dtype = np.dtype([("layer", "i4"), ("part_id", "u4")] + [(n, "f8") for n in spec.part_metric_names])
         g.create_dataset("part_metrics", (0,), maxshape=(None,), dtype=part_dtype, chunks=(256,))
         for name, dtype in TABLES.items():
-            g.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(64,))
+            # zero-padded fixed-length rows compress to almost nothing
+            g.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(64,), compression="gzip")
         g.create_dataset("state", data=np.bytes_("writing".ljust(16)), dtype="S16")
         a = f.attrs
         a["printer/x_real_dimension"] = w * spec.mm_per_px
@@ -181,8 +199,14 @@ class BuildRecord:
                 raise RecordError(f"cannot open build record {path} for writing: {err}") from err
             recover(path)
             f = h5py.File(path, "r+", libver=("v110", "v110"))
-        if f.attrs.get("layerwatch/schema_version") != SCHEMA_VERSION:
+        schema = f.attrs.get("layerwatch/schema_version")
+        if schema != SCHEMA_VERSION:
             f.close()
+            if schema in READABLE_SCHEMAS:
+                raise RecordError(
+                    f"{path} is a record of schema {schema}, written by an earlier LayerWatch: it can be read, "
+                    f"replayed and reported, but not continued; move it aside to start a new record"
+                )
             raise RecordError(f"{path} is not a LayerWatch record of schema {SCHEMA_VERSION}")
         f[f"{LW}/state"][()] = np.bytes_("writing".ljust(16))
         f.swmr_mode = True
@@ -289,8 +313,11 @@ class BuildRecord:
 
     def _append(self, table: str, row: tuple[Any, ...]) -> None:
         d = self._f[f"{LW}/{table}"]
+        record = np.zeros((), dtype=d.dtype)
+        for (name, (dtype, _)), value in zip(d.dtype.fields.items(), row, strict=True):
+            record[name] = _fit(value, dtype.itemsize) if dtype.kind == "S" else value
         d.resize(d.shape[0] + 1, axis=0)
-        d[-1] = row
+        d[-1] = record
         self._commit()
 
     def add_event(self, layer: int, level: str, code: str, message: str, at: float | None = None) -> None:
@@ -417,7 +444,7 @@ class RecordReader:
 
 def _py(value: Any) -> Any:
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode("utf-8", errors="replace")
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -475,8 +502,10 @@ def check_record(path: Path) -> list[str]:
                      "printer/y_camera_dimension", "material/layer_thickness"):  # fmt: skip
             if attr not in f.attrs:
                 problems.append(f"missing root attribute {attr}")
-        if f.attrs.get("layerwatch/schema_version") != SCHEMA_VERSION:
-            problems.append(f"schema version {f.attrs.get('layerwatch/schema_version')} is not {SCHEMA_VERSION}")
+        if f.attrs.get("layerwatch/schema_version") not in READABLE_SCHEMAS:
+            problems.append(
+                f"schema version {f.attrs.get('layerwatch/schema_version')} is not one of {READABLE_SCHEMAS}"
+            )
         required = [IMAGES, PART_IDS] + [f"{MASKS}/{c}" for c in range(len(reader.class_names))]
         required += [f"{LW}/{n}" for n in ("layers", "metrics", "part_metrics", "state", *TABLES)]
         for name in required:

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from monitor.config import Config, MonitorSection, PolicySection, PrinterSection
-from monitor.record import IMAGES, MASKS, SCHEMA_VERSION, set_attrs
+from monitor.record import IMAGES, MASKS, READABLE_SCHEMAS, set_attrs
 from monitor.service import MonitorService
 from printer_io.errors import MqttError
 from printer_io.frames import QualityChecker, encode_image
@@ -110,9 +110,10 @@ def open_source(path: Path, *, skip_missing: bool = False) -> ReplaySource:
             raise ReplayError(f"{path} has no /{IMAGES}: not a build file in the Peregrine layout")
         a = f.attrs
         schema = a.get("layerwatch/schema_version")
-        if schema is not None and schema != SCHEMA_VERSION:
+        if schema is not None and schema not in READABLE_SCHEMAS:
             raise ReplayError(
-                f"{path} is a LayerWatch record of schema {schema}; this version reads schema {SCHEMA_VERSION}"
+                f"{path} is a LayerWatch record of schema {schema}; this version reads schemas "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}"
             )
         for attr in ("printer/x_real_dimension", "printer/x_camera_dimension"):
             if attr not in a:

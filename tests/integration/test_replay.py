@@ -114,7 +114,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     shutil.copy(SAMPLE, old)
     with h5py.File(old, "r+") as f:
         f.attrs["layerwatch/schema_version"] = 0
-    _refused([str(old)], out, "schema 0", "reads schema 1")
+    _refused([str(old)], out, "schema 0", "reads schemas 1, 2")
     gaps = tmp_path / "gaps.h5"
     from tests.unit.monitor.test_record import append, spec
 
