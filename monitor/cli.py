@@ -558,6 +558,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
             printer = VirtualPrinter(args.printer, layers=args.layers, layer_time_s=args.layer_time)
             printer.add_layer_listener(bridge.on_virtual_layer)
+            printer.add_end_listener(bridge.on_end)
             printer.start()
             printer.start_job(args.job)
             closers.insert(0, printer.close)
@@ -566,16 +567,18 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
             op = create_printer("octoprint", **_printer_options(args)).start()
             assert isinstance(op, OctoPrintPrinter) and op.client is not None
-            trigger = OctoPrintTrigger(op.client, bridge.on_change).start()
+            trigger = OctoPrintTrigger(op.client, bridge.on_change)
+            trigger.on_end = bridge.on_end
+            trigger.start()
             closers[:0] = [trigger.close, op.close]
         else:
             from printer_io.moonraker import MoonrakerPrinter, MoonrakerTrigger, resolve_api_key
 
             mr = create_printer("moonraker", **_printer_options(args)).start()
             assert isinstance(mr, MoonrakerPrinter)
-            mtrigger = MoonrakerTrigger(
-                args.url, bridge.on_change, api_key=resolve_api_key(None, args.api_key_file)
-            ).start()
+            mtrigger = MoonrakerTrigger(args.url, bridge.on_change, api_key=resolve_api_key(None, args.api_key_file))
+            mtrigger.on_end = bridge.on_end
+            mtrigger.start()
             closers[:0] = [mtrigger.close, mr.close]
         print(
             f"bridge: publishing layer events of {args.printer} ({args.backend}) on {link.topics.layer}; Ctrl-C stops"
@@ -617,6 +620,8 @@ def cmd_layer_event(args: argparse.Namespace) -> int:
 
     # validated before connecting: a bad value never reaches the broker
     fields = {"printer": args.printer, "job_id": args.job, "layer": args.layer, "z_mm": args.z, "source": "hook"}
+    if args.end:
+        fields |= {"end": True, "outcome": args.end}
     event = LayerEvent.from_dict({"schema": LayerEvent.SCHEMA, **fields}, "layer-event")
     link = _link(args, "hook")
     link.start()
@@ -624,7 +629,12 @@ def cmd_layer_event(args: argparse.Namespace) -> int:
         link.publish(link.topics.layer, event.to_json(), wait_s=10)
     finally:
         link.close(publish_offline=False)
-    print(f"published layer {args.layer} of {args.job} (z={args.z} mm) on {link.topics.layer}")
+    what = (
+        f"the end ({args.end}) of {args.job} after layer {args.layer}"
+        if args.end
+        else f"layer {args.layer} of {args.job}"
+    )
+    print(f"published {what} (z={args.z} mm) on {link.topics.layer}")
     return EXIT_OK
 
 
@@ -863,6 +873,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", required=True, help="job id, e.g. the file name")
     p.add_argument("--layer", type=int, required=True, help="layer index from 0")
     p.add_argument("--z", type=float, required=True, help="layer height in mm")
+    p.add_argument(
+        "--end",
+        choices=("done", "cancelled", "failed"),
+        default=None,
+        help="the job ended after --layer (end-of-print G-code): the monitor closes its record",
+    )
     p.set_defaults(func=cmd_layer_event)
 
     p = sub.add_parser("printer", help="ask a printer for its state, or pause/resume/cancel it, or send G-code")

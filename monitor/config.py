@@ -49,6 +49,9 @@ class MonitorSection(_Section):
     layer_thickness_mm: float = Field(default=0.04, gt=0, le=5)
     fsync: bool = False
     build_idle_close_s: float = Field(default=1800.0, gt=0)
+    # a job that ended (printer state, or an end event on the layer topic) closes its record once no
+    # frame has come for this long (the last layer's frame may still be on its way)
+    job_end_grace_s: float = Field(default=5.0, ge=0, le=600)
     max_frame_pixels: int = Field(default=64_000_000, ge=1024)
     gzip_level: int = Field(default=1, ge=0, le=9)
     # the build plate: propose it from a build's first frame where no [printers.<id>] roi is set

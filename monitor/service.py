@@ -35,12 +35,13 @@ from printer_io.messages import (
     EventLevel,
     EventMessage,
     FrameMeta,
+    LayerEvent,
     ResultMessage,
     RuleHitInfo,
     split_frame,
 )
 from printer_io.mqtt import MqttLink
-from printer_io.printer import Printer, create_printer
+from printer_io.printer import ACTIVE_STATES, Printer, PrinterState, create_printer
 from printer_io.topics import Topics
 from segmentation.classes import CLASS_NAMES, LayerClass
 from segmentation.preprocess import illumination, to_gray, to_gray_float
@@ -54,6 +55,9 @@ _SEVERITY_ORDER = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
 #: Per-frame figures stored beside the mask metrics (not usable in rules: they judge the frame, not the layer).
 FRAME_METRICS = ("ood_score",)
 _MAX_ROI_POINTS = 64
+_STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its job is still on
+# printer states that end a job this monitor saw printing
+_ENDED_STATES = frozenset({PrinterState.IDLE, PrinterState.FINISHED, PrinterState.CANCELLED, PrinterState.ERROR})
 
 
 def _safe_name(job_id: str) -> str:
@@ -73,6 +77,8 @@ class Build:
     roi_mask: np.ndarray | None = None
     illum: np.ndarray | None = None  # the reference lighting, once the first layers gave it
     illum_frames: list[np.ndarray] = field(default_factory=list)
+    printer_was_active: bool = False  # the printer was seen printing (or paused) during this build
+    ended: str = ""  # why the job is over (printer state, end event); the record closes after the grace time
 
     def set_roi(self, roi: Roi | None, shape: tuple[int, int]) -> None:
         self.roi = roi
@@ -173,6 +179,38 @@ class PrinterMonitor:
             self._record_action(request)
         log.warning("%s: operator %s asks to %s: %s", self.printer_id, msg.operator, msg.action, msg.reason)
         self.controller.operator(request)
+
+    def on_layer(self, topic: str, payload: bytes) -> None:
+        """Layer events: only the end of a job matters here (frames carry everything else)."""
+        event = LayerEvent.from_json(payload, topic)
+        if not event.end:
+            return
+        with self.lock:
+            if self.build is not None and self.build.job_id == event.job_id:
+                self.job_ended(f"job {event.outcome or 'ended'} after layer {event.layer} ({event.source or 'event'})")
+
+    def job_ended(self, why: str) -> None:
+        """The job is over: its record closes once no frame has come for ``job_end_grace_s``."""
+        with self.lock:
+            if self.build is not None and not self.build.ended:
+                self.build.ended = why
+                log.info("%s: %s; closing %s", self.printer_id, why, self.build.record.path.name)
+
+    def check_printer(self) -> None:
+        """A printer that printed this build and now is idle, finished, cancelled or failed ended the job."""
+        if self.printer is None or self.build is None or self.build.ended:
+            return
+        state = self._printer_state()
+        if state is None:
+            return
+        with self.lock:
+            build = self.build
+            if build is None:
+                return
+            if state.state in ACTIVE_STATES:
+                build.printer_was_active = True
+            elif build.printer_was_active and state.state in _ENDED_STATES:
+                self.job_ended(f"printer {state.state.value}")
 
     def _confirm_roi(self, msg: ActionMessage, topic: str) -> None:
         """An operator accepts (or redraws) the build plate: kept for this printer's later builds too."""
@@ -328,6 +366,8 @@ class PrinterMonitor:
             )
         hits = build.policy.evaluate(layer, m.values, m.parts, judged=judged)
         state = self._printer_state()
+        if state is not None and state.state in ACTIVE_STATES:
+            build.printer_was_active = True
         actions = self.controller.on_layer(layer, hits, m.values, state.state if state else None) if judged else []
         part_rows = [{"layer": layer, **p} for p in m.parts]
         q = quality.model_dump() if quality is not None else {}
@@ -490,11 +530,14 @@ class PrinterMonitor:
             roi=roi.to_json() if roi is not None else None,
         )
 
-    def close_build(self, state: str = "closed") -> None:
+    def close_build(self, state: str = "closed", job_id: str | None = None) -> None:
+        """Close the current build's record (only if it is still ``job_id``'s, where given)."""
         with self.lock:
-            if self.build is None:
+            if self.build is None or (job_id is not None and self.build.job_id != job_id):
                 return
             self.controller.wait_idle(30)
+            if self.build.ended:
+                self._emit_event("info", "job_ended", f"{self.build.ended}: record closed", self.build.last_layer)
             self.build.record.close(state)
             self.ended.add(self.build.job_id)
             log.info(
@@ -630,12 +673,13 @@ class MonitorService:
                 pm = PrinterMonitor(self, pid, link, printer, policy)
                 link.subscribe(topics.image, pm.on_frame)
                 link.subscribe(topics.action, pm.on_action)
+                link.subscribe(topics.layer, pm.on_layer)
                 self.monitors[pid] = pm
                 link.start()
         except BaseException:
             self.close()
             raise
-        self._idle = threading.Thread(target=self._close_idle, name="monitor-idle", daemon=True)
+        self._idle = threading.Thread(target=self._watch, name="monitor-watch", daemon=True)
         self._idle.start()
         log.info(
             "monitor: model %s (%s engine); printers %s", self.model_id, cfg.monitor.engine, ", ".join(self.printer_ids)
@@ -651,13 +695,28 @@ class MonitorService:
             options.update(url=section.url, api_key_file=section.api_key_file, timeout_s=section.timeout_s)
         return create_printer(section.backend, **options).start()
 
-    def _close_idle(self) -> None:
-        limit = self.config.monitor.build_idle_close_s
-        while not self._stop.wait(min(5.0, limit)):
+    def _watch(self) -> None:
+        """Close the records of jobs that ended (after the grace time) or whose printer went silent."""
+        cfg = self.config.monitor
+        last_poll = 0.0
+        while not self._stop.wait(min(1.0, cfg.build_idle_close_s)):
+            poll = time.monotonic() - last_poll >= _STATE_POLL_S
+            if poll:
+                last_poll = time.monotonic()
             for pm in self.monitors.values():
-                build = pm.build
-                if build is not None and time.monotonic() - build.last_seen > limit:
-                    pm.close_build("closed-idle")
+                try:
+                    if poll:
+                        pm.check_printer()
+                    build = pm.build
+                    if build is None:
+                        continue
+                    quiet = time.monotonic() - build.last_seen
+                    if build.ended and quiet >= cfg.job_end_grace_s:
+                        pm.close_build("closed", build.job_id)
+                    elif quiet > cfg.build_idle_close_s:
+                        pm.close_build("closed-idle", build.job_id)
+                except Exception:  # the watcher must outlive any one printer's trouble
+                    log.exception("%s: checking for the end of the job failed", pm.printer_id)
 
     def close(self) -> None:
         self._stop.set()

@@ -52,3 +52,18 @@ class Bridge:
     def on_virtual_layer(self, done: Any) -> None:
         """Listener for :meth:`VirtualPrinter.add_layer_listener`."""
         self.on_change(done.job_id, LayerChange(done.layer, done.z_mm))
+
+    def on_end(self, job_id: str, layer: int, z_mm: float, outcome: str) -> None:
+        """The job ended (``outcome``: done, cancelled, failed): the monitor closes its record."""
+        event = LayerEvent(
+            printer=self.link.topics.printer,
+            job_id=job_id,
+            layer=max(layer, 0),
+            z_mm=z_mm,
+            time=time.time(),
+            source=self.source,
+            end=True,
+            outcome=outcome,  # type: ignore[arg-type]
+        )
+        self.link.publish(self.link.topics.layer, event.to_json())
+        log.info("bridge: %s job %s %s after layer %d", event.printer, job_id, outcome, event.layer)

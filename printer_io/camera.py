@@ -216,6 +216,9 @@ class CameraNode:
                 f"{topic}: layer event for printer {event.printer!r}, this node serves {self.topics.printer!r}",
                 "printer",
             )
+        if event.end:
+            log.info("camera: job %s %s; nothing to capture", event.job_id, event.outcome or "ended")
+            return
         key = (event.job_id, event.layer)
         with self._lock:
             if key in self._seen:

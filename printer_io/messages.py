@@ -97,6 +97,8 @@ class LayerEvent(Message):
     z_mm: float = Field(ge=-5.0, le=10_000.0)
     time: float = Field(default_factory=time.time, description="unix seconds when the layer completed")
     source: str = Field(default="", max_length=64, description="octoprint, moonraker, virtual, replay, hook")
+    end: bool = Field(default=False, description="the job has ended (after layer ``layer``): close its record")
+    outcome: Literal["", "done", "cancelled", "failed"] = ""
 
 
 class FrameQuality(BaseModel):

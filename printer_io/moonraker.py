@@ -259,8 +259,10 @@ class MoonrakerTrigger(WebsocketTrigger):
                     self._emit([LayerChange(self._layer - 1, self._layer_z)])
                 elif not self._used_layers:
                     self._emit(self._zfilter.finish())
-                self.job_id = None
-            elif state in ("cancelled", "error", "standby"):
+                self._ended("done")
+            elif state in ("cancelled", "error"):
+                self._ended("cancelled" if state == "cancelled" else "failed")
+            elif state == "standby":
                 self.job_id = None
         info = stats.get("info")
         if isinstance(info, dict) and isinstance(info.get("current_layer"), int) and self.job_id is not None:

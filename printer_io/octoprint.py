@@ -315,9 +315,9 @@ class OctoPrintTrigger(WebsocketTrigger):
                     self._emit(self._zfilter.on_z(float(z), now))
             elif kind in ("PrintDone",) and self.job_id is not None:
                 self._emit(self._tracker.finish() if self._tracker else self._zfilter.finish())
-                self.job_id = None
+                self._ended("done")
             elif kind in ("PrintCancelled", "PrintFailed"):
-                self.job_id = None
+                self._ended("cancelled" if kind == "PrintCancelled" else "failed")
         elif "current" in message and self.job_id is not None:
             current = message["current"] or {}
             if self._tracker is not None:

@@ -17,11 +17,13 @@ from typing import Any
 from printer_io.errors import PrinterError
 from printer_io.layers import LayerChange
 
-__all__ = ["LayerCallback", "WebsocketTrigger"]
+__all__ = ["EndCallback", "LayerCallback", "WebsocketTrigger"]
 
 log = logging.getLogger(__name__)
 
 LayerCallback = Callable[[str, LayerChange], None]
+#: ``(job_id, last layer, its z in mm, outcome)``: the job ended (done, cancelled, failed)
+EndCallback = Callable[[str, int, float, str], None]
 
 
 class WebsocketTrigger:
@@ -32,6 +34,8 @@ class WebsocketTrigger:
         self.reconnect_max_s = reconnect_max_s
         self.connected = threading.Event()
         self.job_id: str | None = None
+        self.on_end: EndCallback | None = None  # set to hear of the end of a job
+        self._last: LayerChange | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ws: Any = None
@@ -87,9 +91,22 @@ class WebsocketTrigger:
             self._stop.wait(delay)
             delay = min(delay * 2, self.reconnect_max_s)
 
+    def _ended(self, outcome: str) -> None:
+        """The current job ended: tell ``on_end`` (once) and forget the job."""
+        job, last = self.job_id, self._last
+        self.job_id, self._last = None, None
+        if job is None or self.on_end is None:
+            return
+        try:
+            self.on_end(job, last.layer if last else 0, last.z_mm if last else 0.0, outcome)
+        except Exception:
+            log.exception("%s: end callback failed", self.name)
+
     def _emit(self, changes: list[LayerChange]) -> None:
         if self.job_id is None:
             return
+        if changes:
+            self._last = changes[-1]
         for change in changes:
             try:
                 self.on_layer(self.job_id, change)

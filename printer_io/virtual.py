@@ -81,6 +81,7 @@ class VirtualPrinter:
         self.excluded: list[str] = []
         self.message = ""
         self._listeners: list[Callable[[LayerDone], None]] = []
+        self._end_listeners: list[Callable[[str, int, float, str], None]] = []
         self._lock = threading.RLock()
         self._state = PrinterState.IDLE
         self._job: str | None = None
@@ -120,6 +121,17 @@ class VirtualPrinter:
     def add_layer_listener(self, callback: Callable[[LayerDone], None]) -> None:
         """``callback(LayerDone)`` runs on the printer's thread when a layer completes: keep it short."""
         self._listeners.append(callback)
+
+    def add_end_listener(self, callback: Callable[[str, int, float, str], None]) -> None:
+        """``callback(job_id, last layer, z_mm, outcome)`` when a job is done or cancelled."""
+        self._end_listeners.append(callback)
+
+    def _announce_end(self, job_id: str, layer: int, outcome: str) -> None:
+        for callback in self._end_listeners:
+            try:
+                callback(job_id, layer, self._z(max(layer, 0)), outcome)
+            except Exception:
+                log.exception("%s: end listener failed", self.name)
 
     # ---- jobs and time ----------------------------------------------------------------------------
     def start_job(self, name: str = "virtual-job", layers: int | None = None) -> str:
@@ -169,12 +181,15 @@ class VirtualPrinter:
                     self._state = PrinterState.FINISHED
                     log.info("%s: finished %s", self.name, self._job_id)
                     break
+            finished = bool(done) and self._state == PrinterState.FINISHED
         for event in done:
             for callback in self._listeners:
                 try:
                     callback(event)
                 except Exception:
                     log.exception("%s: layer listener failed", self.name)
+        if finished:
+            self._announce_end(done[-1].job_id, done[-1].layer, "done")
         return done
 
     def _run(self) -> None:
@@ -239,6 +254,8 @@ class VirtualPrinter:
                 raise PrinterCommandRefused(f"{self.name}: nothing to cancel while {self._state.value}")
             self._state = PrinterState.CANCELLED
             log.info("%s: cancelled %s at layer %d", self.name, self._job_id, self._layer)
+            job, layer = self._job_id, self._layer - 1
+        self._announce_end(job, layer, "cancelled")
 
     def exclude_object(self, name: str) -> None:
         self.send_gcode([f"EXCLUDE_OBJECT NAME={name}"])

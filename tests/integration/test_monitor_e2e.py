@@ -468,3 +468,64 @@ def test_unfamiliar_frames_are_reviewed_never_paused(
     with RecordReader(_record(config, topics)) as r:
         review = [e for e in r.table("events") if e["code"] == "needs_review"]
         assert len(review) == LAYERS and "not judged automatically" in review[0]["message"]
+
+
+def _wait_closed(path: Path, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        try:
+            with RecordReader(path) as r:
+                state = r.state
+        except Exception:  # being written: it may not open plainly yet
+            state = "writing"
+        if state != "writing":
+            return state
+        time.sleep(0.2)
+    return state
+
+
+def test_an_end_event_closes_the_record_within_seconds(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    config, topics, observer, _ = virtual_setup
+    monitor = config.monitor.model_copy(update={"job_end_grace_s": 1.0})
+    config = config.model_copy(update={"monitor": monitor, "printers": {topics.printer: PrinterSection()}})
+    frames = Frames(broker, topics, None, "end-job")
+    with MonitorService(config).start():  # no printer backend: only the event can say the job ended
+        frames.send(0, 1, 2)
+        observer.wait_layer(2)
+        t0 = time.monotonic()
+        result = subprocess.run(
+            [LAYERWATCH, "layer-event", "--printer", topics.printer, "--broker", broker.url, "--job", "end-job",
+             "--layer", "2", "--z", "0.12", "--end", "done"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        state = _wait_closed(_record(config, topics))
+        took = time.monotonic() - t0
+    frames.close()
+    assert state == "closed" and took < 10, (state, took)
+    out = subprocess.run(["h5ls", str(_record(config, topics))], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr  # stock tools open it
+    with RecordReader(_record(config, topics)) as r:
+        assert any(e["code"] == "job_ended" and "done" in e["message"] for e in r.table("events"))
+
+
+def test_a_printer_that_finishes_its_job_closes_the_record(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    config, topics, observer, printer = virtual_setup
+    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"job_end_grace_s": 1.0})})
+    frames = Frames(broker, topics, None, "finish-job")
+    with MonitorService(config, printers={topics.printer: printer}).start():
+        frames.send(0, 1)
+        observer.wait_layer(1)
+        printer.advance(10_000)  # the rest of the job prints: the printer reports "finished"
+        assert _wait_closed(_record(config, topics)) == "closed"
+        frames.send(2)  # a straggler of the ended job is refused, not stored in a new record
+        time.sleep(1.0)
+    frames.close()
+    with RecordReader(_record(config, topics)) as r:
+        assert list(r.stored_layers()) == [0, 1]
+        assert any(e["code"] == "job_ended" and "finished" in e["message"] for e in r.table("events"))

@@ -110,3 +110,19 @@ def test_dry_run_only_logs() -> None:
     p.pause()
     p.send_gcode(["M220 S90"])
     assert p.actions == ["pause", "send G-code M220 S90"]
+
+
+def test_the_end_of_a_job_is_announced_once() -> None:
+    from printer_io.virtual import VirtualPrinter
+
+    ends: list[tuple[str, int, float, str]] = []
+    p = VirtualPrinter("v", layers=3, layer_time_s=1.0, realtime=False)
+    p.add_end_listener(lambda *a: ends.append(a))
+    job = p.start_job("a")
+    p.advance(10.0)
+    p.advance(10.0)
+    assert ends == [(job, 2, p._z(2), "done")]
+    job2 = p.start_job("b")
+    p.advance(1.5)
+    p.cancel()
+    assert ends[-1] == (job2, 0, p._z(0), "cancelled") and len(ends) == 2
