@@ -350,16 +350,12 @@ def create_app(opts: DashboardOptions) -> Any:
             # nothing new: leave the slider where it is, so a tick answered late cannot undo a jump
             value = no_update
         live = "being written" if state == "writing" else state
-        printer = ""
         try:
             telemetry = r.table("telemetry")
-        except (OSError, KeyError):
-            telemetry = []
-        if telemetry:
-            t = telemetry[-1]
-            when = time.strftime("%H:%M:%S", time.localtime(t["time"]))
-            what = "unreachable (offline)" if t["state"] == "offline" else t["state"]
-            printer = f"; printer {what} at layer {t['layer']} ({when})"
+            actions = r.table("actions")
+        except (OSError, KeyError, RuntimeError):
+            telemetry, actions = [], []
+        printer = printer_view(actions, telemetry)
         if services is not None:
             printer += services.describe(str(r.attrs.get("layerwatch/printer", "")))
         return last, value, f"{len(stored)} layers stored, record {live}{printer}", new_follow
@@ -456,7 +452,7 @@ def create_app(opts: DashboardOptions) -> Any:
             records.drop(path)
             log.info("%s could not be read (%s); the record is reopened", path, err)
             return no_update, no_update, no_update
-        return _figure(stored, m, policy, layer), _log(events, actions, r), len(stored)
+        return _figure(stored, m, policy, layer, actions), _log(events, actions, r), len(stored)
 
     if can_control:
         assert link is not None
@@ -556,14 +552,79 @@ def _send(link: ControlLink, records: Records, which: Any, path: str | None, inc
     return f"sent at {time.strftime('%H:%M:%S')}: {what}; the monitor carries it out and records it"
 
 
-def _figure(stored: np.ndarray, m: np.ndarray, policy: dict[str, Any], layer: int | None) -> dict[str, Any]:
+def printer_view(actions: list[dict[str, Any]], telemetry: list[dict[str, Any]]) -> str:
+    """What the printer is doing, as the monitor knows it: its own pause, resume or cancel (who asked, at
+    which layer, why, in words) when that is newer than the last state the printer reported."""
+    moves = [a for a in actions if a["action"] in ("pause", "resume", "cancel")]
+    last_move = max(moves, key=lambda a: a["time"]) if moves else None
+    last_seen = telemetry[-1] if telemetry else None
+    if last_move is not None and (last_seen is None or last_move["time"] >= last_seen["time"]):
+        try:
+            detail = json.loads(last_move["detail"] or "{}")
+        except ValueError:
+            detail = {}
+        who = (
+            f"operator {detail.get('operator') or 'unknown'}"
+            if last_move["rule"] == "operator"
+            else f"rule {last_move['rule']}"
+        )
+        verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[last_move["action"]]
+        state = last_move["state"]
+        if state == "requested":
+            text = f"{last_move['action']} requested by {who} at layer {last_move['layer']}"
+        elif state == "confirmed":
+            text = f"{verb} by {who} at layer {last_move['layer']}"
+        else:
+            text = f"{last_move['action']} by {who} at layer {last_move['layer']} {state.replace('_', ' ')}"
+        reason = str(detail.get("reason") or "")
+        return f"; printer {text}" + (f": {reason}" if reason and last_move["action"] != "resume" else "")
+    if last_seen is not None:
+        when = time.strftime("%H:%M:%S", time.localtime(last_seen["time"]))
+        what = "unreachable (offline)" if last_seen["state"] == "offline" else last_seen["state"]
+        return f"; printer {what} at layer {last_seen['layer']} ({when})"
+    return ""
+
+
+def _fired_metrics(policy: dict[str, Any], actions: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
+    """The metrics of the rules that stopped the printer, as trend rows, where the trend lacks them."""
+    shown = {name for name, *_ in TREND_METRICS}
+    rules = {r.get("name"): r for r in policy.get("rules", [])}
+    out: list[tuple[str, str, str, int]] = []
+    for a in actions:
+        rule = rules.get(a["rule"])
+        if a["action"] not in ("pause", "cancel") or rule is None:
+            continue
+        metric = str(rule.get("metric", "")) + ("_part" if rule.get("region") == "part" else "")
+        if metric and metric not in shown:
+            shown.add(metric)
+            unit = (
+                "mm²"
+                if metric.endswith("_mm2")
+                else "mm"
+                if metric.endswith("_mm")
+                else "share"
+                if "fraction" in metric
+                else "count"
+            )
+            out.append((metric, f"{metric} (rule {a['rule']})", unit, 4 if "warping" in metric else 2))
+    return out
+
+
+def _figure(
+    stored: np.ndarray,
+    m: np.ndarray,
+    policy: dict[str, Any],
+    layer: int | None,
+    actions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     xs = [int(k) for k in stored]
     data = []
     names = m.dtype.names or ()
-    for name, label, unit, cid in TREND_METRICS:
+    rows = [*TREND_METRICS, *_fired_metrics(policy, actions or [])]
+    for name, label, unit, cid in rows:
         column = name if name in names else _OLDER_METRICS.get(name, name)
         ys = [float(m[k][column]) for k in xs] if len(xs) and column in names else []
-        yaxis = "y2" if unit == "mm²" else "y"
+        yaxis = "y" if unit == "share" else "y2"
         data.append(
             {
                 "x": xs,
@@ -577,7 +638,7 @@ def _figure(stored: np.ndarray, m: np.ndarray, policy: dict[str, Any], layer: in
     shapes = []
     for rule in policy.get("rules", []):
         metric = rule.get("metric", "") + ("_part" if rule.get("region") == "part" else "")
-        for name, _label, unit, cid in TREND_METRICS:
+        for name, _label, unit, cid in rows:
             if name == metric and rule.get("above") is not None:
                 shapes.append(
                     {
@@ -585,7 +646,7 @@ def _figure(stored: np.ndarray, m: np.ndarray, policy: dict[str, Any], layer: in
                         "xref": "paper",
                         "x0": 0,
                         "x1": 1,
-                        "yref": "y2" if unit == "mm²" else "y",
+                        "yref": "y" if unit == "share" else "y2",
                         "y0": rule["above"],
                         "y1": rule["above"],
                         "line": {"dash": "dot", "color": CLASS_COLORS_HEX[cid]},
@@ -610,7 +671,7 @@ def _figure(stored: np.ndarray, m: np.ndarray, policy: dict[str, Any], layer: in
             "margin": {"l": 50, "r": 50, "t": 30, "b": 40},
             "xaxis": {"title": {"text": "layer"}},
             "yaxis": {"title": {"text": "share of area"}, "tickformat": ".1%"},
-            "yaxis2": {"title": {"text": "mm²"}, "overlaying": "y", "side": "right"},
+            "yaxis2": {"title": {"text": "mm², mm, count"}, "overlaying": "y", "side": "right"},
             "legend": {"orientation": "h", "y": 1.12},
             "shapes": shapes,
             "uirevision": "keep",

@@ -178,7 +178,7 @@ class Controller:
             inc = Incident(f"{self.job_id}:{hit.key}:{hit.layer}", hit.key, hit.rule.name, hit.part_id, hit.layer)
             st.incidents[hit.key] = inc
             if hit.rule.severity != Severity.INFO:
-                self.emit_event(hit.rule.severity.value, "incident", f"incident {inc.id}: {hit.describe()}", hit.layer)
+                self.emit_event(hit.rule.severity.value, "incident", f"{hit.describe()} [incident {inc.id}]", hit.layer)
         for action in hit.rule.actions:
             kind = action.type
             if kind in ("pause", "cancel"):

@@ -149,12 +149,16 @@ class RuleHit:
         return self.rule.name if not self.part_id else f"{self.rule.name}@part{self.part_id}"
 
     def describe(self) -> str:
+        """Why, in words first (the rule's description), then the figures: what a person reads."""
         where = f" on part {self.part_id}" if self.part_id else ""
         op = ">" if self.rule.above is not None else "<"
-        return (
-            f"{self.rule.name}: {self.rule.metric}{where} = {self.value:.4g} {op} {self.rule.threshold:g} "
+        measured = (
+            f"{self.rule.metric}{where} = {self.value:.4g} {op} {self.rule.threshold:g} "
             f"on {sum(self.window)} of the last {len(self.window)} layers"
         )
+        if self.rule.description:
+            return f"{self.rule.description}{where} (rule {self.rule.name}: {measured})"
+        return f"rule {self.rule.name}: {measured}"
 
 
 class PolicyEngine:

@@ -1,0 +1,46 @@
+"""The dashboard's words for what the printer does, and the trend of the metric that stopped it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from dashboards.app import _figure, printer_view
+
+
+def _action(t: float, action: str, state: str, rule: str, layer: int, **detail: Any) -> dict[str, Any]:
+    return {
+        "time": t, "layer": layer, "request_id": f"r{t}", "action": action, "state": state, "rule": rule,
+        "incident": f"job:{rule}:{layer}", "detail": json.dumps(detail),
+    }  # fmt: skip
+
+
+def test_a_confirmed_pause_is_what_the_page_says_with_its_reason_in_words() -> None:
+    telemetry = [{"time": 10.0, "layer": 17, "state": "printing", "z_mm": 0.7, "feed_pct": 100.0, "flow_pct": 100.0}]
+    reason = "confirmed warping grows by more than 0.2 mm² a layer on 3 consecutive layers (rule warping-grows: ...)"
+    actions = [
+        _action(10.1, "pause", "requested", "warping-grows", 17, reason=reason),
+        _action(10.4, "pause", "confirmed", "warping-grows", 17, reason=reason),
+    ]
+    text = printer_view(actions, telemetry)
+    assert text.startswith("; printer paused by rule warping-grows at layer 17: confirmed warping grows")
+    assert "printing" not in text
+    # an operator resumes: then the printer's own later report is shown again
+    actions.append(_action(20.0, "resume", "confirmed", "operator", 17, operator="ana", reason="looked fine"))
+    assert printer_view(actions, telemetry) == "; printer resumed by operator ana at layer 17"
+    telemetry.append({"time": 30.0, "layer": 18, "state": "printing", "z_mm": 0.74, "feed_pct": 100.0, "flow_pct": 1.0})
+    assert printer_view(actions, telemetry).startswith("; printer printing at layer 18")
+    assert printer_view([], []) == ""
+
+
+def test_the_metric_that_fired_is_plotted_with_its_threshold() -> None:
+    names = ["porosity_fraction_part", "spatter_fraction", "warping_confirmed_area_mm2", "pore_max_diameter_mm"]
+    m = np.zeros(3, dtype=[(n, "f8") for n in names])
+    m["pore_max_diameter_mm"] = [0.1, 0.4, 0.9]
+    policy = {"rules": [{"name": "big-pore", "metric": "pore_max_diameter_mm", "above": 0.5, "region": "anywhere"}]}
+    fig = _figure(np.arange(3), m, policy, 2, [_action(1.0, "pause", "confirmed", "big-pore", 2)])
+    traces = {t["name"]: t for t in fig["data"]}
+    assert traces["pore_max_diameter_mm (rule big-pore) (mm)"]["y"] == [0.1, 0.4, 0.9]
+    assert any(sh.get("y0") == 0.5 for sh in fig["layout"]["shapes"])
