@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -307,6 +308,14 @@ def cmd_record(args: argparse.Namespace) -> int:
             shown = ", ".join(map(str, review[:20])) + (" ..." if len(review) > 20 else "")
             print(f"review      {len(review)} layers unlike the model's training data, not judged: {shown}")
         print(f"events      {len(events)}   actions {len(actions)}   operator feedback {len(feedback)}")
+        verdicts = {f["incident"]: f["verdict"] for f in feedback}
+        incidents: dict[str, dict[str, Any]] = {}
+        for act in actions:
+            if act["incident"]:
+                incidents.setdefault(act["incident"], act)
+        for inc, act in incidents.items():
+            said = verdicts.get(inc, "no verdict yet")
+            print(f"incident    {inc}   ({act['rule']}, {act['action']} at layer {act['layer']}; {said})")
         for act in actions:
             if act["state"] != "requested":
                 what = f"{act['action']} {act['state']} ({act['rule']})"
@@ -455,7 +464,6 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     if not args.operator:
         raise CommandError("control needs --operator NAME: operator actions are recorded with who asked")
-    link = _link(args, "operator")
     msg = ActionMessage(
         printer=args.printer,
         action=args.action,
@@ -464,36 +472,67 @@ def cmd_control(args: argparse.Namespace) -> int:
         operator=args.operator,
         reason=args.reason,
     )
+    answer = _ask_monitor(args, msg)
+    if answer.state != ActionState.CONFIRMED:
+        raise RefusedError(f"{args.action} {args.printer}: {answer.state.value}: {answer.detail or answer.reason}")
+    print(f"{args.action} {args.printer}: confirmed by the monitor ({answer.detail}); recorded as {msg.request_id}")
+    return EXIT_OK
+
+
+class RefusedError(Exception):
+    """The monitor answered no (or did not answer): one line, exit 1."""
+
+
+def _ask_monitor(args: argparse.Namespace, msg: Any) -> Any:
+    """Publish an operator's request and wait for the monitor's outcome of it (same request id)."""
+    import threading
+
+    from printer_io.messages import ActionMessage, ActionState
+
+    answers: list[ActionMessage] = []
+    got = threading.Event()
+
+    def on_action(topic: str, payload: bytes) -> None:
+        reply = ActionMessage.from_json(payload, topic)
+        if reply.request_id == msg.request_id and reply.state not in (ActionState.REQUESTED, ActionState.ACKNOWLEDGED):
+            answers.append(reply)
+            got.set()
+
+    link = _link(args, "operator", ephemeral=True)
+    link.subscribe(link.topics.action, on_action)
     link.start()
     try:
         link.publish(link.topics.action, msg.to_json(), wait_s=10)
+        if not got.wait(args.wait):
+            raise RefusedError(
+                f"no answer from a monitor of printer {args.printer!r} within {args.wait:g} s: is `layerwatch monitor` "
+                "running for it, on this broker? Nothing was done"
+            )
     finally:
-        link.close(publish_offline=False)
-    print(f"sent: {args.action} {args.printer} (request {msg.request_id}); the monitor carries it out and records it")
-    return EXIT_OK
+        link.close()
+    return answers[0]
 
 
 # ---- feedback ---------------------------------------------------------------------------------
 def cmd_feedback(args: argparse.Namespace) -> int:
+    import uuid
+
     from printer_io.messages import ActionMessage, ActionState
 
-    link = _link(args, "operator")
     msg = ActionMessage(
         printer=args.printer,
         action="feedback",
         state=ActionState.REQUESTED,
-        request_id=f"feedback:{args.incident}:{args.verdict}",
+        request_id=f"feedback:{uuid.uuid4().hex[:12]}",
         incident=args.incident,
         verdict=args.verdict,
         operator=args.operator,
         reason=args.note,
     )
-    link.start()
-    try:
-        link.publish(link.topics.action, msg.to_json(), wait_s=10)
-    finally:
-        link.close(publish_offline=False)
-    print(f"sent: incident {args.incident} is {args.verdict}")
+    answer = _ask_monitor(args, msg)
+    if answer.state != ActionState.CONFIRMED:
+        raise RefusedError(f"feedback on {args.incident}: refused: {answer.detail}")
+    print(f"incident {args.incident} is {args.verdict}: stored ({answer.detail})")
     return EXIT_OK
 
 
@@ -504,7 +543,7 @@ def _mqtt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default=None, help="MQTT broker URL, mqtt://HOST:PORT or mqtts://; overrides [mqtt] url")
 
 
-def _link(args: argparse.Namespace, service: str):  # type: ignore[no-untyped-def]
+def _link(args: argparse.Namespace, service: str, ephemeral: bool = False):  # type: ignore[no-untyped-def]
     from monitor.config import load_config
     from printer_io.mqtt import MqttLink
     from printer_io.topics import Topics
@@ -514,7 +553,9 @@ def _link(args: argparse.Namespace, service: str):  # type: ignore[no-untyped-de
         config = config.model_copy(update={"url": args.broker})
     from monitor import __version__
 
-    return MqttLink(config, service=service, topics=Topics(config.prefix, args.printer), version=__version__)
+    return MqttLink(
+        config, service=service, topics=Topics(config.prefix, args.printer), version=__version__, ephemeral=ephemeral
+    )
 
 
 def _wait_for_stop() -> None:
@@ -623,7 +664,7 @@ def cmd_layer_event(args: argparse.Namespace) -> int:
     if args.end:
         fields |= {"end": True, "outcome": args.end}
     event = LayerEvent.from_dict({"schema": LayerEvent.SCHEMA, **fields}, "layer-event")
-    link = _link(args, "hook")
+    link = _link(args, "hook", ephemeral=True)
     link.start()
     try:
         link.publish(link.topics.layer, event.to_json(), wait_s=10)
@@ -769,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     _mqtt_args(p)
     p.add_argument("--operator", default="", help="who asks (recorded)")
     p.add_argument("--reason", default="", help="why (recorded)")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the monitor's answer (default 60)")
     p.set_defaults(func=cmd_control)
 
     p = sub.add_parser("feedback", help="tell the monitor whether an incident was a false alarm or a real defect")
@@ -777,6 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verdict", choices=("false_alarm", "confirmed_defect"), required=True)
     p.add_argument("--operator", default="", help="who says so")
     p.add_argument("--note", default="", help="free text")
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the monitor's answer (default 30)")
     p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("segment", help="segment layer images into class-id masks")
@@ -913,6 +956,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except RefusedError as err:
+        print(f"layerwatch {args.command}: {err}", file=sys.stderr)
+        return EXIT_PARTIAL
     except (CommandError, SegmentationError, PrinterIOError, ConfigFileError) as err:
         print(f"layerwatch {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE

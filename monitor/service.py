@@ -27,11 +27,12 @@ from monitor.config import Config
 from monitor.controller import Controller, ControllerLimits
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
-from monitor.record import BuildRecord, RecordError, RecordSpec
+from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
 from printer_io.errors import PayloadError, PrinterError
 from printer_io.frames import decode_image
 from printer_io.messages import (
     ActionMessage,
+    ActionState,
     EventLevel,
     EventMessage,
     FrameMeta,
@@ -150,20 +151,56 @@ class PrinterMonitor:
         if msg.action == "roi" and msg.state.value == "requested" and msg.operator:
             self._confirm_roi(msg, topic)
             return
-        if msg.action != "feedback":
+        if msg.action != "feedback" or msg.state != ActionState.REQUESTED:
             return  # our own actions and their outcomes
-        if msg.verdict == "":
-            raise PayloadError(f"{topic}: feedback without a verdict (false_alarm or confirmed_defect)", "field")
-        with self.lock:
-            build = self.build
-            if build is None or not msg.incident.startswith(build.job_id):
-                raise PayloadError(
-                    f"{topic}: feedback for incident {msg.incident!r}, not of the current build", "incident"
-                )
-            build.record.add_feedback(msg.incident, msg.verdict, msg.operator, msg.reason, at=msg.time)
+        try:
+            where = self._store_feedback(msg)
+        except PayloadError as err:
+            self._answer(msg, ActionState.FAILED, str(err))
+            raise
+        self._answer(msg, ActionState.CONFIRMED, f"stored in {where}")
         log.info(
             "%s: operator %s says incident %s is %s", self.printer_id, msg.operator or "?", msg.incident, msg.verdict
         )
+
+    def _store_feedback(self, msg: ActionMessage) -> str:
+        """An operator's verdict on an incident of any build this monitor recorded; returns the record's name."""
+        if msg.verdict == "":
+            raise PayloadError("feedback without a verdict (false_alarm or confirmed_defect)", "field")
+        with self.lock:
+            build = self.build
+            if build is not None and msg.incident.startswith(f"{build.job_id}:"):
+                if not any(a["incident"] == msg.incident for a in build.record.table("actions")):
+                    raise PayloadError(f"build {build.job_id} has no incident {msg.incident!r}", "incident")
+                build.record.add_feedback(msg.incident, msg.verdict, msg.operator, msg.reason, at=msg.time)
+                return build.record.path.name
+            for path in sorted((self.service.config.monitor.out_dir / self.printer_id).glob("*.h5")):
+                if path.name.endswith((".creating.h5", ".crashed.h5")):
+                    continue
+                try:
+                    with RecordReader(path) as reader:
+                        job = str(reader.attrs.get("layerwatch/job_id", ""))
+                        if not msg.incident.startswith(f"{job}:"):
+                            continue
+                        known = any(a["incident"] == msg.incident for a in reader.table("actions"))
+                        state = reader.state
+                except RecordError:
+                    continue
+                if not known:
+                    raise PayloadError(f"build {job} has no incident {msg.incident!r}", "incident")
+                try:
+                    with BuildRecord.open(path) as record:
+                        record.add_feedback(msg.incident, msg.verdict, msg.operator, msg.reason, at=msg.time)
+                        record.close(state)
+                except RecordError as err:
+                    raise PayloadError(f"cannot store the verdict in {path.name}: {err}", "record") from err
+                return path.name
+        raise PayloadError(f"no build of printer {self.printer_id} has an incident {msg.incident!r}", "incident")
+
+    def _answer(self, request: ActionMessage, state: ActionState, detail: str) -> None:
+        """The outcome of an operator's request, on the action topic (``layerwatch control`` waits for it)."""
+        reply = request.model_copy(update={"state": state, "detail": detail[:2000], "time": time.time()})
+        self._publish(self.link.topics.action, reply.to_json())
 
     def _operator_command(self, msg: ActionMessage) -> None:
         """A pause or resume an operator asked for (dashboard, ``layerwatch control``): carried out by the

@@ -104,12 +104,25 @@ class MqttLink:
     """A service's connection: subscribe before :meth:`start`, publish after it, :meth:`close` at the end."""
 
     def __init__(
-        self, config: MqttConfig, *, service: str, topics: Topics, client_id: str | None = None, version: str = ""
+        self,
+        config: MqttConfig,
+        *,
+        service: str,
+        topics: Topics,
+        client_id: str | None = None,
+        version: str = "",
+        ephemeral: bool = False,
     ) -> None:
+        """``ephemeral``: a short-lived command (``layerwatch control``, ``feedback``, ``layer-event``): a clean
+        session under a unique client id, and no retained status, so it leaves nothing behind at the broker."""
+        import uuid
+
         self.config = config
         self.service = service
         self.topics = topics
-        self.client_id = client_id or f"layerwatch-{service}-{topics.printer}"
+        self.ephemeral = ephemeral
+        suffix = f"-{uuid.uuid4().hex[:8]}" if ephemeral else ""
+        self.client_id = client_id or f"layerwatch-{service}-{topics.printer}{suffix}"
         self.version = version
         self.host, self.port, self.tls = config.endpoint()
         self.rejected: Counter[str] = Counter()
@@ -144,7 +157,7 @@ class MqttLink:
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else False,
+            clean_session=None if v5 else self.ephemeral,
             manual_ack=True,
         )
         username, password = self.config.credentials()
@@ -153,7 +166,8 @@ class MqttLink:
         if self.tls or self.config.ca_file:
             self._configure_tls(client)
         offline = StatusMessage(service=self.service, client_id=self.client_id, state="offline", version=self.version)
-        client.will_set(self.topics.status(self.service), offline.to_json(), qos=1, retain=True)
+        if not self.ephemeral:
+            client.will_set(self.topics.status(self.service), offline.to_json(), qos=1, retain=True)
         client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -165,11 +179,13 @@ class MqttLink:
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.config.session_expiry_s
+            props.SessionExpiryInterval = 0 if self.ephemeral else self.config.session_expiry_s
         self._set_state("connecting", f"connecting to {self._where()} as {self.client_id}")
         try:
             if v5:
-                client.connect_async(self.host, self.port, self.config.keepalive_s, clean_start=False, properties=props)
+                client.connect_async(
+                    self.host, self.port, self.config.keepalive_s, clean_start=self.ephemeral, properties=props
+                )
             else:
                 client.connect_async(self.host, self.port, self.config.keepalive_s)
         except (OSError, ValueError) as err:
@@ -190,7 +206,7 @@ class MqttLink:
     def close(self, publish_offline: bool = True) -> None:
         client, self._client = self._client, None
         if client is not None:
-            if publish_offline and self._connected.is_set():
+            if publish_offline and not self.ephemeral and self._connected.is_set():
                 offline = StatusMessage(
                     service=self.service, client_id=self.client_id, state="offline", version=self.version
                 )
@@ -256,8 +272,9 @@ class MqttLink:
         self._broker_max_packet = int(max_packet) if max_packet else None
         for index in range(len(self._handlers)):
             self._subscribe(client, index)
-        online = StatusMessage(service=self.service, client_id=self.client_id, state="online", version=self.version)
-        client.publish(self.topics.status(self.service), online.to_json(), qos=1, retain=True)
+        if not self.ephemeral:
+            online = StatusMessage(service=self.service, client_id=self.client_id, state="online", version=self.version)
+            client.publish(self.topics.status(self.service), online.to_json(), qos=1, retain=True)
         resumed = bool(getattr(flags, "session_present", False))
         self._connected.set()
         self._ever_connected = True

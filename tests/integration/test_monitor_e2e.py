@@ -529,3 +529,53 @@ def test_a_printer_that_finishes_its_job_closes_the_record(
     with RecordReader(_record(config, topics)) as r:
         assert list(r.stored_layers()) == [0, 1]
         assert any(e["code"] == "job_ended" and "finished" in e["message"] for e in r.table("events"))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LAYERWATCH, *args], capture_output=True, text=True, timeout=90)
+
+
+def test_operator_commands_wait_for_the_monitors_answer(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    config, topics, observer, printer = virtual_setup
+    printer_id = topics.printer
+    # nobody monitors this printer: no answer, nothing done, exit 1
+    lonely = _cli(
+        "control", "pause", "--printer", "nobody-here", "--broker", broker.url, "--operator", "ana", "--wait", "2"
+    )
+    assert lonely.returncode == 1 and "no answer from a monitor of printer 'nobody-here'" in lonely.stderr
+    from monitor.config import PolicySection
+    from monitor.policy import Rule
+
+    always = Rule(name="always", metric="part_count", above=-1, severity="warning", actions=({"type": "notify"},))  # type: ignore[arg-type]
+    config = config.model_copy(update={"policy": PolicySection(rules=(always,))})
+    frames = Frames(broker, topics, None, "first-job")
+    with MonitorService(config, printers={printer_id: printer}).start():
+        frames.send(0, 1)
+        observer.wait_layer(1)
+        paused = _cli("control", "pause", "--printer", printer_id, "--broker", broker.url, "--operator", "ana")
+        assert paused.returncode == 0 and "confirmed by the monitor" in paused.stdout, paused.stderr
+        incident = observer.wait_action("notify", "confirmed").incident
+        assert incident.startswith("first-job:always:")
+        unknown = _cli(
+            "feedback", "--printer", printer_id, "--broker", broker.url, "--incident", "first-job:nope:3",
+            "--verdict", "false_alarm", "--operator", "ana",
+        )  # fmt: skip
+        assert unknown.returncode == 1 and "has no incident 'first-job:nope:3'" in unknown.stderr
+        # the next job starts: feedback on an incident of the first build is still stored in its record
+        frames.raw(frames.payload(0, job="second-job"))
+        deadline = time.monotonic() + 20
+        while sum(r.job_id == "second-job" for r in observer.results) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        late = _cli(
+            "feedback", "--printer", printer_id, "--broker", broker.url, "--incident", incident,
+            "--verdict", "confirmed_defect", "--operator", "ana", "--note", "seen after the build",
+        )  # fmt: skip
+    frames.close()
+    assert late.returncode == 0 and "stored (stored in first-job.h5)" in late.stdout, late.stderr
+    first = config.monitor.out_dir / printer_id / "first-job.h5"
+    with RecordReader(first) as r:
+        assert r.table("feedback")[-1]["note"] == "seen after the build" and r.state == "closed"
+    info = _cli("record", "info", str(first))
+    assert info.returncode == 0 and f"incident    {incident}" in info.stdout and "confirmed_defect" in info.stdout
