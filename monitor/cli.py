@@ -260,8 +260,11 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise CommandError(f"{path} does not exist")
     if args.action == "check":
         problems = check_record(path)
-        if problems and args.repair and any("open" in p or "lock" in p for p in problems):
-            recover(path)
+        if problems and args.repair and any(p.startswith("marked open for writing") for p in problems):
+            try:
+                recover(path)
+            except (OSError, RecordError) as err:
+                raise CommandError(f"{path}: cannot be repaired: {err}") from err
             print(f"{path}: recovered (original kept as {path.with_suffix('.crashed.h5')})")
             problems = check_record(path)
         for p in problems:

@@ -243,6 +243,22 @@ class BuildRecord:
         rows = self._f[f"{LW}/layers"]
         return layer < rows.shape[0] and bool(rows[layer]["stored"])
 
+    def stored_layer(self, layer: int) -> dict[str, Any]:
+        """What was stored for ``layer``: metrics, parts (rows), judged, severity, z_mm, captured_at."""
+        f = self._f
+        row = f[f"{LW}/layers"][layer]
+        m = f[f"{LW}/metrics"][layer]
+        parts_table = f[f"{LW}/part_metrics"]
+        parts = parts_table[:][parts_table["layer"][:] == layer] if parts_table.shape[0] else []
+        return {
+            "metrics": {n: float(m[n]) for n in m.dtype.names or ()},
+            "parts": [{n: float(p[n]) for n in p.dtype.names if n != "layer"} for p in parts],
+            "judged": bool(row["judged"]),
+            "severity": SEVERITIES[int(row["severity"])],
+            "z_mm": float(row["z_mm"]),
+            "captured_at": float(row["captured_at"]),
+        }
+
     def append_layer(
         self,
         layer: int,
@@ -492,10 +508,20 @@ def write_truth_build(
 def check_record(path: Path) -> list[str]:
     """Problems with a record's layout, as lines; empty when it is a valid LayerWatch/Peregrine record."""
     problems: list[str] = []
+    try:  # as stock tools (h5dump, h5ls, plain h5py) open it
+        with h5py.File(path, "r"):
+            pass
+    except OSError as err:
+        if "already open for write" not in str(err) and "lock" not in str(err):
+            return [f"cannot open build record {path}: {err}"]
+        problems.append(
+            "marked open for writing (its writer still runs, or crashed): stock HDF5 tools cannot open it; if no "
+            "monitor writes it any more, `layerwatch record check --repair FILE` rewrites it so that they can"
+        )
     try:
         reader = RecordReader(path)
     except RecordError as err:
-        return [str(err)]
+        return [*problems, str(err)]
     with reader:
         f = reader._f
         for attr in ("printer/x_real_dimension", "printer/y_real_dimension", "printer/x_camera_dimension",
@@ -511,7 +537,7 @@ def check_record(path: Path) -> list[str]:
         for name in required:
             if name not in f:
                 problems.append(f"missing dataset /{name}")
-        if problems:
+        if any(p.startswith("missing") for p in problems):
             return problems
         z, h, w = f[IMAGES].shape
         if (w, h) != (f.attrs["printer/x_camera_dimension"], f.attrs["printer/y_camera_dimension"]):

@@ -353,8 +353,12 @@ class PrinterMonitor:
         if build.record.is_stored(layer):
             self.counters["duplicates"] += 1
             log.info(
-                "%s: layer %d of %s already stored; redelivered frame ignored", self.printer_id, layer, meta.job_id
+                "%s: layer %d of %s already stored; its stored result is published again, nothing is redone",
+                self.printer_id,
+                layer,
+                meta.job_id,
             )
+            self._republish(build, meta, received)
             return
         # decoded frames are in OpenCV's BGR order: the gray the model sees is the gray the record keeps
         # (and a replay, or `layerwatch segment` on the colour file, sees the same numbers)
@@ -471,6 +475,27 @@ class PrinterMonitor:
             100 * v["warping_fraction_part"],
             "; " + ", ".join(f"{a.action} ({a.rule})" for a in actions) if actions else "",
         )
+
+    def _republish(self, build: Build, meta: FrameMeta, received: float) -> None:
+        """A redelivered frame of a stored layer (a crash between storing and publishing): publish the
+        stored result, so no layer stays without one; the actions of that layer are never taken twice."""
+        stored = build.record.stored_layer(meta.layer)
+        res = ResultMessage(
+            printer=self.printer_id,
+            job_id=meta.job_id,
+            layer=meta.layer,
+            z_mm=stored["z_mm"],
+            judged=stored["judged"],
+            severity=stored["severity"],
+            metrics={k: v for k, v in stored["metrics"].items() if v == v},
+            parts=stored["parts"],
+            quality=meta.quality,
+            captured_at=stored["captured_at"] or meta.captured_at,
+            received_at=received,
+            model=self.service.model_id,
+            record=str(build.record.path),
+        )
+        self.link.publish(self.link.topics.result, res.to_json())
 
     def _printer_state(self) -> Any:
         if self.printer is None:

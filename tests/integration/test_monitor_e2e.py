@@ -253,6 +253,9 @@ def test_redelivered_frames_and_a_restarted_monitor_do_not_act_twice(
         observer.wait_action("pause", "confirmed")
         frames.send(WARP + 2, WARP + 3, WARP + 4)  # redelivered
         time.sleep(1.0)
+        # each redelivered layer's stored result is published again (a crash may have lost the first one)
+        again = [r for r in observer.results if r.layer == WARP + 3]
+        assert len(again) == 2 and again[0].metrics == again[1].metrics and again[1].actions == []
     octo.resume()  # the operator looks, resumes
     last = WARP + 6
     with MonitorService(config).start():  # the monitor restarts mid-build

@@ -177,3 +177,27 @@ def test_sigkill_at_random_moments_loses_no_stored_layer(tmp_path: Path) -> None
                 assert f["layerwatch/layers"]["stored"][: max(reported) + 1].all()
             with BuildRecord.open(path) as rec:
                 append(rec, max(reported) + 1)
+
+
+@pytest.mark.slow
+def test_check_says_a_crashed_record_needs_repair_and_repair_makes_stock_tools_open_it(tmp_path: Path) -> None:
+    here = str(Path(__file__).resolve().parent)
+    path = tmp_path / "crashed.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER.format(here=here, path=str(path))], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    for _ in range(3):
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    with pytest.raises(OSError):
+        h5py.File(path, "r")  # what h5dump and every stock reader meet
+    cli = [sys.executable, "-m", "monitor.cli", "record", "check", str(path)]
+    found = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 1 and "marked open for writing" in found.stderr
+    fixed = subprocess.run([*cli, "--repair"], capture_output=True, text=True, timeout=60)
+    assert fixed.returncode == 0 and "recovered" in fixed.stdout, fixed.stderr
+    with h5py.File(path, "r") as f:
+        assert f["layerwatch/layers"]["stored"][:3].all()
+    assert (tmp_path / "crashed.crashed.h5").is_file()
