@@ -90,10 +90,16 @@ class OctoPrintClient:
             raise PrinterUnreachable(f"OctoPrint at {self.url} did not answer {method} {path} in time") from err
         except httpx.HTTPError as err:
             raise PrinterUnreachable(f"OctoPrint at {self.url} is unreachable ({err}); is it running?") from err
-        if response.status_code in (401, 403):
+        if response.status_code == 401 or (response.status_code == 403 and path in _IDENTITY_PATHS):
             raise PrinterAuthError(
                 f"OctoPrint at {self.url} rejected the API key ({response.status_code} on {path}): check "
-                f"${API_KEY_ENV} or the key file, and that the user has the STATUS and PRINT permissions"
+                f"${API_KEY_ENV} or the key file"
+            )
+        if response.status_code == 403:
+            need = _permission_for(method, path)
+            raise PrinterAuthError(
+                f"OctoPrint at {self.url} refused {method} {path} (403): the key's user lacks the {need} permission "
+                f"({PERMISSIONS[need]}); add it to the user's group in OctoPrint's Access Control settings"
             )
         if response.status_code == 409:
             raise PrinterCommandRefused(f"OctoPrint refused {method} {path}: {_error_text(response)}")
@@ -101,12 +107,31 @@ class OctoPrintClient:
             raise PrinterError(f"OctoPrint {method} {path} failed: {response.status_code} {_error_text(response)}")
         return response
 
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON answer of a request; a server that answers something else is not OctoPrint (or not its API)."""
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            raise PrinterError(
+                f"{self.url}{path} answered {kind}, not OctoPrint's JSON: check that the URL is an OctoPrint server "
+                "(scheme, host, port and any sub-path it is served under)"
+            ) from None
+
     def version(self) -> tuple[int, ...]:
-        text = str(self._request("GET", "/api/version").json().get("server", "0"))
+        data = self._json("GET", "/api/version")
+        text = str(data.get("server", "0")) if isinstance(data, dict) else "0"
         return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
 
+    def permissions(self) -> set[str]:
+        """The permissions of the API key's user (``/api/currentuser``)."""
+        data = self._json("GET", "/api/currentuser")
+        perms = data.get("permissions", []) if isinstance(data, dict) else []
+        return {str(p if isinstance(p, str) else p.get("key", "")).upper() for p in perms}
+
     def connection(self) -> dict[str, Any]:
-        return dict(self._request("GET", "/api/connection").json())
+        return dict(self._json("GET", "/api/connection"))
 
     def connect(self, port: str | None = None, baudrate: int | None = None) -> None:
         body: dict[str, Any] = {"command": "connect"}
@@ -119,12 +144,12 @@ class OctoPrintClient:
     def printer(self) -> dict[str, Any] | None:
         """``/api/printer`` or None when the printer is not operational (OctoPrint answers 409)."""
         try:
-            return dict(self._request("GET", "/api/printer", params={"exclude": "temperature,sd"}).json())
+            return dict(self._json("GET", "/api/printer", params={"exclude": "temperature,sd"}))
         except PrinterCommandRefused:
             return None
 
     def job(self) -> dict[str, Any]:
-        return dict(self._request("GET", "/api/job").json())
+        return dict(self._json("GET", "/api/job"))
 
     def job_command(self, body: dict[str, Any]) -> None:
         self._request("POST", "/api/job", json=body)
@@ -142,8 +167,30 @@ class OctoPrintClient:
 
     def login_passive(self) -> tuple[str, str]:
         """``(user name, session)`` for authenticating the push socket."""
-        data = self._request("POST", "/api/login", json={"passive": True}).json()
+        data = self._json("POST", "/api/login", json={"passive": True})
         return str(data["name"]), str(data["session"])
+
+
+#: The OctoPrint permissions LayerWatch uses, and what for (docs/printers.md).
+PERMISSIONS = {
+    "STATUS": "printer and job state: the monitor's telemetry and the confirmation of a pause",
+    "PRINT": "pause, resume and cancel the job",
+    "CONTROL": "send G-code: feed and flow adjustments (M220/M221)",
+    "FILES_DOWNLOAD": "read the G-code file for the slicer's layer markers (without it, layers follow Z, later)",
+}
+REQUIRED_PERMISSIONS = ("STATUS", "PRINT")
+# requests any valid key may make: a refusal there means the key itself is wrong
+_IDENTITY_PATHS = ("/api/version", "/api/currentuser", "/api/login")
+
+
+def _permission_for(method: str, path: str) -> str:
+    if path.startswith("/api/printer/command"):
+        return "CONTROL"
+    if path.startswith("/downloads/files"):
+        return "FILES_DOWNLOAD"
+    if path.startswith("/api/job") and method == "POST":
+        return "PRINT"
+    return "STATUS"
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -190,6 +237,7 @@ class OctoPrintPrinter:
         self._transport = transport
         self.client: OctoPrintClient | None = None
         self.poll_s = 0.05  # state polling while a pause is confirmed
+        self.missing_permissions: list[str] = []  # optional permissions the key's user lacks (PERMISSIONS)
 
     def start(self) -> OctoPrintPrinter:
         client = OctoPrintClient(self.url, self._api_key, timeout_s=self.timeout_s, transport=self._transport)
@@ -200,6 +248,17 @@ class OctoPrintPrinter:
                     f"OctoPrint at {self.url} is {'.'.join(map(str, version))}; LayerWatch needs "
                     f"{'.'.join(map(str, MIN_VERSION))} or newer (security fixes): update OctoPrint"
                 )
+            have = client.permissions()
+            missing = [p for p in REQUIRED_PERMISSIONS if p not in have]
+            if missing:
+                raise ConfigError(
+                    f"OctoPrint at {self.url}: the API key's user lacks {', '.join(missing)} ("
+                    + "; ".join(PERMISSIONS[p] for p in missing)
+                    + "): add them to the user's group in OctoPrint's Access Control settings"
+                )
+            self.missing_permissions = [p for p in PERMISSIONS if p not in have]
+            for p in self.missing_permissions:
+                log.warning("%s: the OctoPrint user lacks %s: %s will not work", self.name, p, PERMISSIONS[p])
             if self.connect_port and client.connection()["current"]["state"] in ("Closed", "Offline"):
                 client.connect(self.connect_port)
         except BaseException:

@@ -145,8 +145,9 @@ def test_a_user_with_only_status_and_print_can_pause_resume_and_cancel(octoprint
         assert limited.status().state == PrinterState.PAUSED
         limited.resume()
         assert _wait_state(limited, {PrinterState.PRINTING}) == PrinterState.PRINTING
-        with pytest.raises(PrinterAuthError):
+        with pytest.raises(PrinterAuthError, match=r"lacks the CONTROL permission .*M220/M221"):
             limited.send_gcode(["M220 S90"])  # feed/flow changes need CONTROL as well
+        assert limited.missing_permissions == ["CONTROL", "FILES_DOWNLOAD"]  # said at start, once each
         limited.cancel()
         assert _wait_state(admin, {PrinterState.IDLE}) == PrinterState.IDLE
     finally:
