@@ -180,8 +180,12 @@ def create_app(opts: DashboardOptions) -> Any:
     app = Dash(__name__, title=opts.title, update_title="")
     app.server.config["LAYERWATCH_CAN_CONTROL"] = can_control
     if opts.token:
+        import secrets
+
         from dash_auth import BasicAuth
 
+        # dash-auth keeps the user in Flask's session: without a key it warns on every request
+        app.server.secret_key = secrets.token_hex(32)
         token = opts.token
         BasicAuth(app, auth_func=lambda user, password: password == token)
     link = ControlLink(opts.broker) if can_control and opts.broker else None

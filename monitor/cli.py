@@ -104,7 +104,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     done = 0
     seen: dict[str, Path] = {}
     seg = None
-    for item in iter_image_paths(args.inputs):
+    from tqdm import tqdm
+
+    items = list(iter_image_paths(args.inputs))
+    for item in tqdm(items, desc="segment", unit="image", disable=not sys.stderr.isatty() or len(items) < 2):
         if isinstance(item, Exception):
             print(f"layerwatch segment: {item}", file=sys.stderr)
             failed += 1
@@ -357,6 +360,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         engine=args.engine,
         printer=printer,
         skip_missing=args.skip_missing,
+        progress=sys.stderr.isatty(),  # a bar on a terminal; in logs, the summary lines only
     )
     try:
         result = run_replay(opts)
@@ -407,6 +411,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise CommandError("dashboard needs --record FILE or --records DIR (the monitor's out_dir)")
     if args.record is not None and not args.record.exists():
         raise CommandError(f"{args.record} does not exist")
+    if args.records is not None and not args.records.is_dir():
+        raise CommandError(
+            f"records folder {args.records} does not exist: give the monitor's out_dir ([monitor] out_dir), "
+            "or create it first"
+        )
     token = os.environ.get("LAYERWATCH_DASHBOARD_TOKEN")
     if token is None and args.token_file is not None:
         try:
@@ -420,6 +429,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     opts = dashboards.DashboardOptions(record=args.record, records=args.records, broker=args.broker, token=token)
     app = dashboards.create_app(opts)
     mode = "operator controls on (token set)" if token and args.broker else "read-only"
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        try:  # a port in use or an address not on this machine: one line, before anything starts
+            probe.bind((args.host, args.port))
+        except OSError as err:
+            raise CommandError(
+                f"cannot listen on {args.host}:{args.port}: {err.strerror}; choose another --port or --host"
+            ) from err
     print(f"dashboard: http://{args.host}:{args.port}/  ({mode}); Ctrl-C stops", flush=True)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app.run(host=args.host, port=args.port, debug=False)
@@ -723,6 +741,16 @@ def _printer_args(p: argparse.ArgumentParser, backends: Sequence[str]) -> None:
     p.add_argument("--layer-time", type=float, default=2.0, help="virtual: seconds a layer (default 2)")
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number: use 1-65535")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from segmentation.model import ARCHITECTURES, DEFAULT_ARCH
 
@@ -793,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=Path, default=None, help="a folder of records (the monitor's out_dir)")
     p.add_argument("--broker", default=None, help="MQTT broker for operator commands (none: read-only)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--port", type=_port, default=8050, help="TCP port (default 8050)")
     p.add_argument(
         "--token-file", type=Path, default=None, help="file with the operator token (or LAYERWATCH_DASHBOARD_TOKEN)"
     )

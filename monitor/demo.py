@@ -129,7 +129,8 @@ def run_demo(opts: DemoOptions) -> int:
             stack.append(_Stopper(server))
         job = printer.start_job(f"demo-{opts.scenario}")
         print(
-            f"printing {job}: {opts.layers} layers of {opts.size}x{opts.size} px, {opts.layer_time_s:g} s a layer; "
+            f"printing {job}: {opts.layers} layers (numbered 0 to {opts.layers - 1}, as in the record) of "
+            f"{opts.size}x{opts.size} px, {opts.layer_time_s:g} s a layer; "
             f"scenario {opts.scenario}"
             + (f" (warping from layer {opts.warp_start})" if opts.scenario == "warp" else "")
         )
@@ -137,7 +138,7 @@ def run_demo(opts: DemoOptions) -> int:
         monitor.monitors[PRINTER].controller.wait_idle(30)
         time.sleep(0.3)  # the last outcome messages reach the watcher
         pm = monitor.monitors[PRINTER]
-        record = pm.build.record.path if pm.build is not None else None
+        record = pm.last_record
         incidents = pm.controller.incidents
         if opts.stay and server is not None:
             _summary(watch, incidents, record, None, time.monotonic() - started)
@@ -180,7 +181,7 @@ def _watcher(mqtt: MqttConfig, topics: Topics, watch: Watch, layers: int) -> Mqt
         porosity = 100 * v.get("porosity_fraction_part", 0)
         spatter = 100 * v.get("spatter_fraction", 0)
         print(
-            f"layer {r.layer:3d}/{layers - 1}  z={r.z_mm:5.2f} mm  porosity {porosity:5.2f}%  spatter {spatter:5.2f}%"
+            f"layer {r.layer:3d}  z={r.z_mm:5.2f} mm  porosity {porosity:5.2f}%  spatter {spatter:5.2f}%"
             f"  warping {v.get('warping_area_mm2', 0):6.1f} mm²  ({now - r.captured_at:.2f} s){flag}{hits}",
             flush=True,
         )

@@ -114,6 +114,7 @@ class PrinterMonitor:
             object_name=lambda pid: names.get(str(pid), f"part_{pid}"),
         )
         self.build: Build | None = None
+        self.last_record: Path | None = None  # the record of the current or most recent build
         self.ended: set[str] = set()
         self.lock = threading.RLock()  # the record is written from the link's worker and the controller's
         self.results: list[ResultMessage] = []
@@ -446,8 +447,8 @@ class PrinterMonitor:
             z_mm=meta.z_mm,
             judged=judged,
             severity=severity,  # type: ignore[arg-type]
-            metrics={k: v for k, v in m.values.items() if v == v},
-            parts=m.parts,
+            metrics=_numbers(m.values),
+            parts=[_numbers(p) for p in m.parts],
             hits=[_hit_info(h) for h in hits],
             actions=[a.request_id for a in actions],
             quality=quality,
@@ -487,8 +488,8 @@ class PrinterMonitor:
             z_mm=stored["z_mm"],
             judged=stored["judged"],
             severity=stored["severity"],
-            metrics={k: v for k, v in stored["metrics"].items() if v == v},
-            parts=stored["parts"],
+            metrics=_numbers(stored["metrics"]),
+            parts=[_numbers(p) for p in stored["parts"]],
             quality=meta.quality,
             captured_at=stored["captured_at"] or meta.captured_at,
             received_at=received,
@@ -544,6 +545,7 @@ class PrinterMonitor:
         build = Build(meta.job_id, record, MetricsComputer(self.mm_per_px), PolicyEngine(self.policy))
         build.set_roi(roi, (h, w))
         self.build = build
+        self.last_record = record.path
         self._reference_image(build)
         if roi is not None and roi.source == "proposed" and not resumed:
             self._emit_event(
@@ -675,6 +677,17 @@ def _stored_roi(record: BuildRecord) -> Roi | None:
         return Roi.from_points(data["points"], str(data.get("source", "proposed"))) if data else None
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _numbers(values: Mapping[str, float]) -> dict[str, int | float]:
+    """Metrics for a message: counts and ids as integers, NaN (not measured) left out."""
+    out: dict[str, int | float] = {}
+    for k, v in values.items():
+        if v != v:
+            continue
+        whole = k.endswith("_count") or k == "part_id"
+        out[k] = int(v) if whole and float(v).is_integer() else float(v)
+    return out
 
 
 def _hit_info(hit: RuleHit) -> RuleHitInfo:

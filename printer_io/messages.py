@@ -233,8 +233,8 @@ class ResultMessage(Message):
     z_mm: float
     judged: bool = True
     severity: Literal["ok", "info", "warning", "critical"] = "ok"
-    metrics: dict[str, float] = Field(default_factory=dict)
-    parts: list[dict[str, float]] = Field(default_factory=list)
+    metrics: dict[str, int | float] = Field(default_factory=dict, description="counts are integers")
+    parts: list[dict[str, int | float]] = Field(default_factory=list)
     hits: list[RuleHitInfo] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list, description="request ids of the actions requested")
     quality: FrameQuality | None = None

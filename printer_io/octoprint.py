@@ -197,7 +197,10 @@ def _error_text(response: httpx.Response) -> str:
     try:
         data = response.json()
     except ValueError:
-        return response.text[:200]
+        kind = response.headers.get("content-type", "").split(";")[0]
+        if "html" in kind or response.text.lstrip().startswith("<"):
+            return "an HTML page, not OctoPrint's API: check the URL (host, port and any sub-path)"
+        return " ".join(response.text.split())[:200]
     return str(data.get("error", data)) if isinstance(data, dict) else str(data)[:200]
 
 
