@@ -288,13 +288,15 @@ def create_app(opts: DashboardOptions) -> Any:
                 ],
                 className="main",
             ),
-            html.Details(
+            # a button, not <details>: Dash never hears a <details> element being opened by the user
+            html.Div(
                 [
-                    html.Summary("3D defect view (the report's; computed from the record on opening)"),
-                    dcc.Graph(id="view3d", style={"height": "480px"}),
+                    html.Button("Show the 3D defect view", id="btn-3d", n_clicks=0),
+                    html.Span(" the report's view, computed from the record when asked", className="muted"),
                 ],
-                id="details3d",
+                className="row",
             ),
+            dcc.Loading(dcc.Graph(id="view3d", style={"height": "480px", "display": "none"})),
             html.H4("Events and actions"),
             html.Div(id="log", className="log"),
             dcc.Interval(id="tick", interval=500),
@@ -364,16 +366,23 @@ def create_app(opts: DashboardOptions) -> Any:
             printer += services.describe(str(r.attrs.get("layerwatch/printer", "")))
         return last, value, f"{len(stored)} layers stored, record {live}{printer}", new_follow
 
-    @app.callback(Output("view3d", "figure"), Input("details3d", "open"), State("record", "value"))
-    def view3d(is_open: bool | None, path: str | None) -> Any:
-        if not is_open or not path:
+    @app.callback(
+        Output("view3d", "figure"),
+        Output("view3d", "style"),
+        Input("btn-3d", "n_clicks"),
+        State("record", "value"),
+        prevent_initial_call=True,
+    )
+    def view3d(clicks: int | None, path: str | None) -> Any:
+        if not clicks or not path:
             raise PreventUpdate
         from dashboards.report import ReportError, analyze, figure_3d
 
+        shown = {"height": "480px", "display": "block"}
         try:
-            return figure_3d(analyze(Path(path)))
-        except (ReportError, OSError, KeyError) as err:
-            return {"data": [], "layout": {"title": {"text": f"no 3D view: {err}"}}}
+            return figure_3d(analyze(Path(path))), shown
+        except (ReportError, OSError, KeyError, RuntimeError) as err:
+            return {"data": [], "layout": {"title": {"text": f"no 3D view: {err}"}}}, shown
 
     @app.callback(Output("jump", "options"), Input("log", "children"), State("record", "value"))
     def jump_options(_: Any, path: str | None) -> list[dict[str, Any]]:

@@ -1,15 +1,20 @@
 """The dashboard in a real headless Chromium (Debian's), driven by Playwright: live view, overlay, controls.
 
+Every test stands alone: it gets its own printer, monitor, build record and dashboards (a controlled one
+with the token, a read-only one), and never depends on what another test did or in which order they run.
 Screenshots of the main views are saved to ``runs/test-artifacts/`` (or ``$LAYERWATCH_ARTIFACTS``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +24,7 @@ from monitor.config import Config, MonitorSection, PrinterSection
 from monitor.record import RecordReader
 from monitor.service import MonitorService
 from printer_io.frames import QualityChecker, encode_image
-from printer_io.messages import FrameMeta, encode_frame
+from printer_io.messages import ActionMessage, FrameMeta, ResultMessage, encode_frame
 from printer_io.mqtt import MqttConfig, MqttLink
 from printer_io.printer import PrinterState
 from printer_io.topics import Topics
@@ -29,7 +34,8 @@ from segmentation.simulator import SimBuild, scenario_spec
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ARTIFACTS = Path(os.environ.get("LAYERWATCH_ARTIFACTS", REPO / "runs" / "test-artifacts"))
 TOKEN = "operator-token-for-tests"
-PID = "dash-p1"
+LAYERS, WARP = 14, 4
+_ids = itertools.count(1)
 
 
 class Server:
@@ -49,89 +55,130 @@ class Server:
         self.httpd.shutdown()
 
 
-@pytest.fixture(scope="module")
-def rig(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    tmp = tmp_path_factory.mktemp("dash")
-    printer = VirtualPrinter(PID, layers=1000, layer_time_s=5.0).start()
+@dataclass
+class Rig:
+    """One printing line of one test: printer, monitor, camera, dashboards, and what the monitor said."""
+
+    pid: str
+    printer: VirtualPrinter
+    monitor: MonitorService
+    records: Path
+    controlled: Server
+    readonly: Server
+    camera: MqttLink
+    build: SimBuild
+    results: list[ResultMessage]
+    actions: list[ActionMessage]
+    cond: threading.Condition
+
+    def publish(self, *layers: int) -> None:
+        quality = QualityChecker()
+        for layer in layers:
+            image = self.build.layer(layer).image
+            meta = FrameMeta(
+                printer=self.pid, job_id="dash-job", layer=layer, z_mm=0.04 * (layer + 1), captured_at=time.time(),
+                encoding="png", width=512, height=512, channels=1, bit_depth=8, quality=quality.check(image),
+            )  # fmt: skip
+            self.camera.publish(self.camera.topics.image, encode_frame(meta, encode_image(image)), wait_s=5)
+
+    def wait_result(self, layer: int, timeout: float = 60) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(r.layer == layer for r in self.results), timeout)
+        assert ok, f"no result for layer {layer}"
+
+    def wait_pause(self, timeout: float = 60) -> ActionMessage:
+        def found() -> ActionMessage | None:
+            return next((a for a in self.actions if a.action == "pause" and a.state.value == "confirmed"), None)
+
+        with self.cond:
+            self.cond.wait_for(lambda: found() is not None, timeout)
+            pause = found()
+        assert pause is not None, f"the monitor never paused; actions {[(a.action, a.state) for a in self.actions]}"
+        return pause
+
+    @property
+    def record(self) -> Path:
+        (path,) = (self.records / self.pid).glob("*.h5")
+        return path
+
+
+@pytest.fixture
+def rig(broker: Mosquitto, tmp_path: Path) -> Iterator[Rig]:
+    pid = f"dash-{next(_ids)}-{os.getpid()}"
+    printer = VirtualPrinter(pid, layers=1000, realtime=False).start()
     printer.start_job("dash-job")
-    spec = scenario_spec(3, 512, 12, warp_start=4)
+    spec = scenario_spec(3, 512, LAYERS, warp_start=WARP)
+    records = tmp_path / "records"
     config = Config(
         mqtt=MqttConfig(url=broker.url),
-        monitor=MonitorSection(out_dir=tmp / "records", mm_per_px=spec.mm_per_px),
-        printers={PID: PrinterSection(backend="virtual")},
+        monitor=MonitorSection(out_dir=records, mm_per_px=spec.mm_per_px),
+        printers={pid: PrinterSection(backend="virtual")},
     )
-    monitor = MonitorService(config, printers={PID: printer}).start()
-    camera = MqttLink(MqttConfig(url=broker.url), service="camera", topics=Topics("layerwatch", PID)).start()
-    build = SimBuild(3, 512, 512, 12, spec=spec)
-    quality = QualityChecker()
+    monitor = MonitorService(config, printers={pid: printer}).start()
+    topics = Topics("layerwatch", pid)
+    results: list[ResultMessage] = []
+    actions: list[ActionMessage] = []
+    cond = threading.Condition()
 
-    def publish(layer: int) -> None:
-        image = build.layer(layer).image
-        meta = FrameMeta(
-            printer=PID,
-            job_id="dash-job",
-            layer=layer,
-            z_mm=0.04 * (layer + 1),
-            captured_at=time.time(),
-            encoding="png",
-            width=512,
-            height=512,
-            channels=1,
-            bit_depth=8,
-            quality=quality.check(image),
-        )
-        camera.publish(camera.topics.image, encode_frame(meta, encode_image(image)), wait_s=5)
+    def on_result(topic: str, payload: bytes) -> None:
+        with cond:
+            results.append(ResultMessage.from_json(payload, topic))
+            cond.notify_all()
 
+    def on_action(topic: str, payload: bytes) -> None:
+        with cond:
+            actions.append(ActionMessage.from_json(payload, topic))
+            cond.notify_all()
+
+    watch = MqttLink(MqttConfig(url=broker.url), service="watch", topics=topics)
+    watch.subscribe(topics.result, on_result)
+    watch.subscribe(topics.action, on_action)
+    watch.start()
+    camera = MqttLink(MqttConfig(url=broker.url), service="camera", topics=topics).start()
     from dashboards.app import DashboardOptions, create_app
 
-    controlled = Server(create_app(DashboardOptions(records=tmp / "records", broker=broker.url, token=TOKEN)))
-    readonly = Server(create_app(DashboardOptions(records=tmp / "records")))
+    (records / pid).mkdir(parents=True, exist_ok=True)
+    controlled = Server(create_app(DashboardOptions(records=records / pid, broker=broker.url, token=TOKEN)))
+    readonly = Server(create_app(DashboardOptions(records=records / pid)))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    yield {
-        "publish": publish,
-        "printer": printer,
-        "controlled": controlled,
-        "readonly": readonly,
-        "tmp": tmp,
-        "monitor": monitor,
-    }
+    build = SimBuild(3, 512, 512, LAYERS, spec=spec)
+    yield Rig(pid, printer, monitor, records, controlled, readonly, camera, build, results, actions, cond)
     controlled.close()
     readonly.close()
     camera.close()
+    watch.close()
     monitor.close()
     printer.close()
 
 
-def _operator_page(p: object, rig: dict[str, object]) -> tuple[object, object]:
-    """A browser and a page on the controlled dashboard, logged in with the token."""
+def _page(p: Any, url: str, token: str | None = TOKEN) -> tuple[Any, Any]:
+    """A browser and a page on a dashboard, logged in with the token where given."""
     browser = launch_chromium(p)
-    page = browser.new_context(  # type: ignore[attr-defined]
-        http_credentials={"username": "operator", "password": TOKEN}, viewport={"width": 1400, "height": 1000}
-    ).new_page()
-    page.goto(rig["controlled"].url)  # type: ignore[attr-defined]
+    credentials = {"http_credentials": {"username": "operator", "password": token}} if token else {}
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}, **credentials).new_page()
+    page.goto(url)
     return browser, page
 
 
-def _wait_text(page: object, selector: str, text: str, timeout: float = 30.0) -> float:
+def _wait_text(page: Any, selector: str, text: str, timeout: float = 30.0) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if text in page.inner_text(selector):  # type: ignore[attr-defined]
+        if text in page.inner_text(selector):
             return time.monotonic() - t0
         time.sleep(0.1)
-    raise AssertionError(f"{selector!r} never showed {text!r}; it shows {page.inner_text(selector)!r}")  # type: ignore[attr-defined]
+    raise AssertionError(f"{selector!r} never showed {text!r}; it shows {page.inner_text(selector)!r}")
 
 
-def test_live_view_overlay_toggle_and_pause_from_the_page(rig: dict[str, object]) -> None:
+def test_live_view_overlay_toggle_and_pause_from_the_page(rig: Rig) -> None:
     from playwright.sync_api import sync_playwright
 
-    publish = rig["publish"]
-    for layer in range(3):
-        publish(layer)  # type: ignore[operator]
+    rig.publish(0, 1, 2)
+    rig.wait_result(2)
     with sync_playwright() as p:
-        browser, page = _operator_page(p, rig)
+        browser, page = _page(p, rig.controlled.url)
         _wait_text(page, "#layer-info", "layer 2")
         assert (page.get_attribute("#frame", "src") or "").startswith("data:image/png;base64,")
-        publish(3)  # type: ignore[operator]
+        rig.publish(3)
         shown_after = _wait_text(page, "#layer-info", "layer 3")  # appears live, no reload
         page.wait_for_selector("#trend .main-svg", timeout=15_000)
         page.screenshot(path=str(ARTIFACTS / "dashboard_live.png"), full_page=True)
@@ -144,45 +191,38 @@ def test_live_view_overlay_toggle_and_pause_from_the_page(rig: dict[str, object]
         page.screenshot(path=str(ARTIFACTS / "dashboard_part_hidden.png"), full_page=True)
         page.click("#btn-pause")
         _wait_text(page, "#control-status", "sent")
-        printer = rig["printer"]
-        t0 = time.monotonic()
-        while printer.status().state != PrinterState.PAUSED and time.monotonic() - t0 < 15:  # type: ignore[attr-defined]
-            time.sleep(0.1)
-        assert printer.status().state == PrinterState.PAUSED  # type: ignore[attr-defined]
+        rig.wait_pause()
+        assert rig.printer.status().state == PrinterState.PAUSED
         _wait_text(page, "#log", "pause confirmed (operator)")
+        _wait_text(page, "#record-status", "printer paused by operator")  # what the monitor did, not telemetry
         page.screenshot(path=str(ARTIFACTS / "dashboard_paused.png"), full_page=True)
-        browser.close()  # type: ignore[attr-defined]
-    (record,) = (rig["tmp"] / "records" / PID).glob("*.h5")  # type: ignore[operator]
-    with RecordReader(record) as r:
+        browser.close()
+    with RecordReader(rig.record) as r:
         rows = [(a["action"], a["state"], a["rule"]) for a in r.table("actions")]
     assert ("pause", "requested", "operator") in rows and ("pause", "confirmed", "operator") in rows
     print(f"layer shown {shown_after:.2f} s after it was published")
 
 
-def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object]) -> None:
+def test_read_only_mode_shows_no_controls_and_refuses_them(rig: Rig) -> None:
     from playwright.sync_api import sync_playwright
 
-    rig["printer"].resume()  # type: ignore[attr-defined]
-    for layer in range(4, 9):  # the warp from layer 4 grows: the monitor pauses at layer 7
-        rig["publish"](layer)  # type: ignore[operator]
+    rig.publish(*range(LAYERS))  # the warp from layer WARP grows until the monitor pauses
+    pause = rig.wait_pause()
+    rig.wait_result(LAYERS - 1)
     with sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
-        page.goto(rig["readonly"].url)  # type: ignore[attr-defined]
+        browser, page = _page(p, rig.readonly.url, token=None)
         _wait_text(page, "#read-only", "Read-only")
-        _wait_text(page, "#layer-info", "layer ")
         assert page.query_selector("#btn-pause") is None
-        _wait_text(page, "#layer-info", "layer 8", timeout=30)
+        _wait_text(page, "#layer-info", f"layer {LAYERS - 1}")
         page.wait_for_selector("#trend .main-svg", timeout=15_000)  # plotly.js has drawn the trend
+        _wait_text(page, "#record-status", f"printer paused by rule {pause.rule} at layer {pause.layer}")
         page.screenshot(path=str(ARTIFACTS / "dashboard_read_only.png"), full_page=True)
         page.click("#jump")  # the build browser: jump to the incident
-        page.get_by_text("pause (warping-grows) at layer 7").click()
-        _wait_text(page, "#layer-info", "layer 7 ")
-        assert "warping" in page.inner_text("#layer-info")
+        page.get_by_text(f"pause ({pause.rule}) at layer {pause.layer}").click()
+        _wait_text(page, "#layer-info", f"layer {pause.layer} ")
         page.wait_for_selector("#log img.thumb", timeout=15_000)  # the evidence thumbnail of the pause
         page.screenshot(path=str(ARTIFACTS / "dashboard_incident.png"), full_page=True)
-
-        browser.close()  # type: ignore[attr-defined]
+        browser.close()
     # a forged control request to the read-only server: there is no such callback to run
     body = {
         "output": "control-status.children",
@@ -191,61 +231,67 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: dict[str, object
         "changedPropIds": ["btn-pause.n_clicks"],
         "state": [],
     }
-    response = httpx.post(rig["readonly"].url + "_dash-update-component", json=body)  # type: ignore[attr-defined]
+    response = httpx.post(rig.readonly.url + "_dash-update-component", json=body)
     assert response.status_code >= 400 and "sent" not in response.text
 
 
-def test_false_alarm_from_the_page_is_stored_with_the_incident(rig: dict[str, object]) -> None:
+def test_false_alarm_from_the_page_is_stored_with_the_incident(rig: Rig) -> None:
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:  # the read-only test above made the monitor pause at layer 7: an incident
-        browser, page = _operator_page(p, rig)
-        _wait_text(page, "#layer-info", "layer 8")
+    rig.publish(*range(LAYERS))
+    pause = rig.wait_pause()
+    with sync_playwright() as p:
+        browser, page = _page(p, rig.controlled.url)
+        _wait_text(page, "#layer-info", "layer ")
         page.click("#incident")
-        page.get_by_text("warping-grows @ layer 7").click()
+        page.get_by_text(f"{pause.rule} @ layer {pause.layer}").click()
         page.click("#btn-false")
         _wait_text(page, "#control-status", "false alarm for")
-        browser.close()  # type: ignore[attr-defined]
-    (record,) = (rig["tmp"] / "records" / PID).glob("*.h5")  # type: ignore[operator]
+        browser.close()
     deadline = time.monotonic() + 10
     verdicts: list[str] = []
     while time.monotonic() < deadline and not verdicts:
-        with RecordReader(record) as r:
+        with RecordReader(rig.record) as r:
             verdicts = [f["verdict"] for f in r.table("feedback")]
         time.sleep(0.2)
     assert verdicts == ["false_alarm"]
 
 
-def test_a_monitor_that_goes_offline_is_said_in_words(rig: dict[str, object]) -> None:
+def test_a_monitor_that_goes_offline_is_said_in_words(rig: Rig) -> None:
     from playwright.sync_api import sync_playwright
 
-    rig["monitor"].close()  # type: ignore[attr-defined]  # its retained status turns to offline
+    rig.publish(0)
+    rig.wait_result(0)
+    rig.monitor.close()  # its retained status turns to offline
     with sync_playwright() as p:
-        browser, page = _operator_page(p, rig)
+        browser, page = _page(p, rig.controlled.url)
         _wait_text(page, "#record-status", "monitor offline since")
         assert "Traceback" not in page.content()
-        browser.close()  # type: ignore[attr-defined]
+        browser.close()
 
 
-def test_the_3d_view_callback_gives_the_reports_figure(rig: dict[str, object]) -> None:
-    (record,) = (rig["tmp"] / "records" / PID).glob("*.h5")  # type: ignore[operator]
-    body = {
-        "output": "view3d.figure",
-        "outputs": {"id": "view3d", "property": "figure"},
-        "inputs": [{"id": "details3d", "property": "open", "value": True}],
-        "state": [{"id": "record", "property": "value", "value": str(record)}],
-        "changedPropIds": ["details3d.open"],
-    }
-    url = rig["readonly"].url + "_dash-update-component"  # type: ignore[attr-defined]
-    response = httpx.post(url, json=body, timeout=60)
-    assert response.status_code == 200, response.text[:300]
-    figure = response.json()["response"]["view3d"]["figure"]
-    kinds = {t["name"]: t["type"] for t in figure["data"]}
-    assert kinds.get("warping") == "scatter3d"
+def test_the_3d_view_opens_in_the_browser_with_the_reports_traces(rig: Rig) -> None:
+    from playwright.sync_api import sync_playwright
+
+    rig.publish(*range(8))
+    rig.wait_result(7)
+    with sync_playwright() as p:
+        browser, page = _page(p, rig.readonly.url, token=None)
+        _wait_text(page, "#layer-info", "layer 7")
+        page.click("#btn-3d")
+        page.wait_for_function(
+            "() => { const g = document.querySelector('#view3d .js-plotly-plot');"
+            " return g && g.data && g.data.length > 0; }",
+            timeout=90_000,
+        )
+        traces = page.evaluate("() => document.querySelector('#view3d .js-plotly-plot').data.map(t => t.type)")
+        page.screenshot(path=str(ARTIFACTS / "dashboard_3d.png"), full_page=True)
+        browser.close()
+    assert "scatter3d" in traces, traces
 
 
-def test_controls_need_the_token(rig: dict[str, object]) -> None:
-    url = rig["controlled"].url  # type: ignore[attr-defined]
+def test_controls_need_the_token(rig: Rig) -> None:
+    url = rig.controlled.url
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, auth=("operator", "wrong")).status_code == 401
     assert httpx.get(url, auth=("operator", TOKEN)).status_code == 200
