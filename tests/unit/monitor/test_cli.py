@@ -215,3 +215,17 @@ def test_the_shipped_example_config_loads() -> None:
 
     cfg = load_config(Path(__file__).resolve().parents[3] / "data" / "config" / "layerwatch.toml")
     assert "printer-1" in cfg.printers and cfg.resolved_policy().rules
+
+
+def test_dashboard_mistakes_get_one_line(tmp_path: Path) -> None:
+    import socket
+
+    bad_port = run_cli("dashboard", "--records", str(tmp_path), "--port", "99999")
+    assert bad_port.returncode == 2 and "99999 is not a port number" in bad_port.stderr
+    assert "Traceback" not in bad_port.stderr
+    _one_line(run_cli("dashboard", "--records", str(tmp_path / "nope")), 2, "records folder", "does not exist")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        _one_line(run_cli("dashboard", "--records", str(tmp_path), "--port", port), 2, "cannot listen on", port)

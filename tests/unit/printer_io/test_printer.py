@@ -12,6 +12,7 @@ from printer_io.errors import (
     PauseNotConfirmed,
     PrinterAuthError,
     PrinterCommandRefused,
+    PrinterError,
     PrinterUnreachable,
 )
 from printer_io.octoprint import OctoPrintPrinter
@@ -65,8 +66,16 @@ def test_a_printer_that_is_not_printing_is_not_paused() -> None:
         confirm_pause(p.send, p.state, timeout_s=1, poll_s=0.001)
 
 
-def _octoprint(handler: object, **kw: object) -> OctoPrintPrinter:
-    transport = httpx.MockTransport(handler)  # type: ignore[arg-type]
+ALL = ["STATUS", "PRINT", "CONTROL", "FILES_DOWNLOAD"]
+
+
+def _octoprint(handler: object, permissions: list[str] = ALL, **kw: object) -> OctoPrintPrinter:
+    def with_user(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/currentuser":
+            return httpx.Response(200, json={"name": "lw", "permissions": permissions, "groups": []})
+        return handler(request)  # type: ignore[operator, no-any-return]
+
+    transport = httpx.MockTransport(with_user)
     return OctoPrintPrinter("op", url="http://octopi.local", api_key="KEY123", transport=transport, **kw)  # type: ignore[arg-type]
 
 
@@ -97,7 +106,8 @@ def test_the_api_key_travels_in_the_header_never_the_query() -> None:
 @pytest.mark.parametrize(
     ("status", "error", "words"),
     [
-        (403, PrinterAuthError, "rejected the API key"),
+        (401, PrinterAuthError, "rejected the API key"),
+        (403, PrinterAuthError, "lacks the PRINT permission"),
         (409, PrinterCommandRefused, "Printer is not operational"),
     ],
 )
@@ -116,3 +126,32 @@ def test_a_missing_api_key_says_where_to_put_it(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("LAYERWATCH_OCTOPRINT_API_KEY", raising=False)
     with pytest.raises(ConfigError, match=r"set \$LAYERWATCH_OCTOPRINT_API_KEY or give a key file"):
         OctoPrintPrinter("op", url="http://x")
+
+
+def test_octoprint_without_status_or_print_is_refused_and_missing_extras_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def version(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"server": "1.11.8"})
+
+    with pytest.raises(ConfigError, match=r"lacks PRINT \(pause, resume and cancel the job\)"):
+        _octoprint(version, permissions=["STATUS"]).start()
+    p = _octoprint(version, permissions=["STATUS", "PRINT"]).start()
+    assert p.missing_permissions == ["CONTROL", "FILES_DOWNLOAD"]
+    assert "lacks CONTROL" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, text="<html><body>Welcome to nginx</body></html>", headers={"content-type": "text/html"}),
+        httpx.Response(404, text="<!DOCTYPE html><html>Not Found</html>", headers={"content-type": "text/html"}),
+    ],
+)
+def test_a_server_that_is_not_octoprint_gets_one_line(answer: httpx.Response) -> None:
+    p = _octoprint(lambda r: answer)
+    with pytest.raises(PrinterError) as info:
+        p.start()
+    text = str(info.value)
+    assert "check the URL" in text or "not OctoPrint" in text
+    assert "<html" not in text and "\n" not in text
