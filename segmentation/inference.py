@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from segmentation.errors import ImageError, ModelError
+from segmentation.geometry import warping_geometry
 from segmentation.preprocess import flat_field, model_input, to_gray_float
 
 __all__ = [
@@ -251,6 +252,7 @@ class Segmenter:
     overlap: int = 128
     threads: int | None = None
     max_pixels: int = 64_000_000
+    geometry: bool = True  # warping only where a part can lift (segmentation.geometry)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -313,6 +315,8 @@ class Segmenter:
         mask = _argmax(probs)
         if roi is not None:
             mask[~roi] = 0
+        if self.geometry:
+            mask = warping_geometry(mask)
         return Segmentation(mask, probs, score / self._ood_threshold(engine))
 
     @staticmethod

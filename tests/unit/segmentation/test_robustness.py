@@ -142,3 +142,21 @@ def test_the_out_of_distribution_score_is_calibrated_and_exported(tiny_checkpoin
     with Segmenter(tiny_checkpoint, engine="torch") as seg:  # never calibrated: never says so
         out = seg.segment(frames[0])
         assert np.isnan(out.ood) and not out.unfamiliar
+
+
+def test_warping_stays_only_where_a_part_can_lift() -> None:
+    from segmentation.classes import LayerClass as C
+    from segmentation.geometry import warping_geometry
+
+    m = np.zeros((100, 120), np.uint8)
+    m[20:60, 20:60] = C.PART
+    m[50:60, 50:60] = C.WARPING  # a lifted corner of the part: kept
+    m[80:90, 90:110] = C.WARPING  # warping on bare powder, no part near: powder
+    m[5:15, 80:100] = C.PART
+    m[5:15, 82:100] = C.WARPING  # a small part painted warping almost edge to edge: a part
+    out = warping_geometry(m)
+    assert (out[50:60, 50:60] == C.WARPING).all()
+    assert (out[80:90, 90:110] == C.POWDER).all()
+    assert (out[5:15, 80:100] == C.PART).all()
+    assert (out == C.PART).sum() == (m == C.PART).sum() + 180
+    assert warping_geometry(np.zeros((4, 4), np.uint8)).sum() == 0
