@@ -10,8 +10,8 @@ pause comes within ``--within`` (6) layers of the onset, never before it; a paus
 false pause.
 
 Seeds: 2000-2019 are the reported test builds; tune thresholds on other seeds (3000+), never on these.
-``--records DIR`` keeps the replay records; ``--rejudge DIR --policy P`` evaluates another policy on the
-metrics of kept records without replaying (what the monitor's rule windows would have done).
+``--records DIR`` keeps the replay records; ``--rejudge DIR --policy P`` evaluates another policy (and the
+current metrics code) on the masks of kept records without replaying.
 
     .venv/bin/python bench/eval_policy.py [--seeds 2000 20] [--layers 30] [--policy P] [--records DIR]
 """
@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine
+from monitor.metrics import MetricsComputer
 from monitor.policy import DEFAULT_POLICY, PolicyEngine, load_policy
 from monitor.record import RecordReader, write_truth_build
 from monitor.replay import ReplayOptions, run_replay
@@ -67,22 +68,18 @@ def write_build(path: Path, seed: int, layers: int, warped: bool) -> dict[str, A
     return {"seed": seed, "warped": warped, "start": start, "growth": growth, "onset": onset, "areas": areas}
 
 
-def first_pause_from_metrics(record: Path, policy_path: Path) -> int | None:
-    """The first layer at which a pause rule of ``policy_path`` holds, from a record's stored metrics."""
-    policy = load_policy(policy_path)
-    engine = PolicyEngine(policy)
+def first_pause_from_masks(record: Path, policy_path: Path) -> int | None:
+    """The first layer at which a pause rule of ``policy_path`` holds, recomputing every layer's metrics
+    from the masks a replay stored (what the monitor would decide with today's metrics and that policy)."""
+    engine = PolicyEngine(load_policy(policy_path))
     with RecordReader(record) as r:
-        metrics = r.metrics()
-        parts = r.part_metrics()
+        mc = MetricsComputer(float(r.attrs["layerwatch/mm_per_px"]))
         layers = r.layers()
-        names = metrics.dtype.names
-        for k in r.stored_layers():
-            k = int(k)
+        for k in (int(n) for n in r.stored_layers()):
+            m = mc.compute(r.mask(k))
             if not layers[k]["judged"]:
                 continue
-            values = {n: float(metrics[k][n]) for n in names}
-            rows = [{n: float(p[n]) for n in parts.dtype.names} for p in parts if int(p["layer"]) == k]
-            for hit in engine.evaluate(k, values, rows):
+            for hit in engine.evaluate(k, m.values, m.parts):
                 if any(a.type == "pause" for a in hit.rule.actions):
                     return k
     return None
@@ -120,7 +117,7 @@ def main() -> int:
                 build, replay = folder / f"{name}.h5", folder / f"{name}-replay.h5"
                 if args.rejudge is not None:
                     row = json.loads((folder / f"{name}.json").read_text())
-                    pause = first_pause_from_metrics(replay, args.policy)
+                    pause = first_pause_from_masks(replay, args.policy)
                 else:
                     row = write_build(build, seed, args.layers, warped)
                     res = run_replay(

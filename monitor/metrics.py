@@ -17,8 +17,9 @@ Metrics (``METRIC_NAMES``), per layer:
   ``warping_stable_area_mm2`` (warping also present, within 2 px, on the previous layer: a real lifted
   edge persists from layer to layer, a misreading flickers) and ``warping_stable_growth_mm2``;
 - warping as geometry (a lifted edge stands out of the part's outline or stays at the same place; a
-  uniformly bright part is never warping by itself): ``warping_persistent_area_mm2`` (warping on each of
-  the last 3 layers, within 2 px), ``warping_outside_area_mm2`` (warping outside the footprint the parts had
+  uniformly bright part is never warping by itself): ``warping_persistent_area_mm2`` (warping of this
+  layer also seen, within 2 px, on at least one of the two layers before, and not where the build's first
+  3 layers already showed "warping": fixtures and the plate do not lift), ``warping_outside_area_mm2`` (warping outside the footprint the parts had
   3 to 8 layers earlier, next to a part), ``warping_confirmed_area_mm2`` (persistent warping components that
   stand outside that footprint, or lie at a part's outline and cover less than half of that part) and
   ``warping_confirmed_growth_mm2`` (its change since the previous layer).
@@ -73,7 +74,9 @@ PART_METRIC_NAMES: tuple[str, ...] = (
     "warping_edge_mm",
 )
 _K3 = np.ones((3, 3), dtype=np.uint8)
-_PERSIST_LAYERS = 3  # warping on each of this many layers (this one included) is persistent
+_PERSIST_LAYERS = 3  # warping on _PERSIST_MIN of this many layers (this one included) is persistent
+_PERSIST_MIN = 2
+_INITIAL_LAYERS = 3  # warping in a build's first layers is never confirmed (fixtures, the plate)
 _FOOTPRINT_LAYERS = 8  # the parts' footprint is taken from 3 to this many layers back
 _OUTSIDE_MIN_PX = 4  # pixels outside the earlier footprint that make a warping component stand out
 
@@ -169,6 +172,8 @@ class MetricsComputer:
         self._warps: deque[np.ndarray] = deque(maxlen=_PERSIST_LAYERS - 1)  # the previous layers' warping
         self._regions: deque[np.ndarray] = deque(maxlen=_FOOTPRINT_LAYERS)  # the previous layers' part regions
         self._prev_confirmed_mm2 = 0.0
+        self._initial_warp: np.ndarray | None = None  # warping seen in the build's first layers
+        self._layers_seen = 0
 
     def compute(self, mask: np.ndarray, part_ids: np.ndarray | None = None) -> LayerMetrics:
         """``mask``: (H, W) uint8 class ids. ``part_ids``: (H, W) part ids supplied with the frame, if any."""
@@ -221,15 +226,22 @@ class MetricsComputer:
     ) -> None:
         """Warping judged by where it stands and whether it stays (see the module docstring)."""
         shape_ok = all(w.shape == warp.shape for w in (*self._warps, *self._regions))
-        if not shape_ok:
+        if not shape_ok or (self._initial_warp is not None and self._initial_warp.shape != warp.shape):
             self._warps.clear()
             self._regions.clear()
-        persistent = warp.copy()
+            self._initial_warp, self._layers_seen = None, 0
+        # persistent: warping on at least 2 of the last 3 layers at the same place (within 2 px), this one
+        # included; a misreading flickers, a lifted edge stays (and may be missed on one layer)
+        persistent = np.zeros_like(warp)
         if len(self._warps) == _PERSIST_LAYERS - 1:
+            seen = np.zeros(warp.shape, np.uint8)
             for earlier in self._warps:
-                persistent &= _dilate(earlier, 2)
-        else:
-            persistent[:] = False
+                seen += _dilate(earlier, 2)
+            persistent = warp & (seen >= _PERSIST_MIN - 1)
+        # what was "warping" in the build's first layers is a fixture or a misreading of the plate, not a
+        # part that lifted: parts lift after stress has built up over layers
+        if self._initial_warp is not None:
+            persistent &= ~self._initial_warp
         outside = np.zeros_like(warp)
         if len(self._regions) > 2:
             footprint = np.zeros_like(warp)
@@ -260,6 +272,10 @@ class MetricsComputer:
         self._prev_confirmed_mm2 = v["warping_confirmed_area_mm2"]
         self._warps.append(warp)
         self._regions.append(region)
+        self._layers_seen += 1
+        if self._layers_seen <= _INITIAL_LAYERS:
+            grown = _dilate(warp, 3)
+            self._initial_warp = grown if self._initial_warp is None else (self._initial_warp | grown)
 
     def _per_part(
         self,

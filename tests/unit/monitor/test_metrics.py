@@ -97,12 +97,21 @@ def test_warping_that_flickers_is_never_confirmed() -> None:
 
 def test_a_uniformly_bright_part_called_warping_is_not_confirmed() -> None:
     mc = MetricsComputer(mm_per_px=0.1)
-    for _ in range(6):
+    for k in range(8):
         m = square_layer(pores=0)
-        m[m == C.PART] = C.WARPING  # the whole part, every layer
+        if k >= 3:
+            m[m == C.PART] = C.WARPING  # the whole part, every layer from the fourth on
         v = mc.compute(m).values
     assert v["warping_persistent_area_mm2"] > 90  # it does persist...
     assert v["warping_confirmed_area_mm2"] == 0  # ...but it is the whole part, inside its own outline
+
+
+def test_warping_seen_from_the_first_layers_is_a_fixture_not_a_lift() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    for _ in range(8):
+        v = mc.compute(_corner_warp(square_layer(pores=0), 15)).values
+    assert v["warping_area_mm2"] > 2 and v["warping_persistent_area_mm2"] == 0
+    assert v["warping_confirmed_area_mm2"] == 0
 
 
 def test_a_lifted_corner_that_stays_and_grows_is_confirmed() -> None:
@@ -114,15 +123,27 @@ def test_a_lifted_corner_that_stays_and_grows_is_confirmed() -> None:
             m = _corner_warp(m, 8 + 2 * (k - 4), outside=2 + (k - 4) // 2)  # grows and stands out of the outline
         v = mc.compute(m).values
         confirmed.append(v["warping_confirmed_area_mm2"])
-    assert confirmed[:6] == [0.0] * 6  # needs 3 layers at the same place
-    assert all(b > a > 0 for a, b in itertools.pairwise(confirmed[6:]))
+    assert confirmed[:5] == [0.0] * 5  # seen on 2 of the last 3 layers at least
+    assert all(b > a > 0 for a, b in itertools.pairwise(confirmed[5:]))
     assert v["warping_confirmed_growth_mm2"] == pytest.approx(confirmed[-1] - confirmed[-2])
     assert v["warping_outside_area_mm2"] > 0
+
+
+def test_a_lift_missed_on_one_layer_stays_confirmed_on_the_next() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    confirmed = []
+    for k in range(9):
+        m = square_layer(pores=0)
+        if k >= 4 and k != 6:  # the model misses it on layer 6
+            m = _corner_warp(m, 15)
+        confirmed.append(mc.compute(m).values["warping_confirmed_area_mm2"])
+    assert confirmed[5] > 0 and confirmed[6] == 0 and confirmed[7] > 0 and confirmed[8] > 0
 
 
 def test_warping_inside_the_part_at_its_edge_is_confirmed_without_standing_out() -> None:
     """An edge that lifts and stays at the same place counts even before it rises above the outline."""
     mc = MetricsComputer(mm_per_px=0.1)
-    for _ in range(4):
-        v = mc.compute(_corner_warp(square_layer(pores=0), 15)).values
+    for k in range(6):
+        m = square_layer(pores=0)
+        v = mc.compute(_corner_warp(m, 15) if k >= 3 else m).values
     assert v["warping_confirmed_area_mm2"] == pytest.approx(2.25)
