@@ -72,7 +72,7 @@ def test_bad_rules_say_what_is_wrong(fields: dict[str, object], words: str) -> N
 
 
 def test_default_policy_loads_and_a_bad_policy_file_names_itself(tmp_path: Path) -> None:
-    assert [r.name for r in load_policy(DEFAULT_POLICY).rules][:2] == ["warping-grows", "warping-persists"]
+    assert [r.name for r in load_policy(DEFAULT_POLICY).rules][:2] == ["warping-persists", "warping-grows"]
     bad = tmp_path / "p.toml"
     bad.write_text('[[rules]]\nname = "x"\nmetric = "nope"\nabove = 1\n')
     with pytest.raises(ConfigFileError, match=r"p.toml: \[policy\] rules.0: .*metric 'nope' does not exist"):
