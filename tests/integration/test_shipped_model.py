@@ -38,11 +38,12 @@ def test_shipped_weights_are_small_and_described() -> None:
 def test_shipped_weights_reach_minimum_iou_on_fresh_layers(onnx_seg: Segmenter) -> None:
     ev = evaluate_simulated(onnx_seg, count=8, size=512, seed=FRESH_STREAM)
     iou = {s.name: s.iou for s in scores(ev.cm)}
-    # floors well below the measured figures (MODEL_CARD.md): an untrained network scores ~0 here
-    assert iou["part"] >= 0.85, iou
-    assert iou["porosity"] >= 0.55, iou
-    assert iou["spatter"] >= 0.55, iou
-    assert iou["warping"] >= 0.55, iou
+    # floors below the measured figures (MODEL_CARD.md: held-out part 0.88, porosity 0.75, spatter 0.56,
+    # warping 0.59 on 64 layers); an untrained network scores about 0 here
+    assert iou["part"] >= 0.8, iou
+    assert iou["porosity"] >= 0.6, iou
+    assert iou["spatter"] >= 0.4, iou
+    assert iou["warping"] >= 0.4, iou
     assert ev.pore_recall >= 0.7
 
 
