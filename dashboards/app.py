@@ -565,13 +565,19 @@ def _send(link: ControlLink, records: Records, which: Any, path: str | None, inc
     return f"sent at {time.strftime('%H:%M:%S')}: {what}; the monitor carries it out and records it"
 
 
+_EXPLAINED = {("pause", "paused"), ("pause", "pausing"), ("cancel", "cancelled"), ("cancel", "cancelling")}
+
+
 def printer_view(actions: list[dict[str, Any]], telemetry: list[dict[str, Any]]) -> str:
     """What the printer is doing, as the monitor knows it: its own pause, resume or cancel (who asked, at
     which layer, why, in words) when that is newer than the last state the printer reported."""
     moves = [a for a in actions if a["action"] in ("pause", "resume", "cancel")]
     last_move = max(moves, key=lambda a: a["time"]) if moves else None
     last_seen = telemetry[-1] if telemetry else None
-    if last_move is not None and (last_seen is None or last_move["time"] >= last_seen["time"]):
+    agrees = (
+        last_move is not None and last_seen is not None and (last_move["action"], last_seen["state"]) in _EXPLAINED
+    )  # the printer still is what the monitor made it: the monitor's words say why
+    if last_move is not None and (last_seen is None or last_move["time"] >= last_seen["time"] or agrees):
         try:
             detail = json.loads(last_move["detail"] or "{}")
         except ValueError:

@@ -27,6 +27,9 @@ def test_a_confirmed_pause_is_what_the_page_says_with_its_reason_in_words() -> N
     text = printer_view(actions, telemetry)
     assert text.startswith("; printer paused by rule warping-grows at layer 17: confirmed warping grows")
     assert "printing" not in text
+    # the printer's own later report agrees (paused): still the monitor's words, which say why
+    later = [*telemetry, {"time": 15.0, "layer": 18, "state": "paused", "z_mm": 0.7, "feed_pct": 1.0, "flow_pct": 1.0}]
+    assert printer_view(actions, later) == text
     # an operator resumes: then the printer's own later report is shown again
     actions.append(_action(20.0, "resume", "confirmed", "operator", 17, operator="ana", reason="looked fine"))
     assert printer_view(actions, telemetry) == "; printer resumed by operator ana at layer 17"
