@@ -586,3 +586,50 @@ def test_operator_commands_wait_for_the_monitors_answer(
         assert r.table("feedback")[-1]["note"] == "seen after the build" and r.state == "closed"
     info = _cli("record", "info", str(first))
     assert info.returncode == 0 and f"incident    {incident}" in info.stdout and "confirmed_defect" in info.stdout
+
+
+def test_a_colour_frame_gives_the_model_the_same_numbers_live_in_replay_and_from_a_file(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A camera's BGR frame whose red and blue differ: the gray stored, the mask judged live, the mask of
+    `layerwatch segment` on the same picture saved as a file, and a replay all agree."""
+    import cv2
+
+    from monitor.replay import ReplayOptions, run_replay
+    from segmentation.preprocess import to_gray
+
+    config, topics, observer, printer = virtual_setup
+    gray = Frames(broker, topics, None, "x").build.layer(8).image
+    rgb = np.stack([np.clip(gray.astype(int) + 60, 0, 255), gray, np.clip(gray.astype(int) - 60, 0, 255)], -1)
+    rgb = rgb.astype(np.uint8)
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    frames = Frames(broker, topics, None, "colour-job")
+    meta = FrameMeta(
+        printer=topics.printer, job_id="colour-job", layer=0, z_mm=0.04, captured_at=time.time(), encoding="png",
+        width=512, height=512, channels=3, bit_depth=8, source="camera",
+    )  # fmt: skip
+    with MonitorService(config, printers={topics.printer: printer}).start():
+        frames.raw(encode_frame(meta, encode_image(bgr)))  # cameras send OpenCV's BGR
+        observer.wait_layer(0)
+    frames.close()
+    with RecordReader(_record(config, topics)) as r:
+        stored, live = r.image(0), r.mask(0)
+    assert np.array_equal(stored, to_gray(rgb))  # luminance of the true colours, not of swapped ones
+    picture = tmp_path / "colour.png"
+    cv2.imwrite(str(picture), bgr)  # a file on disk holds the true colours
+    out = _cli("segment", str(picture), "--out", str(tmp_path / "masks"))
+    assert out.returncode == 0, out.stderr
+    from_file = cv2.imread(str(tmp_path / "masks" / "colour.png"), cv2.IMREAD_UNCHANGED)
+    replay = run_replay(ReplayOptions(source=_record(config, topics), out=tmp_path / "again.h5", progress=False))
+    with RecordReader(replay.record) as r:
+        replayed = r.mask(0)
+    # the live monitor judges the proposed plate only; compare inside it
+    with RecordReader(_record(config, topics)) as r:
+        plate = np.ones_like(live, bool)
+        roi = r.json_attr("roi")
+    if roi:
+        from segmentation.roi import Roi
+
+        plate = Roi.from_points(roi["points"], "proposed").mask(live.shape)
+    assert np.array_equal(live, replayed)
+    assert (from_file[plate] == live[plate]).mean() > 0.999
