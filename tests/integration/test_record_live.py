@@ -110,6 +110,7 @@ def test_readers_never_fail_on_a_live_record_with_actions_and_events_on_every_la
         stop.set()
         result = out.get(timeout=120)
     reader.join(60)
+    print(f"long-lived reads {result['reads']}, fresh reads {result['fresh_reads']}, failures {result['failures']}")
     assert result["failures"] == 0, result["errors"]
     assert result["reads"] >= 20 and result["fresh_reads"] >= 20, result
     assert result["seen"] == LAYERS
