@@ -19,8 +19,9 @@ Metrics (``METRIC_NAMES``), per layer:
 - warping as geometry (a lifted edge stands out of the part's outline or stays at the same place; a
   uniformly bright part is never warping by itself): ``warping_persistent_area_mm2`` (warping of this
   layer also seen, within 2 px, on at least one of the two layers before, and not where the build's first
-  3 layers already showed "warping": fixtures and the plate do not lift), ``warping_outside_area_mm2`` (warping outside the footprint the parts had
-  3 to 8 layers earlier, next to a part), ``warping_confirmed_area_mm2`` (persistent warping components that
+  3 layers already showed "warping": fixtures and the plate do not lift), ``warping_outside_area_mm2``
+  (warping outside the footprint the parts had 3 to 8 layers earlier, next to a part),
+  ``warping_confirmed_area_mm2`` (persistent warping components that
   stand outside that footprint, or lie at a part's outline and cover less than half of that part) and
   ``warping_confirmed_growth_mm2`` (its change since the previous layer).
 

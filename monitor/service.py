@@ -219,13 +219,15 @@ class PrinterMonitor:
         self.controller.operator(request)
 
     def on_layer(self, topic: str, payload: bytes) -> None:
-        """Layer events: only the end of a job matters here (frames carry everything else)."""
+        """Layer events say when a job ended (an end event, or a layer of another job); frames carry the rest."""
         event = LayerEvent.from_json(payload, topic)
-        if not event.end:
-            return
         with self.lock:
-            if self.build is not None and self.build.job_id == event.job_id:
+            if self.build is None:
+                return
+            if event.end and self.build.job_id == event.job_id:
                 self.job_ended(f"job {event.outcome or 'ended'} after layer {event.layer} ({event.source or 'event'})")
+            elif not event.end and self.build.job_id != event.job_id and event.job_id not in self.ended:
+                self.job_ended(f"a new job {event.job_id} started")
 
     def job_ended(self, why: str) -> None:
         """The job is over: its record closes once no frame has come for ``job_end_grace_s``."""
