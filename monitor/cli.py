@@ -179,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             precision=args.precision,
             real_dir=None if args.no_real else (args.real or DEFAULT_REAL_DIR),
             composite_layers=args.composites,
+            scenario_layers=args.scenarios,
             real_share=args.real_share,
             composite_share=args.composite_share,
             init=args.init,
@@ -908,6 +909,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-real", action="store_true", help="simulated layers only")
     p.add_argument("--composites", type=int, default=480, help="simulated layers drawn over real clean frames")
+    p.add_argument(
+        "--scenarios", type=int, default=800, help="layers of scenario builds (slow and fast warps, clean builds)"
+    )
     p.add_argument("--real-share", type=float, default=0.2, help="share of each batch from the real frames")
     p.add_argument("--composite-share", type=float, default=0.3, help="share of each batch from the composites")
     p.add_argument("--init", type=Path, default=None, help="start from these weights (same architecture)")

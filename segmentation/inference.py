@@ -23,6 +23,7 @@ import numpy as np
 
 from segmentation.errors import ImageError, ModelError
 from segmentation.geometry import warping_geometry
+from segmentation.ood import hesitation
 from segmentation.preprocess import flat_field, model_input, to_gray_float
 
 __all__ = [
@@ -317,13 +318,21 @@ class Segmenter:
             mask[~roi] = 0
         if self.geometry:
             mask = warping_geometry(mask)
-        return Segmentation(mask, probs, score / self._ood_threshold(engine))
+        return Segmentation(mask, probs, self._ood(engine, score, probs))
 
     @staticmethod
-    def _ood_threshold(engine: Engine) -> float:
+    def _ood(engine: Engine, score: float, probs: np.ndarray) -> float:
+        """The larger of the feature score and the hesitation, each over its calibrated threshold
+        (:mod:`segmentation.ood`); NaN for a model that was never calibrated."""
         ood = engine.meta.get("ood") or {}
         t = float(ood.get("threshold", "nan"))
-        return t if t > 0 else float("nan")
+        if not t > 0:
+            return float("nan")
+        ratio = score / t
+        te = float(ood.get("entropy_threshold", "nan"))
+        if te > 0:
+            ratio = max(ratio, hesitation(probs) / te)
+        return ratio
 
     def _probs(self, engine: Engine, x: np.ndarray) -> tuple[np.ndarray, float]:
         """(in_channels, H, W) model input -> ((classes, H, W) probabilities, out-of-distribution

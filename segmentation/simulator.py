@@ -52,6 +52,7 @@ __all__ = [
     "WarpSpec",
     "scenario_spec",
     "simulate_dataset",
+    "simulate_scenarios",
 ]
 
 PartKind = Literal["box", "cylinder", "thin_wall", "ring", "overhang"]
@@ -938,6 +939,28 @@ def simulate_dataset(
         upper = rng.choice(np.arange(8, n_layers), size=layers_per_build, replace=False)
         ks = [int(k) if i % 4 else int(rng.integers(0, n_layers)) for i, k in enumerate(upper)]
         for k in ks:
+            if len(out) < count:
+                out.append(build.layer(k))
+        b += 1
+    return out
+
+
+def simulate_scenarios(seed: int, count: int, size: int = 512, n_layers: int = 30) -> list[SimLayer]:
+    """``count`` layers of scenario builds (:func:`scenario_spec`): a box and a cylinder, warped from a
+    random layer with a slow (0.2-1 mm² a layer) or fast warp, or clean; layers drawn from the whole
+    build, half of them from the few layers after the warp starts, where it is smallest."""
+    out: list[SimLayer] = []
+    b = 0
+    while len(out) < count:
+        build_seed = seed * 100_003 + b
+        rng = _rng(build_seed, 11)
+        warped = rng.random() < 0.75
+        start = int(rng.integers(4, n_layers - 8))
+        growth = float(rng.uniform(0.2, 1.0)) if rng.random() < 0.8 else 0.0
+        spec = scenario_spec(build_seed, size, n_layers, warp_start=start if warped else None, warp_area_growth=growth)
+        build = SimBuild(build_seed, size, size, n_layers, spec=spec)
+        for i in range(4):
+            k = int(rng.integers(start, min(n_layers, start + 7))) if i % 2 else int(rng.integers(0, n_layers))
             if len(out) < count:
                 out.append(build.layer(k))
         b += 1

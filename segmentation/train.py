@@ -38,7 +38,7 @@ from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, NUM_CLA
 from segmentation.metrics import Evaluation, scores
 from segmentation.model import ARCHITECTURES, DEFAULT_ARCH, create_model, save_checkpoint
 from segmentation.preprocess import model_input, to_gray_float
-from segmentation.simulator import SimBuild, simulate_dataset
+from segmentation.simulator import SimBuild, simulate_dataset, simulate_scenarios
 
 __all__ = [
     "DEFAULT_REAL_DIR",
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 TRAIN_SEED_STREAM = 1
 VAL_SEED_STREAM = 2
 COMPOSITE_SEED_STREAM = 3
+SCENARIO_SEED_STREAM = 4  # far from the seeds bench/eval_policy.py replays (2000-2019 test, 3000+ tuning)
 
 #: The licensed real frames shipped for training (train rows of the fixed split only).
 DEFAULT_REAL_DIR = Path(__file__).resolve().parent.parent / "data" / "realdata"
@@ -87,6 +88,7 @@ class TrainConfig:
     workers: int = 2
     # fp32, or bf16 autocast: 2x faster on CPUs with AMX/AVX-512 BF16, 30x slower on those without
     precision: str = "fp32"
+    scenario_layers: int = 800  # layers of scenario builds (box and cylinder, slow and fast warps, clean)
     real_dir: Path | None = DEFAULT_REAL_DIR  # images/ + masks/; None: simulated layers only
     composite_layers: int = 480  # simulated layers drawn over real clean frames
     real_share: float = 0.2  # share of a batch taken from the real frames
@@ -157,7 +159,10 @@ def load_labelled(folder: Path, max_side: int = 1024) -> LabelledSet:
 def _simulate_chunk(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     stream, start, count, frame = args
     # chunks are whole builds (4 layers each) so that the set does not depend on the chunking
-    layers = simulate_dataset(stream * 1000 + start, count, frame, frame)
+    if stream == SCENARIO_SEED_STREAM:
+        layers = simulate_scenarios(stream * 1000 + start, count, frame)
+    else:
+        layers = simulate_dataset(stream * 1000 + start, count, frame, frame)
     x = np.stack([to_gray_float(la.image).astype(np.float16) for la in layers])
     y = np.stack([la.mask for la in layers])
     return x, y
@@ -381,6 +386,11 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
 
     channels = ARCHITECTURES[cfg.arch].in_channels
     sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz")
+    if cfg.scenario_layers:
+        scen = build_set(
+            SCENARIO_SEED_STREAM, cfg.scenario_layers, cfg.frame, cfg.workers, cfg.out / "scenario_set.npz"
+        )
+        sim = (np.concatenate([sim[0], scen[0]]), np.concatenate([sim[1], scen[1]]))
     x_va, y_va = build_set(VAL_SEED_STREAM, cfg.val_layers, cfg.frame, cfg.workers, cfg.out / "val_set.npz")
     real = load_labelled(cfg.real_dir) if cfg.real_dir is not None else LabelledSet([], [], [])
     composite = build_composites(

@@ -95,3 +95,17 @@ def test_segment_command_on_every_sample(tmp_path: Path, capsys: pytest.CaptureF
         ev.add(read_mask(SAMPLE_LAYERS.parent / "masks" / s.name), mask)
     iou = {x.name: x.iou for x in scores(ev.cm)}
     assert iou["part"] >= 0.85 and iou["porosity"] >= 0.5, iou
+
+
+def test_the_shipped_model_knows_frames_unlike_its_training(onnx_seg: Segmenter) -> None:
+    """Layers of fresh simulated builds are familiar; patterns no camera of a plate shows are not."""
+    assert onnx_seg.model_meta["ood"]["threshold"] > 0
+    familiar = [onnx_seg.segment(SimBuild(FRESH_STREAM + 10 + i, 384, 384, 20).layer(15).image).ood for i in range(4)]
+    assert max(familiar) < 1.0, familiar
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:512, 0:512] / 512.0
+    rings = (0.5 + 0.5 * np.sin(40 * np.hypot(xx - 0.5, yy - 0.5))).astype(np.float32)
+    checker = np.kron(rng.integers(0, 2, (16, 16)), np.ones((32, 32))).astype(np.float32)
+    for strange in (rings, checker):
+        out = onnx_seg.segment(strange)
+        assert out.unfamiliar, out.ood
