@@ -239,6 +239,7 @@ def test_a_clean_build_of_the_same_length_never_pauses(
     assert [a for a in observer.actions if a.action in ("pause", "cancel")] == []
     last = next(r for r in observer.results if r.layer == LAYERS - 1)
     assert sorted(int(p["part_id"]) for p in last.parts) == [10, 20]
+    assert isinstance(last.metrics["part_count"], int) and isinstance(last.metrics["spatter_count"], int)
     tracked = sorted(observer.results[0].parts, key=lambda p: -p["area_mm2"])
     assert [int(p["part_id"]) for p in tracked[:2]] == [1, 2]  # tracked from the mask, the largest first
     assert octo.state() == PrinterState.PRINTING
@@ -552,6 +553,16 @@ def test_operator_commands_wait_for_the_monitors_answer(
         "control", "pause", "--printer", "nobody-here", "--broker", broker.url, "--operator", "ana", "--wait", "2"
     )
     assert lonely.returncode == 1 and "no answer from a monitor of printer 'nobody-here'" in lonely.stderr
+    # a short-lived command leaves no retained status behind ("online" forever)
+    retained: list[bytes] = []
+    peek = MqttLink(
+        MqttConfig(url=broker.url), service="peek", topics=Topics("layerwatch", "nobody-here"), ephemeral=True
+    )
+    peek.subscribe("layerwatch/nobody-here/status/#", lambda t, p: retained.append(p))
+    peek.start()
+    time.sleep(1.0)
+    peek.close()
+    assert [p for p in retained if b"operator" in p] == []
     from monitor.config import PolicySection
     from monitor.policy import Rule
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,3 +48,22 @@ def test_the_metric_that_fired_is_plotted_with_its_threshold() -> None:
     traces = {t["name"]: t for t in fig["data"]}
     assert traces["pore_max_diameter_mm (rule big-pore) (mm)"]["y"] == [0.1, 0.4, 0.9]
     assert any(sh.get("y0") == 0.5 for sh in fig["layout"]["shapes"])
+
+
+def test_a_reader_that_failed_is_reopened_on_the_next_request(tmp_path: Path) -> None:
+    from dashboards.app import DashboardOptions, Records
+    from monitor.record import BuildRecord, RecordSpec
+
+    path = tmp_path / "r.h5"
+    spec = RecordSpec(
+        printer="p", job_id="j", height=8, width=8, dtype="uint8", mm_per_px=0.1, layer_thickness_mm=0.04,
+        class_names=("powder", "part", "porosity", "spatter", "warping"), metric_names=("m",),
+        part_metric_names=(), config={}, policy={"rules": []}, model={"id": "m"}, software_version="t",
+    )  # fmt: skip
+    BuildRecord.create(path, spec).close()
+    records = Records(DashboardOptions(records=tmp_path))
+    first = records.reader(path)
+    assert records.reader(path) is first  # kept open and refreshed while it works
+    records.drop(path)  # what every callback does after a read error
+    second = records.reader(path)
+    assert second is not first and second.state == "closed"
