@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,12 +55,14 @@ def main() -> int:
     print(f"machine: {machine()}")
     print(f"model {args.model}: {args.layers} held-out simulated layers at {args.size}x{args.size}")
     print(f"{'change':26s} " + " ".join(f"{n:>9s}" for n in CLASS_NAMES) + "      mean")
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
+    means: list[float] = []
     for t, (name, _) in enumerate(LIGHTING_TRANSFORMS):
         mean = float(np.nanmean(iou[t]))
         rows[name] = {"iou": dict(zip(CLASS_NAMES, iou[t].tolist(), strict=True)), "mean": mean}
+        means.append(mean)
         print(f"{name:26s} " + " ".join(f"{v:9.3f}" for v in iou[t]) + f" {mean:9.3f}")
-    worst = min(r["mean"] for r in rows.values())
+    worst = min(means)
     print(f"worst mean IoU {worst:.3f} (target >= 0.9: {'met' if worst >= 0.9 else 'not met'})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

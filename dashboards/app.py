@@ -451,7 +451,7 @@ def create_app(opts: DashboardOptions) -> Any:
         Input("layer", "value"),
         State("record", "value"),
     )
-    def trend(last: int | None, layer: int | None, path: str | None) -> tuple[Any, Any, int]:
+    def trend(last: int | None, layer: int | None, path: str | None) -> tuple[Any, Any, Any]:
         if not path:
             raise PreventUpdate
         try:
