@@ -405,10 +405,12 @@ class RecordReader:
     def refresh(self) -> None:
         if not self._f.swmr_mode:
             return  # the writer had closed the file when we opened it: nothing new will come
-        for name in [IMAGES, PART_IDS, *(f"{MASKS}/{c}" for c in range(len(self.class_names)))]:
-            self._f[name].refresh()
+        # the writer stores a layer's data before its stored flag: reading the flags first means the data
+        # refreshed after them is at least as new
         for name in ["layers", "metrics", "part_metrics", "state", *TABLES]:
             self._f[f"{LW}/{name}"].refresh()
+        for name in self._slices():
+            self._f[name].refresh()
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -428,22 +430,39 @@ class RecordReader:
     def layers(self) -> np.ndarray:
         return np.asarray(self._f[f"{LW}/layers"][:])
 
+    def _slices(self) -> list[str]:
+        return [IMAGES, PART_IDS, *(f"{MASKS}/{c}" for c in range(len(self.class_names)))]
+
     def stored_layers(self) -> np.ndarray:
+        """Layers stored and visible to this reader. Under SWMR each dataset is refreshed on its own, so a
+        reader may see a layer's stored flag before the frame datasets that grew for it: such a layer is
+        left for the next refresh rather than read past the end of a dataset."""
         rows = self.layers()
-        return np.flatnonzero(rows["stored"]) if rows.shape[0] else np.zeros(0, dtype=np.int64)
+        if not rows.shape[0]:
+            return np.zeros(0, dtype=np.int64)
+        visible = min(self._f[name].shape[0] for name in self._slices())
+        return np.flatnonzero(rows["stored"][:visible])
+
+    def _slice(self, name: str, layer: int) -> np.ndarray:
+        d = self._f[name]
+        if layer >= d.shape[0] and self._f.swmr_mode:
+            d.refresh()
+        if not 0 <= layer < d.shape[0]:
+            raise RecordError(f"{self.path}: layer {layer} is not stored (the record has {d.shape[0]} rows)")
+        return np.asarray(d[layer])
 
     def image(self, layer: int) -> np.ndarray:
-        return np.asarray(self._f[IMAGES][layer])
+        return self._slice(IMAGES, layer)
 
     def mask(self, layer: int) -> np.ndarray:
         """(H, W) uint8 class ids, rebuilt from the per-class masks."""
         out = np.zeros(self._f[IMAGES].shape[1:], dtype=np.uint8)
         for c in range(1, len(self.class_names)):
-            out[self._f[f"{MASKS}/{c}"][layer].astype(bool)] = c
+            out[self._slice(f"{MASKS}/{c}", layer).astype(bool)] = c
         return out
 
     def part_ids(self, layer: int) -> np.ndarray:
-        return np.asarray(self._f[PART_IDS][layer])
+        return self._slice(PART_IDS, layer)
 
     def metrics(self) -> np.ndarray:
         return np.asarray(self._f[f"{LW}/metrics"][:])
