@@ -62,7 +62,10 @@ class ServiceStatus:
 
         self.status: dict[tuple[str, str], tuple[str, float]] = {}
         config = MqttConfig(url=broker, connect_timeout_s=5)
-        self.link = MqttLink(config, service="dashboard-status", topics=Topics(config.prefix, "dashboard"))
+        # a unique, clean session: two dashboards on one broker must not take each other's connection over
+        self.link = MqttLink(
+            config, service="dashboard-status", topics=Topics(config.prefix, "dashboard"), ephemeral=True
+        )
         self.link.subscribe(f"{config.prefix}/+/status/+", self._on_status)
 
     def _on_status(self, topic: str, payload: bytes) -> None:
@@ -86,6 +89,9 @@ class ServiceStatus:
             if p == printer and state == "offline"
         ]
         return "; " + ", ".join(down) if down else ""
+
+    def close(self) -> None:
+        self.link.close()
 
 
 class Records:
@@ -123,6 +129,10 @@ class Records:
                 r.close()
             except Exception as err:  # closing a broken handle must not break the page
                 log.debug("closing the reader of %s: %s", path, err)
+
+    def close(self) -> None:
+        for path in list(self._readers):
+            self.drop(path)
 
     def reader(self, path: Path) -> RecordReader:
         with self._lock:
@@ -171,6 +181,14 @@ def overlay_png(
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
+def close_app(app: Any) -> None:
+    """Release what :func:`create_app` opened: its MQTT links and record readers."""
+    for key in ("LAYERWATCH_CONTROL_LINK", "LAYERWATCH_SERVICE_STATUS", "LAYERWATCH_RECORDS"):
+        held = app.server.config.pop(key, None)
+        if held is not None:
+            held.close()
+
+
 def create_app(opts: DashboardOptions) -> Any:
     from dash import Dash, Input, Output, State, dcc, html, no_update
     from dash.exceptions import PreventUpdate
@@ -192,6 +210,7 @@ def create_app(opts: DashboardOptions) -> Any:
     app.server.config["LAYERWATCH_CONTROL_LINK"] = link
     services = ServiceStatus(opts.broker).start() if opts.broker else None
     app.server.config["LAYERWATCH_SERVICE_STATUS"] = services
+    app.server.config["LAYERWATCH_RECORDS"] = records
 
     controls: list[Any] = []
     if can_control:
@@ -512,7 +531,8 @@ class ControlLink:
         with self._lock:
             link = self._links.get(printer)
             if link is None:
-                link = MqttLink(self.config, service="dashboard", topics=Topics(self.config.prefix, printer)).start()
+                topics = Topics(self.config.prefix, printer)
+                link = MqttLink(self.config, service="dashboard", topics=topics, ephemeral=True).start()
                 self._links[printer] = link
         link.publish(link.topics.action, payload, wait_s=5)
 

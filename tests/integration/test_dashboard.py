@@ -42,6 +42,7 @@ class Server:
     def __init__(self, app: object) -> None:
         from werkzeug.serving import make_server
 
+        self.app = app
         self.port = free_port()
         self.httpd = make_server("127.0.0.1", self.port, app.server, threaded=True)  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -52,7 +53,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}/"
 
     def close(self) -> None:
+        from dashboards.app import close_app
+
         self.httpd.shutdown()
+        close_app(self.app)
 
 
 @dataclass
