@@ -57,24 +57,30 @@ def test_engines_agree_on_the_shipped_model(onnx_seg: Segmenter) -> None:
 
 @pytest.mark.slow
 def test_tiled_prediction_agrees_with_whole_frame() -> None:
-    frame = SimBuild(FRESH_STREAM + 2, 1024, 1024, 20).layer(16).image
+    layer = SimBuild(FRESH_STREAM + 2, 1024, 1024, 20).layer(16)
     with (
         Segmenter(DEFAULT_MODEL, engine="onnx", tile=1024) as whole,
         Segmenter(DEFAULT_MODEL, engine="onnx", tile=512, overlap=128) as tiled,
     ):
-        w = whole.segment(frame)
-        t = tiled.segment(frame)
+        w = whole.segment(layer.image)
+        t = tiled.segment(layer.image)
     agree = float((w.mask == t.mask).mean())
     # Not bit-identical by design: MobileNetV3's squeeze-excitation blocks pool over the whole
-    # input, so a tile sees slightly different channel weights than the frame (measured 99.35 %
-    # agreement, whatever the overlap; docs/benchmarks.md).
+    # input, so a tile sees slightly different channel weights than the frame (measured 99.6 %
+    # agreement; docs/benchmarks.md).
     assert agree >= 0.99, agree
     assert float(np.abs(w.probs - t.probs).mean()) < 0.01
-    # defects in particular: tiling must not create or erase them
+    # Defects in particular: tiling must neither erase nor invent them. Judged against the truth, not
+    # against the whole-frame mask: on this layer the whole frame extends a real warp into the powder
+    # beside it (warping IoU 0.29 whole, 0.90 tiled), a borderline call the pooled context tips.
     for c in (2, 3, 4):
-        inter = np.logical_and(w.mask == c, t.mask == c).sum()
-        union = np.logical_or(w.mask == c, t.mask == c).sum()
-        assert union == 0 or inter / union >= 0.9, (c, inter, union)
+        truth = layer.mask == c
+        iou = {}
+        for name, mask in (("whole", w.mask), ("tiled", t.mask)):
+            pred = mask == c
+            iou[name] = np.logical_and(pred, truth).sum() / max(1, np.logical_or(pred, truth).sum())
+        assert iou["tiled"] >= iou["whole"] - 0.05, (c, iou)
+        assert iou["tiled"] >= 0.5, (c, iou)
 
 
 SAMPLE_LAYERS = Path(__file__).resolve().parents[2] / "data" / "samples" / "layers"

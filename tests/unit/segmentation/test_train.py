@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,12 +13,23 @@ import pytest
 from segmentation.inference import Segmenter
 from segmentation.train import TrainConfig, train
 
+REAL = Path(__file__).resolve().parents[3] / "data" / "realdata"
+
 
 @pytest.mark.slow
 def test_train_writes_checkpoints_and_resumes(tmp_path: Path) -> None:
+    # every source of a real run, each small: simulated, scenario builds, two real frames, composites over them
+    real = tmp_path / "real"
+    for sub in ("images", "masks"):
+        (real / sub).mkdir(parents=True)
+    for name in ("fdm_pores-sample_1_raw", "fdm_pores-sample_2_raw"):
+        shutil.copy(REAL / "images" / f"{name}.jpg", real / "images")
+        shutil.copy(REAL / "masks" / f"{name}.png", real / "masks")
     cfg = TrainConfig(
-        out=tmp_path, train_layers=8, val_layers=4, frame=96, crop=64, batch=2, epochs=3, steps_per_epoch=2, workers=1
-    )
+        out=tmp_path / "run", train_layers=8, val_layers=4, frame=96, crop=64, batch=2, epochs=3, steps_per_epoch=2,
+        workers=1, scenario_layers=4, composite_layers=4, real_dir=real,
+    )  # fmt: skip
+    tmp_path = cfg.out
     lines: list[str] = []
     # stop after the first epoch to simulate an interrupted run
     first = train(replace(cfg, max_minutes=1e-9), echo=lines.append)
