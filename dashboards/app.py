@@ -1,10 +1,12 @@
-"""``layerwatch dashboard``: watch builds live, browse records, and (with a token) pause, resume and judge.
+"""``layerwatch dashboard``: watch builds live, browse records, and (as an operator) pause, resume and judge.
 
 The page reads the build records (the monitor's HDF5 files, opened with SWMR while they are written)
 and polls them twice a second, so a new layer shows within about a second of its result. Operator
 commands go as MQTT action messages to the monitor, which carries them out through the same controller
-as its automatic actions and records them. Without a configured token the page is read-only: no
-controls are shown and the control callback refuses. Never run Dash's debug mode outside development.
+as its automatic actions and records them. With an operators file, the page asks for an operator's name and
+secret (HTTP basic authentication) and signs each command with them: the monitor verifies the signature and
+records that operator (printer_io.credentials). Without one the page is read-only: no controls are shown
+and the control callback refuses. Never run Dash's debug mode outside development.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,7 @@ class DashboardOptions:
     record: Path | None = None
     records: Path | None = None
     broker: str | None = None
-    token: str | None = None  # None: read-only
+    operators: Mapping[str, str] | None = None  # operator name -> secret (the operators file); None: read-only
     title: str = "LayerWatch"
 
 
@@ -194,18 +197,23 @@ def create_app(opts: DashboardOptions) -> Any:
     from dash.exceptions import PreventUpdate
 
     records = Records(opts)
-    can_control = bool(opts.token) and opts.broker is not None
+    operators = dict(opts.operators or {})
+    can_control = bool(operators) and opts.broker is not None
     app = Dash(__name__, title=opts.title, update_title="")
     app.server.config["LAYERWATCH_CAN_CONTROL"] = can_control
-    if opts.token:
+    if operators:
+        import hmac
         import secrets
 
         from dash_auth import BasicAuth
 
+        def known(user: str, password: str) -> bool:
+            secret = operators.get(user)
+            return secret is not None and hmac.compare_digest(secret.encode(), password.encode())
+
         # dash-auth keeps the user in Flask's session: without a key it warns on every request
         app.server.secret_key = secrets.token_hex(32)
-        token = opts.token
-        BasicAuth(app, auth_func=lambda user, password: password == token)
+        BasicAuth(app, auth_func=known)
     link = ControlLink(opts.broker) if can_control and opts.broker else None
     app.server.config["LAYERWATCH_CONTROL_LINK"] = link
     services = ServiceStatus(opts.broker).start() if opts.broker else None
@@ -241,7 +249,7 @@ def create_app(opts: DashboardOptions) -> Any:
     else:
         controls = [
             html.P(
-                "Read-only: operator controls need a dashboard token (LAYERWATCH_DASHBOARD_TOKEN) and a broker.",
+                "Read-only: operator controls need an operators file (--operators-file) and a broker.",
                 id="read-only",
                 className="muted",
             )
@@ -338,36 +346,31 @@ def create_app(opts: DashboardOptions) -> Any:
         Output("layer", "max"),
         Output("layer", "value"),
         Output("record-status", "children"),
-        Output("follow", "value"),
         Input("tick", "n_intervals"),
         Input("record", "value"),
-        Input("jump", "value"),
+        Input("follow", "value"),
         State("layer", "value"),
-        State("follow", "value"),
         State("layer", "max"),
     )
     def track(
-        _: int | None, path: str | None, jump: int | None, layer: int | None, follow: list[str], shown_max: int | None
-    ) -> tuple[Any, Any, str, Any]:
+        _: int | None, path: str | None, follow: list[str], layer: int | None, shown_max: int | None
+    ) -> tuple[Any, Any, str]:
         from dash import ctx
 
         if not path:
-            return 0, 0, "no build record yet" + (f" in {opts.records}" if opts.records else ""), no_update
+            return 0, 0, "no build record yet" + (f" in {opts.records}" if opts.records else "")
         try:
             r = records.reader(Path(path))
             stored = r.stored_layers()
             state = r.state
         except (RecordError, OSError, KeyError, RuntimeError) as err:
             records.drop(path)  # reopened on the next tick; this line clears itself when a read succeeds
-            return no_update, no_update, f"this record cannot be read right now ({err}); retrying", no_update
+            return no_update, no_update, f"this record cannot be read right now ({err}); retrying"
         if not len(stored):
-            return 0, 0, "no layer stored yet", no_update
+            return 0, 0, "no layer stored yet"
         last = int(stored.max())
-        new_follow: Any = no_update
         value: Any
-        if ctx.triggered_id == "jump" and jump is not None:
-            value, new_follow = min(int(jump), last), []  # looking at an incident: stop following
-        elif layer is None or (ctx.triggered_id != "tick" and "live" in (follow or [])):
+        if layer is None or (ctx.triggered_id in ("record", "follow") and "live" in (follow or [])):
             value = last
         elif "live" in (follow or []) and last != shown_max:
             value = last  # a new layer arrived: follow it
@@ -383,7 +386,20 @@ def create_app(opts: DashboardOptions) -> Any:
         printer = printer_view(actions, telemetry)
         if services is not None:
             printer += services.describe(str(r.attrs.get("layerwatch/printer", "")))
-        return last, value, f"{len(stored)} layers stored, record {live}{printer}", new_follow
+        return last, value, f"{len(stored)} layers stored, record {live}{printer}"
+
+    @app.callback(
+        Output("layer", "value", allow_duplicate=True),
+        Output("follow", "value"),
+        Input("jump", "value"),
+        prevent_initial_call=True,
+    )
+    def jump_to(layer: int | None) -> tuple[int, list[str]]:
+        """Looking at an incident: its layer, and stop following the live one. A callback of its own: in the
+        tick's callback a slow read let the next tick supersede the jump, and the jump was lost."""
+        if layer is None:
+            raise PreventUpdate
+        return int(layer), []
 
     @app.callback(
         Output("view3d", "figure"),
@@ -403,8 +419,10 @@ def create_app(opts: DashboardOptions) -> Any:
         except (ReportError, OSError, KeyError, RuntimeError) as err:
             return {"data": [], "layout": {"title": {"text": f"no 3D view: {err}"}}}, shown
 
-    @app.callback(Output("jump", "options"), Input("log", "children"), State("record", "value"))
-    def jump_options(_: Any, path: str | None) -> list[dict[str, Any]]:
+    @app.callback(
+        Output("jump", "options"), Input("log", "children"), State("record", "value"), State("jump", "options")
+    )
+    def jump_options(_: Any, path: str | None, shown: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         acts = records.actions(path)
         seen: dict[str, dict[str, Any]] = {}
         for a in acts:
@@ -413,6 +431,8 @@ def create_app(opts: DashboardOptions) -> Any:
                     "label": f"{a['action']} ({a['rule']}) at layer {a['layer']}",
                     "value": a["layer"],
                 }
+        if list(seen.values()) == (shown or []):
+            raise PreventUpdate  # the same list: re-rendering it would close a menu the operator has open
         return list(seen.values())
 
     @app.callback(
@@ -508,7 +528,7 @@ def create_app(opts: DashboardOptions) -> Any:
         def control(p: int, r_: int, f: int, c: int, o: int, path: str | None, incident: str | None) -> str:
             from dash import ctx
 
-            return _send(link, records, ctx.triggered_id, path, incident)
+            return _send(link, records, ctx.triggered_id, path, incident, operators)
 
     return app
 
@@ -541,8 +561,18 @@ class ControlLink:
             link.close()
 
 
-def _send(link: ControlLink, records: Records, which: Any, path: str | None, incident: str | None) -> str:
+def _send(
+    link: ControlLink, records: Records, which: Any, path: str | None, incident: str | None,
+    operators: Mapping[str, str],
+) -> str:  # fmt: skip
+    from flask import request
+
+    from printer_io.credentials import Credential, sign
     from printer_io.messages import ActionMessage, ActionState
+
+    user = request.authorization.username if request.authorization else None
+    if not user or user not in operators:
+        return "log in as an operator to send commands"
 
     if not path:
         return "open a record first"
@@ -569,12 +599,12 @@ def _send(link: ControlLink, records: Records, which: Any, path: str | None, inc
         action=action,  # type: ignore[arg-type]
         state=ActionState.REQUESTED,
         request_id=f"dashboard:{uuid.uuid4().hex[:12]}",
-        operator="dashboard",
         verdict=verdict,  # type: ignore[arg-type]
         incident=incident or "",
         reason="from the dashboard",
         detail=json.dumps(roi["points"]) if action == "roi" and roi else "",
     )
+    msg = sign(msg, Credential(user, operators[user]))  # the monitor verifies it and records this operator
     try:
         link.publish(printer, msg.to_json())
     except Exception as err:  # the page says so in words; the server goes on
