@@ -417,19 +417,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             f"records folder {args.records} does not exist: give the monitor's out_dir ([monitor] out_dir), "
             "or create it first"
         )
-    token = os.environ.get("LAYERWATCH_DASHBOARD_TOKEN")
-    if token is None and args.token_file is not None:
-        try:
-            token = args.token_file.read_text().strip() or None
-        except OSError as err:
-            raise CommandError(f"token file {args.token_file}: {err.strerror}") from err
+    from printer_io.credentials import OPERATORS_FILE_ENV, load_operators
+
+    env_file = os.environ.get(OPERATORS_FILE_ENV)
+    operators_file = args.operators_file or (Path(env_file) if env_file else None)
+    operators = load_operators(operators_file) if operators_file is not None else None
     try:  # the dashboard stands above the monitor: resolved by name, so the rest works without Dash
         dashboards = importlib.import_module("dashboards.app")
     except ImportError as err:
         raise CommandError(f"the dashboard cannot start: {err}") from err
-    opts = dashboards.DashboardOptions(record=args.record, records=args.records, broker=args.broker, token=token)
+    opts = dashboards.DashboardOptions(
+        record=args.record, records=args.records, broker=args.broker, operators=operators
+    )
     app = dashboards.create_app(opts)
-    mode = "operator controls on (token set)" if token and args.broker else "read-only"
+    mode = f"operator controls on ({len(operators)} operators)" if operators and args.broker else "read-only"
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
@@ -484,14 +485,11 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     from printer_io.messages import ActionMessage, ActionState
 
-    if not args.operator:
-        raise CommandError("control needs --operator NAME: operator actions are recorded with who asked")
     msg = ActionMessage(
         printer=args.printer,
         action=args.action,
         state=ActionState.REQUESTED,
         request_id=f"operator:{uuid.uuid4().hex[:12]}",
-        operator=args.operator,
         reason=args.reason,
     )
     answer = _ask_monitor(args, msg)
@@ -509,8 +507,10 @@ def _ask_monitor(args: argparse.Namespace, msg: Any) -> Any:
     """Publish an operator's request and wait for the monitor's outcome of it (same request id)."""
     import threading
 
+    from printer_io.credentials import client_credential, sign
     from printer_io.messages import ActionMessage, ActionState
 
+    msg = sign(msg, client_credential(args.credential_file))  # the monitor carries out signed requests only
     answers: list[ActionMessage] = []
     got = threading.Event()
 
@@ -535,6 +535,36 @@ def _ask_monitor(args: argparse.Namespace, msg: Any) -> Any:
     return answers[0]
 
 
+# ---- operator credentials ---------------------------------------------------------------------
+def cmd_operator(args: argparse.Namespace) -> int:
+    """``operator add NAME``: a new secret in the monitor's operators file, and the operator's own copy."""
+    import os
+
+    from printer_io.credentials import Credential, CredentialError, load_operators, new_secret
+
+    cred = Credential.parse(f"{args.name}:{new_secret()}", "operator add")
+    path: Path = args.operators_file
+    known = load_operators(path) if path.exists() else {}
+    if cred.name in known:
+        raise CredentialError(f"operators file {path}: {cred.name!r} is there already; remove its line to renew it")
+    for target in [path] + ([args.credential_out] if args.credential_out else []):
+        if target == args.credential_out and target.exists():
+            raise CommandError(f"credential file {target} exists already: choose a new path")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(f"{cred.name}:{cred.secret}\n")
+        except OSError as err:
+            raise CommandError(f"{target}: {err.strerror}") from err
+    print(f"operator {cred.name} added to {path} (the monitor reads it at start)")
+    if args.credential_out:
+        print(f"their credential is in {args.credential_out}: give it to them, readable by them only")
+    else:
+        print(f"their credential, shown once (set LAYERWATCH_OPERATOR_CREDENTIAL to it):\n{cred.name}:{cred.secret}")
+    return EXIT_OK
+
+
 # ---- feedback ---------------------------------------------------------------------------------
 def cmd_feedback(args: argparse.Namespace) -> int:
     import uuid
@@ -548,7 +578,6 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         request_id=f"feedback:{uuid.uuid4().hex[:12]}",
         incident=args.incident,
         verdict=args.verdict,
-        operator=args.operator,
         reason=args.note,
     )
     answer = _ask_monitor(args, msg)
@@ -824,8 +853,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8050, help="TCP port (default 8050)")
     p.add_argument(
-        "--token-file", type=Path, default=None, help="file with the operator token (or LAYERWATCH_DASHBOARD_TOKEN)"
-    )
+        "--operators-file", type=Path, default=None,
+        help="operators who may log in and send commands, NAME:SECRET lines (or LAYERWATCH_OPERATORS_FILE); "
+        "without it the page is read-only",
+    )  # fmt: skip
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("report", help="3D defect report per part: HTML (offline), defects.csv, parts.csv, report.json")
@@ -840,16 +871,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("control", help="ask the monitor to pause or resume a printer (recorded like its own actions)")
     p.add_argument("action", choices=("pause", "resume"))
     _mqtt_args(p)
-    p.add_argument("--operator", default="", help="who asks (recorded)")
+    p.add_argument(
+        "--credential-file", type=Path, default=None,
+        help="file with this operator's NAME:SECRET (else LAYERWATCH_OPERATOR_CREDENTIAL or "
+        "LAYERWATCH_OPERATOR_CREDENTIAL_FILE); the record names the operator from it",
+    )  # fmt: skip
     p.add_argument("--reason", default="", help="why (recorded)")
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the monitor's answer (default 60)")
     p.set_defaults(func=cmd_control)
+
+    p = sub.add_parser("operator", help="manage who may pause, resume and judge (operator credentials)")
+    osub = p.add_subparsers(dest="operator_command", required=True)
+    q = osub.add_parser("add", help="make an operator's secret: into the operators file, and their copy")
+    q.add_argument("name", help="the operator's name, as records will show it: letters, digits, _ . @ -")
+    q.add_argument(
+        "--operators-file", type=Path, required=True,
+        help="the monitor's operators file ([security] operators_file); created readable by its owner only",
+    )  # fmt: skip
+    q.add_argument("--credential-out", type=Path, default=None, help="write the operator's NAME:SECRET here")
+    q.set_defaults(func=cmd_operator)
 
     p = sub.add_parser("feedback", help="tell the monitor whether an incident was a false alarm or a real defect")
     _mqtt_args(p)
     p.add_argument("--incident", required=True, help="incident id (from the action messages or the record)")
     p.add_argument("--verdict", choices=("false_alarm", "confirmed_defect"), required=True)
-    p.add_argument("--operator", default="", help="who says so")
+    p.add_argument(
+        "--credential-file", type=Path, default=None,
+        help="file with this operator's NAME:SECRET (else LAYERWATCH_OPERATOR_CREDENTIAL or "
+        "LAYERWATCH_OPERATOR_CREDENTIAL_FILE); the record names the operator from it",
+    )  # fmt: skip
     p.add_argument("--note", default="", help="free text")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the monitor's answer (default 30)")
     p.set_defaults(func=cmd_feedback)

@@ -25,6 +25,7 @@ __all__ = [
     "ControllerSection",
     "MonitorSection",
     "PrinterSection",
+    "SecuritySection",
     "load_config",
     "section",
 ]
@@ -95,6 +96,16 @@ class ControllerSection(_Section):
     regrow_factor: float = Field(default=1.25, ge=1.0, le=100)
 
 
+class SecuritySection(_Section):
+    """Who may ask the monitor to move a printer or write a verdict (printer_io.credentials)."""
+
+    # NAME:SECRET lines, readable by the monitor only; LAYERWATCH_OPERATORS_FILE when not set here.
+    # Without one the monitor carries out no remote request: only its own policy acts.
+    operators_file: Path | None = None
+    # an operator's request is refused when signed further than this from the monitor's clock
+    signature_window_s: float = Field(default=120.0, ge=5, le=3600)
+
+
 class PolicySection(_Section):
     file: Path | None = None
     rules: tuple[Rule, ...] = ()
@@ -106,7 +117,20 @@ class Config(_Section):
     printers: dict[str, PrinterSection] = Field(default_factory=dict)
     controller: ControllerSection = ControllerSection()
     policy: PolicySection = PolicySection()
+    security: SecuritySection = SecuritySection()
     source: Path | None = None
+
+    def operators_file(self) -> Path | None:
+        """The operators file: ``[security] operators_file`` (relative to the config file), else the environment."""
+        import os
+
+        path = self.security.operators_file
+        if path is None:
+            env = os.environ.get("LAYERWATCH_OPERATORS_FILE")
+            return Path(env) if env else None
+        if self.source is not None and not path.is_absolute():
+            path = self.source.parent / path
+        return path
 
     def resolved_policy(self) -> Policy:
         if self.policy.rules:
@@ -121,7 +145,7 @@ class Config(_Section):
         return self.model_dump(mode="json", exclude={"source"})
 
 
-SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy")
+SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy", "security")
 
 
 def section(model: type[M], table: dict[str, Any], name: str, where: str) -> M:
@@ -165,6 +189,7 @@ def load_config(path: Path | None) -> Config:
     parts: dict[str, Any] = {"source": path}
     models: dict[str, type[BaseModel]] = {
         "mqtt": MqttConfig, "monitor": MonitorSection, "controller": ControllerSection, "policy": PolicySection,
+        "security": SecuritySection,
     }  # fmt: skip
     for name, model in models.items():
         if name in data:

@@ -28,6 +28,7 @@ from monitor.controller import Controller, ControllerLimits
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
+from printer_io.credentials import DUPLICATE, Verifier, load_operators
 from printer_io.errors import PayloadError, PrinterError
 from printer_io.frames import decode_image
 from printer_io.messages import (
@@ -56,6 +57,9 @@ _SEVERITY_ORDER = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
 #: Per-frame figures stored beside the mask metrics (not usable in rules: they judge the frame, not the layer).
 FRAME_METRICS = ("ood_score",)
 _MAX_ROI_POINTS = 64
+# requests only a verified operator may make (printer_io.credentials)
+_REFUSAL_EVERY_S = 10.0
+_OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_object", "feedback", "roi"})
 _STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its job is still on
 # printer states that end a job this monitor saw printing
 _ENDED_STATES = frozenset({PrinterState.IDLE, PrinterState.FINISHED, PrinterState.CANCELLED, PrinterState.ERROR})
@@ -118,8 +122,11 @@ class PrinterMonitor:
         self.ended: set[str] = set()
         self.lock = threading.RLock()  # the record is written from the link's worker and the controller's
         self.results: list[ResultMessage] = []
-        self.counters: dict[str, int] = {"layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0, "needs_review": 0}
+        self.counters: dict[str, int] = {
+            "layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0, "needs_review": 0, "refused_requests": 0,
+        }  # fmt: skip
         self._operator_requests: set[str] = set()
+        self._refusal_said = -1e9
 
     # ---- messages in ------------------------------------------------------------------------------
     def on_frame(self, topic: str, payload: bytes) -> None:
@@ -146,14 +153,26 @@ class PrinterMonitor:
 
     def on_action(self, topic: str, payload: bytes) -> None:
         msg = ActionMessage.from_json(payload, topic)
-        if msg.action in ("pause", "resume") and msg.state.value == "requested" and msg.operator:
+        if msg.state != ActionState.REQUESTED or msg.action not in _OPERATOR_ACTIONS:
+            return  # outcomes, notifications
+        if not msg.operator and not msg.signature and msg.rule and msg.rule != "operator":
+            return  # our own automatic request, echoed by the broker
+        refusal = self.service.verifier.refusal(msg)
+        if refusal == DUPLICATE:
+            return  # a redelivered request already carried out
+        if refusal is not None:
+            self._refuse(msg, refusal)
+            return
+        if msg.action in ("pause", "resume"):
             self._operator_command(msg)
             return
-        if msg.action == "roi" and msg.state.value == "requested" and msg.operator:
+        if msg.action == "roi":
             self._confirm_roi(msg, topic)
             return
-        if msg.action != "feedback" or msg.state != ActionState.REQUESTED:
-            return  # our own actions and their outcomes
+        if msg.action != "feedback":
+            why = f"{msg.action} is not taken from operator requests: pause, resume, feedback and roi are"
+            self._answer(msg, ActionState.FAILED, why)
+            return
         try:
             where = self._store_feedback(msg)
         except PayloadError as err:
@@ -197,6 +216,22 @@ class PrinterMonitor:
                     raise PayloadError(f"cannot store the verdict in {path.name}: {err}", "record") from err
                 return path.name
         raise PayloadError(f"no build of printer {self.printer_id} has an incident {msg.incident!r}", "incident")
+
+    def _refuse(self, msg: ActionMessage, why: str) -> None:
+        """A request that did not prove who sent it: not carried out, counted, said in the record and answered."""
+        self.counters["refused_requests"] += 1
+        what = f"{msg.action} request {msg.request_id[:128]!r} refused: {why}"
+        now = time.monotonic()
+        # said once per interval at most (with the count since): a flood must not flood the log and the record
+        if now - self._refusal_said >= _REFUSAL_EVERY_S:
+            self._refusal_said = now
+            count = self.counters["refused_requests"]
+            log.warning("%s: %s (%d refused so far)", self.printer_id, what, count)
+            with self.lock:
+                if self.build is not None:
+                    layer = max(self.build.last_layer, 0)
+                    self.build.record.add_event(layer, "warning", "request_refused", f"{what} ({count} so far)")
+        self._answer(msg, ActionState.FAILED, f"refused: {why}")
 
     def _answer(self, request: ActionMessage, state: ActionState, detail: str) -> None:
         """The outcome of an operator's request, on the action topic (``layerwatch control`` waits for it)."""
@@ -724,6 +759,14 @@ class MonitorService:
         self.model_sha256 = ""
         self._stop = threading.Event()
         self._idle: threading.Thread | None = None
+        operators_file = config.operators_file()
+        operators = load_operators(operators_file) if operators_file is not None else {}
+        self.verifier = Verifier(operators, window_s=config.security.signature_window_s)
+        if not operators:
+            log.warning(
+                "monitor: no operators file ([security] operators_file or LAYERWATCH_OPERATORS_FILE): operator "
+                "requests (pause, resume, verdicts, plate outline) from the network are refused; only the policy acts"
+            )
 
     def start(self) -> MonitorService:
         from segmentation.inference import DEFAULT_MODEL, Segmenter

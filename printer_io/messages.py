@@ -211,6 +211,8 @@ class ActionMessage(Message):
     model: str = Field(default="", max_length=128)
     verdict: Literal["", "false_alarm", "confirmed_defect"] = ""
     operator: str = Field(default="", max_length=64)
+    # an operator's request: HMAC-SHA256 (hex) of the rest under the operator's secret (printer_io.credentials)
+    signature: str = Field(default="", max_length=64)
 
 
 class RuleHitInfo(BaseModel):

@@ -229,3 +229,11 @@ def test_dashboard_mistakes_get_one_line(tmp_path: Path) -> None:
         taken.listen()
         port = str(taken.getsockname()[1])
         _one_line(run_cli("dashboard", "--records", str(tmp_path), "--port", port), 2, "cannot listen on", port)
+
+
+def test_a_bad_operators_file_stops_the_monitor_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "operators").write_text("ana:too-short\n")
+    (tmp_path / "operators").chmod(0o600)
+    config = tmp_path / "c.toml"
+    config.write_text('[security]\noperators_file = "operators"\n[printers.p1]\nbackend = "none"\n')
+    _one_line(run_cli("monitor", "--config", str(config)), 2, "operators:1: the secret of 'ana' has 9 characters")
