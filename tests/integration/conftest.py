@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from peers import Moonraker, Mosquitto, OctoPrint
 
+from printer_io.credentials import CREDENTIAL_ENV, OPERATORS_FILE_ENV, Credential, new_secret
 from printer_io.virtual import VirtualPrinter
 
 
@@ -32,3 +34,16 @@ def moonraker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moonraker]:
     yield server
     server.stop()
     printer.close()
+
+
+@pytest.fixture
+def ana(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Credential:
+    """An operator the monitors of this test know (their operators file) and whose credential the commands
+    of this test sign with (the environment, as a user would set it)."""
+    cred = Credential("ana", new_secret())
+    operators = tmp_path / "operators"
+    operators.write_text(f"# the monitor's operators\n{cred.name}:{cred.secret}\n")
+    operators.chmod(0o600)
+    monkeypatch.setenv(OPERATORS_FILE_ENV, str(operators))
+    monkeypatch.setenv(CREDENTIAL_ENV, f"{cred.name}:{cred.secret}")
+    return cred

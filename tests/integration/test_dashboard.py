@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's), driven by Playwright: live view, overlay, controls.
 
 Every test stands alone: it gets its own printer, monitor, build record and dashboards (a controlled one
-with the token, a read-only one), and never depends on what another test did or in which order they run.
+an operator logs in to, a read-only one), and never depends on what another test did or in which order they run.
 Screenshots of the main views are saved to ``runs/test-artifacts/`` (or ``$LAYERWATCH_ARTIFACTS``).
 """
 
@@ -23,6 +23,7 @@ from peers import REPO, Mosquitto, free_port, launch_chromium
 from monitor.config import Config, MonitorSection, PrinterSection
 from monitor.record import RecordReader
 from monitor.service import MonitorService
+from printer_io.credentials import Credential
 from printer_io.frames import QualityChecker, encode_image
 from printer_io.messages import ActionMessage, FrameMeta, ResultMessage, encode_frame
 from printer_io.mqtt import MqttConfig, MqttLink
@@ -33,7 +34,6 @@ from segmentation.simulator import SimBuild, scenario_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ARTIFACTS = Path(os.environ.get("LAYERWATCH_ARTIFACTS", REPO / "runs" / "test-artifacts"))
-TOKEN = "operator-token-for-tests"
 LAYERS, WARP = 14, 4
 _ids = itertools.count(1)
 
@@ -74,6 +74,7 @@ class Rig:
     results: list[ResultMessage]
     actions: list[ActionMessage]
     cond: threading.Condition
+    operator: Credential  # the operator the monitor knows and the controlled dashboard logs in as
 
     def publish(self, *layers: int) -> None:
         quality = QualityChecker()
@@ -107,7 +108,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig(broker: Mosquitto, tmp_path: Path) -> Iterator[Rig]:
+def rig(broker: Mosquitto, tmp_path: Path, ana: Credential) -> Iterator[Rig]:
     pid = f"dash-{next(_ids)}-{os.getpid()}"
     printer = VirtualPrinter(pid, layers=1000, realtime=False).start()
     printer.start_job("dash-job")
@@ -142,11 +143,13 @@ def rig(broker: Mosquitto, tmp_path: Path) -> Iterator[Rig]:
     from dashboards.app import DashboardOptions, create_app
 
     (records / pid).mkdir(parents=True, exist_ok=True)
-    controlled = Server(create_app(DashboardOptions(records=records / pid, broker=broker.url, token=TOKEN)))
+    controlled = Server(
+        create_app(DashboardOptions(records=records / pid, broker=broker.url, operators={ana.name: ana.secret}))
+    )
     readonly = Server(create_app(DashboardOptions(records=records / pid)))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     build = SimBuild(3, 512, 512, LAYERS, spec=spec)
-    yield Rig(pid, printer, monitor, records, controlled, readonly, camera, build, results, actions, cond)
+    yield Rig(pid, printer, monitor, records, controlled, readonly, camera, build, results, actions, cond, ana)
     controlled.close()
     readonly.close()
     camera.close()
@@ -155,10 +158,10 @@ def rig(broker: Mosquitto, tmp_path: Path) -> Iterator[Rig]:
     printer.close()
 
 
-def _page(p: Any, url: str, token: str | None = TOKEN) -> tuple[Any, Any]:
-    """A browser and a page on a dashboard, logged in with the token where given."""
+def _page(p: Any, url: str, operator: Credential | None) -> tuple[Any, Any]:
+    """A browser and a page on a dashboard, logged in as the operator where given."""
     browser = launch_chromium(p)
-    credentials = {"http_credentials": {"username": "operator", "password": token}} if token else {}
+    credentials = {"http_credentials": {"username": operator.name, "password": operator.secret}} if operator else {}
     page = browser.new_context(viewport={"width": 1400, "height": 1000}, **credentials).new_page()
     page.goto(url)
     return browser, page
@@ -179,7 +182,7 @@ def test_live_view_overlay_toggle_and_pause_from_the_page(rig: Rig) -> None:
     rig.publish(0, 1, 2)
     rig.wait_result(2)
     with sync_playwright() as p:
-        browser, page = _page(p, rig.controlled.url)
+        browser, page = _page(p, rig.controlled.url, rig.operator)
         _wait_text(page, "#layer-info", "layer 2")
         assert (page.get_attribute("#frame", "src") or "").startswith("data:image/png;base64,")
         rig.publish(3)
@@ -198,7 +201,7 @@ def test_live_view_overlay_toggle_and_pause_from_the_page(rig: Rig) -> None:
         rig.wait_pause()
         assert rig.printer.status().state == PrinterState.PAUSED
         _wait_text(page, "#log", "pause confirmed (operator)")
-        _wait_text(page, "#record-status", "printer paused by operator")  # what the monitor did, not telemetry
+        _wait_text(page, "#record-status", "printer paused by operator ana")  # what the monitor did, not telemetry
         page.screenshot(path=str(ARTIFACTS / "dashboard_paused.png"), full_page=True)
         browser.close()
     with RecordReader(rig.record) as r:
@@ -214,7 +217,7 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: Rig) -> None:
     pause = rig.wait_pause()
     rig.wait_result(LAYERS - 1)
     with sync_playwright() as p:
-        browser, page = _page(p, rig.readonly.url, token=None)
+        browser, page = _page(p, rig.readonly.url, None)
         _wait_text(page, "#read-only", "Read-only")
         assert page.query_selector("#btn-pause") is None
         _wait_text(page, "#layer-info", f"layer {LAYERS - 1}")
@@ -245,7 +248,7 @@ def test_false_alarm_from_the_page_is_stored_with_the_incident(rig: Rig) -> None
     rig.publish(*range(LAYERS))
     pause = rig.wait_pause()
     with sync_playwright() as p:
-        browser, page = _page(p, rig.controlled.url)
+        browser, page = _page(p, rig.controlled.url, rig.operator)
         _wait_text(page, "#layer-info", "layer ")
         page.click("#incident")
         page.get_by_text(f"{pause.rule} @ layer {pause.layer}").click()
@@ -253,12 +256,12 @@ def test_false_alarm_from_the_page_is_stored_with_the_incident(rig: Rig) -> None
         _wait_text(page, "#control-status", "false alarm for")
         browser.close()
     deadline = time.monotonic() + 10
-    verdicts: list[str] = []
+    verdicts: list[tuple[str, str]] = []
     while time.monotonic() < deadline and not verdicts:
         with RecordReader(rig.record) as r:
-            verdicts = [f["verdict"] for f in r.table("feedback")]
+            verdicts = [(f["verdict"], f["operator"]) for f in r.table("feedback")]
         time.sleep(0.2)
-    assert verdicts == ["false_alarm"]
+    assert verdicts == [("false_alarm", "ana")]  # the operator who logged in, from the signature
 
 
 def test_a_monitor_that_goes_offline_is_said_in_words(rig: Rig) -> None:
@@ -268,7 +271,7 @@ def test_a_monitor_that_goes_offline_is_said_in_words(rig: Rig) -> None:
     rig.wait_result(0)
     rig.monitor.close()  # its retained status turns to offline
     with sync_playwright() as p:
-        browser, page = _page(p, rig.controlled.url)
+        browser, page = _page(p, rig.controlled.url, rig.operator)
         _wait_text(page, "#record-status", "monitor offline since")
         assert "Traceback" not in page.content()
         browser.close()
@@ -280,7 +283,7 @@ def test_the_3d_view_opens_in_the_browser_with_the_reports_traces(rig: Rig) -> N
     rig.publish(*range(8))
     rig.wait_result(7)
     with sync_playwright() as p:
-        browser, page = _page(p, rig.readonly.url, token=None)
+        browser, page = _page(p, rig.readonly.url, None)
         _wait_text(page, "#layer-info", "layer 7")
         page.click("#btn-3d")
         page.wait_for_function(
@@ -294,8 +297,9 @@ def test_the_3d_view_opens_in_the_browser_with_the_reports_traces(rig: Rig) -> N
     assert "scatter3d" in traces, traces
 
 
-def test_controls_need_the_token(rig: Rig) -> None:
-    url = rig.controlled.url
+def test_controls_need_an_operators_login(rig: Rig) -> None:
+    url, ana = rig.controlled.url, rig.operator
     assert httpx.get(url).status_code == 401
-    assert httpx.get(url, auth=("operator", "wrong")).status_code == 401
-    assert httpx.get(url, auth=("operator", TOKEN)).status_code == 200
+    assert httpx.get(url, auth=(ana.name, "wrong")).status_code == 401
+    assert httpx.get(url, auth=("bob", ana.secret)).status_code == 401  # another name with ana's secret
+    assert httpx.get(url, auth=(ana.name, ana.secret)).status_code == 200

@@ -22,9 +22,10 @@ import pytest
 from gcode import make_gcode
 from peers import Mosquitto, OctoPrint, require
 
-from monitor.config import Config, MonitorSection, PrinterSection
+from monitor.config import Config, MonitorSection, PrinterSection, SecuritySection
 from monitor.record import RecordReader, check_record
 from monitor.service import MonitorService
+from printer_io.credentials import Credential, new_secret, sign
 from printer_io.frames import QualityChecker, encode_image
 from printer_io.messages import ActionMessage, FrameMeta, ResultMessage, encode_frame
 from printer_io.mqtt import MqttConfig, MqttLink
@@ -170,7 +171,7 @@ def _record(config: Config, topics: Topics) -> Path:
 
 
 def test_a_growing_warp_pauses_the_printer_at_the_expected_layer(
-    setup: tuple[Config, Topics, Observer], broker: Mosquitto, octo: OctoPrintPrinter
+    setup: tuple[Config, Topics, Observer], broker: Mosquitto, octo: OctoPrintPrinter, ana: Credential
 ) -> None:
     config, topics, observer = setup
     frames = Frames(broker, topics, WARP, "warp-job")
@@ -191,8 +192,6 @@ def test_a_growing_warp_pauses_the_printer_at_the_expected_layer(
                 pause.incident,
                 "--verdict",
                 "confirmed_defect",
-                "--operator",
-                "ana",
                 "--note",
                 "lifted corner",
             ],
@@ -323,7 +322,7 @@ def test_records_open_in_stock_tools(setup: tuple[Config, Topics, Observer], bro
 
 
 def test_an_operator_pause_and_resume_go_through_the_controller_and_are_recorded(
-    setup: tuple[Config, Topics, Observer], broker: Mosquitto, octo: OctoPrintPrinter
+    setup: tuple[Config, Topics, Observer], broker: Mosquitto, octo: OctoPrintPrinter, ana: Credential
 ) -> None:
     config, topics, observer = setup
     frames = Frames(broker, topics, None, "operator-job")
@@ -339,8 +338,6 @@ def test_an_operator_pause_and_resume_go_through_the_controller_and_are_recorded
                 topics.printer,
                 "--broker",
                 broker.url,
-                "--operator",
-                "ana",
                 "--reason",
                 "smoke from the chamber",
             ],
@@ -357,8 +354,8 @@ def test_an_operator_pause_and_resume_go_through_the_controller_and_are_recorded
             action="resume",
             state="requested",  # type: ignore[arg-type]
             request_id="operator:fixed-id",
-            operator="ana",
         )
+        request = sign(request, ana)
         for _ in range(2):  # redelivered: carried out once
             frames.link.publish(topics.action, request.to_json(), wait_s=5)
         observer.wait_action("resume", "confirmed")
@@ -413,7 +410,7 @@ def test_only_the_build_plate_is_judged(
 
 
 def test_a_proposed_plate_is_recorded_and_an_operator_confirms_it(
-    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto, ana: Credential
 ) -> None:
     config, topics, observer, printer = virtual_setup
     frames = Frames(broker, topics, None, "propose-job")
@@ -429,12 +426,11 @@ def test_a_proposed_plate_is_recorded_and_an_operator_confirms_it(
             action="roi",
             state="requested",  # type: ignore[arg-type]
             request_id="dashboard:roi-1",
-            operator="ana",
             detail=json.dumps(proposed["points"]),
         )
-        frames.link.publish(topics.action, confirm.to_json(), wait_s=5)
+        frames.link.publish(topics.action, sign(confirm, ana).to_json(), wait_s=5)
         bad = confirm.model_copy(update={"request_id": "dashboard:roi-2", "detail": "[[1, 2]]"})
-        frames.link.publish(topics.action, bad.to_json(), wait_s=5)
+        frames.link.publish(topics.action, sign(bad, ana).to_json(), wait_s=5)
         roi_file = config.monitor.out_dir / topics.printer / "roi.json"
         deadline = time.monotonic() + 10
         while not roi_file.is_file() and time.monotonic() < deadline:
@@ -544,14 +540,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_operator_commands_wait_for_the_monitors_answer(
-    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto, ana: Credential
 ) -> None:
     config, topics, observer, printer = virtual_setup
     printer_id = topics.printer
     # nobody monitors this printer: no answer, nothing done, exit 1
-    lonely = _cli(
-        "control", "pause", "--printer", "nobody-here", "--broker", broker.url, "--operator", "ana", "--wait", "2"
-    )
+    lonely = _cli("control", "pause", "--printer", "nobody-here", "--broker", broker.url, "--wait", "2")
     assert lonely.returncode == 1 and "no answer from a monitor of printer 'nobody-here'" in lonely.stderr
     # a short-lived command leaves no retained status behind ("online" forever)
     retained: list[bytes] = []
@@ -572,13 +566,13 @@ def test_operator_commands_wait_for_the_monitors_answer(
     with MonitorService(config, printers={printer_id: printer}).start():
         frames.send(0, 1)
         observer.wait_layer(1)
-        paused = _cli("control", "pause", "--printer", printer_id, "--broker", broker.url, "--operator", "ana")
+        paused = _cli("control", "pause", "--printer", printer_id, "--broker", broker.url)
         assert paused.returncode == 0 and "confirmed by the monitor" in paused.stdout, paused.stderr
         incident = observer.wait_action("notify", "confirmed").incident
         assert incident.startswith("first-job:always:")
         unknown = _cli(
             "feedback", "--printer", printer_id, "--broker", broker.url, "--incident", "first-job:nope:3",
-            "--verdict", "false_alarm", "--operator", "ana",
+            "--verdict", "false_alarm",
         )  # fmt: skip
         assert unknown.returncode == 1 and "has no incident 'first-job:nope:3'" in unknown.stderr
         # the next job starts: feedback on an incident of the first build is still stored in its record
@@ -588,7 +582,7 @@ def test_operator_commands_wait_for_the_monitors_answer(
             time.sleep(0.1)
         late = _cli(
             "feedback", "--printer", printer_id, "--broker", broker.url, "--incident", incident,
-            "--verdict", "confirmed_defect", "--operator", "ana", "--note", "seen after the build",
+            "--verdict", "confirmed_defect", "--note", "seen after the build",
         )  # fmt: skip
     frames.close()
     assert late.returncode == 0 and "stored (stored in first-job.h5)" in late.stdout, late.stderr
@@ -644,3 +638,84 @@ def test_a_colour_frame_gives_the_model_the_same_numbers_live_in_replay_and_from
         plate = Roi.from_points(roi["points"], "proposed").mask(live.shape)
     assert np.array_equal(live, replayed)
     assert (from_file[plate] == live[plate]).mean() > 0.999
+
+
+def _refusals(observer: Observer, ids: set[str], timeout: float = 20) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = {a.request_id: a.detail for a in observer.actions if a.request_id in ids and a.state.value == "failed"}
+        if len(got) == len(ids):
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"refusals of {sorted(ids)} never came; actions: {observer.actions}")
+
+
+def test_nobody_without_an_operator_credential_moves_the_printer(
+    setup: tuple[Config, Topics, Observer], broker: Mosquitto, octo: OctoPrintPrinter, ana: Credential
+) -> None:
+    """Issue 13 F12: an anonymous client on the broker paused a real OctoPrint and resumed it. Now every
+    request that does not prove its operator is refused, answered and counted; only ana's signature moves it."""
+    config, topics, observer = setup
+    config = config.model_copy(update={"security": SecuritySection(signature_window_s=30)})
+    frames = Frames(broker, topics, None, "guarded-job")
+    attacker = MqttLink(MqttConfig(url=broker.url), service="intruder", topics=topics, ephemeral=True).start()
+    mallory = Credential("ana", new_secret())  # ana's name, not her secret
+
+    def request(action: str, rid: str) -> ActionMessage:
+        return ActionMessage(printer=topics.printer, action=action, state="requested", request_id=rid)  # type: ignore[arg-type]
+
+    forged = {
+        "anon": request("pause", "anon"),  # what the F12 reproducer sent
+        "named": request("pause", "named").model_copy(update={"operator": "ana"}),  # free text
+        "wrong-secret": sign(request("pause", "wrong-secret"), mallory),
+        "stale": sign(request("pause", "stale"), ana, at=time.time() - 600),  # a recorded request, replayed
+        "altered": sign(request("resume", "altered"), ana).model_copy(update={"action": "pause"}),
+        "verdict": request("feedback", "verdict").model_copy(
+            update={"incident": "guarded-job:x:1", "verdict": "false_alarm", "operator": "mallory"}
+        ),
+    }
+    with MonitorService(config).start() as service:
+        frames.send(0, 1)
+        observer.wait_layer(1)
+        for msg in forged.values():
+            attacker.publish(topics.action, msg.to_json(), wait_s=5)
+        refused = _refusals(observer, set(forged))
+        assert octo.state() == PrinterState.PRINTING
+        assert "is not in the monitor's operators file" in refused["anon"]
+        assert "is not signed" in refused["named"]
+        assert "bad signature" in refused["wrong-secret"] and "bad signature" in refused["altered"]
+        assert "outside +-30 s" in refused["stale"]
+        assert service.monitors[topics.printer].counters["refused_requests"] == len(forged)
+        # ana pauses; the intruder cannot undo her pause
+        attacker.publish(topics.action, sign(request("pause", "ana-pause"), ana).to_json(), wait_s=5)
+        assert observer.wait_action("pause", "confirmed").operator == "ana"
+        attacker.publish(topics.action, request("resume", "anon-resume").to_json(), wait_s=5)
+        _refusals(observer, {"anon-resume"})
+        time.sleep(0.5)
+        assert octo.state() == PrinterState.PAUSED
+    attacker.close()
+    frames.close()
+    with RecordReader(_record(config, topics)) as r:
+        assert [(f["verdict"]) for f in r.table("feedback")] == []  # the forged verdict is not stored
+        assert any(e["code"] == "request_refused" for e in r.table("events"))
+        operators = {json.loads(a["detail"]).get("operator") for a in r.table("actions") if a["rule"] == "operator"}
+    assert operators == {"ana"}
+
+
+def test_a_monitor_without_operators_carries_out_no_remote_request(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto, ana: Credential,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Secure by default: no operators file, no remote control, whoever signs; the policy still acts."""
+    monkeypatch.delenv("LAYERWATCH_OPERATORS_FILE")
+    config, topics, observer, printer = virtual_setup
+    frames = Frames(broker, topics, None, "no-operators")
+    with MonitorService(config, printers={topics.printer: printer}).start():
+        frames.send(0)
+        observer.wait_layer(0)
+        paused = _cli("control", "pause", "--printer", topics.printer, "--broker", broker.url, "--wait", "20")
+    frames.close()
+    assert paused.returncode == 1 and "no operator credentials are configured on the monitor" in paused.stderr
+    assert printer.status().state == PrinterState.PRINTING
+    nameless = _cli("control", "pause", "--printer", topics.printer, "--broker", broker.url, "--credential-file", "/x")
+    assert nameless.returncode == 2 and nameless.stderr.count("\n") == 1 and "credential file /x" in nameless.stderr
