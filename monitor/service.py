@@ -136,8 +136,9 @@ class PrinterMonitor:
         if meta.printer != self.printer_id:
             raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {self.printer_id!r}'s topic", "printer")
         try:
-            image = decode_image(data, topic)
-            part_ids = decode_image(part_data, topic) if part_data else None
+            limit = self.service.config.monitor.max_frame_pixels
+            image = decode_image(data, topic, max_pixels=limit, expect=(meta.width, meta.height))
+            part_ids = decode_image(part_data, topic, max_pixels=limit) if part_data else None
         except PayloadError as err:
             self.counters["bad_frames"] += 1
             self._emit_event("error", "frame_undecodable", f"layer {meta.layer}: {err}; layer not judged", meta.layer)

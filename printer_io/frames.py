@@ -14,7 +14,7 @@ import numpy as np
 from printer_io.errors import CaptureError, PayloadError
 from printer_io.messages import FrameQuality
 
-__all__ = ["QualityChecker", "QualityLimits", "decode_image", "encode_image"]
+__all__ = ["QualityChecker", "QualityLimits", "decode_image", "encode_image", "image_size"]
 
 Encoding = Literal["png", "jpeg"]
 
@@ -36,12 +36,68 @@ def encode_image(image: np.ndarray, encoding: Encoding = "png", jpeg_quality: in
     return bytes(buf.tobytes())
 
 
-def decode_image(data: bytes, topic: str = "") -> np.ndarray:
-    """Decode PNG/JPEG bytes, keeping 16-bit depth; raises PayloadError for bytes that are no image."""
+_PNG = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...): not DHT (C4), JPG (C8) or DAC (CC)
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's start-of-frame header, without decoding; None when the
+    bytes are neither (or the header is cut short)."""
+    if data[:8] == _PNG and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _SOF:
+            if i + 9 > len(data):
+                return None
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        if marker == 0xDA or length < 2:  # image data before any frame header
+            return None
+        i += 2 + length
+    return None
+
+
+def decode_image(
+    data: bytes, topic: str = "", max_pixels: int | None = None, expect: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode PNG/JPEG bytes, keeping 16-bit depth; raises PayloadError for bytes that are no image.
+
+    The size is read from the header first and checked against ``max_pixels`` (and the ``expect``-ed
+    (width, height) the metadata declared) before anything is decoded or allocated: a 2 MB PNG can declare
+    20000x20000 16-bit colour, 2.4 GB once decoded."""
+    where = f"{topic}: " if topic else ""
+    size = image_size(data)
+    if size is None:
+        raise PayloadError(f"{where}frame bytes ({len(data)} B) are not a PNG or JPEG image", "image")
+    w, h = size
+    if w == 0 or h == 0:
+        raise PayloadError(f"{where}frame header declares an empty {w}x{h} image", "image")
+    if max_pixels is not None and w * h > max_pixels:
+        raise PayloadError(
+            f"{where}frame header declares {w}x{h} = {w * h / 1e6:.1f} Mpx, over the limit of "
+            f"{max_pixels / 1e6:.1f} Mpx ([monitor] max_frame_pixels); not decoded",
+            "pixels",
+        )
+    if expect is not None and (w, h) != expect:
+        raise PayloadError(
+            f"{where}frame header declares {w}x{h}, its metadata {expect[0]}x{expect[1]}; not decoded", "image"
+        )
     arr = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED) if arr.size else None
     if image is None:
-        where = f"{topic}: " if topic else ""
         raise PayloadError(f"{where}frame bytes ({len(data)} B) do not decode as PNG or JPEG", "image")
     if image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gcode import make_gcode
+from hostile import bomb_png
 from peers import Mosquitto, OctoPrint, require
 
 from monitor.config import Config, MonitorSection, PrinterSection, SecuritySection
@@ -286,6 +287,10 @@ def test_bad_frames_are_refused_and_the_service_goes_on(
         meta_only = frames.payload(2)
         header_len = int.from_bytes(meta_only[4:8], "big")
         frames.raw(meta_only[: 8 + header_len] + b"not an image at all")  # undecodable image bytes
+        bomb = FrameMeta.from_json(meta_only[8 : 8 + header_len], "t").model_copy(
+            update={"width": 20_000, "height": 20_000, "channels": 3, "bit_depth": 16}
+        )
+        frames.raw(encode_frame(bomb, bomb_png()))  # 2.4 GB once decoded: refused from its header
         frames.raw(frames.payload(2, image=np.zeros((256, 256), np.uint8)))  # another size mid-build
         frames.send(2, 4, 3)  # out of order: 3 after 4
         frames.raw(frames.payload(0, job="next-job"))  # a new build starts
@@ -297,7 +302,7 @@ def test_bad_frames_are_refused_and_the_service_goes_on(
             time.sleep(0.1)
         rejected = dict(service.monitors[topics.printer].link.rejected)
     frames.close()
-    assert rejected == {"image": 1, "size": 1, "ended": 1}
+    assert rejected == {"image": 1, "pixels": 1, "size": 1, "ended": 1}
     first = config.monitor.out_dir / topics.printer / "bad-input-job.h5"
     with RecordReader(first) as r:
         assert list(r.stored_layers()) == [0, 1, 2, 3, 4]
