@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -27,12 +28,28 @@ from printer_io.errors import PauseNotConfirmed, PrinterError, UnsupportedOperat
 from printer_io.messages import ActionMessage, ActionState
 from printer_io.printer import Printer, PrinterState
 
-__all__ = ["Controller", "ControllerLimits", "Incident"]
+__all__ = ["Controller", "ControllerLimits", "Incident", "bounded_id", "job_key"]
 
 log = logging.getLogger(__name__)
 
 EmitAction = Callable[[ActionMessage], None]
 EmitEvent = Callable[[str, str, str, int], None]  # level, code, message, layer
+
+
+def job_key(job_id: str) -> str:
+    """The job as it starts request and incident ids: itself when short, else its start and a hash of it.
+    A real file name plus OctoPrint's suffix runs past 100 characters, and ids are at most 128 (issue 13 F9)."""
+    if len(job_id) <= 48:
+        return job_id
+    return f"{job_id[:32]}~{hashlib.sha256(job_id.encode()).hexdigest()[:12]}"
+
+
+def bounded_id(*parts: object, limit: int = 128) -> str:
+    """``parts`` joined by ``:``, cut with a hash of the whole where longer than ``limit`` (ids stay unique)."""
+    joined = ":".join(str(p) for p in parts)
+    if len(joined) <= limit:
+        return joined
+    return f"{joined[: limit - 17]}~{hashlib.sha256(joined.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
@@ -175,7 +192,8 @@ class Controller:
         st = self._state
         inc = st.incidents.get(hit.key)
         if inc is None:
-            inc = Incident(f"{self.job_id}:{hit.key}:{hit.layer}", hit.key, hit.rule.name, hit.part_id, hit.layer)
+            incident = bounded_id(job_key(self.job_id), hit.key, hit.layer)
+            inc = Incident(incident, hit.key, hit.rule.name, hit.part_id, hit.layer)
             st.incidents[hit.key] = inc
             if hit.rule.severity != Severity.INFO:
                 self.emit_event(hit.rule.severity.value, "incident", f"{hit.describe()} [incident {inc.id}]", hit.layer)
@@ -201,7 +219,7 @@ class Controller:
             printer=self.printer_id,
             action=action,  # type: ignore[arg-type]
             state=state,
-            request_id=f"{self.job_id}:{hit.layer}:{hit.key}:{action}",
+            request_id=bounded_id(job_key(self.job_id), hit.layer, hit.key, action),
             job_id=self.job_id,
             layer=hit.layer,
             reason=hit.describe(),

@@ -10,6 +10,7 @@ stored layer is lost. A redelivered layer is recognised and not acted on twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -24,7 +25,7 @@ import numpy as np
 
 from monitor import __version__
 from monitor.config import Config
-from monitor.controller import Controller, ControllerLimits
+from monitor.controller import Controller, ControllerLimits, job_key
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
@@ -57,6 +58,7 @@ _SEVERITY_ORDER = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
 #: Per-frame figures stored beside the mask metrics (not usable in rules: they judge the frame, not the layer).
 FRAME_METRICS = ("ood_score",)
 _MAX_ROI_POINTS = 64
+_REPRINT_LAYERS = 2  # a closed job's record that holds one of its first layers again: the job is printed again
 # requests only a verified operator may make (printer_io.credentials)
 _REFUSAL_EVERY_S = 10.0
 _OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_object", "feedback", "roi"})
@@ -65,8 +67,26 @@ _STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its jo
 _ENDED_STATES = frozenset({PrinterState.IDLE, PrinterState.FINISHED, PrinterState.CANCELLED, PrinterState.ERROR})
 
 
-def _safe_name(job_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", job_id)[:120] or "job"
+_PLAIN_JOB = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+_HASHED_STEM = re.compile(r".*-[0-9a-f]{10}")
+
+
+def record_stem(job_id: str) -> str:
+    """The file name (without ``.h5``) of a job's record, one job to one name (issue 13 F8).
+
+    A plain job id is its own name. Any other (characters a file name must not hold, long, or ending like
+    our temporary and crashed files, or like a hashed name) becomes its safe characters plus a hash of the
+    whole id: "a/b" and "a_b" no longer share a record, and job "victim.creating" no longer names the
+    temporary file of job "victim". A reprint of a job adds ``~2``, ``~3``... (no job id holds ``~``)."""
+    if (
+        _PLAIN_JOB.fullmatch(job_id)
+        and not _HASHED_STEM.fullmatch(job_id)
+        and not job_id.endswith((".creating", ".crashed", ".h5"))
+        and job_id not in (".", "..")
+    ):
+        return job_id
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", job_id)[:80].strip(".") or "job"
+    return f"{safe}-{hashlib.sha256(job_id.encode()).hexdigest()[:10]}"
 
 
 @dataclass
@@ -190,7 +210,7 @@ class PrinterMonitor:
             raise PayloadError("feedback without a verdict (false_alarm or confirmed_defect)", "field")
         with self.lock:
             build = self.build
-            if build is not None and msg.incident.startswith(f"{build.job_id}:"):
+            if build is not None and msg.incident.startswith(f"{job_key(build.job_id)}:"):
                 if not any(a["incident"] == msg.incident for a in build.record.table("actions")):
                     raise PayloadError(f"build {build.job_id} has no incident {msg.incident!r}", "incident")
                 build.record.add_feedback(msg.incident, msg.verdict, msg.operator, msg.reason, at=msg.time)
@@ -201,7 +221,7 @@ class PrinterMonitor:
                 try:
                     with RecordReader(path) as reader:
                         job = str(reader.attrs.get("layerwatch/job_id", ""))
-                        if not msg.incident.startswith(f"{job}:"):
+                        if not msg.incident.startswith(f"{job_key(job)}:"):
                             continue
                         known = any(a["incident"] == msg.incident for a in reader.table("actions"))
                         state = reader.state
@@ -545,10 +565,34 @@ class PrinterMonitor:
             log.debug("%s: printer status unavailable: %s", self.printer_id, err)
             return None
 
+    def _record_path(self, job_id: str, layer: int) -> tuple[Path, bool]:
+        """Where ``job_id``'s frames go, and whether it is printed again. The job's newest record is continued
+        (a monitor restarted mid-build, a late layer), unless it is closed and already holds this layer
+        among the first ones: the same file printed again, which gets a record of its own."""
+        folder = self.service.config.monitor.out_dir / self.printer_id
+        stem = record_stem(job_id)
+        newest: Path | None = None
+        for n in range(1, 10_000):
+            path = folder / (f"{stem}.h5" if n == 1 else f"{stem}~{n}.h5")
+            if not path.exists():
+                break
+            newest = path
+        if newest is None:
+            return path, False
+        try:
+            with RecordReader(newest) as r:
+                rows = r.layers()
+                again = r.state != "writing" and layer <= _REPRINT_LAYERS and layer < len(rows)
+                again = again and bool(rows[layer]["stored"])
+        except RecordError:
+            return newest, False  # opening it for writing says what is wrong with it
+        return (path, True) if again else (newest, False)
+
     def _build_for(self, meta: FrameMeta, frame: np.ndarray) -> Build | None:
         if self.build is not None and self.build.job_id == meta.job_id:
             return self.build
-        if meta.job_id in self.ended:
+        path, again = self._record_path(meta.job_id, meta.layer)
+        if meta.job_id in self.ended and not again:
             self._emit_event(
                 "error",
                 "build_ended",
@@ -556,8 +600,8 @@ class PrinterMonitor:
                 meta.layer,
             )
             raise PayloadError(f"layer {meta.layer} of ended build {meta.job_id}", "ended")
+        self.ended.discard(meta.job_id)
         self.close_build("closed")
-        path = self.service.config.monitor.out_dir / self.printer_id / f"{_safe_name(meta.job_id)}.h5"
         h, w = frame.shape[:2]
         dtype = "uint16" if frame.dtype == np.uint16 else "uint8"
         resumed = path.exists()

@@ -724,3 +724,53 @@ def test_a_monitor_without_operators_carries_out_no_remote_request(
     assert printer.status().state == PrinterState.PRINTING
     nameless = _cli("control", "pause", "--printer", topics.printer, "--broker", broker.url, "--credential-file", "/x")
     assert nameless.returncode == 2 and nameless.stderr.count("\n") == 1 and "credential file /x" in nameless.stderr
+
+
+def _stored(path: Path) -> tuple[str, list[int]]:
+    with RecordReader(path) as r:
+        return str(r.attrs["layerwatch/job_id"]), [int(k) for k in r.stored_layers()]
+
+
+def test_job_ids_never_share_or_delete_each_others_records_and_a_reprint_gets_its_own(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    """Issue 13 F8: 'a/b' and 'a_b' shared a record; job 'victim' deleted the record of 'victim.creating'; the
+    same file printed again was judged on 0 of its layers."""
+    config, topics, observer, printer = virtual_setup
+    frames = Frames(broker, topics, None, "x")
+    jobs = ["victim.creating", "victim", "a/b", "a_b", "part.gcode", "../escape", "part.gcode"]
+    with MonitorService(config, printers={topics.printer: printer}).start():
+        for n, job in enumerate(jobs):
+            for layer in (0, 1):
+                frames.raw(frames.payload(layer, job=job))
+            deadline = time.monotonic() + 30
+            while len(observer.results) < 2 * (n + 1) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    frames.close()
+    assert [r.judged for r in observer.results] == [True] * 2 * len(jobs)  # every layer judged, the reprint too
+    folder = config.monitor.out_dir / topics.printer
+    records = {p.name: _stored(p) for p in folder.glob("*.h5")}
+    assert sorted(job for job, _ in records.values()) == sorted(jobs)
+    assert all(layers == [0, 1] for _, layers in records.values())
+    assert records["victim.h5"][0] == "victim" and records["part.gcode~2.h5"][0] == "part.gcode"
+    assert all(p.parent == folder for p in folder.rglob("*.h5"))  # nothing written outside the printer's folder
+
+
+def test_a_job_id_as_long_as_a_real_file_name_still_pauses(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    """Issue 13 F9: a job id over 105 characters made every action fail (ids over 128): no pause."""
+    from monitor.config import PolicySection
+    from monitor.policy import Rule
+
+    config, topics, observer, printer = virtual_setup
+    stop = Rule(name="any-part", metric="part_count", above=0, severity="critical", actions=({"type": "pause"},))  # type: ignore[arg-type]
+    config = config.model_copy(update={"policy": PolicySection(rules=(stop,))})
+    job = "bracket_" + "x" * 180 + "_0.2mm_PETG_MK3S_1h2m.gcode_1796110000"
+    frames = Frames(broker, topics, None, job)
+    with MonitorService(config, printers={topics.printer: printer}).start():
+        frames.send(0)
+        pause = observer.wait_action("pause", "confirmed")
+    frames.close()
+    assert printer.status().state == PrinterState.PAUSED
+    assert len(pause.request_id) <= 128 and pause.job_id == job and pause.incident.startswith(job[:32])
