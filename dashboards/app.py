@@ -137,7 +137,29 @@ class Records:
         for path in list(self._readers):
             self.drop(path)
 
+    def allowed(self, path: str | Path) -> Path:
+        """``path`` if it is one of the records this dashboard lists (``--record``, or a file under
+        ``--records``), else RecordError: the browser chooses from the server's list, it never names a file
+        (issue 13 F10: any path the browser sent was opened)."""
+        chosen = Path(path)
+        if self.opts.record is not None:
+            ok = chosen == self.opts.record
+        else:
+            root = self.opts.records
+            ok = (
+                root is not None
+                and chosen.suffix == ".h5"
+                and not chosen.name.endswith((".creating.h5", ".crashed.h5"))
+                and chosen.resolve().is_relative_to(root.resolve())
+                and chosen.is_relative_to(root)
+                and chosen.is_file()
+            )
+        if not ok:
+            raise RecordError(f"{str(path)[:200]!r} is not a record of this dashboard")
+        return chosen
+
     def reader(self, path: Path) -> RecordReader:
+        path = self.allowed(path)
         with self._lock:
             r = self._readers.get(path)
             if r is None:
@@ -184,6 +206,48 @@ def overlay_png(
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
+MAX_REQUEST_BYTES = 1 << 20
+
+
+def _guard(server: Any, known: Any) -> None:
+    """Before Dash sees a request: the operator's login where there are operators (401 first, whatever the
+    body), then the shape of a callback request (400 in one line); a failure inside a callback is one log
+    line and a 500 without a traceback (issue 13 F11: malformed POSTs gave 500 and tracebacks before login)."""
+    from flask import Response, request
+    from werkzeug.exceptions import HTTPException
+
+    server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+
+    def check() -> Response | None:
+        if known is not None:
+            auth = request.authorization
+            if auth is None or not known(auth.username or "", auth.password or ""):
+                return Response(
+                    "Login Required", 401, {"WWW-Authenticate": 'Basic realm="LayerWatch"'}, mimetype="text/plain"
+                )
+        if request.method == "POST" and request.path.endswith("_dash-update-component"):
+            body = request.get_json(silent=True)
+            inputs = body.get("inputs") if isinstance(body, dict) else None
+            if (
+                not isinstance(body, dict)
+                or not isinstance(body.get("output"), str)
+                or not isinstance(inputs, list)
+                or not all(isinstance(i, dict) and "id" in i and "property" in i for i in inputs)
+                or not isinstance(body.get("state", []), list)
+            ):
+                return Response("malformed callback request\n", 400, mimetype="text/plain")
+        return None
+
+    server.before_request_funcs.setdefault(None, []).insert(0, check)
+
+    @server.errorhandler(Exception)
+    def failed(err: Exception) -> Any:
+        if isinstance(err, HTTPException):
+            return err
+        log.warning("dashboard: %s %s failed: %s: %s", request.method, request.path, type(err).__name__, err)
+        return Response("the request failed\n", 500, mimetype="text/plain")
+
+
 def close_app(app: Any) -> None:
     """Release what :func:`create_app` opened: its MQTT links and record readers."""
     for key in ("LAYERWATCH_CONTROL_LINK", "LAYERWATCH_SERVICE_STATUS", "LAYERWATCH_RECORDS"):
@@ -214,6 +278,7 @@ def create_app(opts: DashboardOptions) -> Any:
         # dash-auth keeps the user in Flask's session: without a key it warns on every request
         app.server.secret_key = secrets.token_hex(32)
         BasicAuth(app, auth_func=known)
+    _guard(app.server, known if operators else None)
     link = ControlLink(opts.broker) if can_control and opts.broker else None
     app.server.config["LAYERWATCH_CONTROL_LINK"] = link
     services = ServiceStatus(opts.broker).start() if opts.broker else None
@@ -415,8 +480,8 @@ def create_app(opts: DashboardOptions) -> Any:
 
         shown = {"height": "480px", "display": "block"}
         try:
-            return figure_3d(analyze(Path(path))), shown
-        except (ReportError, OSError, KeyError, RuntimeError) as err:
+            return figure_3d(analyze(records.allowed(path))), shown
+        except (ReportError, RecordError, OSError, KeyError, RuntimeError) as err:
             return {"data": [], "layout": {"title": {"text": f"no 3D view: {err}"}}}, shown
 
     @app.callback(

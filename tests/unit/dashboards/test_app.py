@@ -67,3 +67,68 @@ def test_a_reader_that_failed_is_reopened_on_the_next_request(tmp_path: Path) ->
     records.drop(path)  # what every callback does after a read error
     second = records.reader(path)
     assert second is not first and second.state == "closed"
+
+
+def test_only_the_records_the_dashboard_lists_are_ever_opened(tmp_path: Path) -> None:
+    """Issue 13 F10: the callbacks opened any path the browser sent (a record outside --records, system files)."""
+    import pytest
+
+    from dashboards.app import DashboardOptions, Records
+    from monitor.record import BuildRecord, RecordError, RecordSpec
+
+    spec = RecordSpec(
+        printer="p", job_id="j", height=8, width=8, dtype="uint8", mm_per_px=0.1, layer_thickness_mm=0.04,
+        class_names=("powder", "part", "porosity", "spatter", "warping"), metric_names=("m",),
+        part_metric_names=(), config={}, policy={"rules": []}, model={"id": "m"}, software_version="t",
+    )  # fmt: skip
+    root, outside = tmp_path / "records", tmp_path / "elsewhere"
+    (root / "p").mkdir(parents=True)
+    outside.mkdir()
+    BuildRecord.create(root / "p" / "ok.h5", spec).close()
+    BuildRecord.create(outside / "secret.h5", spec).close()
+    (root / "p" / "link.h5").symlink_to(outside / "secret.h5")
+    records = Records(DashboardOptions(records=root))
+    assert records.reader(root / "p" / "ok.h5").state == "closed"
+    for path in [
+        outside / "secret.h5",
+        root / "p" / ".." / ".." / "elsewhere" / "secret.h5",
+        root / "p" / "link.h5",
+        Path("/etc/passwd"),
+        root / "p" / "missing.h5",
+    ]:
+        with pytest.raises(RecordError, match="is not a record of this dashboard"):
+            records.reader(path)
+    assert records.actions(str(outside / "secret.h5")) == []
+    single = Records(DashboardOptions(record=root / "p" / "ok.h5"))
+    with pytest.raises(RecordError):
+        single.reader(outside / "secret.h5")
+
+
+def test_requests_are_authenticated_then_checked_before_dash_parses_them(tmp_path: Path, caplog: Any) -> None:
+    """Issue 13 F11: malformed POSTs got 500 and a traceback before authentication."""
+    import base64
+    import logging
+
+    from dashboards.app import DashboardOptions, close_app, create_app
+
+    secret = "s" * 32
+    login = {"Authorization": "Basic " + base64.b64encode(f"ana:{secret}".encode()).decode()}
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"ana:guess").decode()}
+    bodies = [b"{", b"[]", b'{"output": 1}', b"\xff\xfe", b'{"output": "a.b", "inputs": "x"}', b"{}"]
+    guarded = create_app(DashboardOptions(records=tmp_path, operators={"ana": secret}))
+    readonly = create_app(DashboardOptions(records=tmp_path))
+    url = "/_dash-update-component"
+    with caplog.at_level(logging.INFO):
+        for body in bodies:
+            for headers in ({}, wrong):
+                answer = guarded.server.test_client().post(url, data=body, headers=headers)
+                assert answer.status_code == 401, body
+            assert guarded.server.test_client().post(url, data=body, headers=login).status_code == 400, body
+            assert readonly.server.test_client().post(url, data=body).status_code == 400, body
+        assert guarded.server.test_client().get("/_dash-layout").status_code == 401
+        assert guarded.server.test_client().get("/_dash-layout", headers=login).status_code == 200
+        huge = readonly.server.test_client().post(url, data=b"[" * (2 << 20), content_type="application/json")
+        assert huge.status_code == 413
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    close_app(guarded)
+    close_app(readonly)
