@@ -61,6 +61,7 @@ _MAX_ROI_POINTS = 64
 _REPRINT_LAYERS = 2  # a closed job's record that holds one of its first layers again: the job is printed again
 # requests only a verified operator may make (printer_io.credentials)
 _REFUSAL_EVERY_S = 10.0
+_REFUSED_INPUT = frozenset({"frame_undecodable", "frame_size", "part_ids_size", "build_ended", "frames_dropped"})
 _OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_object", "feedback", "roi"})
 _STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its job is still on
 # printer states that end a job this monitor saw printing
@@ -147,6 +148,8 @@ class PrinterMonitor:
         }  # fmt: skip
         self._operator_requests: set[str] = set()
         self._refusal_said = -1e9
+        self._dropped_seen = 0
+        self._said: dict[str, tuple[float, int]] = {}
 
     # ---- messages in ------------------------------------------------------------------------------
     def on_frame(self, topic: str, payload: bytes) -> None:
@@ -155,6 +158,16 @@ class PrinterMonitor:
         meta, data, part_data = split_frame(payload, topic)
         if meta.printer != self.printer_id:
             raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {self.printer_id!r}'s topic", "printer")
+        dropped = self.link.rejected["dropped"]
+        if dropped > self._dropped_seen:
+            self._emit_event(
+                "warning",
+                "frames_dropped",
+                f"{dropped - self._dropped_seen} frame(s) dropped before layer {meta.layer}: frames came faster than "
+                "the monitor judges them; the oldest were dropped, the newest kept",
+                meta.layer,
+            )
+            self._dropped_seen = dropped
         try:
             limit = self.service.config.monitor.max_frame_pixels
             image = decode_image(data, topic, max_pixels=limit, expect=(meta.width, meta.height))
@@ -315,7 +328,7 @@ class PrinterMonitor:
             if not isinstance(points, list) or len(points) > _MAX_ROI_POINTS:
                 raise ValueError(f"at most {_MAX_ROI_POINTS} [x, y] points")
             roi = Roi.from_points(points, "confirmed")
-        except (ValueError, TypeError, IndexError) as err:
+        except (ValueError, TypeError, IndexError, RecursionError) as err:
             raise PayloadError(
                 f"{topic}: roi detail is not a polygon of [x, y] camera pixels ({err})", "field"
             ) from err
@@ -728,6 +741,17 @@ class PrinterMonitor:
         self._publish(self.link.topics.action, msg.to_json())
 
     def _emit_event(self, level: str, code: str, message: str, layer: int) -> None:
+        if code in _REFUSED_INPUT:
+            # refused input is said once per interval per kind, with how many were not said: a flood of bad
+            # messages must not flood the record, the log and the event topic
+            now = time.monotonic()
+            said, held = self._said.get(code, (-1e9, 0))
+            if now - said < _REFUSAL_EVERY_S:
+                self._said[code] = (said, held + 1)
+                return
+            self._said[code] = (now, 0)
+            if held:
+                message = f"{message} ({held} more of these since the last said)"
         with self.lock:
             if self.build is not None:
                 self.build.record.add_event(layer, level, code, message)

@@ -65,6 +65,10 @@ class Message(BaseModel):
             data = json.loads(payload)
         except (UnicodeDecodeError, ValueError) as err:
             raise PayloadError(f"{where}payload is not JSON ({err}); expected a {cls.SCHEMA} object", "json") from err
+        except RecursionError:
+            raise PayloadError(
+                f"{where}payload is JSON nested too deeply; expected a {cls.SCHEMA} object", "json"
+            ) from None
         return cls.from_dict(data, topic)
 
     @classmethod

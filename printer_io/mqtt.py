@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import ssl
 import threading
+import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +53,19 @@ Handler = Callable[[str, bytes], None]
 _AUTH_CODES = {134: "bad user name or password", 135: "not authorized", 133: "client identifier not valid"}
 
 
+_TRIM_AFTER_BYTES = 32 * 1024 * 1024
+
+
+def _return_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it after a burst of large frames)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _subscription_id(topic_filter: str) -> int:
     """A stable MQTT 5 subscription identifier (1 .. 268435455) for a topic filter."""
     return zlib.crc32(topic_filter.encode()) % 268_435_455 + 1
@@ -76,6 +89,9 @@ class MqttConfig(BaseModel):
     reconnect_min_s: int = Field(default=1, ge=1, le=60)
     reconnect_max_s: int = Field(default=30, ge=1, le=3600)
     max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    # received messages waiting for their handler, per link (one link per printer in the monitor): over this,
+    # the oldest frames are dropped (counted, logged), never the newest (issue 13 F7)
+    max_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024 * 1024 * 1024)
 
     def endpoint(self) -> tuple[str, int, bool]:
         """``(host, port, tls)`` from the URL; ConfigError names the bad value."""
@@ -128,7 +144,12 @@ class MqttLink:
         self.rejected: Counter[str] = Counter()
         self.handled = 0
         self._handlers: list[tuple[str, Handler]] = []
-        self._queue: queue.Queue[paho.MQTTMessage | None] = queue.Queue()
+        self._pending: deque[paho.MQTTMessage] = deque()
+        self._pending_bytes = 0
+        self._peak_bytes = 0
+        self._closing = False
+        self._cond = threading.Condition()
+        self._dropped_said = -1e9
         self._client: paho.Client | None = None
         self._worker: threading.Thread | None = None
         self._connected = threading.Event()
@@ -215,9 +236,12 @@ class MqttLink:
             client.disconnect()
             client.loop_stop()
         if self._worker is not None:
-            self._queue.put(None)
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
             self._worker.join(timeout=10)
             self._worker = None
+            self._closing = False
         self._connected.clear()
 
     def __enter__(self) -> MqttLink:
@@ -294,7 +318,37 @@ class MqttLink:
         self._set_state("unreachable", f"MQTT broker {self._where()} unreachable; retrying with backoff")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._queue.put(message)
+        dropped: list[paho.MQTTMessage] = []
+        with self._cond:
+            self._pending.append(message)
+            self._pending_bytes += len(message.payload)
+            self._peak_bytes = max(self._peak_bytes, self._pending_bytes)
+            # over the bound: the oldest frames go first; the message just received (the newest) always stays
+            while self._pending_bytes > self.config.max_queue_bytes and len(self._pending) > 1:
+                old = next((m for m in list(self._pending)[:-1] if m.topic.endswith("/image")), None)
+                if old is None:
+                    break  # only small control messages wait: keep them all
+                self._pending.remove(old)
+                self._pending_bytes -= len(old.payload)
+                dropped.append(old)
+            self._cond.notify()
+        for old in dropped:
+            self.rejected["dropped"] += 1
+            if old.qos > 0:
+                client.ack(old.mid, old.qos)
+        if dropped and time.monotonic() - self._dropped_said > 10:
+            self._dropped_said = time.monotonic()
+            log.warning(
+                "%s: frames come faster than they are handled: %d dropped so far, the oldest first (queue over %d MB; "
+                "[mqtt] max_queue_bytes)",
+                self.service,
+                self.rejected["dropped"],
+                self.config.max_queue_bytes >> 20,
+            )
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._pending_bytes
 
     def _set_state(self, state: str, text: str) -> None:
         with self._lock:
@@ -308,9 +362,18 @@ class MqttLink:
     # ---- worker -----------------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            message = self._queue.get()
-            if message is None:
-                return
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                message = self._pending.popleft()
+                self._pending_bytes -= len(message.payload)
+                drained = not self._pending and self._peak_bytes > _TRIM_AFTER_BYTES
+                if drained:
+                    self._peak_bytes = 0
+            if drained:
+                _return_memory()  # a burst is over: give its buffers back to the system
             try:
                 self._dispatch(message.topic, bytes(message.payload), self._subscription_ids(message))
             finally:

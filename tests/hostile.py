@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 
 
 def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
@@ -15,3 +16,69 @@ def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
 
     idat = zlib.compress(b"\0" * 1_000_000, 9)  # the start of its zero rows
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def malformed_messages(count: int, printer: str, job: str, seed: int = 0) -> Iterator[tuple[str, bytes]]:
+    """``count`` (topic suffix, payload) pairs that are each wrong in one way a careless or hostile client gets
+    wrong: random bytes, broken envelopes and JSON, fields out of range, images that are no images or lie about
+    their size, unsigned control requests. Each must be refused, and none may disturb the build ``job`` of
+    ``printer`` being monitored. (Well-formed messages of *another* job are issue 13 F3/F5, not made here.)"""
+    import json
+    import random
+
+    from printer_io.messages import FRAME_MAGIC
+
+    rng = random.Random(seed)
+    meta = {
+        "schema": "layerwatch.frame/1", "printer": printer, "job_id": job, "layer": 0, "z_mm": 0.04,
+        "captured_at": 1.0, "encoding": "png", "width": 64, "height": 64, "channels": 1, "bit_depth": 8,
+    }  # fmt: skip
+
+    def envelope(header: bytes, body: bytes) -> bytes:
+        return FRAME_MAGIC + struct.pack(">I", len(header)) + header + body
+
+    def frame(body: bytes, **change: object) -> bytes:
+        return envelope(json.dumps({**meta, **change}).encode(), body)
+
+    def event(**fields: object) -> bytes:
+        return json.dumps({"schema": "layerwatch.layer/1", "printer": printer, "z_mm": 0.1, **fields}).encode()
+
+    def action(kind: str, rid: str, **fields: object) -> bytes:
+        body = {"schema": "layerwatch.action/1", "printer": printer, "action": kind, "state": "requested"}
+        return json.dumps({**body, "request_id": rid, **fields}).encode()
+
+    def junk(n: int) -> bytes:
+        return bytes(rng.getrandbits(8) for _ in range(n))
+
+    png_head = b"\x89PNG\r\n\x1a\n"
+    makers = [
+        lambda: ("image", junk(rng.randint(0, 600))),
+        lambda: ("image", FRAME_MAGIC + struct.pack(">I", rng.randint(0, 2**32 - 1)) + junk(40)),
+        lambda: ("image", envelope(junk(rng.randint(1, 80)), junk(50))),
+        lambda: ("image", envelope(b'{"schema": "layerwatch.frame/1"}', junk(20))),
+        lambda: ("image", frame(junk(rng.randint(1, 300)))),  # no image at all
+        lambda: ("image", frame(png_head + junk(30))),  # a PNG cut after its signature
+        lambda: ("image", frame(bomb_png(), width=20_000, height=20_000, channels=3, bit_depth=16)),
+        lambda: ("image", frame(bomb_png(64, 64), width=32)),  # its header and its metadata disagree
+        lambda: ("image", frame(b"\xff\xd8\xff\xc0\x00\x11\x08" + junk(40))),  # a JPEG cut in its frame header
+        lambda: ("image", frame(junk(10), layer=-rng.randint(1, 9))),
+        lambda: ("image", frame(junk(10), width=0)),
+        lambda: ("image", frame(junk(10), printer="someone-else")),
+        lambda: ("image", frame(junk(10), job_id="x" * 300)),
+        lambda: ("image", frame(junk(10), encoding="gif")),
+        lambda: ("image", frame(b"", part_ids_bytes=5)),
+        lambda: ("image", frame(junk(10), part_ids_bytes=10**9)),
+        lambda: ("image", envelope(b"[" * 5000 + b"]" * 5000, b"x")),  # deep JSON
+        lambda: ("layer", junk(rng.randint(0, 300))),
+        lambda: ("layer", b'{"schema": "layerwatch.layer/1", "printer": "' + printer.encode() + b'", "layer": 1e400}'),
+        lambda: ("layer", event(job_id=job, layer=-1)),
+        lambda: ("layer", event(job_id="", layer=1)),
+        lambda: ("layer", event(job_id=job, layer=1, z_mm="high", outcome="exploded")),
+        lambda: ("action", junk(rng.randint(0, 300))),
+        lambda: ("action", action("pause", f"fuzz-{rng.getrandbits(32)}")),  # no operator, no signature
+        lambda: ("action", action("resume", "r", operator="ana", signature="0" * 64)),
+        lambda: ("action", action("feedback", "f", verdict="false_alarm", incident="x" * 5000)),
+        lambda: ("action", action("gcode", "g", gcode=["M112"] * 1000)),
+    ]  # fmt: skip
+    for _ in range(count):
+        yield rng.choice(makers)()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gcode import make_gcode
-from hostile import bomb_png
+from hostile import bomb_png, malformed_messages
 from peers import Mosquitto, OctoPrint, require
 
 from monitor.config import Config, MonitorSection, PrinterSection, SecuritySection
@@ -774,3 +774,36 @@ def test_a_job_id_as_long_as_a_real_file_name_still_pauses(
     frames.close()
     assert printer.status().state == PrinterState.PAUSED
     assert len(pause.request_id) <= 128 and pause.job_id == job and pause.incident.startswith(job[:32])
+
+
+def test_two_thousand_malformed_messages_during_a_build_lose_nothing(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto, ana: Credential
+) -> None:
+    """Issue 13's fuzz run, at test size (bench/fuzz_monitor.py sends 10,000 and measures memory): malformed
+    frames, layer events and control requests between the layers of a real build. Every good layer is stored
+    and judged, nothing crashes a handler, the printer is not moved, the record does not fill with refusals."""
+    config, topics, observer, printer = virtual_setup
+    frames = Frames(broker, topics, None, "fuzzed-job")
+    fuzzer = MqttLink(MqttConfig(url=broker.url), service="fuzzer", topics=topics, ephemeral=True).start()
+    hostile = list(malformed_messages(2000, topics.printer, "fuzzed-job", seed=13))
+    with MonitorService(config, printers={topics.printer: printer}).start() as service:
+        for layer in range(LAYERS):
+            frames.send(layer)
+            for suffix, payload in hostile[layer * 2000 // LAYERS : (layer + 1) * 2000 // LAYERS]:
+                fuzzer.publish(f"{topics.prefix}/{topics.printer}/{suffix}", payload)
+        observer.wait_layer(LAYERS - 1, timeout=120)
+        link = service.monitors[topics.printer].link
+        deadline = time.monotonic() + 60
+        while sum(link.rejected.values()) + link.handled < 2000 + LAYERS and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rejected = dict(link.rejected)
+    fuzzer.close()
+    frames.close()
+    assert rejected.get("handler_error", 0) == 0, rejected
+    assert sum(rejected.values()) >= 1500, rejected  # the rest are refused requests, answered
+    assert sorted(r.layer for r in observer.results) == list(range(LAYERS))
+    assert all(r.judged for r in observer.results) and printer.status().state == PrinterState.PRINTING
+    with RecordReader(_record(config, topics)) as r:
+        assert [int(k) for k in r.stored_layers()] == list(range(LAYERS))
+        assert len(r.table("events")) < 60 and r.table("feedback") == []
+    assert check_record(_record(config, topics)) == []
