@@ -53,6 +53,10 @@ class MonitorSection(_Section):
     # a job that ended (printer state, or an end event on the layer topic) closes its record once no
     # frame has come for this long (the last layer's frame may still be on its way)
     job_end_grace_s: float = Field(default=5.0, ge=0, le=600)
+    # a frame or layer event of another job starts it only once the current build has ended or had no frame for
+    # this long (and for three of its usual layer intervals): one forged message cannot end a live build.
+    # 0: another job starts at once (trusts whoever can publish frames)
+    job_switch_quiet_s: float = Field(default=30.0, ge=0, le=86_400)
     max_frame_pixels: int = Field(default=64_000_000, ge=1024)
     gzip_level: int = Field(default=1, ge=0, le=9)
     # the build plate: propose it from a build's first frame where no [printers.<id>] roi is set

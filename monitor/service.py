@@ -16,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,15 @@ _MAX_ROI_POINTS = 64
 _REPRINT_LAYERS = 2  # a closed job's record that holds one of its first layers again: the job is printed again
 # requests only a verified operator may make (printer_io.credentials)
 _REFUSAL_EVERY_S = 10.0
-_REFUSED_INPUT = frozenset({"frame_undecodable", "frame_size", "part_ids_size", "build_ended", "frames_dropped"})
+_LAYER_STEP = 5  # layers a camera may miss between two frames before the numbering waits for confirmation
+_MAX_LAYER_JUMP = 1000  # a frame further ahead of the build's last layer is refused (the record would grow by it)
+_MAX_FIRST_LAYER = 100_000  # the first frame of a build (a monitor started mid-build) may be at most this layer
+_REFUSED_INPUT = frozenset(
+    {
+        "frame_undecodable", "frame_size", "part_ids_size", "build_ended", "frames_dropped", "other_job_refused",
+        "end_event_refused", "layer_refused",
+    }
+)  # fmt: skip
 _OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_object", "feedback", "roi"})
 _STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its job is still on
 # printer states that end a job this monitor saw printing
@@ -98,6 +107,8 @@ class Build:
     policy: PolicyEngine
     last_layer: int = -1
     last_seen: float = field(default_factory=time.monotonic)
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=10))  # seconds between its recent frames
+    ahead: int | None = None  # a frame far ahead of last_layer, not yet followed by the next
     layers_judged: int = 0
     roi: Roi | None = None  # the build plate; None: the whole frame
     roi_mask: np.ndarray | None = None
@@ -288,15 +299,52 @@ class PrinterMonitor:
         self.controller.operator(request)
 
     def on_layer(self, topic: str, payload: bytes) -> None:
-        """Layer events say when a job ended (an end event, or a layer of another job); frames carry the rest."""
+        """Layer events say when a job ended (an end event, or a layer of another job); frames carry the rest.
+
+        Neither ends a live build on its word alone (issue 13 F3/F5): an end event is not taken while the
+        printer reports that it still prints, and a layer of another job only once the build is quiet."""
         event = LayerEvent.from_json(payload, topic)
         with self.lock:
-            if self.build is None:
+            build = self.build
+            if build is None or build.ended:
                 return
-            if event.end and self.build.job_id == event.job_id:
+            if event.end and build.job_id == event.job_id:
+                state = self._printer_state()
+                if state is not None and state.state in ACTIVE_STATES:
+                    self._emit_event(
+                        "warning",
+                        "end_event_refused",
+                        f"an end event for job {event.job_id} came while printer {self.printer_id} is "
+                        f"{state.state.value}: the build goes on (it ends when the printer stops)",
+                        max(build.last_layer, 0),
+                    )
+                    raise PayloadError(f"{topic}: end of job {event.job_id} while the printer prints", "job")
                 self.job_ended(f"job {event.outcome or 'ended'} after layer {event.layer} ({event.source or 'event'})")
-            elif not event.end and self.build.job_id != event.job_id and event.job_id not in self.ended:
+            elif not event.end and build.job_id != event.job_id and event.job_id not in self.ended:
+                self._other_job(build, event.job_id, event.layer, "layer event")
                 self.job_ended(f"a new job {event.job_id} started")
+
+    def _quiet(self, build: Build) -> bool:
+        """Whether another job may start: the build ended, or had no frame for ``job_switch_quiet_s`` and three
+        of its usual layer intervals."""
+        wait = self.service.config.monitor.job_switch_quiet_s
+        if build.ended or wait == 0:
+            return True
+        typical = float(np.median(build.gaps)) if build.gaps else 0.0
+        return time.monotonic() - build.last_seen >= max(wait, 3 * typical)
+
+    def _other_job(self, build: Build, job_id: str, layer: int, what: str) -> None:
+        """A message of another job while ``build`` is live: refused unless the build is quiet."""
+        if self._quiet(build):
+            return
+        self._emit_event(
+            "warning",
+            "other_job_refused",
+            f"{what} of job {job_id[:80]!r} (layer {layer}) while build {build.job_id} is live: refused; "
+            "another job starts once this one ends or has been quiet for [monitor] job_switch_quiet_s",
+            max(build.last_layer, 0),
+        )
+        raise PayloadError(f"{what} of job {job_id[:80]!r} while build {build.job_id} is live", "job")
 
     def job_ended(self, why: str) -> None:
         """The job is over: its record closes once no frame has come for ``job_end_grace_s``."""
@@ -422,6 +470,16 @@ class PrinterMonitor:
         if build is None:
             return
         layer = meta.layer
+        limit = _MAX_FIRST_LAYER if build.last_layer < 0 else build.last_layer + _MAX_LAYER_JUMP
+        if layer > limit:
+            self._emit_event(
+                "warning",
+                "layer_refused",
+                f"layer {layer} is beyond what build {build.job_id} can have reached (at most layer {limit} now): "
+                "refused, not stored",
+                max(build.last_layer, 0),
+            )
+            raise PayloadError(f"layer {layer} of build {build.job_id} is out of bounds (at most {limit})", "layer")
         if build.record.is_stored(layer):
             self.counters["duplicates"] += 1
             log.info(
@@ -446,6 +504,10 @@ class PrinterMonitor:
             )
             raise PayloadError(f"layer {layer}: frame size changed mid-build", "size")
         late = layer < build.last_layer
+        # the numbering moves on by small steps, or by a bigger one that the next frame confirms: one frame far
+        # ahead must not make every later layer "late", never judged (issue 13 F4)
+        steady = build.last_layer < 0 or layer <= build.last_layer + _LAYER_STEP
+        confirmed = build.ahead is not None and 0 < layer - build.ahead <= _LAYER_STEP
         t0 = time.perf_counter()
         result = self.service.segmenter.segment(gray, roi=build.roi_mask, illumination=build.illum)
         segment_ms = (time.perf_counter() - t0) * 1000
@@ -507,7 +569,18 @@ class PrinterMonitor:
             build.record.add_telemetry(
                 layer, state.state.value, job.z_mm if job and job.z_mm else meta.z_mm, state.feed_pct, state.flow_pct
             )
-        build.last_layer = max(build.last_layer, layer)
+        if steady or confirmed:
+            build.last_layer, build.ahead = max(build.last_layer, layer), None
+        elif not late:
+            build.ahead = layer
+            self._emit_event(
+                "info",
+                "layer_jump",
+                f"layer {layer} follows layer {build.last_layer}: judged; the numbering moves on when the next frame "
+                "follows it",
+                layer,
+            )
+        build.gaps.append(time.monotonic() - build.last_seen)
         build.last_seen = time.monotonic()
         build.layers_judged += int(judged)
         self.counters["layers"] += 1
@@ -604,6 +677,8 @@ class PrinterMonitor:
     def _build_for(self, meta: FrameMeta, frame: np.ndarray) -> Build | None:
         if self.build is not None and self.build.job_id == meta.job_id:
             return self.build
+        if self.build is not None:
+            self._other_job(self.build, meta.job_id, meta.layer, "frame")
         path, again = self._record_path(meta.job_id, meta.layer)
         if meta.job_id in self.ended and not again:
             self._emit_event(

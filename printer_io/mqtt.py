@@ -225,6 +225,18 @@ class MqttLink:
         return self
 
     def close(self, publish_offline: bool = True) -> None:
+        # the worker first: the message it is handling finishes with the link still up (its result is published);
+        # messages still waiting are not acknowledged, so the broker delivers them again to the next session
+        if self._worker is not None:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._worker.join(timeout=10)
+            self._worker = None
+            with self._cond:
+                self._closing = False
+                self._pending.clear()
+                self._pending_bytes = 0
         client, self._client = self._client, None
         if client is not None:
             if publish_offline and not self.ephemeral and self._connected.is_set():
@@ -235,13 +247,6 @@ class MqttLink:
                 info.wait_for_publish(2.0)
             client.disconnect()
             client.loop_stop()
-        if self._worker is not None:
-            with self._cond:
-                self._closing = True
-                self._cond.notify_all()
-            self._worker.join(timeout=10)
-            self._worker = None
-            self._closing = False
         self._connected.clear()
 
     def __enter__(self) -> MqttLink:

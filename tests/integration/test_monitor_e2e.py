@@ -28,7 +28,7 @@ from monitor.record import RecordReader, check_record
 from monitor.service import MonitorService
 from printer_io.credentials import Credential, new_secret, sign
 from printer_io.frames import QualityChecker, encode_image
-from printer_io.messages import ActionMessage, FrameMeta, ResultMessage, encode_frame
+from printer_io.messages import ActionMessage, FrameMeta, LayerEvent, ResultMessage, encode_frame
 from printer_io.mqtt import MqttConfig, MqttLink
 from printer_io.octoprint import OctoPrintPrinter
 from printer_io.printer import PrinterState
@@ -281,6 +281,8 @@ def test_bad_frames_are_refused_and_the_service_goes_on(
     setup: tuple[Config, Topics, Observer], broker: Mosquitto, octo: OctoPrintPrinter
 ) -> None:
     config, topics, observer = setup
+    # jobs switch at once here (the camera is trusted); test_one_message_never_ends_a_live_build has the default
+    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"job_switch_quiet_s": 0})})
     frames = Frames(broker, topics, None, "bad-input-job")
     with MonitorService(config).start() as service:
         frames.send(0, 1)
@@ -566,7 +568,12 @@ def test_operator_commands_wait_for_the_monitors_answer(
     from monitor.policy import Rule
 
     always = Rule(name="always", metric="part_count", above=-1, severity="warning", actions=({"type": "notify"},))  # type: ignore[arg-type]
-    config = config.model_copy(update={"policy": PolicySection(rules=(always,))})
+    config = config.model_copy(
+        update={
+            "policy": PolicySection(rules=(always,)),
+            "monitor": config.monitor.model_copy(update={"job_switch_quiet_s": 0}),
+        }
+    )
     frames = Frames(broker, topics, None, "first-job")
     with MonitorService(config, printers={printer_id: printer}).start():
         frames.send(0, 1)
@@ -737,6 +744,7 @@ def test_job_ids_never_share_or_delete_each_others_records_and_a_reprint_gets_it
     """Issue 13 F8: 'a/b' and 'a_b' shared a record; job 'victim' deleted the record of 'victim.creating'; the
     same file printed again was judged on 0 of its layers."""
     config, topics, observer, printer = virtual_setup
+    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"job_switch_quiet_s": 0})})
     frames = Frames(broker, topics, None, "x")
     jobs = ["victim.creating", "victim", "a/b", "a_b", "part.gcode", "../escape", "part.gcode"]
     with MonitorService(config, printers={topics.printer: printer}).start():
@@ -807,3 +815,44 @@ def test_two_thousand_malformed_messages_during_a_build_lose_nothing(
         assert [int(k) for k in r.stored_layers()] == list(range(LAYERS))
         assert len(r.table("events")) < 60 and r.table("feedback") == []
     assert check_record(_record(config, topics)) == []
+
+
+def test_one_message_never_ends_a_live_build_or_its_judging(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    """Issue 13 F3/F5/F4: a frame or a layer event of another job, or an end event, closed the build being
+    watched and its warp was never paused; one frame numbered 999999 made every later layer "not judged"
+    (200000 here: its z stays within the message's bounds)."""
+    config, topics, observer, printer = virtual_setup
+    frames = Frames(broker, topics, WARP, "watched-job")
+    forger = MqttLink(MqttConfig(url=broker.url), service="forger", topics=topics, ephemeral=True).start()
+
+    def event(job: str, layer: int, end: bool = False) -> bytes:
+        return LayerEvent(printer=topics.printer, job_id=job, layer=layer, z_mm=0.1, end=end).to_json()
+
+    with MonitorService(config, printers={topics.printer: printer}).start() as service:
+        frames.send(0, 1, 2)
+        observer.wait_layer(2)
+        tiny = np.zeros((8, 8), np.uint8)
+        forger.publish(topics.image, frames.payload(0, image=tiny, job="intruder"), wait_s=5)  # F3: 327 bytes
+        forger.publish(topics.layer, event("intruder", 0), wait_s=5)  # F5: another job's layer event
+        forger.publish(topics.layer, event("watched-job", 2, end=True), wait_s=5)  # the end, while it prints
+        clean = frames.build.layer(2).image
+        forger.publish(topics.image, frames.payload(200_000, image=clean), wait_s=5)  # F4: far beyond the build
+        forger.publish(topics.image, frames.payload(60, image=clean), wait_s=5)  # ahead, within bounds: judged
+        frames.send(*range(3, LAYERS))
+        pause = observer.wait_action("pause", "confirmed")
+        rejected = dict(service.monitors[topics.printer].link.rejected)
+    forger.close()
+    frames.close()
+    assert WARP < pause.layer <= WARP + 6 and printer.status().state == PrinterState.PAUSED
+    assert rejected.get("job") == 3 and rejected.get("layer") == 1, rejected
+    assert all(r.judged for r in observer.results if r.layer != 60), "a layer of the build went unjudged"
+    assert {r.job_id for r in observer.results} == {"watched-job"}
+    folder = config.monitor.out_dir / topics.printer
+    assert [p.name for p in folder.glob("*.h5")] == ["watched-job.h5"]
+    with RecordReader(folder / "watched-job.h5") as r:
+        assert len(r.layers()) <= 61  # not grown to the forged layer
+        codes = [e["code"] for e in r.table("events")]
+    assert {"other_job_refused", "end_event_refused", "layer_refused", "layer_jump"} <= set(codes)
+    assert "job_ended" not in codes
