@@ -44,7 +44,7 @@ from printer_io.messages import (
     RuleHitInfo,
     split_frame,
 )
-from printer_io.mqtt import MqttLink
+from printer_io.mqtt import MqttLink, anonymous_allowed
 from printer_io.printer import ACTIVE_STATES, Printer, PrinterState, create_printer
 from printer_io.topics import Topics
 from segmentation.classes import CLASS_NAMES, LayerClass
@@ -943,12 +943,31 @@ class MonitorService:
         except BaseException:
             self.close()
             raise
+        self._warn_if_anonymous()
         self._idle = threading.Thread(target=self._watch, name="monitor-watch", daemon=True)
         self._idle.start()
         log.info(
             "monitor: model %s (%s engine); printers %s", self.model_id, cfg.monitor.engine, ", ".join(self.printer_ids)
         )
         return self
+
+    def _warn_if_anonymous(self) -> None:
+        """Loudly, at start: a broker that lets anyone in lets anyone publish frames and layer events."""
+        mqtt = self.config.mqtt
+        username, _ = mqtt.credentials()
+        if username is None:
+            log.warning(
+                "monitor: SECURITY: connected to %s without a user name: an anonymous broker lets anyone on the "
+                "network publish frames and layer events (control requests still need an operator's signature); "
+                "set [mqtt] username and a password, see docs/security.md",
+                mqtt.url,
+            )
+        elif anonymous_allowed(mqtt):
+            log.warning(
+                "monitor: SECURITY: broker %s also lets in clients without a user name: set allow_anonymous false, "
+                "see docs/security.md",
+                mqtt.url,
+            )
 
     def _make_printer(self, pid: str) -> Printer | None:
         section = self.config.printers.get(pid)

@@ -40,7 +40,7 @@ from printer_io.errors import ConfigError, FrameTooLarge, MqttAuthError, MqttErr
 from printer_io.messages import StatusMessage
 from printer_io.topics import Topics
 
-__all__ = ["PASSWORD_ENV", "USERNAME_ENV", "Handler", "MqttConfig", "MqttLink"]
+__all__ = ["PASSWORD_ENV", "USERNAME_ENV", "Handler", "MqttConfig", "MqttLink", "anonymous_allowed"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class MqttLink:
         client_id: str | None = None,
         version: str = "",
         ephemeral: bool = False,
+        anonymous: bool = False,
     ) -> None:
         """``ephemeral``: a short-lived command (``layerwatch control``, ``feedback``, ``layer-event``): a clean
         session under a unique client id, and no retained status, so it leaves nothing behind at the broker."""
@@ -137,6 +138,7 @@ class MqttLink:
         self.service = service
         self.topics = topics
         self.ephemeral = ephemeral
+        self.anonymous = anonymous  # connect without the configured credentials (anonymous_allowed's probe)
         suffix = f"-{uuid.uuid4().hex[:8]}" if ephemeral else ""
         self.client_id = client_id or f"layerwatch-{service}-{topics.printer}{suffix}"
         self.version = version
@@ -181,7 +183,7 @@ class MqttLink:
             clean_session=None if v5 else self.ephemeral,
             manual_ack=True,
         )
-        username, password = self.config.credentials()
+        username, password = (None, None) if self.anonymous else self.config.credentials()
         if username is not None or password is not None:
             client.username_pw_set(username, password)
         if self.tls or self.config.ca_file:
@@ -480,3 +482,19 @@ class MqttLink:
 
     def stats(self) -> dict[str, int]:
         return {"handled": self.handled, **{f"rejected_{k}": v for k, v in self.rejected.items()}}
+
+
+def anonymous_allowed(config: MqttConfig, timeout_s: float = 5.0) -> bool | None:
+    """Whether the broker lets in a client without a user name; None when it cannot be reached."""
+    probe_config = config.model_copy(update={"connect_timeout_s": timeout_s})
+    probe = MqttLink(
+        probe_config, service="probe", topics=Topics(config.prefix, "probe"), ephemeral=True, anonymous=True
+    )
+    try:
+        probe.start()
+    except MqttAuthError:
+        return False
+    except (MqttError, ConfigError):
+        return None
+    probe.close()
+    return True

@@ -300,3 +300,14 @@ def test_a_burst_of_frames_is_bounded_and_the_newest_always_kept(broker: Mosquit
     assert monitor.rejected["dropped"] >= burst // 2
     assert len(handled) + monitor.rejected["dropped"] == burst  # every frame handled or counted
     assert handled[-1] == burst - 1 and handled == sorted(handled)  # the newest kept, the order too
+
+
+def test_the_anonymous_probe_tells_an_open_broker_from_a_closed_one(broker: Mosquitto) -> None:
+    from peers import free_port
+
+    from printer_io.mqtt import anonymous_allowed
+
+    assert anonymous_allowed(MqttConfig(url=broker.url)) is True
+    closed = MqttConfig(url=broker.auth_url, username=Mosquitto.USER)
+    assert anonymous_allowed(closed) is False
+    assert anonymous_allowed(MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}"), timeout_s=2) is None
