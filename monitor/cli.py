@@ -565,6 +565,47 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- security ---------------------------------------------------------------------------------
+def cmd_security_broker(args: argparse.Namespace) -> int:
+    from monitor.security import broker_config
+
+    printers = [p.strip() for p in args.printers.split(",") if p.strip()]
+    if not printers:
+        raise CommandError("--printers: give the printer ids, comma-separated")
+    try:
+        users = broker_config(
+            printers, args.out, prefix=args.prefix, host=args.host, port=args.port, tls=args.tls, run_as=args.run_as
+        )
+    except FileExistsError as err:
+        raise CommandError(str(err)) from None
+    except OSError as err:
+        raise CommandError(f"{args.out}: {err.strerror}") from err
+    print(f"wrote {args.out}/mosquitto.conf, passwd, acl and credentials/ for {len(users)} users: {', '.join(users)}")
+    print(f"start the broker: mosquitto -c {args.out / 'mosquitto.conf'}")
+    if not args.run_as:
+        print(f"mosquitto started as root runs as user mosquitto: chown mosquitto {args.out}/passwd {args.out}/acl")
+    print(
+        'each service\'s config: [mqtt] username = "<user>", password_file = "<out>/credentials/<user>.password" '
+        "(copy that file to the machine of the service, readable by it only)"
+    )
+    if args.tls:
+        print(f"put ca.crt, broker.crt and broker.key in {args.out / 'tls'}; services use mqtts:// with ca_file")
+    return EXIT_OK
+
+
+def cmd_security_check(args: argparse.Namespace) -> int:
+    from monitor.config import load_config
+    from monitor.security import check
+
+    findings = check(load_config(args.config), acl=args.acl, dashboards=tuple(args.dashboard or ()))
+    for f in findings:
+        print(f)
+    open_ = sum(f.level == "open" for f in findings)
+    warnings = sum(f.level == "warning" for f in findings)
+    print(f"{open_} open, {warnings} warnings, {len(findings) - open_ - warnings} ok")
+    return EXIT_PARTIAL if open_ else EXIT_OK
+
+
 # ---- feedback ---------------------------------------------------------------------------------
 def cmd_feedback(args: argparse.Namespace) -> int:
     import uuid
@@ -890,6 +931,23 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     q.add_argument("--credential-out", type=Path, default=None, help="write the operator's NAME:SECRET here")
     q.set_defaults(func=cmd_operator)
+
+    p = sub.add_parser("security", help="a broker set-up that trusts nobody by default; a check of what stands open")
+    ssub = p.add_subparsers(dest="security_command", required=True)
+    q = ssub.add_parser("broker-config", help="Mosquitto config, passwords and ACL: no anonymous access, least rights")
+    q.add_argument("--printers", required=True, help="printer ids, comma-separated")
+    q.add_argument("--out", type=Path, required=True, help="a new folder for mosquitto.conf, passwd, acl, credentials/")
+    q.add_argument("--prefix", default="layerwatch", help="topic prefix (default layerwatch)")
+    q.add_argument("--host", default="127.0.0.1", help="address the broker listens on (default 127.0.0.1)")
+    q.add_argument("--port", type=_port, default=1883, help="its port (default 1883; 8883 with --tls is usual)")
+    q.add_argument("--tls", action="store_true", help="a TLS listener (the certificates go in OUT/tls)")
+    q.add_argument("--run-as", default=None, help="the user Mosquitto runs as (its 'user' setting)")
+    q.set_defaults(func=cmd_security_broker)
+    q = ssub.add_parser("check", help="report anonymous brokers, wide ACLs, over-privileged printer keys, open pages")
+    q.add_argument("--config", type=Path, required=True, help="the monitor's TOML config")
+    q.add_argument("--acl", type=Path, default=None, help="the broker's ACL file, to look for writes to every printer")
+    q.add_argument("--dashboard", action="append", help="a dashboard URL to try without a login (repeatable)")
+    q.set_defaults(func=cmd_security_check)
 
     p = sub.add_parser("feedback", help="tell the monitor whether an incident was a false alarm or a real defect")
     _mqtt_args(p)
