@@ -23,6 +23,8 @@ import cv2
 import h5py
 import numpy as np
 
+from monitor.record import RecordError, check_layout
+
 __all__ = ["Criteria", "Defect", "Part", "ReportError", "analyze", "write_report"]
 
 IMAGES = "slices/camera_data/0"
@@ -133,6 +135,10 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
     with f:
         if IMAGES not in f or MASKS not in f:
             raise ReportError(f"{path} has no /{IMAGES} and /{MASKS}: not a build record with masks")
+        try:
+            check_layout(f, path)  # before anything is read: a crafted file must not allocate without bound
+        except RecordError as err:
+            raise ReportError(str(err)) from None
         a = f.attrs
         try:
             mm_px = float(a["printer/x_real_dimension"]) / float(a["printer/x_camera_dimension"])

@@ -288,27 +288,35 @@ def cmd_record(args: argparse.Namespace) -> int:
         actions = reader.table("actions")
         events = reader.table("events")
         feedback = reader.table("feedback")
-        model = reader.json_attr("model")
+        try:
+            model = reader.json_attr("model")
+            model = model if isinstance(model, dict) else {}
+        except (KeyError, ValueError):
+            model = {}
         print(f"record      {path} ({path.stat().st_size / 1e6:.1f} MB, {reader.state})")
         print(f"printer     {a['layerwatch/printer']}   job {a['layerwatch/job_id']}")
         print(
             f"frames      {a['printer/x_camera_dimension']}x{a['printer/y_camera_dimension']} px, "
-            f"{a['printer/x_real_dimension']:.1f}x{a['printer/y_real_dimension']:.1f} mm, "
+            f"{float(a['printer/x_real_dimension']):.1f}x{float(a['printer/y_real_dimension']):.1f} mm, "
             f"layer {a['material/layer_thickness']} mm"
         )
         span = f"{int(stored.min())}..{int(stored.max())}" if len(stored) else "-"
         print(f"layers      {len(stored)} stored (index {span}) of {len(rows)} rows")
         versions = f"software {a['layerwatch/software_version']}   schema {a['layerwatch/schema_version']}"
         print(f"model       {model.get('id')}   {versions}")
-        if len(stored):
-            m = reader.metrics()
+        m = reader.metrics()
+        wanted = {"porosity_fraction_part", "warping_area_mm2", "spatter_count"}
+        if len(stored) and int(stored.max()) < len(m) and wanted <= set(m.dtype.names or ()):
             last = int(stored.max())
             print(
                 f"last layer  porosity {100 * m['porosity_fraction_part'][last]:.2f}% of parts, "
                 f"warping {m['warping_area_mm2'][last]:.1f} mm², spatter {int(m['spatter_count'][last])} particles"
             )
-        roi = reader.json_attr("roi") if "layerwatch/roi" in a else None
-        if roi:
+        try:
+            roi = reader.json_attr("roi") if "layerwatch/roi" in a else None
+        except ValueError:
+            roi = None
+        if isinstance(roi, dict):
             print(f"plate       {roi.get('source')} outline {roi.get('points')}")
         review = sorted({int(e["layer"]) for e in events if e["code"] == "needs_review"})
         if review:

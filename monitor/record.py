@@ -42,6 +42,7 @@ __all__ = [
     "BuildRecord",
     "RecordError",
     "RecordReader",
+    "check_layout",
     "check_record",
     "recover",
     "set_attrs",
@@ -369,6 +370,109 @@ def _put_row(dataset: h5py.Dataset, index: int, row: np.ndarray) -> None:
     dataset[index] = row
 
 
+MAX_FRAME_PIXELS = 64_000_000
+MAX_TABLE_ROWS = 10_000_000
+MAX_OBJECTS = 10_000
+
+
+def check_layout(f: h5py.File, path: Path) -> None:
+    """Refuse a file whose structure would make a reader fail or allocate without bound, before anything is read
+    (issue 13 F13: a 2.5 KB file declared 65 GB tables). RecordError names the file, the object and the problem.
+
+    Checks any file with the slices layout (ours, a Peregrine-style build, a truth build): frames are 3-D
+    datasets of at most MAX_FRAME_PIXELS per slice, masks and part ids of the same frame size; every table
+    (1-D dataset) at most MAX_TABLE_ROWS rows and not declaring far more than the file can hold. A LayerWatch
+    record also needs its attributes and tables with their fields."""
+    size = max(path.stat().st_size, 1) if path.exists() else 1
+    count = 0
+
+    def bad(what: str) -> RecordError:
+        return RecordError(f"{path}: {what}; not a readable build record (made or changed by another program?)")
+
+    def visit(name: str, obj: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_OBJECTS:
+            raise bad(f"more than {MAX_OBJECTS} objects")
+        if not isinstance(obj, h5py.Dataset):
+            return
+        shape: tuple[int, ...] = tuple(obj.shape or ())
+        itemsize = obj.dtype.itemsize
+        if len(shape) > 4 or itemsize > 1 << 20:
+            raise bad(f"/{name} has shape {shape} and {itemsize}-byte items")
+        declared = int(np.prod(shape, dtype=np.float64)) * itemsize if shape else itemsize
+        if obj.chunks is None and obj.id.get_storage_size() < declared and declared > 64 << 20:
+            raise bad(f"/{name} declares {declared / 1e9:.1f} GB but holds {obj.id.get_storage_size()} bytes")
+        if len(shape) == 1 and (shape[0] > MAX_TABLE_ROWS or declared > 1000 * size + (64 << 20)):
+            raise bad(f"/{name} declares {shape[0]} rows ({declared / 1e9:.1f} GB) in a {size / 1e6:.1f} MB file")
+
+    f.visititems(visit)
+    if "slices" in f:
+        frame: tuple[int, ...] | None = None
+        for name in (IMAGES, "slices/camera_data/visible/0", PART_IDS):
+            if name in f:
+                obj = f[name]
+                if not isinstance(obj, h5py.Dataset) or obj.ndim != 3:
+                    raise bad(f"/{name} is not a layers x height x width dataset")
+                if obj.shape[1] * obj.shape[2] > MAX_FRAME_PIXELS or 0 in obj.shape[1:]:
+                    raise bad(f"/{name} has {obj.shape[2]}x{obj.shape[1]} px frames")
+                if obj.dtype.kind not in "uif" and obj.dtype != bool:
+                    raise bad(f"/{name} holds {obj.dtype}, not numbers")
+                if frame is not None and obj.shape[1:] != frame:
+                    raise bad(
+                        f"/{name} has {obj.shape[2]}x{obj.shape[1]} px frames, the frames are {frame[1]}x{frame[0]}"
+                    )
+                frame = frame or obj.shape[1:]
+        if MASKS in f:
+            group = f[MASKS]
+            if not isinstance(group, h5py.Group):
+                raise bad(f"/{MASKS} is not a group of masks")
+            for key, obj in group.items():
+                if not isinstance(obj, h5py.Dataset) or obj.ndim != 3 or obj.dtype.kind not in "uib":
+                    raise bad(f"/{MASKS}/{key} is not a layers x height x width mask of integers")
+                if frame is not None and obj.shape[1:] != frame:
+                    raise bad(
+                        f"/{MASKS}/{key} has {obj.shape[2]}x{obj.shape[1]} px masks, the frames are "
+                        f"{frame[1]}x{frame[0]}"
+                    )
+                if obj.shape[1] * obj.shape[2] > MAX_FRAME_PIXELS:
+                    raise bad(f"/{MASKS}/{key} has {obj.shape[2]}x{obj.shape[1]} px masks")
+    if f.attrs.get("layerwatch/schema_version") not in READABLE_SCHEMAS:
+        return  # not ours, or a schema this version does not read: the caller says which
+    a = f.attrs
+    required = ("layerwatch/class_names", "layerwatch/metric_names", "layerwatch/part_metric_names")
+    for key in (*required, "printer/x_real_dimension", "printer/y_real_dimension", "material/layer_thickness"):
+        if key not in a:
+            raise bad(f"attribute {key} is missing")
+    try:
+        names = [str(n) for n in a["layerwatch/class_names"]]
+        for key in ("metric_names", "part_metric_names"):
+            value = json.loads(a[f"layerwatch/{key}"])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{key} is not a list of names")
+        for key in ("printer/x_real_dimension", "printer/y_real_dimension", "material/layer_thickness"):
+            float(a[key])
+    except (KeyError, TypeError, ValueError) as err:
+        raise bad(f"attributes: {err}") from None
+    if not 2 <= len(names) <= 32:
+        raise bad(f"{len(names)} class names")
+    for name in (IMAGES, PART_IDS, *(f"{MASKS}/{c}" for c in range(len(names)))):
+        if name not in f:
+            raise bad(f"/{name} is missing")
+    tables: list[tuple[str, tuple[str, ...]]] = [("layers", ("stored", "z_mm", "judged", "severity"))]
+    tables += [(t, tuple(TABLES[t].names or ())) for t in TABLES]
+    for name, fields in tables:
+        obj = f.get(f"{LW}/{name}")
+        if not isinstance(obj, h5py.Dataset) or obj.ndim != 1 or not set(fields) <= set(obj.dtype.names or ()):
+            raise bad(f"/{LW}/{name} is missing or is not a table with {', '.join(fields)}")
+    for name in ("metrics", "part_metrics"):
+        obj = f.get(f"{LW}/{name}")
+        if not isinstance(obj, h5py.Dataset) or obj.ndim != 1 or obj.dtype.names is None:
+            raise bad(f"/{LW}/{name} is missing or is not a table")
+    if not isinstance(f.get(f"{LW}/state"), h5py.Dataset):
+        raise bad(f"/{LW}/state is missing")
+
+
 def _open_for_reading(path: Path) -> h5py.File:
     """A closed record opens plainly; one being written (or left by a crashed writer) with SWMR. Never try
     SWMR on a damaged file: HDF5's SWMR reader retries bad metadata for minutes instead of failing."""
@@ -392,6 +496,11 @@ class RecordReader:
         if self._f.attrs.get("layerwatch/schema_version") is None:
             self._f.close()
             raise RecordError(f"{path} is an HDF5 file but not a LayerWatch build record")
+        try:
+            check_layout(self._f, path)
+        except RecordError:
+            self._f.close()
+            raise
 
     def close(self) -> None:
         self._f.close()

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from monitor.config import Config, MonitorSection, PolicySection, PrinterSection
-from monitor.record import IMAGES, MASKS, READABLE_SCHEMAS, set_attrs
+from monitor.record import IMAGES, MASKS, READABLE_SCHEMAS, RecordError, check_layout, set_attrs
 from monitor.service import MonitorService
 from printer_io.errors import MqttError
 from printer_io.frames import QualityChecker, encode_image
@@ -88,6 +88,16 @@ def truth_mask(f: h5py.File, layer: int) -> np.ndarray:
 
 
 def _open_h5(path: Path) -> h5py.File:
+    f = _open_h5_file(path)
+    try:
+        check_layout(f, path)  # before anything is read: a crafted file must not allocate without bound
+    except RecordError as err:
+        f.close()
+        raise ReplayError(str(err)) from None
+    return f
+
+
+def _open_h5_file(path: Path) -> h5py.File:
     if not path.exists():
         raise ReplayError(f"{path} does not exist")
     try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
@@ -82,3 +83,51 @@ def malformed_messages(count: int, printer: str, job: str, seed: int = 0) -> Ite
     ]  # fmt: skip
     for _ in range(count):
         yield rng.choice(makers)()
+
+
+def crafted_records(base: Path, out: Path) -> dict[str, Path]:
+    """Small files that are (or look like) build records but lie: shapes and sizes far beyond the file, wrong
+    types, missing or garbled parts (issue 13 F13). ``base``: a valid small record to start from."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    made: dict[str, Path] = {}
+
+    def variant(name: str, change: Callable[[h5py.File], object]) -> None:
+        path = out / f"{name}.h5"
+        shutil.copy(base, path)
+        with h5py.File(path, "a") as f:
+            change(f)
+        made[name] = path
+
+    def replace(f: h5py.File, name: str, **kwargs: object) -> None:
+        del f[name]
+        f.create_dataset(name, **kwargs)
+
+    images, masks, lw = "slices/camera_data/0", "slices/segmentation_results", "layerwatch"
+    variant("huge-frames", lambda f: replace(f, images, shape=(4, 100_000, 100_000), dtype="u1", chunks=(1, 64, 64)))
+    variant("huge-contiguous", lambda f: replace(f, images, shape=(2, 60_000, 60_000), dtype="u2"))
+    variant("huge-mask", lambda f: replace(f, f"{masks}/2", shape=(2, 90_000, 90_000), dtype="u1", chunks=(1, 8, 8)))
+    variant("float-mask", lambda f: replace(f, f"{masks}/1", data=np.zeros((2, 8, 8), "f8")))
+    variant("4d-frames", lambda f: replace(f, images, data=np.zeros((2, 8, 8, 3), "u1")))
+    variant("frames-a-group", lambda f: (f.__delitem__(images), f.create_group(images)))
+    variant("mask-other-size", lambda f: replace(f, f"{masks}/1", data=np.zeros((2, 9, 7), "u1")))
+
+    def rows(table: str, n: int) -> Callable[[h5py.File], None]:
+        return lambda f: replace(f, f"{lw}/{table}", shape=(n,), dtype=f[f"{lw}/{table}"].dtype, chunks=(64,))
+
+    variant("many-layers", rows("layers", 2_000_000_000))
+    variant("many-events", rows("events", 3_000_000_000))
+    variant("layers-no-stored", lambda f: replace(f, f"{lw}/layers", data=np.zeros(2, [("z_mm", "f4")])))
+    variant("metrics-a-number", lambda f: replace(f, f"{lw}/metrics", data=np.float64(3.0)))
+    variant("names-not-json", lambda f: f.attrs.__setitem__("layerwatch/metric_names", "[not json"))
+    variant("class-names-number", lambda f: f.attrs.__setitem__("layerwatch/class_names", 7))
+    variant("no-class-names", lambda f: f.attrs.__delitem__("layerwatch/class_names"))
+    variant("schema-text", lambda f: f.attrs.__setitem__("layerwatch/schema_version", "two"))
+    variant("roi-garbage", lambda f: f.attrs.__setitem__("layerwatch/roi", '{"points": 5}'))
+    variant("state-missing", lambda f: f.__delitem__(f"{lw}/state"))
+    variant("no-layerwatch-group", lambda f: f.__delitem__(lw))
+    variant("dims-mm-text", lambda f: f.attrs.__setitem__("printer/x_real_dimension", "wide"))
+    return made
