@@ -35,7 +35,7 @@ from peers import Mosquitto
 
 from bench._common import machine
 from printer_io.frames import QualityChecker, encode_image
-from printer_io.messages import EventMessage, FrameMeta, ResultMessage, encode_frame
+from printer_io.messages import EventMessage, FrameMeta, ResultMessage, StatusMessage, encode_frame
 from printer_io.mqtt import MqttConfig, MqttLink
 from printer_io.topics import Topics
 from segmentation.simulator import SimBuild, scenario_spec
@@ -74,19 +74,22 @@ def main() -> int:
             f'[printers.{PID}]\nbackend = "virtual"\n'
         )
         exe = str(Path(sys.executable).parent / "layerwatch")
-        monitor = subprocess.Popen([exe, "monitor", "--config", str(config)], stderr=subprocess.PIPE, text=True)
-        try:
-            run(broker, monitor, args.messages, args.burst)
-        finally:
-            monitor.terminate()
-            _, err = monitor.communicate(timeout=60)
-            broker.stop()
+        log = tmp / "monitor.log"  # a file, not a pipe: a pipe nobody reads blocks the monitor once full
+        with log.open("w") as sink:
+            monitor = subprocess.Popen([exe, "monitor", "--config", str(config)], stderr=sink, stdout=sink)
+            try:
+                run(broker, monitor, args.messages, args.burst)
+            finally:
+                monitor.terminate()
+                monitor.wait(timeout=60)
+                broker.stop()
+        err = log.read_text()
         tracebacks = err.count("Traceback")
         print(f"monitor stderr: {len(err.splitlines())} lines, {tracebacks} tracebacks")
     return 0
 
 
-def run(broker: Mosquitto, monitor: subprocess.Popen[str], n_messages: int, n_burst: int) -> None:
+def run(broker: Mosquitto, monitor: subprocess.Popen[bytes], n_messages: int, n_burst: int) -> None:
     topics = Topics("layerwatch", PID)
     results: dict[int, bool] = {}
     events: list[str] = []
@@ -105,13 +108,22 @@ def run(broker: Mosquitto, monitor: subprocess.Popen[str], n_messages: int, n_bu
         with cond:
             return cond.wait_for(done, timeout)  # type: ignore[arg-type]
 
+    online = threading.Event()
+
+    def on_status(topic: str, payload: bytes) -> None:
+        if StatusMessage.from_json(payload, topic).state == "online":
+            online.set()
+
     observer = MqttLink(MqttConfig(url=broker.url), service="bench-observer", topics=topics)
     observer.subscribe(topics.result, on_result)
     observer.subscribe(topics.event, on_event)
+    observer.subscribe(topics.status("monitor"), on_status)
     sender = MqttLink(MqttConfig(url=broker.url), service="bench-camera", topics=topics, ephemeral=True)
     spec = scenario_spec(5, 1024, LAYERS, warp_start=None)
     build = SimBuild(5, 1024, 1024, LAYERS, spec=spec)
     with observer.start(), sender.start():
+        if not online.wait(120):  # frames sent before the monitor subscribed would be lost
+            raise SystemExit("the monitor did not come online within 120 s")
         sender.publish(topics.image, frame(build.layer(0).image, 0), wait_s=10)
         sender.publish(topics.image, frame(build.layer(1).image, 1), wait_s=10)
         if not wait(lambda: 1 in results, 180):

@@ -437,7 +437,8 @@ class MqttLink:
         self.rejected[reason] += 1
         n = self.rejected[reason]
         if n <= 20 or n % 100 == 0:  # a flood of bad messages must not flood the log
-            log.warning("%s: rejected message (%s, %d so far): %s", self.service, reason, n, text)
+            short = text if len(text) <= 400 else f"{text[:400]}... ({len(text)} characters)"
+            log.warning("%s: rejected message (%s, %d so far): %s", self.service, reason, n, short)
 
     def _configure_tls(self, client: paho.Client) -> None:
         cfg = self.config
