@@ -12,6 +12,7 @@ and the control callback refuses. Never run Dash's debug mode outside developmen
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import threading
@@ -103,6 +104,7 @@ class Records:
     def __init__(self, opts: DashboardOptions) -> None:
         self.opts = opts
         self._readers: dict[Path, RecordReader] = {}
+        self._ids: dict[str, Path] = {}
         self._lock = threading.Lock()
 
     def paths(self) -> list[Path]:
@@ -114,19 +116,37 @@ class Records:
         files = [p for p in root.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5"))]
         return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
 
-    def actions(self, path: str | None) -> list[dict[str, Any]]:
+    def record_id(self, path: Path) -> str:
+        """The id the page knows a record by: the browser names records by these ids, never by paths."""
+        rid = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        self._ids[rid] = path
+        return rid
+
+    def resolve(self, rid: str) -> Path:
+        """The record behind an id the page sent; RecordError for any id this dashboard did not give out."""
+        path = self._ids.get(rid)
+        if path is None:
+            for p in self.paths():  # the list may have grown since the page asked
+                self.record_id(p)
+            path = self._ids.get(rid)
+        if path is None:
+            raise RecordError(f"{str(rid)[:40]!r} is not a record of this dashboard")
+        return self.allowed(path)
+
+    def actions(self, rid: str | None) -> list[dict[str, Any]]:
         """The record's action rows; none when there is no record or it cannot be read (the status says why)."""
-        if not path:
+        if not rid:
             return []
         try:
-            return self.reader(Path(path)).table("actions")
+            return self.reader(self.resolve(rid)).table("actions")
         except (RecordError, OSError, KeyError):
             return []
 
-    def drop(self, path: str | Path) -> None:
-        """Forget a reader after a read error: the next request opens the record afresh."""
+    def drop(self, which: str | Path) -> None:
+        """Forget a reader (by record id or path) after a read error: the next request opens the record afresh."""
+        path = self._ids.get(which, Path(which)) if isinstance(which, str) else which
         with self._lock:
-            r = self._readers.pop(Path(path), None)
+            r = self._readers.pop(path, None)
         if r is not None:
             try:
                 r.close()
@@ -402,9 +422,9 @@ def create_app(opts: DashboardOptions) -> Any:
     )
     def list_records(_: int | None, current: str | None) -> tuple[list[dict[str, str]], str | None]:
         paths = records.paths()
-        options = [{"label": f"{p.parent.name}/{p.name}", "value": str(p)} for p in paths]
+        options = [{"label": f"{p.parent.name}/{p.name}", "value": records.record_id(p)} for p in paths]
         if current is None and paths:
-            return options, str(paths[0])
+            return options, options[0]["value"]
         return options, current
 
     @app.callback(
@@ -425,7 +445,7 @@ def create_app(opts: DashboardOptions) -> Any:
         if not path:
             return 0, 0, "no build record yet" + (f" in {opts.records}" if opts.records else "")
         try:
-            r = records.reader(Path(path))
+            r = records.reader(records.resolve(path))
             stored = r.stored_layers()
             state = r.state
         except (RecordError, OSError, KeyError, RuntimeError) as err:
@@ -480,7 +500,7 @@ def create_app(opts: DashboardOptions) -> Any:
 
         shown = {"height": "480px", "display": "block"}
         try:
-            return figure_3d(analyze(records.allowed(path))), shown
+            return figure_3d(analyze(records.resolve(path))), shown
         except (ReportError, RecordError, OSError, KeyError, RuntimeError) as err:
             return {"data": [], "layout": {"title": {"text": f"no 3D view: {err}"}}}, shown
 
@@ -512,7 +532,7 @@ def create_app(opts: DashboardOptions) -> Any:
         if not path or layer is None:
             raise PreventUpdate
         try:
-            r = records.reader(Path(path))
+            r = records.reader(records.resolve(path))
             rows = r.layers()
             if layer >= len(rows) or not rows[layer]["stored"]:
                 return no_update, f"layer {layer}: frame missing in the record"
@@ -559,7 +579,7 @@ def create_app(opts: DashboardOptions) -> Any:
         if not path:
             raise PreventUpdate
         try:
-            r = records.reader(Path(path))
+            r = records.reader(records.resolve(path))
             stored = r.stored_layers()
             m = r.metrics()
             policy = r.json_attr("policy")
@@ -642,7 +662,7 @@ def _send(
     if not path:
         return "open a record first"
     try:
-        reader = records.reader(Path(path))
+        reader = records.reader(records.resolve(path))
         printer = str(reader.attrs["layerwatch/printer"])
         roi = reader.json_attr("roi") if "layerwatch/roi" in reader.attrs else None
     except (RecordError, OSError, KeyError) as err:

@@ -99,6 +99,12 @@ def test_only_the_records_the_dashboard_lists_are_ever_opened(tmp_path: Path) ->
         with pytest.raises(RecordError, match="is not a record of this dashboard"):
             records.reader(path)
     assert records.actions(str(outside / "secret.h5")) == []
+    # the page names records by the ids the server gave out, never by a path
+    ok_id = records.record_id(root / "p" / "ok.h5")
+    assert records.resolve(ok_id) == root / "p" / "ok.h5"
+    for sent in (str(root / "p" / "ok.h5"), str(outside / "secret.h5"), "0" * 16, "../../etc/passwd"):
+        with pytest.raises(RecordError, match="is not a record of this dashboard"):
+            records.resolve(sent)
     single = Records(DashboardOptions(record=root / "p" / "ok.h5"))
     with pytest.raises(RecordError):
         single.reader(outside / "secret.h5")
