@@ -152,6 +152,9 @@ class PrinterMonitor:
         self.build: Build | None = None
         self.last_record: Path | None = None  # the record of the current or most recent build
         self.ended: set[str] = set()
+        # the jobs the printer's layer events announced; once any came, a frame alone never starts a job
+        self.announced: deque[str] = deque(maxlen=16)
+        self.trigger_seen = False
         self.lock = threading.RLock()  # the record is written from the link's worker and the controller's
         self.results: list[ResultMessage] = []
         self.counters: dict[str, int] = {
@@ -305,7 +308,11 @@ class PrinterMonitor:
         printer reports that it still prints, and a layer of another job only once the build is quiet."""
         event = LayerEvent.from_json(payload, topic)
         with self.lock:
+            self.trigger_seen = True
             build = self.build
+            free = build is None or build.ended or build.job_id == event.job_id
+            if free and not event.end and event.job_id not in self.announced:
+                self.announced.append(event.job_id)
             if build is None or build.ended:
                 return
             if event.end and build.job_id == event.job_id:
@@ -322,6 +329,7 @@ class PrinterMonitor:
                 self.job_ended(f"job {event.outcome or 'ended'} after layer {event.layer} ({event.source or 'event'})")
             elif not event.end and build.job_id != event.job_id and event.job_id not in self.ended:
                 self._other_job(build, event.job_id, event.layer, "layer event")
+                self.announced.append(event.job_id)
                 self.job_ended(f"a new job {event.job_id} started")
 
     def _quiet(self, build: Build) -> bool:
@@ -677,6 +685,16 @@ class PrinterMonitor:
     def _build_for(self, meta: FrameMeta, frame: np.ndarray) -> Build | None:
         if self.build is not None and self.build.job_id == meta.job_id:
             return self.build
+        if self.trigger_seen and meta.job_id not in self.announced:
+            # the printer's layer events say which job prints: a frame naming another never starts one
+            self._emit_event(
+                "warning",
+                "other_job_refused",
+                f"frame of job {meta.job_id[:80]!r} (layer {meta.layer}), which no layer event of printer "
+                f"{self.printer_id} announced: refused",
+                meta.layer,
+            )
+            raise PayloadError(f"frame of job {meta.job_id[:80]!r} that no layer event announced", "job")
         if self.build is not None:
             self._other_job(self.build, meta.job_id, meta.layer, "frame")
         path, again = self._record_path(meta.job_id, meta.layer)

@@ -856,3 +856,33 @@ def test_one_message_never_ends_a_live_build_or_its_judging(
         codes = [e["code"] for e in r.table("events")]
     assert {"other_job_refused", "end_event_refused", "layer_refused", "layer_jump"} <= set(codes)
     assert "job_ended" not in codes
+
+
+def test_where_layer_events_come_a_job_starts_with_its_announcement_not_with_a_frame(
+    virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
+) -> None:
+    """Issue 13 item 3: a job is what the printer's trigger says, not the first frame that names it."""
+    config, topics, observer, printer = virtual_setup
+    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"job_switch_quiet_s": 0})})
+    frames = Frames(broker, topics, None, "job-a")
+    bridge = MqttLink(MqttConfig(url=broker.url), service="bridge", topics=topics, ephemeral=True).start()
+
+    def announce(job: str, layer: int) -> None:
+        event = LayerEvent(printer=topics.printer, job_id=job, layer=layer, z_mm=0.04 * (layer + 1))
+        bridge.publish(topics.layer, event.to_json(), wait_s=5)
+
+    with MonitorService(config, printers={topics.printer: printer}).start() as service:
+        frames.send(0)
+        observer.wait_layer(0)  # the monitor listens now
+        announce("job-a", 0)
+        frames.raw(frames.payload(1, job="job-b"))  # a frame of a job nobody announced: even with no wait
+        announce("job-b", 0)  # the trigger says job-b started: job-a ends
+        frames.raw(frames.payload(0, job="job-b"))
+        deadline = time.monotonic() + 20
+        while not any(r.job_id == "job-b" for r in observer.results) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rejected = dict(service.monitors[topics.printer].link.rejected)
+    bridge.close()
+    frames.close()
+    assert [(r.job_id, r.layer) for r in observer.results] == [("job-a", 0), ("job-b", 0)]
+    assert rejected.get("job") == 1, rejected
