@@ -92,6 +92,8 @@ class MqttConfig(BaseModel):
     # received messages waiting for their handler, per link (one link per printer in the monitor): over this,
     # the oldest frames are dropped (counted, logged), never the newest (issue 13 F7)
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024 * 1024 * 1024)
+    # and at most this many frames: a backlog longer than this only delays the judging of the newest layer
+    max_queue_frames: int = Field(default=16, ge=1, le=100_000)
 
     def endpoint(self) -> tuple[str, int, bool]:
         """``(host, port, tls)`` from the URL; ConfigError names the bad value."""
@@ -331,12 +333,16 @@ class MqttLink:
             self._pending_bytes += len(message.payload)
             self._peak_bytes = max(self._peak_bytes, self._pending_bytes)
             # over the bound: the oldest frames go first; the message just received (the newest) always stays
-            while self._pending_bytes > self.config.max_queue_bytes and len(self._pending) > 1:
+            frames = sum(m.topic.endswith("/image") for m in self._pending)
+            while len(self._pending) > 1 and (
+                self._pending_bytes > self.config.max_queue_bytes or frames > self.config.max_queue_frames
+            ):
                 old = next((m for m in list(self._pending)[:-1] if m.topic.endswith("/image")), None)
                 if old is None:
                     break  # only small control messages wait: keep them all
                 self._pending.remove(old)
                 self._pending_bytes -= len(old.payload)
+                frames -= 1
                 dropped.append(old)
             self._cond.notify()
         for old in dropped:
@@ -346,10 +352,11 @@ class MqttLink:
         if dropped and time.monotonic() - self._dropped_said > 10:
             self._dropped_said = time.monotonic()
             log.warning(
-                "%s: frames come faster than they are handled: %d dropped so far, the oldest first (queue over %d MB; "
-                "[mqtt] max_queue_bytes)",
+                "%s: frames come faster than they are handled: %d dropped so far, the oldest first (more than %d "
+                "frames or %d MB waiting; [mqtt] max_queue_frames, max_queue_bytes)",
                 self.service,
                 self.rejected["dropped"],
+                self.config.max_queue_frames,
                 self.config.max_queue_bytes >> 20,
             )
 
