@@ -318,14 +318,14 @@ class PrinterMonitor:
             if event.end and build.job_id == event.job_id:
                 state = self._printer_state()
                 if state is not None and state.state in ACTIVE_STATES:
-                    self._emit_event(
-                        "warning",
+                    raise self._refused(
                         "end_event_refused",
                         f"an end event for job {event.job_id} came while printer {self.printer_id} is "
                         f"{state.state.value}: the build goes on (it ends when the printer stops)",
                         max(build.last_layer, 0),
+                        f"{topic}: end of job {event.job_id} while the printer prints",
+                        "job",
                     )
-                    raise PayloadError(f"{topic}: end of job {event.job_id} while the printer prints", "job")
                 self.job_ended(f"job {event.outcome or 'ended'} after layer {event.layer} ({event.source or 'event'})")
             elif not event.end and build.job_id != event.job_id and event.job_id not in self.ended:
                 self._other_job(build, event.job_id, event.layer, "layer event")
@@ -341,18 +341,23 @@ class PrinterMonitor:
         typical = float(np.median(build.gaps)) if build.gaps else 0.0
         return time.monotonic() - build.last_seen >= max(wait, 3 * typical)
 
+    def _refused(self, code: str, said: str, layer: int, short: str, reason: str) -> PayloadError:
+        """Refused input: a warning event (said once per interval per kind) and the error that counts it."""
+        self._emit_event("warning", code, said, layer)
+        return PayloadError(short, reason)
+
     def _other_job(self, build: Build, job_id: str, layer: int, what: str) -> None:
         """A message of another job while ``build`` is live: refused unless the build is quiet."""
         if self._quiet(build):
             return
-        self._emit_event(
-            "warning",
+        raise self._refused(
             "other_job_refused",
             f"{what} of job {job_id[:80]!r} (layer {layer}) while build {build.job_id} is live: refused; "
             "another job starts once this one ends or has been quiet for [monitor] job_switch_quiet_s",
             max(build.last_layer, 0),
+            f"{what} of job {job_id[:80]!r} while build {build.job_id} is live",
+            "job",
         )
-        raise PayloadError(f"{what} of job {job_id[:80]!r} while build {build.job_id} is live", "job")
 
     def job_ended(self, why: str) -> None:
         """The job is over: its record closes once no frame has come for ``job_end_grace_s``."""
@@ -480,14 +485,14 @@ class PrinterMonitor:
         layer = meta.layer
         limit = _MAX_FIRST_LAYER if build.last_layer < 0 else build.last_layer + _MAX_LAYER_JUMP
         if layer > limit:
-            self._emit_event(
-                "warning",
+            raise self._refused(
                 "layer_refused",
                 f"layer {layer} is beyond what build {build.job_id} can have reached (at most layer {limit} now): "
                 "refused, not stored",
                 max(build.last_layer, 0),
+                f"layer {layer} of build {build.job_id} is out of bounds (at most {limit})",
+                "layer",
             )
-            raise PayloadError(f"layer {layer} of build {build.job_id} is out of bounds (at most {limit})", "layer")
         if build.record.is_stored(layer):
             self.counters["duplicates"] += 1
             log.info(
@@ -687,14 +692,14 @@ class PrinterMonitor:
             return self.build
         if self.trigger_seen and meta.job_id not in self.announced:
             # the printer's layer events say which job prints: a frame naming another never starts one
-            self._emit_event(
-                "warning",
+            raise self._refused(
                 "other_job_refused",
                 f"frame of job {meta.job_id[:80]!r} (layer {meta.layer}), which no layer event of printer "
                 f"{self.printer_id} announced: refused",
                 meta.layer,
+                f"frame of job {meta.job_id[:80]!r} that no layer event announced",
+                "job",
             )
-            raise PayloadError(f"frame of job {meta.job_id[:80]!r} that no layer event announced", "job")
         if self.build is not None:
             self._other_job(self.build, meta.job_id, meta.layer, "frame")
         path, again = self._record_path(meta.job_id, meta.layer)
