@@ -54,6 +54,11 @@ _AUTH_CODES = {134: "bad user name or password", 135: "not authorized", 133: "cl
 
 
 _TRIM_AFTER_BYTES = 32 * 1024 * 1024
+_FRAME_BYTES = 16 * 1024  # a message on a frame topic at least this big counts as a camera frame
+
+
+def _is_frame(message: paho.MQTTMessage) -> bool:
+    return message.topic.endswith("/image") and len(message.payload) >= _FRAME_BYTES
 
 
 def _return_memory() -> None:
@@ -92,7 +97,7 @@ class MqttConfig(BaseModel):
     # received messages waiting for their handler, per link (one link per printer in the monitor): over this,
     # the oldest frames are dropped (counted, logged), never the newest (issue 13 F7)
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024 * 1024 * 1024)
-    # and at most this many frames: a backlog longer than this only delays the judging of the newest layer
+    # and at most this many frames (of 16 kB or more): a longer backlog only delays the judging of the newest layer
     max_queue_frames: int = Field(default=16, ge=1, le=100_000)
 
     def endpoint(self) -> tuple[str, int, bool]:
@@ -333,16 +338,20 @@ class MqttLink:
             self._pending_bytes += len(message.payload)
             self._peak_bytes = max(self._peak_bytes, self._pending_bytes)
             # over the bound: the oldest frames go first; the message just received (the newest) always stays
-            frames = sum(m.topic.endswith("/image") for m in self._pending)
+            # frames of a camera's size count against max_queue_frames; a flood of small junk on the frame
+            # topic (refused in microseconds) must not push real frames out
+            frames = sum(_is_frame(m) for m in self._pending)
             while len(self._pending) > 1 and (
                 self._pending_bytes > self.config.max_queue_bytes or frames > self.config.max_queue_frames
             ):
-                old = next((m for m in list(self._pending)[:-1] if m.topic.endswith("/image")), None)
+                too_many = frames > self.config.max_queue_frames
+                waiting = list(self._pending)[:-1]
+                old = next((m for m in waiting if (_is_frame(m) if too_many else m.topic.endswith("/image"))), None)
                 if old is None:
                     break  # only small control messages wait: keep them all
                 self._pending.remove(old)
                 self._pending_bytes -= len(old.payload)
-                frames -= 1
+                frames -= int(_is_frame(old))
                 dropped.append(old)
             self._cond.notify()
         for old in dropped:
