@@ -18,6 +18,7 @@ config file itself, and is never logged.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import ssl
@@ -57,8 +58,12 @@ _TRIM_AFTER_BYTES = 32 * 1024 * 1024
 _FRAME_BYTES = 16 * 1024  # a message on a frame topic at least this big counts as a camera frame
 
 
+def _on_frame_topic(message: paho.MQTTMessage) -> bool:
+    return bool(message.topic.endswith("/image"))
+
+
 def _is_frame(message: paho.MQTTMessage) -> bool:
-    return message.topic.endswith("/image") and len(message.payload) >= _FRAME_BYTES
+    return _on_frame_topic(message) and len(message.payload) >= _FRAME_BYTES
 
 
 def _return_memory() -> None:
@@ -155,6 +160,7 @@ class MqttLink:
         self._handlers: list[tuple[str, Handler]] = []
         self._pending: deque[paho.MQTTMessage] = deque()
         self._pending_bytes = 0
+        self._pending_frames = 0  # waiting messages that count as camera frames (_is_frame)
         self._peak_bytes = 0
         self._closing = False
         self._cond = threading.Condition()
@@ -245,7 +251,7 @@ class MqttLink:
             with self._cond:
                 self._closing = False
                 self._pending.clear()
-                self._pending_bytes = 0
+                self._pending_bytes = self._pending_frames = 0
         client, self._client = self._client, None
         if client is not None:
             if publish_offline and not self.ephemeral and self._connected.is_set():
@@ -336,22 +342,21 @@ class MqttLink:
         with self._cond:
             self._pending.append(message)
             self._pending_bytes += len(message.payload)
+            self._pending_frames += _is_frame(message)
             self._peak_bytes = max(self._peak_bytes, self._pending_bytes)
-            # over the bound: the oldest frames go first; the message just received (the newest) always stays
-            # frames of a camera's size count against max_queue_frames; a flood of small junk on the frame
+            # over the bound: the oldest frames go first; the message just received (the newest) always stays.
+            # Frames of a camera's size count against max_queue_frames; a flood of small junk on the frame
             # topic (refused in microseconds) must not push real frames out
-            frames = sum(_is_frame(m) for m in self._pending)
             while len(self._pending) > 1 and (
-                self._pending_bytes > self.config.max_queue_bytes or frames > self.config.max_queue_frames
+                self._pending_bytes > self.config.max_queue_bytes or self._pending_frames > self.config.max_queue_frames
             ):
-                too_many = frames > self.config.max_queue_frames
-                waiting = list(self._pending)[:-1]
-                old = next((m for m in waiting if (_is_frame(m) if too_many else m.topic.endswith("/image"))), None)
+                droppable = _is_frame if self._pending_frames > self.config.max_queue_frames else _on_frame_topic
+                waiting = itertools.islice(self._pending, len(self._pending) - 1)
+                old = next((m for m in waiting if droppable(m)), None)
                 if old is None:
                     break  # only small control messages wait: keep them all
                 self._pending.remove(old)
-                self._pending_bytes -= len(old.payload)
-                frames -= int(_is_frame(old))
+                self._forget(old)
                 dropped.append(old)
             self._cond.notify()
         for old in dropped:
@@ -368,6 +373,11 @@ class MqttLink:
                 self.config.max_queue_frames,
                 self.config.max_queue_bytes >> 20,
             )
+
+    def _forget(self, message: paho.MQTTMessage) -> None:
+        """Bookkeeping of a message taken out of the queue (handled or dropped); under ``_cond``."""
+        self._pending_bytes -= len(message.payload)
+        self._pending_frames -= _is_frame(message)
 
     @property
     def queued_bytes(self) -> int:
@@ -391,7 +401,7 @@ class MqttLink:
                 if self._closing:
                     return
                 message = self._pending.popleft()
-                self._pending_bytes -= len(message.payload)
+                self._forget(message)
                 drained = not self._pending and self._peak_bytes > _TRIM_AFTER_BYTES
                 if drained:
                     self._peak_bytes = 0
