@@ -60,8 +60,7 @@ _SEVERITY_ORDER = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
 FRAME_METRICS = ("ood_score",)
 _MAX_ROI_POINTS = 64
 _REPRINT_LAYERS = 2  # a closed job's record that holds one of its first layers again: the job is printed again
-# requests only a verified operator may make (printer_io.credentials)
-_REFUSAL_EVERY_S = 10.0
+_REFUSAL_EVERY_S = 10.0  # refused input of one kind is said at most this often
 _LAYER_STEP = 5  # layers a camera may miss between two frames before the numbering waits for confirmation
 _MAX_LAYER_JUMP = 1000  # a frame further ahead of the build's last layer is refused (the record would grow by it)
 _MAX_FIRST_LAYER = 100_000  # the first frame of a build (a monitor started mid-build) may be at most this layer
@@ -71,6 +70,7 @@ _REFUSED_INPUT = frozenset(
         "end_event_refused", "layer_refused",
     }
 )  # fmt: skip
+# requests only a verified operator may make (printer_io.credentials)
 _OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_object", "feedback", "roi"})
 _STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its job is still on
 # printer states that end a job this monitor saw printing
@@ -161,7 +161,6 @@ class PrinterMonitor:
             "layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0, "needs_review": 0, "refused_requests": 0,
         }  # fmt: skip
         self._operator_requests: set[str] = set()
-        self._refusal_said = -1e9
         self._dropped_seen = 0
         self._said: dict[str, tuple[float, int]] = {}
 
@@ -269,10 +268,8 @@ class PrinterMonitor:
         """A request that did not prove who sent it: not carried out, counted, said in the record and answered."""
         self.counters["refused_requests"] += 1
         what = f"{msg.action} request {msg.request_id[:128]!r} refused: {why}"
-        now = time.monotonic()
-        # said once per interval at most (with the count since): a flood must not flood the log and the record
-        if now - self._refusal_said >= _REFUSAL_EVERY_S:
-            self._refusal_said = now
+        # said once per interval at most (with the count so far): a flood must not flood the log and the record
+        if self._say_now("request_refused") is not None:
             count = self.counters["refused_requests"]
             log.warning("%s: %s (%d refused so far)", self.printer_id, what, count)
             with self.lock:
@@ -838,16 +835,24 @@ class PrinterMonitor:
         )
         self._publish(self.link.topics.action, msg.to_json())
 
+    def _say_now(self, kind: str) -> int | None:
+        """Whether ``kind`` of refusal may be said now (once per _REFUSAL_EVERY_S): how many were held back since
+        it was last said, or None (and it is counted) when it was said too recently."""
+        now = time.monotonic()
+        said, held = self._said.get(kind, (-1e9, 0))
+        if now - said < _REFUSAL_EVERY_S:
+            self._said[kind] = (said, held + 1)
+            return None
+        self._said[kind] = (now, 0)
+        return held
+
     def _emit_event(self, level: str, code: str, message: str, layer: int) -> None:
         if code in _REFUSED_INPUT:
             # refused input is said once per interval per kind, with how many were not said: a flood of bad
             # messages must not flood the record, the log and the event topic
-            now = time.monotonic()
-            said, held = self._said.get(code, (-1e9, 0))
-            if now - said < _REFUSAL_EVERY_S:
-                self._said[code] = (said, held + 1)
+            held = self._say_now(code)
+            if held is None:
                 return
-            self._said[code] = (now, 0)
             if held:
                 message = f"{message} ({held} more of these since the last said)"
         with self.lock:
