@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,9 +229,20 @@ def overlay_png(
 MAX_REQUEST_BYTES = 1 << 20
 
 
-def _guard(server: Any, known: Any) -> None:
-    """Before Dash sees a request: the operator's login where there are operators (401 first, whatever the
-    body), then the shape of a callback request (400 in one line); a failure inside a callback is one log
+def _operator_login(operators: Mapping[str, str]) -> Callable[[str, str], bool]:
+    """HTTP basic authentication of an operator: their name and secret, from the operators file."""
+    import hmac
+
+    def known(user: str, password: str) -> bool:
+        secret = operators.get(user)
+        return secret is not None and hmac.compare_digest(secret.encode(), password.encode())
+
+    return known
+
+
+def _guard(server: Any, known: Callable[[str, str], bool] | None) -> None:
+    """Before Dash sees a request, on every route: the operator's login where there are operators (401 first,
+    whatever the body), then the shape of a callback request (400 in one line); a failure inside a callback is one log
     line and a 500 without a traceback (issue 13 F11: malformed POSTs gave 500 and tracebacks before login)."""
     from flask import Response, request
     from werkzeug.exceptions import HTTPException
@@ -285,20 +296,7 @@ def create_app(opts: DashboardOptions) -> Any:
     can_control = bool(operators) and opts.broker is not None
     app = Dash(__name__, title=opts.title, update_title="")
     app.server.config["LAYERWATCH_CAN_CONTROL"] = can_control
-    if operators:
-        import hmac
-        import secrets
-
-        from dash_auth import BasicAuth
-
-        def known(user: str, password: str) -> bool:
-            secret = operators.get(user)
-            return secret is not None and hmac.compare_digest(secret.encode(), password.encode())
-
-        # dash-auth keeps the user in Flask's session: without a key it warns on every request
-        app.server.secret_key = secrets.token_hex(32)
-        BasicAuth(app, auth_func=known)
-    _guard(app.server, known if operators else None)
+    _guard(app.server, _operator_login(operators) if operators else None)
     link = ControlLink(opts.broker) if can_control and opts.broker else None
     app.server.config["LAYERWATCH_CONTROL_LINK"] = link
     services = ServiceStatus(opts.broker).start() if opts.broker else None
