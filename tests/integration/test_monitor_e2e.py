@@ -166,6 +166,11 @@ def setup(
     observer.close()
 
 
+def _monitor(config: Config, **changes: object) -> Config:
+    """``config`` with some of its ``[monitor]`` settings changed."""
+    return config.model_copy(update={"monitor": config.monitor.model_copy(update=changes)})
+
+
 def _record(config: Config, topics: Topics) -> Path:
     (path,) = (config.monitor.out_dir / topics.printer).glob("*.h5")
     return path
@@ -282,7 +287,7 @@ def test_bad_frames_are_refused_and_the_service_goes_on(
 ) -> None:
     config, topics, observer = setup
     # jobs switch at once here (the camera is trusted); test_one_message_never_ends_a_live_build has the default
-    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"job_switch_quiet_s": 0})})
+    config = _monitor(config, job_switch_quiet_s=0)
     frames = Frames(broker, topics, None, "bad-input-job")
     with MonitorService(config).start() as service:
         frames.send(0, 1)
@@ -467,7 +472,7 @@ def test_unfamiliar_frames_are_reviewed_never_paused(
     strict = tmp_path / "strict.pt"
     sample = SimBuild(SEED + 1, 256, 256, 12)
     calibrate(DEFAULT_MODEL, [to_gray_float(sample.layer(k).image) for k in range(8)], out=strict, margin=1e-9)
-    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"model": strict})})
+    config = _monitor(config, model=strict)
     frames = Frames(broker, topics, WARP, "review-job")
     with MonitorService(config, printers={topics.printer: printer}).start():
         frames.send(*range(LAYERS))
@@ -500,8 +505,7 @@ def test_an_end_event_closes_the_record_within_seconds(
     virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
 ) -> None:
     config, topics, observer, _ = virtual_setup
-    monitor = config.monitor.model_copy(update={"job_end_grace_s": 1.0})
-    config = config.model_copy(update={"monitor": monitor, "printers": {topics.printer: PrinterSection()}})
+    config = _monitor(config, job_end_grace_s=1.0).model_copy(update={"printers": {topics.printer: PrinterSection()}})
     frames = Frames(broker, topics, None, "end-job")
     with MonitorService(config).start():  # no printer backend: only the event can say the job ended
         frames.send(0, 1, 2)
@@ -527,7 +531,7 @@ def test_a_printer_that_finishes_its_job_closes_the_record(
     virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
 ) -> None:
     config, topics, observer, printer = virtual_setup
-    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"job_end_grace_s": 1.0})})
+    config = _monitor(config, job_end_grace_s=1.0)
     frames = Frames(broker, topics, None, "finish-job")
     with MonitorService(config, printers={topics.printer: printer}).start():
         frames.send(0, 1)
@@ -568,12 +572,7 @@ def test_operator_commands_wait_for_the_monitors_answer(
     from monitor.policy import Rule
 
     always = Rule(name="always", metric="part_count", above=-1, severity="warning", actions=({"type": "notify"},))  # type: ignore[arg-type]
-    config = config.model_copy(
-        update={
-            "policy": PolicySection(rules=(always,)),
-            "monitor": config.monitor.model_copy(update={"job_switch_quiet_s": 0}),
-        }
-    )
+    config = _monitor(config, job_switch_quiet_s=0).model_copy(update={"policy": PolicySection(rules=(always,))})
     frames = Frames(broker, topics, None, "first-job")
     with MonitorService(config, printers={printer_id: printer}).start():
         frames.send(0, 1)
@@ -744,7 +743,7 @@ def test_job_ids_never_share_or_delete_each_others_records_and_a_reprint_gets_it
     """Issue 13 F8: 'a/b' and 'a_b' shared a record; job 'victim' deleted the record of 'victim.creating'; the
     same file printed again was judged on 0 of its layers."""
     config, topics, observer, printer = virtual_setup
-    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"job_switch_quiet_s": 0})})
+    config = _monitor(config, job_switch_quiet_s=0)
     frames = Frames(broker, topics, None, "x")
     jobs = ["victim.creating", "victim", "a/b", "a_b", "part.gcode", "../escape", "part.gcode"]
     with MonitorService(config, printers={topics.printer: printer}).start():
@@ -863,7 +862,7 @@ def test_where_layer_events_come_a_job_starts_with_its_announcement_not_with_a_f
 ) -> None:
     """Issue 13 item 3: a job is what the printer's trigger says, not the first frame that names it."""
     config, topics, observer, printer = virtual_setup
-    config = config.model_copy(update={"monitor": config.monitor.model_copy(update={"job_switch_quiet_s": 0})})
+    config = _monitor(config, job_switch_quiet_s=0)
     frames = Frames(broker, topics, None, "job-a")
     bridge = MqttLink(MqttConfig(url=broker.url), service="bridge", topics=topics, ephemeral=True).start()
 
