@@ -183,6 +183,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             real_share=args.real_share,
             composite_share=args.composite_share,
             init=args.init,
+            large_layers=args.large_layers,
+            large_frame=args.large_frame,
+            large_share=args.large_share,
         )
     except ValueError as err:
         raise CommandError(str(err)) from err
@@ -1031,6 +1034,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-share", type=float, default=0.2, help="share of each batch from the real frames")
     p.add_argument("--composite-share", type=float, default=0.3, help="share of each batch from the composites")
     p.add_argument("--init", type=Path, default=None, help="start from these weights (same architecture)")
+    p.add_argument(
+        "--large-layers", type=int, default=0, help="simulated layers rendered at --large-frame px (default 0)"
+    )
+    p.add_argument("--large-frame", type=int, default=1024, help="frame size of the large layers (default 1024)")
+    p.add_argument(
+        "--large-share", type=float, default=0.4, help="share of the simulated crops taken from the large layers"
+    )
     p.add_argument(
         "--calibrate-only",
         action="store_true",

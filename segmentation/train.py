@@ -59,6 +59,8 @@ TRAIN_SEED_STREAM = 1
 VAL_SEED_STREAM = 2
 COMPOSITE_SEED_STREAM = 3
 SCENARIO_SEED_STREAM = 4  # far from the seeds bench/eval_policy.py replays (2000-2019 test, 3000+ tuning)
+LARGE_SEED_STREAM = 5  # layers rendered at ``large_frame`` px: parts and lighting at the scale of real cameras
+LARGE_VAL_SEED_STREAM = 6
 
 #: The licensed real frames shipped for training (train rows of the fixed split only).
 DEFAULT_REAL_DIR = Path(__file__).resolve().parent.parent / "data" / "realdata"
@@ -95,6 +97,11 @@ class TrainConfig:
     composite_share: float = 0.3  # share of a batch taken from the composites
     lighting: float = 1.0  # strength of the random lighting changes (0: none)
     init: Path | None = None  # start from these weights (a checkpoint of the same architecture)
+    # layers rendered at large_frame px (real cameras are mostly 1024 px and up; the simulator's parts
+    # grow with the frame), drawn for large_share of the simulated crops
+    large_layers: int = 0
+    large_frame: int = 1024
+    large_share: float = 0.4
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -106,7 +113,11 @@ class TrainConfig:
         for name in ("train_layers", "val_layers", "batch", "epochs", "steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
-        for name in ("real_share", "composite_share"):
+        if self.large_layers < 0:
+            raise ValueError(f"large_layers={self.large_layers}: must be 0 or more")
+        if self.large_layers and self.large_frame < self.crop:
+            raise ValueError(f"large_frame={self.large_frame} is smaller than crop={self.crop}")
+        for name in ("real_share", "composite_share", "large_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be between 0 and 1")
         if self.real_share + self.composite_share > 1:
@@ -264,6 +275,12 @@ def build_composites(
     return x, y
 
 
+def _large_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    if not cfg.large_layers:
+        return None
+    return build_set(LARGE_SEED_STREAM, cfg.large_layers, cfg.large_frame, cfg.workers, cfg.out / "large_set.npz")
+
+
 # ---- batches ----------------------------------------------------------------------------------------
 def _sample(
     rng: np.random.Generator, gray: np.ndarray, mask: np.ndarray, crop: int, channels: int, lighting: float
@@ -315,6 +332,7 @@ class _Sources:
     sim: tuple[np.ndarray, np.ndarray]
     composite: tuple[np.ndarray, np.ndarray]
     real: LabelledSet
+    large: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -329,8 +347,9 @@ def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, channels: 
             i = int(rng.integers(n_comp))
             g, m = src.composite[0][i], src.composite[1][i]
         else:
-            i = int(rng.integers(src.sim[0].shape[0]))
-            g, m = src.sim[0][i], src.sim[1][i]
+            pool = src.large if src.large is not None and rng.random() < cfg.large_share else src.sim
+            i = int(rng.integers(pool[0].shape[0]))
+            g, m = pool[0][i], pool[1][i]
         xb[j], yb[j] = _sample(rng, g, m, cfg.crop, channels, cfg.lighting)
     return xb, yb
 
@@ -396,7 +415,12 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
     composite = build_composites(
         real, cfg.composite_layers if len(real) else 0, cfg.frame, cfg.workers, cfg.out / "composite_set.npz"
     )
-    src = _Sources(sim, composite, real)
+    src = _Sources(sim, composite, real, _large_set(cfg))
+    large_val = (
+        build_set(LARGE_VAL_SEED_STREAM, 12, cfg.large_frame, cfg.workers, cfg.out / "large_val_set.npz")
+        if cfg.large_layers
+        else None
+    )
     freq = np.bincount(sim[1].ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] / sim[1].size
     echo("simulated pixel share: " + ", ".join(f"{n} {f:.4f}" for n, f in zip(CLASS_NAMES, freq, strict=True)))
     echo(f"real labelled frames: {len(real)}; composites: {composite[0].shape[0]}")
@@ -455,10 +479,15 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
             "minutes": round(minutes, 2),
         }
         history.append(row)
+        large_text = ""
+        if large_val is not None:
+            large_cls = scores(evaluate_arrays(model, large_val[0], large_val[1], channels, batch=1).cm)
+            row["iou_large"] = {s.name: round(s.iou, 4) for s in large_cls}
+            large_text = f"; {cfg.large_frame} px: " + " ".join(f"{s.name} {s.iou:.3f}" for s in large_cls)
         echo(
             f"epoch {epoch + 1}: loss {row['loss']:.3f} IoU "
             + " ".join(f"{s.name} {s.iou:.3f}" for s in cls)
-            + f" pore-recall {ev.pore_recall:.3f} ({minutes:.1f} min)"
+            + f" pore-recall {ev.pore_recall:.3f} ({minutes:.1f} min){large_text}"
         )
         extra = {"train_config": extra_cfg, "val": row}
         if defect_iou > best:
@@ -485,11 +514,16 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
     return {"best_defect_iou": best, "history": history, "minutes": (time.monotonic() - t_start) / 60}
 
 
-def _calibration_frames(src: _Sources, seed: int, n_sim: int = 240, n_comp: int = 120) -> list[np.ndarray]:
+def _calibration_frames(
+    src: _Sources, seed: int, n_sim: int = 240, n_comp: int = 120, n_large: int = 40
+) -> list[np.ndarray]:
     """Whole frames of the kinds the model trained on, for the out-of-distribution statistics."""
     rng = np.random.default_rng([seed, 991])
     frames: list[np.ndarray] = []
-    for (x, _), n in ((src.sim, n_sim), (src.composite, n_comp)):
+    pools = [(src.sim, n_sim), (src.composite, n_comp)]
+    if src.large is not None:
+        pools.append((src.large, n_large))
+    for (x, _), n in pools:
         if x.shape[0]:
             frames += [x[int(i)] for i in rng.choice(x.shape[0], min(n, x.shape[0]), replace=False)]
     frames += list(src.real.gray)
@@ -506,7 +540,7 @@ def calibrate_run(cfg: TrainConfig, src: _Sources | None = None, echo: Callable[
         comp = build_composites(
             real, cfg.composite_layers if len(real) else 0, cfg.frame, cfg.workers, cfg.out / "composite_set.npz"
         )
-        src = _Sources(sim, comp, real)
+        src = _Sources(sim, comp, real, _large_set(cfg))
     frames = _calibration_frames(src, cfg.seed)
     for name in ("final.pt", "best.pt"):
         path = cfg.out / name
