@@ -27,19 +27,17 @@ import cv2
 import numpy as np
 
 from monitor.record import RecordError, RecordReader
+from printer_io.vocabulary import Severity, Verdict
+from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, LayerClass
 
-__all__ = ["CLASS_COLORS_HEX", "ControlLink", "DashboardOptions", "create_app"]
+__all__ = ["ControlLink", "DashboardOptions", "create_app"]
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES = ("powder", "part", "porosity", "spatter", "warping")
-# the class map's colours, as everywhere (segmentation.classes.CLASS_COLORS): BGR for OpenCV below
-CLASS_BGR = {1: (255, 120, 30), 2: (40, 40, 230), 3: (30, 220, 240), 4: (220, 40, 220)}
-CLASS_COLORS_HEX = {c: f"#{bgr[2]:02x}{bgr[1]:02x}{bgr[0]:02x}" for c, bgr in CLASS_BGR.items()}
 TREND_METRICS = (
-    ("porosity_fraction_part", "porosity in parts", "share", 2),
-    ("spatter_fraction", "spatter on the plate", "share", 3),
-    ("warping_confirmed_area_mm2", "confirmed warping", "mm²", 4),
+    ("porosity_fraction_part", "porosity in parts", "share", LayerClass.POROSITY),
+    ("spatter_fraction", "spatter on the plate", "share", LayerClass.SPATTER),
+    ("warping_confirmed_area_mm2", "confirmed warping", "mm²", LayerClass.WARPING),
 )
 # records made before warping was judged as geometry have this in place of the confirmed area
 _OLDER_METRICS = {"warping_confirmed_area_mm2": "warping_stable_area_mm2"}
@@ -339,8 +337,8 @@ def create_app(opts: DashboardOptions) -> Any:
         ]
 
     class_options = [
-        {"label": html.Span(CLASS_NAMES[c], style={"color": CLASS_COLORS_HEX[c], "fontWeight": "bold"}), "value": c}
-        for c in (1, 2, 3, 4)
+        {"label": html.Span(CLASS_NAMES[c], style={"color": CLASS_HEX[c], "fontWeight": "bold"}), "value": int(c)}
+        for c in (LayerClass.PART, *DEFECT_CLASSES)
     ]
     app.layout = html.Div(
         [
@@ -543,9 +541,7 @@ def create_app(opts: DashboardOptions) -> Any:
             log.info("layer %s of %s could not be read (%s); the record is reopened", layer, path, err)
             return no_update, no_update
         flags = [f for f in ("blurry", "frozen", "too_dark", "too_bright") if row[f]]
-        severity = (
-            ("ok", "info", "warning", "critical")[int(row["severity"])] if "severity" in row.dtype.names else "ok"
-        )
+        severity = Severity.from_index(int(row["severity"])) if "severity" in row.dtype.names else Severity.OK
         ood = float(m["ood_score"]) if "ood_score" in (m.dtype.names or ()) else float("nan")
         info = (
             f"layer {layer}  z = {float(row['z_mm']):.2f} mm  severity {severity}  "
@@ -672,7 +668,7 @@ def _send(
         "btn-confirmed": "feedback",
         "btn-roi": "roi",
     }[which]
-    verdict = {"btn-false": "false_alarm", "btn-confirmed": "confirmed_defect"}.get(which, "")
+    verdict = {"btn-false": Verdict.FALSE_ALARM, "btn-confirmed": Verdict.CONFIRMED_DEFECT}.get(which, "")
     if action == "feedback" and not incident:
         return "choose an incident first"
     if action == "roi" and not (roi and roi.get("points")):
@@ -758,8 +754,13 @@ def _fired_metrics(policy: dict[str, Any], actions: list[dict[str, Any]]) -> lis
                 if "fraction" in metric
                 else "count"
             )
-            out.append((metric, f"{metric} (rule {a['rule']})", unit, 4 if "warping" in metric else 2))
+            out.append((metric, f"{metric} (rule {a['rule']})", unit, _metric_class(metric)))
     return out
+
+
+def _metric_class(metric: str) -> LayerClass:
+    """The defect class a metric measures (by its name), for its colour; porosity's when none is named."""
+    return next((c for c in DEFECT_CLASSES if CLASS_NAMES[c] in metric), LayerClass.POROSITY)
 
 
 def _figure(
@@ -784,7 +785,7 @@ def _figure(
                 "name": f"{label} ({unit})",
                 "mode": "lines+markers",
                 "yaxis": yaxis,
-                "line": {"color": CLASS_COLORS_HEX[cid]},
+                "line": {"color": CLASS_HEX[cid]},
             }
         )
     shapes = []
@@ -801,7 +802,7 @@ def _figure(
                         "yref": "y" if unit == "share" else "y2",
                         "y0": rule["above"],
                         "y1": rule["above"],
-                        "line": {"dash": "dot", "color": CLASS_COLORS_HEX[cid]},
+                        "line": {"dash": "dot", "color": CLASS_HEX[cid]},
                     }
                 )
     if layer is not None:

@@ -24,14 +24,14 @@ import h5py
 import numpy as np
 
 from monitor.record import RecordError, check_layout
+from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, DEFECT_NAMES, LayerClass
 
 __all__ = ["Criteria", "Defect", "Part", "ReportError", "analyze", "write_report"]
 
 IMAGES = "slices/camera_data/0"
 MASKS = "slices/segmentation_results"
 PART_IDS = "slices/part_ids"
-DEFECT_CLASSES = {2: "porosity", 3: "spatter", 4: "warping"}
-CLASS_COLORS = {"porosity": "#e62828", "spatter": "#f0dc1e", "warping": "#dc28dc", "part": "#1e78ff"}
+_DEFECTS = {int(c): CLASS_NAMES[c] for c in DEFECT_CLASSES}
 
 
 class ReportError(Exception):
@@ -166,9 +166,9 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
         defects: list[Defect] = []
         h, w = f[IMAGES].shape[1:]
         footprint = np.zeros((h, w), dtype=bool)  # top view: bounded by one frame per class
-        projection = {name: np.zeros((h, w), dtype=bool) for name in DEFECT_CLASSES.values()}
-        per_layer: dict[str, list[float]] = {name: [] for name in DEFECT_CLASSES.values()}
-        for cls, name in DEFECT_CLASSES.items():
+        projection = {name: np.zeros((h, w), dtype=bool) for name in DEFECT_NAMES}
+        per_layer: dict[str, list[float]] = {name: [] for name in DEFECT_NAMES}
+        for cls, name in _DEFECTS.items():
             if f"{MASKS}/{cls}" not in f:
                 continue
             uf, acc = _UnionFind(), {}
@@ -181,8 +181,8 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
                 projection[name] |= m
                 per_layer[name].append(round(float(m.sum()) * mm_px * mm_py, 4))
                 parts_k = np.asarray(f[PART_IDS][k]) if has_parts else None
-                if cls == 2:  # part volumes once, with the first class pass
-                    part_px = _layer_mask(f, 1, k) | m | _layer_mask(f, 4, k)
+                if cls == DEFECT_CLASSES[0]:  # part volumes once, with the first class pass
+                    part_px = _layer_mask(f, LayerClass.PART, k) | m | _layer_mask(f, LayerClass.WARPING, k)
                     footprint |= part_px
                     if parts_k is not None:
                         ids, counts = np.unique(parts_k[part_px], return_counts=True)
@@ -309,7 +309,8 @@ def _thumbnail(f: h5py.File, layer: int) -> str:
     gray = np.asarray(f[IMAGES][layer])
     gray = gray if gray.dtype == np.uint8 else (gray // 256).astype(np.uint8)
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-    for cls, color in ((1, (255, 120, 30)), (2, (40, 40, 230)), (3, (30, 220, 240)), (4, (220, 40, 220))):
+    for cls in (LayerClass.PART, *DEFECT_CLASSES):
+        color = CLASS_BGR[cls]
         if f"{MASKS}/{cls}" in f:
             sel = np.asarray(f[f"{MASKS}/{cls}"][layer]).astype(bool)
             bgr[sel] = (0.45 * bgr[sel] + 0.55 * np.array(color)).astype(np.uint8)
@@ -321,8 +322,8 @@ def _top_view(footprint: np.ndarray, projection: dict[str, np.ndarray]) -> bytes
     """Static figure: every defect seen from above over the parts' footprint, in the class colours."""
     img = np.full((*footprint.shape, 3), 245, np.uint8)
     img[footprint] = (235, 190, 150)
-    for name, bgr in (("spatter", (30, 220, 240)), ("porosity", (40, 40, 230)), ("warping", (220, 40, 220))):
-        img[projection[name]] = bgr
+    for c in DEFECT_CLASSES:
+        img[projection[CLASS_NAMES[c]]] = CLASS_BGR[c]
     return bytes(cv2.imencode(".png", img)[1].tobytes())
 
 
@@ -385,57 +386,21 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         w = csv.writer(fh)
         w.writerow(fields)
         for d in report["defects"]:
-            w.writerow(
-                [
-                    d["id"],
-                    d["cls"],
-                    d["part_id"],
-                    d["voxels"],
-                    d["volume_mm3"],
-                    d["equivalent_diameter_mm"],
-                    d["max_extent_mm"],
-                    d["first_layer"],
-                    d["last_layer"],
-                    *d["centroid_mm"],
-                    *d["bbox_mm"],
-                ]
-            )
+            w.writerow([*(d[k] for k in fields[:9]), *d["centroid_mm"], *d["bbox_mm"]])
     written.append(defects_csv)
     parts_csv = out / "parts.csv"
+    # one count column per defect class, named by the class (porosity's is "pores", as it always was)
+    counts = {name: _count_column(name) for name in DEFECT_NAMES}
+    columns = ["part_id", "volume_mm3", "porosity_pct", *counts.values(), "largest_defect_mm"]
+    columns += ["first_affected_layer", "last_affected_layer", "verdict", "reasons"]
     with parts_csv.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            [
-                "part_id",
-                "volume_mm3",
-                "porosity_pct",
-                "pores",
-                "spatter",
-                "warping",
-                "largest_defect_mm",
-                "first_affected_layer",
-                "last_affected_layer",
-                "verdict",
-                "reasons",
-            ]
-        )
+        dw = csv.DictWriter(fh, columns)
+        dw.writeheader()
         for p in report["parts"]:
-            d = p["defects"]
-            w.writerow(
-                [
-                    p["id"],
-                    p["volume_mm3"],
-                    p["porosity_pct"],
-                    d.get("porosity", 0),
-                    d.get("spatter", 0),
-                    d.get("warping", 0),
-                    p["largest_defect_mm"],
-                    p["first_affected_layer"],
-                    p["last_affected_layer"],
-                    p["verdict"],
-                    "; ".join(p["reasons"]),
-                ]
-            )
+            row = {k: p.get(k) for k in columns}
+            row |= {"part_id": p["id"], "reasons": "; ".join(p["reasons"])}
+            row |= {col: p["defects"].get(name, 0) for name, col in counts.items()}
+            dw.writerow(row)
     written.append(parts_csv)
     top = out / "top_view.png"
     top.write_bytes(report["_top_view"])
@@ -449,10 +414,15 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
+def _count_column(defect: str) -> str:
+    return "pores" if defect == "porosity" else defect
+
+
 def figure_3d(report: dict[str, Any]) -> dict[str, Any]:
     """The 3D view of the defects (plotly figure as a dict), shared by the HTML report and the dashboard."""
     traces = []
-    for cls, color in CLASS_COLORS.items():
+    for c in DEFECT_CLASSES:
+        cls, color = CLASS_NAMES[c], CLASS_HEX[c]
         ds = [d for d in report["defects"] if d["cls"] == cls]
         if not ds:
             continue
@@ -509,9 +479,9 @@ def _html(report: dict[str, Any]) -> str:
             "name": cls,
             "x": pl["layers"],
             "y": pl.get(cls, []),
-            "line": {"color": CLASS_COLORS[cls]},
+            "line": {"color": CLASS_HEX[CLASS_NAMES.index(cls)]},
         }
-        for cls in ("porosity", "spatter", "warping")
+        for cls in DEFECT_NAMES
     ]
     layer_layout = {
         "title": {"text": "defect area per layer (mm²)"},
@@ -524,10 +494,10 @@ def _html(report: dict[str, Any]) -> str:
             "type": "histogram",
             "name": cls,
             "x": [d["equivalent_diameter_mm"] for d in report["defects"] if d["cls"] == cls],
-            "marker": {"color": CLASS_COLORS[cls]},
+            "marker": {"color": CLASS_HEX[CLASS_NAMES.index(cls)]},
             "opacity": 0.7,
         }
-        for cls in ("porosity", "spatter", "warping")
+        for cls in DEFECT_NAMES
     ]
     size_layout = {
         "title": {"text": "defect sizes (equivalent diameter, mm)"},
@@ -553,12 +523,13 @@ def _html(report: dict[str, Any]) -> str:
     )
     rows = "".join(
         f"<tr class='{p['verdict']}'><td>{p['id']}</td><td>{p['volume_mm3']:.2f}</td><td>{p['porosity_pct']:.3f}</td>"
-        f"<td>{p['defects'].get('porosity', 0)}</td><td>{p['defects'].get('spatter', 0)}</td>"
-        f"<td>{p['defects'].get('warping', 0)}</td><td>{p['largest_defect_mm']:.2f}</td>"
+        + "".join(f"<td>{p['defects'].get(name, 0)}</td>" for name in DEFECT_NAMES)
+        + f"<td>{p['largest_defect_mm']:.2f}</td>"
         f"<td><b>{p['verdict']}</b> {h.escape('; '.join(p['reasons']))}</td></tr>"
         for p in report["parts"]
     )
     notes = "".join(f"<li>{h.escape(n)}</li>" for n in b["notes"])
+    count_heads = "".join(f"<th>{_count_column(name)}</th>" for name in DEFECT_NAMES)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>LayerWatch report {h.escape(b["job_id"])}</title>
 <script>{get_plotlyjs()}</script>
 <style>body{{font-family:system-ui,sans-serif;margin:16px;color:#222}} table{{border-collapse:collapse}}
@@ -572,8 +543,8 @@ layer {b["layer_thickness_mm"]} mm; record {h.escape(b["state"])};
 <div id="perlayer" style="height:320px"></div><div id="sizes" style="height:320px"></div>
 <h2>Incidents and actions</h2><table><tr><th>time</th><th>layer</th><th>action</th><th>rule</th><th>evidence</th></tr>
 {timeline_rows}</table>
-<h2>Parts</h2><table><tr><th>part</th><th>volume (mm³)</th><th>porosity (%)</th><th>pores</th><th>spatter</th>
-<th>warping</th><th>largest defect (mm)</th><th>verdict</th></tr>{rows}</table>
+<h2>Parts</h2><table><tr><th>part</th><th>volume (mm³)</th><th>porosity (%)</th>{count_heads}
+<th>largest defect (mm)</th><th>verdict</th></tr>{rows}</table>
 <p>Criteria: pores up to {b["criteria"]["max_pore_diameter_mm"]} mm,
 porosity under {b["criteria"]["max_porosity_pct"]} %, warping at most {b["criteria"]["max_warping_mm3"]} mm³.
 Every defect: defects.csv; parts: parts.csv; all: report.json.</p>

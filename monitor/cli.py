@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from printer_io.vocabulary import Verdict
+
 __all__ = ["main"]
 
 log = logging.getLogger("layerwatch")
@@ -527,7 +529,7 @@ def _ask_monitor(args: argparse.Namespace, msg: Any) -> Any:
 
     def on_action(topic: str, payload: bytes) -> None:
         reply = ActionMessage.from_json(payload, topic)
-        if reply.request_id == msg.request_id and reply.state not in (ActionState.REQUESTED, ActionState.ACKNOWLEDGED):
+        if reply.request_id == msg.request_id and reply.state != ActionState.REQUESTED:
             answers.append(reply)
             got.set()
 
@@ -621,11 +623,12 @@ def cmd_security_check(args: argparse.Namespace) -> int:
 def cmd_feedback(args: argparse.Namespace) -> int:
     import uuid
 
-    from printer_io.messages import ActionMessage, ActionState
+    from printer_io.messages import ActionMessage
+    from printer_io.vocabulary import ActionKind, ActionState
 
     msg = ActionMessage(
         printer=args.printer,
-        action="feedback",
+        action=ActionKind.FEEDBACK,
         state=ActionState.REQUESTED,
         request_id=f"feedback:{uuid.uuid4().hex[:12]}",
         incident=args.incident,
@@ -963,7 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("feedback", help="tell the monitor whether an incident was a false alarm or a real defect")
     _mqtt_args(p)
     p.add_argument("--incident", required=True, help="incident id (from the action messages or the record)")
-    p.add_argument("--verdict", choices=("false_alarm", "confirmed_defect"), required=True)
+    p.add_argument("--verdict", choices=[str(v) for v in Verdict], required=True)
     p.add_argument(
         "--credential-file", type=Path, default=None,
         help="file with this operator's NAME:SECRET (else LAYERWATCH_OPERATOR_CREDENTIAL or "

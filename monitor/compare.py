@@ -17,11 +17,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from monitor.record import SEVERITIES, RecordError, RecordReader
+from monitor.record import RecordError, RecordReader
+from printer_io.vocabulary import Severity
+from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NUM_CLASSES
+from segmentation.metrics import confusion, scores
 
 __all__ = ["Run", "compare", "format_report", "load_run"]
 
-DEFECTS = {2: "porosity", 3: "spatter", 4: "warping"}
+DEFECTS = {int(c): CLASS_NAMES[c] for c in DEFECT_CLASSES}
 ONSET_PX = 50  # a defect class "is there" from the first layer where the truth has this many pixels of it
 
 
@@ -50,7 +53,8 @@ def load_run(path: Path) -> Run:
         names = table.dtype.names or ()
         metrics = {k: {n: float(table[k][n]) for n in names} for k in stored}
         severity = {
-            k: SEVERITIES[int(rows[k]["severity"])] if "severity" in (rows.dtype.names or ()) else "ok" for k in stored
+            k: Severity.from_index(int(rows[k]["severity"])) if "severity" in (rows.dtype.names or ()) else "ok"
+            for k in stored
         }
         actions: dict[int, list[str]] = {}
         watches = {rule["name"]: _watched_class(rule["metric"]) for rule in r.json_attr("policy").get("rules", [])}
@@ -80,19 +84,13 @@ def _watched_class(metric: str) -> str:
 def _truth_iou(run: Run, truth: h5py.File) -> dict[str, float]:
     from monitor.replay import truth_mask
 
-    inter = np.zeros(5)
-    union = np.zeros(5)
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     with RecordReader(run.path) as r:
         for k in run.layers:
             if k >= truth["slices/camera_data/0"].shape[0]:
                 continue
-            pred, gt = r.mask(k), truth_mask(truth, k)
-            for c in range(5):
-                p, g = pred == c, gt == c
-                inter[c] += np.count_nonzero(p & g)
-                union[c] += np.count_nonzero(p | g)
-    names = ("powder", "part", "porosity", "spatter", "warping")
-    return {names[c]: float(inter[c] / union[c]) if union[c] else float("nan") for c in range(5)}
+            cm += confusion(truth_mask(truth, k), r.mask(k))
+    return {s.name: s.iou for s in scores(cm)}
 
 
 def _onsets(truth: h5py.File) -> dict[str, int | None]:

@@ -21,12 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from monitor.policy import GcodeAction, RuleHit, Severity
+from monitor.policy import GcodeAction, RuleHit
 from printer_io.errors import PauseNotConfirmed, PrinterError, UnsupportedOperation
-from printer_io.messages import ActionMessage, ActionState
+from printer_io.messages import ActionMessage
 from printer_io.printer import Printer, PrinterState
+from printer_io.vocabulary import ActionKind, ActionState, Severity
 
 __all__ = ["Controller", "ControllerLimits", "Incident", "bounded_id", "job_key"]
 
@@ -60,6 +62,15 @@ class ControllerLimits:
     regrow_factor: float = 1.25
 
 
+class IncidentState(StrEnum):
+    OPEN = "open"
+    PAUSING = "pausing"  # a pause was requested, not yet confirmed
+    PAUSED = "paused"
+    RESUMED = "resumed"  # the operator resumed; it pauses again only if the defect grows
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # the printer did not carry the pause out
+
+
 @dataclass
 class Incident:
     id: str
@@ -67,7 +78,7 @@ class Incident:
     rule: str
     part_id: int
     opened_layer: int
-    state: str = "open"  # open, pausing, paused, resumed, failed
+    state: IncidentState = IncidentState.OPEN
     value_at_pause: float = 0.0
     pauses: int = 0
 
@@ -160,8 +171,8 @@ class Controller:
             return
         resumed = False
         for inc in self._state.incidents.values():
-            if inc.state == "paused":
-                inc.state = "resumed"
+            if inc.state == IncidentState.PAUSED:
+                inc.state = IncidentState.RESUMED
                 resumed = True
                 log.info("%s: incident %s resumed by the operator at layer %d", self.printer_id, inc.id, layer)
         if resumed:
@@ -174,7 +185,10 @@ class Controller:
     def restore(self, actions: Sequence[Mapping[str, Any]]) -> None:
         """Rebuild incidents from a record's action rows (a monitor restarted mid-build)."""
         for row in actions:
-            if row.get("action") not in ("pause", "cancel") or row.get("state") not in ("confirmed", "requested"):
+            if row.get("action") not in (ActionKind.PAUSE, ActionKind.CANCEL) or row.get("state") not in (
+                ActionState.CONFIRMED,
+                ActionState.REQUESTED,
+            ):
                 continue
             inc_id = str(row.get("incident", ""))
             parts = inc_id.rsplit(":", 2)
@@ -184,7 +198,7 @@ class Controller:
             inc = self._state.incidents.setdefault(
                 key, Incident(inc_id, key, str(row.get("rule", "")), 0, int(row.get("layer", 0)))
             )
-            inc.state = "paused" if row["action"] == "pause" else "cancelled"
+            inc.state = IncidentState.PAUSED if row["action"] == ActionKind.PAUSE else IncidentState.CANCELLED
             inc.pauses = max(inc.pauses, 1)
 
     def _decide(self, hit: RuleHit, metrics: Mapping[str, float]) -> list[ActionMessage]:
@@ -199,12 +213,12 @@ class Controller:
                 self.emit_event(hit.rule.severity.value, "incident", f"{hit.describe()} [incident {inc.id}]", hit.layer)
         for action in hit.rule.actions:
             kind = action.type
-            if kind in ("pause", "cancel"):
+            if kind in (ActionKind.PAUSE, ActionKind.CANCEL):
                 msg = self._stop(kind, hit, inc, metrics)
-            elif kind == "gcode":
+            elif kind == ActionKind.GCODE:
                 assert isinstance(action, GcodeAction)
                 msg = self._adjust(action, hit, inc, metrics)
-            elif kind == "exclude_object":
+            elif kind == ActionKind.EXCLUDE_OBJECT:
                 msg = self._exclude(hit, inc, metrics)
             else:
                 msg = self._notify(hit, inc, metrics)
@@ -225,26 +239,28 @@ class Controller:
             reason=hit.describe(),
             rule=hit.rule.name,
             incident=inc.id,
-            severity=hit.rule.severity.value,
+            severity=hit.rule.severity,
             metrics={k: float(v) for k, v in metrics.items() if v == v},
             model=self.model,
             **extra,
         )
 
     def _stop(self, kind: str, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]) -> ActionMessage | None:
-        if inc.state in ("pausing", "paused", "cancelled"):
+        if inc.state in (IncidentState.PAUSING, IncidentState.PAUSED, IncidentState.CANCELLED):
             return None  # one pause per incident
         metric = hit.rule.metric if hit.rule.region != "part" else f"{hit.rule.metric}_part"
         base = self._state.baseline.get(metric) if not hit.part_id else None
-        if inc.state == "resumed" and not self._grown(hit, max(inc.value_at_pause, base or 0.0)):
+        if inc.state == IncidentState.RESUMED and not self._grown(hit, max(inc.value_at_pause, base or 0.0)):
             return None  # the operator resumed; the defect has not grown since
-        if inc.state == "open" and base is not None and not self._grown(hit, base):
+        if inc.state == IncidentState.OPEN and base is not None and not self._grown(hit, base):
             return None  # the operator resumed with this defect in view; it has not grown since
-        if kind == "pause" and any(i.state in ("pausing", "paused") for i in self._state.incidents.values()):
+        if kind == ActionKind.PAUSE and any(
+            i.state in (IncidentState.PAUSING, IncidentState.PAUSED) for i in self._state.incidents.values()
+        ):
             # the printer is already stopped for another rule: this incident joins that pause
-            inc.state, inc.value_at_pause = "paused", hit.value
+            inc.state, inc.value_at_pause = IncidentState.PAUSED, hit.value
             return None
-        inc.state = "pausing" if kind == "pause" else "cancelled"
+        inc.state = IncidentState.PAUSING if kind == ActionKind.PAUSE else IncidentState.CANCELLED
         inc.value_at_pause = hit.value
         inc.pauses += 1
         msg = self._message(hit, inc, kind, ActionState.REQUESTED, metrics)
@@ -260,11 +276,11 @@ class Controller:
                 self._outcome(request, ActionState.SKIPPED, "no printer backend configured (observe-only)")
                 return
             try:
-                if request.action == "pause":
+                if request.action == ActionKind.PAUSE:
                     outcome = self.printer.pause(self.limits.pause_timeout_s)
                     for inc in self._state.incidents.values():
-                        if inc.state == "resumed":
-                            inc.state = "paused"
+                        if inc.state == IncidentState.RESUMED:
+                            inc.state = IncidentState.PAUSED
                     self._outcome(request, ActionState.CONFIRMED, f"paused after {outcome.paused_s * 1000:.0f} ms")
                 else:
                     self.printer.resume()
@@ -289,9 +305,9 @@ class Controller:
             self._outcome(msg, ActionState.SKIPPED, "no printer backend configured (observe-only)")
             return
         try:
-            if kind == "pause":
+            if kind == ActionKind.PAUSE:
                 outcome = self.printer.pause(self.limits.pause_timeout_s)
-                inc.state = "paused"
+                inc.state = IncidentState.PAUSED
                 ack = "n/a" if outcome.acknowledged_s is None else f"{outcome.acknowledged_s * 1000:.0f} ms"
                 detail = f"acknowledged after {ack}, paused after {outcome.paused_s * 1000:.0f} ms"
                 self._outcome(msg, ActionState.CONFIRMED, detail)
@@ -299,11 +315,11 @@ class Controller:
                 self.printer.cancel()
                 self._outcome(msg, ActionState.CONFIRMED, f"cancel sent in {(time.monotonic() - t0) * 1000:.0f} ms")
         except PauseNotConfirmed as err:
-            inc.state = "failed"
+            inc.state = IncidentState.FAILED
             self._outcome(msg, ActionState.TIMED_OUT, str(err))
             self.emit_event("critical", "pause_not_confirmed", str(err), msg.layer or 0)
         except PrinterError as err:
-            inc.state = "failed"
+            inc.state = IncidentState.FAILED
             self._outcome(msg, ActionState.FAILED, str(err))
             self.emit_event("critical", f"{kind}_failed", f"{kind} of {self.printer_id} failed: {err}", msg.layer or 0)
 
@@ -318,7 +334,7 @@ class Controller:
         self, action: GcodeAction, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]
     ) -> ActionMessage | None:
         st = self._state
-        if self._cooling(hit, "gcode"):
+        if self._cooling(hit, ActionKind.GCODE):
             return None
         total = st.totals.get(action.command, 0.0)
         new_total = total + action.step_pct
@@ -328,15 +344,15 @@ class Controller:
                 why = f"{action.command} already adjusted by {total:+g} % (bound {action.max_total_pct:g} %)"
                 if st.adjustments >= self.limits.max_adjustments:
                     why = f"{st.adjustments} adjustments made this build (bound {self.limits.max_adjustments})"
-                msg = self._message(hit, inc, "gcode", ActionState.SKIPPED, metrics, detail=why)
+                msg = self._message(hit, inc, ActionKind.GCODE, ActionState.SKIPPED, metrics, detail=why)
                 self.emit_action(msg)
                 return msg
             return None
         st.totals[action.command] = new_total
         st.adjustments += 1
-        st.last_acted[(hit.key, "gcode")] = hit.layer
+        st.last_acted[(hit.key, ActionKind.GCODE)] = hit.layer
         line = f"{action.command} S{100 + new_total:g}"
-        msg = self._message(hit, inc, "gcode", ActionState.REQUESTED, metrics, gcode=[line])
+        msg = self._message(hit, inc, ActionKind.GCODE, ActionState.REQUESTED, metrics, gcode=[line])
         self.emit_action(msg)
         self._work.put(lambda: self._execute_gcode(msg, [line]))
         return msg
@@ -358,7 +374,7 @@ class Controller:
             return None
         st.excluded.add(hit.part_id)
         name = self.object_name(hit.part_id)
-        msg = self._message(hit, inc, "exclude_object", ActionState.REQUESTED, metrics, object_name=name)
+        msg = self._message(hit, inc, ActionKind.EXCLUDE_OBJECT, ActionState.REQUESTED, metrics, object_name=name)
         self.emit_action(msg)
 
         def run() -> None:
@@ -377,10 +393,10 @@ class Controller:
         return msg
 
     def _notify(self, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]) -> ActionMessage | None:
-        if self._cooling(hit, "notify"):
+        if self._cooling(hit, ActionKind.NOTIFY):
             return None
-        self._state.last_acted[(hit.key, "notify")] = hit.layer
-        msg = self._message(hit, inc, "notify", ActionState.CONFIRMED, metrics)
+        self._state.last_acted[(hit.key, ActionKind.NOTIFY)] = hit.layer
+        msg = self._message(hit, inc, ActionKind.NOTIFY, ActionState.CONFIRMED, metrics)
         self.emit_action(msg)
         return msg
 

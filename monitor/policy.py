@@ -15,23 +15,17 @@ import tomllib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES
+from printer_io.vocabulary import Severity
 
 __all__ = ["DEFAULT_POLICY", "Policy", "PolicyEngine", "Rule", "RuleHit", "Severity", "load_policy"]
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "data" / "config" / "policy.toml"
-
-
-class Severity(StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
 
 
 class _Strict(BaseModel):
@@ -76,6 +70,8 @@ class Rule(_Strict):
     def _check(self) -> Rule:
         if (self.above is None) == (self.below is None):
             raise ValueError(f"rule {self.name!r}: give exactly one of 'above' or 'below'")
+        if self.severity == Severity.OK:
+            raise ValueError(f"rule {self.name!r}: severity 'ok' says nothing; use info, warning or critical")
         if self.k > self.n:
             raise ValueError(f"rule {self.name!r}: k={self.k} of n={self.n} can never hold; k must be <= n")
         if self.region not in ("anywhere", "part", "each_part") and not (

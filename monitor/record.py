@@ -36,6 +36,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from printer_io.vocabulary import Severity
+
 __all__ = [
     "READABLE_SCHEMAS",
     "SCHEMA_VERSION",
@@ -71,7 +73,6 @@ LAYER_DTYPE = np.dtype(
         ("too_dark", "u1"), ("too_bright", "u1"), ("judged", "u1"), ("severity", "u1"),
     ]
 )  # fmt: skip
-SEVERITIES = ("ok", "info", "warning", "critical")  # the layers table stores the index
 EVENT_DTYPE = np.dtype([("time", "f8"), ("layer", "i4"), ("level", _s(16)), ("code", _s(64)), ("message", _s(1024))])
 ACTION_DTYPE = np.dtype(
     [
@@ -255,7 +256,7 @@ class BuildRecord:
             "metrics": {n: float(m[n]) for n in m.dtype.names or ()},
             "parts": [{n: float(p[n]) for n in p.dtype.names if n != "layer"} for p in parts],
             "judged": bool(row["judged"]),
-            "severity": SEVERITIES[int(row["severity"])],
+            "severity": Severity.from_index(int(row["severity"])),
             "z_mm": float(row["z_mm"]),
             "captured_at": float(row["captured_at"]),
         }
@@ -314,7 +315,7 @@ class BuildRecord:
         for key in ("sharpness", "mean", "blurry", "frozen", "too_dark", "too_bright"):
             layer_row[key] = q.get(key, 0)
         layer_row["judged"] = judged
-        layer_row["severity"] = SEVERITIES.index(severity) if severity in SEVERITIES else 0
+        layer_row["severity"] = Severity(severity).rank if severity in set(Severity) else 0
         # the stored flag goes last: a crash before this flush leaves the layer unstored, not half-stored
         _put_row(f[f"{LW}/layers"], layer, layer_row)
         self._commit()

@@ -47,6 +47,7 @@ from printer_io.messages import (
 from printer_io.mqtt import MqttLink, anonymous_allowed
 from printer_io.printer import ACTIVE_STATES, Printer, PrinterState, create_printer
 from printer_io.topics import Topics
+from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, LayerClass
 from segmentation.preprocess import illumination, to_gray, to_gray_float
 from segmentation.roi import Roi, propose_roi
@@ -55,7 +56,6 @@ __all__ = ["MonitorService", "PrinterMonitor"]
 
 log = logging.getLogger(__name__)
 
-_SEVERITY_ORDER = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
 #: Per-frame figures stored beside the mask metrics (not usable in rules: they judge the frame, not the layer).
 FRAME_METRICS = ("ood_score",)
 _MAX_ROI_POINTS = 64
@@ -556,7 +556,7 @@ class PrinterMonitor:
         actions = self.controller.on_layer(layer, hits, m.values, state.state if state else None) if judged else []
         part_rows = [{"layer": layer, **p} for p in m.parts]
         q = quality.model_dump() if quality is not None else {}
-        severity = max((h.rule.severity.value for h in hits), key=_SEVERITY_ORDER.__getitem__, default="ok")
+        severity = Severity.worst(h.rule.severity for h in hits)
         t1 = time.perf_counter()
         build.record.append_layer(
             layer,
@@ -600,7 +600,7 @@ class PrinterMonitor:
             layer=layer,
             z_mm=meta.z_mm,
             judged=judged,
-            severity=severity,  # type: ignore[arg-type]
+            severity=severity,
             metrics=_numbers(m.values),
             parts=[_numbers(p) for p in m.parts],
             hits=[_hit_info(h) for h in hits],
@@ -902,7 +902,7 @@ def _numbers(values: Mapping[str, float]) -> dict[str, int | float]:
 def _hit_info(hit: RuleHit) -> RuleHitInfo:
     return RuleHitInfo(
         rule=hit.rule.name,
-        severity=hit.rule.severity.value,
+        severity=hit.rule.severity,
         value=hit.value,
         threshold=hit.rule.threshold,
         part_id=hit.part_id,

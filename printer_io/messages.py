@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import struct
 import time
-from enum import StrEnum
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from printer_io.errors import PayloadError
+from printer_io.vocabulary import ActionKind, ActionState, EventLevel, Severity, Verdict
 
 __all__ = [
     "FRAME_MAGIC",
@@ -184,21 +184,12 @@ def decode_frame(payload: bytes, topic: str = "") -> tuple[FrameMeta, bytes]:
     return meta, image
 
 
-class ActionState(StrEnum):
-    REQUESTED = "requested"
-    ACKNOWLEDGED = "acknowledged"
-    CONFIRMED = "confirmed"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    SKIPPED = "skipped"  # decided against (bound reached, unsupported): said, so nobody waits for it
-
-
 class ActionMessage(Message):
     """A command to the printer and its outcome (requested, acknowledged, confirmed, failed)."""
 
     SCHEMA: ClassVar[str] = "layerwatch.action/1"
     printer: str = Field(min_length=1, max_length=64)
-    action: Literal["pause", "resume", "cancel", "gcode", "exclude_object", "notify", "feedback", "roi"]
+    action: ActionKind
     state: ActionState
     request_id: str = Field(min_length=1, max_length=128)
     job_id: str = ""
@@ -210,10 +201,10 @@ class ActionMessage(Message):
     detail: str = Field(default="", max_length=2000)
     rule: str = Field(default="", max_length=64)
     incident: str = Field(default="", max_length=128)
-    severity: str = Field(default="", max_length=16)
+    severity: Severity | Literal[""] = ""
     metrics: dict[str, float] = Field(default_factory=dict)
     model: str = Field(default="", max_length=128)
-    verdict: Literal["", "false_alarm", "confirmed_defect"] = ""
+    verdict: Verdict | Literal[""] = ""
     operator: str = Field(default="", max_length=64)
     # an operator's request: HMAC-SHA256 (hex) of the rest under the operator's secret (printer_io.credentials)
     signature: str = Field(default="", max_length=64)
@@ -222,7 +213,7 @@ class ActionMessage(Message):
 class RuleHitInfo(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     rule: str
-    severity: str
+    severity: Severity
     value: float
     threshold: float
     part_id: int = 0
@@ -238,7 +229,7 @@ class ResultMessage(Message):
     layer: int = Field(ge=0)
     z_mm: float
     judged: bool = True
-    severity: Literal["ok", "info", "warning", "critical"] = "ok"
+    severity: Severity = Severity.OK
     metrics: dict[str, int | float] = Field(default_factory=dict, description="counts are integers")
     parts: list[dict[str, int | float]] = Field(default_factory=list)
     hits: list[RuleHitInfo] = Field(default_factory=list)
@@ -251,13 +242,6 @@ class ResultMessage(Message):
     timings_ms: dict[str, float] = Field(default_factory=dict, description="decode, segment, metrics, record")
     model: str = ""
     record: str = ""
-
-
-class EventLevel(StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-    CRITICAL = "critical"
 
 
 class EventMessage(Message):

@@ -13,9 +13,13 @@ __all__ = ["ClassScores", "Evaluation", "confusion", "object_recall", "scores"]
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
-    """(n, n) int64 counts; rows are true classes, columns predicted classes."""
+    """(n, n) int64 counts; rows are true classes, columns predicted classes. Truth pixels that are not
+    a class id (the partial labels ``NO_DEFECT`` and ``UNLABELLED``) are not counted."""
     t = truth.astype(np.int64).ravel()
     p = pred.astype(np.int64).ravel()
+    if t.size and int(t.max()) >= n:
+        keep = t < n
+        t, p = t[keep], p[keep]
     return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
 
 

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from segmentation.augment import random_lighting
-from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, NUM_CLASSES, UNLABELLED
+from segmentation.classes import CLASS_LOSS_WEIGHTS, CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, NUM_CLASSES, UNLABELLED
 from segmentation.metrics import Evaluation, scores
 from segmentation.model import ARCHITECTURES, DEFAULT_ARCH, create_model, save_checkpoint
 from segmentation.preprocess import model_input, to_gray_float
@@ -65,8 +65,6 @@ LARGE_VAL_SEED_STREAM = 6
 #: The licensed real frames shipped for training (train rows of the fixed split only).
 DEFAULT_REAL_DIR = Path(__file__).resolve().parent.parent / "data" / "realdata"
 
-# Class weights of the cross-entropy: defects are a few percent of the pixels.
-_CLASS_WEIGHTS = (0.5, 1.0, 3.0, 3.0, 2.0)
 _NO_DEFECT_WEIGHT = 1.0
 
 
@@ -437,7 +435,7 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-    weights = torch.tensor(_CLASS_WEIGHTS, dtype=torch.float32)
+    weights = torch.tensor(CLASS_LOSS_WEIGHTS, dtype=torch.float32)
     epoch0, best, history = 0, -1.0, []
     last = cfg.out / "last.pt"
     if resume and last.is_file():

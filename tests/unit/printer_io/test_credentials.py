@@ -20,6 +20,7 @@ from printer_io.credentials import (
     sign,
 )
 from printer_io.messages import ActionMessage, ActionState
+from printer_io.vocabulary import ActionKind
 
 ANA = Credential("ana", new_secret())
 
@@ -39,7 +40,7 @@ def test_a_signed_request_verifies_once_and_survives_the_wire() -> None:
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        ({"action": "resume"}, "bad signature"),
+        ({"action": ActionKind.RESUME}, "bad signature"),
         ({"printer": "p2"}, "bad signature"),
         ({"reason": "other"}, "bad signature"),
         ({"operator": "bob"}, "'bob' is not in the monitor's operators file"),

@@ -99,7 +99,8 @@ def test_illumination_uses_only_the_weighted_pixels() -> None:
 def test_partial_labels_ask_only_what_is_known() -> None:
     import torch
 
-    from segmentation.train import _CLASS_WEIGHTS, partial_label_loss
+    from segmentation.classes import CLASS_LOSS_WEIGHTS as _CLASS_WEIGHTS
+    from segmentation.train import partial_label_loss
 
     w = torch.tensor(_CLASS_WEIGHTS)
     y = torch.full((1, 4, 4), NO_DEFECT, dtype=torch.int64)
