@@ -128,9 +128,11 @@ class Config(_Section):
         """The operators file: ``[security] operators_file`` (relative to the config file), else the environment."""
         import os
 
+        from printer_io.credentials import OPERATORS_FILE_ENV
+
         path = self.security.operators_file
         if path is None:
-            env = os.environ.get("LAYERWATCH_OPERATORS_FILE")
+            env = os.environ.get(OPERATORS_FILE_ENV)
             return Path(env) if env else None
         if self.source is not None and not path.is_absolute():
             path = self.source.parent / path

@@ -179,7 +179,8 @@ def printer_findings(pid: str, backend: str, url: str, api_key_file: Path | None
 
     if backend == "octoprint":
         from printer_io.errors import PrinterError
-        from printer_io.octoprint import API_KEY_ENV, REQUIRED_PERMISSIONS, OctoPrintClient, read_secret
+        from printer_io.octoprint import API_KEY_ENV, REQUIRED_PERMISSIONS, OctoPrintClient
+        from printer_io.secrets import read_secret
 
         try:
             have = OctoPrintClient(url, read_secret(API_KEY_ENV, api_key_file, "OctoPrint API key")).permissions()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from printer_io.errors import ConfigError
 from printer_io.messages import ActionMessage
+from printer_io.secrets import read_secret_file
 
 __all__ = [
     "CREDENTIAL_ENV",
@@ -83,17 +84,7 @@ def new_secret() -> str:
 
 
 def _read_small(path: Path, what: str) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CredentialError(f"{what} {path}: {size} bytes; at most {MAX_FILE_BYTES}")
-        if path.stat().st_mode & 0o077:
-            log.warning("%s %s can be read by other users: chmod 600 %s", what, path, path)
-        return path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise CredentialError(f"{what} {path}: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise CredentialError(f"{what} {path}: not UTF-8 text") from err
+    return read_secret_file(path, what, CredentialError)
 
 
 def load_operators(path: Path) -> dict[str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from printer_io.errors import (
 )
 from printer_io.layers import LayerChange, ZLayerFilter
 from printer_io.printer import JobInfo, PauseOutcome, PrinterState, PrinterStatus, confirm_pause
+from printer_io.secrets import optional_secret
 from printer_io.trigger import LayerCallback, WebsocketTrigger
 
 __all__ = ["API_KEY_ENV", "MoonrakerPrinter", "MoonrakerTrigger", "resolve_api_key"]
@@ -50,16 +50,8 @@ _STATES = {
 
 
 def resolve_api_key(api_key: str | None, api_key_file: Path | None) -> str | None:
-    if api_key:
-        return api_key
-    if os.environ.get(API_KEY_ENV):
-        return os.environ[API_KEY_ENV].strip()
-    if api_key_file is not None:
-        try:
-            return api_key_file.read_text().strip() or None
-        except OSError as err:
-            raise ConfigError(f"Moonraker API key file {api_key_file}: {err.strerror}") from err
-    return None  # Moonraker trusts loopback clients by default
+    """The key given, else the environment or the file; None: Moonraker trusts loopback clients by default."""
+    return api_key or optional_secret(API_KEY_ENV, api_key_file, "Moonraker API key")
 
 
 class MoonrakerPrinter:

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from printer_io.errors import ConfigError, FrameTooLarge, MqttAuthError, MqttError, PayloadError
 from printer_io.messages import StatusMessage
+from printer_io.secrets import optional_secret
 from printer_io.topics import Topics
 
 __all__ = ["PASSWORD_ENV", "USERNAME_ENV", "Handler", "MqttConfig", "MqttLink", "anonymous_allowed"]
@@ -119,13 +120,7 @@ class MqttConfig(BaseModel):
 
     def credentials(self) -> tuple[str | None, str | None]:
         username = os.environ.get(USERNAME_ENV) or self.username
-        password = os.environ.get(PASSWORD_ENV)
-        if password is None and self.password_file is not None:
-            try:
-                password = self.password_file.read_text().strip()
-            except OSError as err:
-                raise ConfigError(f"mqtt password_file {self.password_file}: {err.strerror}") from err
-        return username, password
+        return username, optional_secret(PASSWORD_ENV, self.password_file, "mqtt password_file")
 
 
 class MqttLink:

@@ -12,7 +12,6 @@ send ``"action": "pause"``.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,9 +30,10 @@ from printer_io.errors import (
 )
 from printer_io.layers import FileposLayerTracker, GcodeLayerMap, ZLayerFilter
 from printer_io.printer import JobInfo, PauseOutcome, PrinterState, PrinterStatus, confirm_pause
+from printer_io.secrets import read_secret
 from printer_io.trigger import LayerCallback, WebsocketTrigger
 
-__all__ = ["API_KEY_ENV", "MIN_VERSION", "OctoPrintClient", "OctoPrintPrinter", "OctoPrintTrigger", "read_secret"]
+__all__ = ["API_KEY_ENV", "MIN_VERSION", "OctoPrintClient", "OctoPrintPrinter", "OctoPrintTrigger"]
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +50,6 @@ _STATES = {
     "error": PrinterState.ERROR,
     "closedOrError": PrinterState.OFFLINE,
 }
-
-
-def read_secret(env: str, file: Path | None, what: str) -> str:
-    """A secret from ``$env`` or the first line of ``file``; ConfigError says where to put it."""
-    value = os.environ.get(env)
-    if value:
-        return value.strip()
-    if file is not None:
-        try:
-            value = file.read_text().strip()
-        except OSError as err:
-            raise ConfigError(f"{what} file {file}: {err.strerror}") from err
-        if value:
-            return value
-        raise ConfigError(f"{what} file {file} is empty")
-    raise ConfigError(f"no {what}: set ${env} or give a key file")
 
 
 class OctoPrintClient:

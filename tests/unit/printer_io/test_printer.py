@@ -124,7 +124,7 @@ def test_octoprint_errors_are_translated(status: int, error: type[Exception], wo
 
 def test_a_missing_api_key_says_where_to_put_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LAYERWATCH_OCTOPRINT_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match=r"set \$LAYERWATCH_OCTOPRINT_API_KEY or give a key file"):
+    with pytest.raises(ConfigError, match=r"set \$LAYERWATCH_OCTOPRINT_API_KEY or name a file that holds it"):
         OctoPrintPrinter("op", url="http://x")
 
 
