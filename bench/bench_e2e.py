@@ -88,7 +88,7 @@ def bench_size(size: int, trials: int, broker: Mosquitto, octo: OctoPrint | None
     printer: Printer
     if octo is not None:
         printer = OctoPrintPrinter(pid, url=octo.url, api_key=octo.api_key, connect_port="VIRTUAL").start()
-        section = PrinterSection(backend="octoprint", url=octo.url, api_key_file=tmp / "key")
+        section = PrinterSection(backend="octoprint", options={"url": octo.url, "api_key_file": tmp / "key"})
     else:
         printer = VirtualPrinter(pid, layers=10_000, layer_time_s=1.0).start()
         section = PrinterSection(backend="virtual")

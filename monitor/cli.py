@@ -358,9 +358,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
         from printer_io.printer import create_printer
 
-        printer = create_printer(
-            args.printer_backend, name="replay", url=args.url, api_key_file=args.api_key_file
-        ).start()
+        printer = create_printer(args.printer_backend, "replay", url=args.url, api_key_file=args.api_key_file).start()
     if not args.verbose:
         for name in ("monitor", "printer_io"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -678,55 +676,36 @@ def _wait_for_stop() -> None:
         pass
 
 
+def _option_flag(field: str) -> str:
+    """A backend setting's flag: its name with dashes, without the seconds suffix (timeout_s -> --timeout)."""
+    return "--" + field.removesuffix("_s").replace("_", "-")
+
+
 def _printer_options(args: argparse.Namespace) -> dict[str, object]:
-    options: dict[str, object] = {"name": args.printer}
-    if args.backend in ("octoprint", "moonraker"):
-        options["url"] = args.url
-        options["api_key_file"] = args.api_key_file
-        options["timeout_s"] = args.timeout
-    if args.backend == "octoprint" and args.connect_port:
-        options["connect_port"] = args.connect_port
-    if args.backend == "virtual":
-        options.update(layers=args.layers, layer_time_s=args.layer_time)
-    return options
+    """The settings of the chosen backend that were given on the command line (its defaults for the rest)."""
+    from printer_io.printer import backend
+
+    fields = backend(args.backend).options.model_fields
+    given = {f: getattr(args, _option_flag(f)[2:].replace("-", "_"), None) for f in fields}
+    return {f: v for f, v in given.items() if v is not None}
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
     from printer_io.bridge import Bridge
-    from printer_io.printer import create_printer
+    from printer_io.printer import backend, backend_options
 
+    chosen = backend(args.backend)
+    if chosen.trigger is None:
+        raise CommandError(f"--backend {args.backend} reports no layer changes; use one with a layer trigger")
+    options = backend_options(args.backend, _printer_options(args))
     link = _link(args, "bridge")
     bridge = Bridge(link, args.backend)
     link.start()
     closers: list[Callable[[], None]] = [link.close]
     try:
-        if args.backend == "virtual":
-            from printer_io.virtual import VirtualPrinter
-
-            printer = VirtualPrinter(args.printer, layers=args.layers, layer_time_s=args.layer_time)
-            printer.add_layer_listener(bridge.on_virtual_layer)
-            printer.add_end_listener(bridge.on_end)
-            printer.start()
-            printer.start_job(args.job)
-            closers.insert(0, printer.close)
-        elif args.backend == "octoprint":
-            from printer_io.octoprint import OctoPrintPrinter, OctoPrintTrigger
-
-            op = create_printer("octoprint", **_printer_options(args)).start()
-            assert isinstance(op, OctoPrintPrinter) and op.client is not None
-            trigger = OctoPrintTrigger(op.client, bridge.on_change)
-            trigger.on_end = bridge.on_end
-            trigger.start()
-            closers[:0] = [trigger.close, op.close]
-        else:
-            from printer_io.moonraker import MoonrakerPrinter, MoonrakerTrigger, resolve_api_key
-
-            mr = create_printer("moonraker", **_printer_options(args)).start()
-            assert isinstance(mr, MoonrakerPrinter)
-            mtrigger = MoonrakerTrigger(args.url, bridge.on_change, api_key=resolve_api_key(None, args.api_key_file))
-            mtrigger.on_end = bridge.on_end
-            mtrigger.start()
-            closers[:0] = [mtrigger.close, mr.close]
+        printer = chosen.create(args.printer, options).start()
+        closers.insert(0, printer.close)
+        closers.insert(0, chosen.trigger(printer, options, bridge))
         print(
             f"bridge: publishing layer events of {args.printer} ({args.backend}) on {link.topics.layer}; Ctrl-C stops"
         )
@@ -788,7 +767,7 @@ def cmd_layer_event(args: argparse.Namespace) -> int:
 def cmd_printer(args: argparse.Namespace) -> int:
     from printer_io.printer import create_printer
 
-    printer = create_printer(args.backend, **_printer_options(args)).start()
+    printer = create_printer(args.backend, args.printer, **_printer_options(args)).start()
     try:
         if args.action == "status":
             st = printer.status()
@@ -814,16 +793,40 @@ def cmd_printer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _printer_args(p: argparse.ArgumentParser, backends: Sequence[str]) -> None:
-    p.add_argument("--backend", choices=backends, required=True)
-    p.add_argument("--url", default="http://127.0.0.1:5000", help="OctoPrint or Moonraker URL")
-    p.add_argument(
-        "--api-key-file", type=Path, default=None, help="file holding the API key (or set LAYERWATCH_*_API_KEY)"
-    )
-    p.add_argument("--timeout", type=float, default=5.0, help="HTTP timeout in s (default 5)")
-    p.add_argument("--connect-port", default=None, help="OctoPrint: serial port to connect if disconnected")
-    p.add_argument("--layers", type=_positive_int, default=40, help="virtual: layers of the job (default 40)")
-    p.add_argument("--layer-time", type=float, default=2.0, help="virtual: seconds a layer (default 2)")
+def _printer_args(p: argparse.ArgumentParser, *, triggers_only: bool = False) -> None:
+    """``--backend`` and every backend's settings as flags (printer_io.printer.backends declares them)."""
+    from printer_io.printer import backends
+
+    chosen = {n: b for n, b in backends().items() if b.trigger is not None or not triggers_only}
+    p.add_argument("--backend", choices=sorted(chosen), required=True)
+    users: dict[str, dict[str, Any]] = {}  # setting -> backend -> its field
+    for name, b in chosen.items():
+        for field, info in b.options.model_fields.items():
+            users.setdefault(field, {})[name] = info
+    for field, infos in users.items():
+        first = next(iter(infos.values()))
+        defaults = {n: i.default for n, i in infos.items() if i.default is not None}
+        if len(set(map(str, defaults.values()))) > 1:
+            default = "; default " + ", ".join(f"{n} {d}" for n, d in defaults.items())
+        else:
+            default = f"; default {next(iter(defaults.values()))}" if defaults else ""
+        p.add_argument(
+            _option_flag(field),
+            type=_flag_type(first.annotation),
+            default=None,
+            help=f"{', '.join(infos)}: {first.description or field.replace('_', ' ')}{default}",
+        )
+
+
+def _flag_type(annotation: Any) -> Callable[[str], Any]:
+    text = str(annotation)
+    if "Path" in text:
+        return Path
+    if "float" in text:
+        return float
+    if "int" in text:
+        return _positive_int
+    return str
 
 
 def _port(text: str) -> int:
@@ -1058,8 +1061,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bridge", help="publish a printer's layer events on MQTT (OctoPrint, Moonraker, virtual)")
     _mqtt_args(p)
-    _printer_args(p, ("octoprint", "moonraker", "virtual"))
-    p.add_argument("--job", default="virtual-job", help="virtual: job name")
+    _printer_args(p, triggers_only=True)
     p.set_defaults(func=cmd_bridge)
 
     p = sub.add_parser("camera", help="capture one frame per layer event and publish it on MQTT")
@@ -1092,7 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("status", "pause", "resume", "cancel", "gcode"))
     p.add_argument("--gcode", action="append", default=[], metavar="LINE", help="a G-code line for 'gcode' (repeat)")
     p.add_argument("--printer", default="printer", help="printer name for messages")
-    _printer_args(p, ("octoprint", "moonraker", "virtual", "dry-run"))
+    _printer_args(p)
     p.add_argument("--timeout-pause", type=float, default=30.0, help="seconds to wait for 'paused' (default 30)")
     p.set_defaults(func=cmd_printer)
     return parser

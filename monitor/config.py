@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from monitor.policy import DEFAULT_POLICY, Policy, Rule, load_policy
 from printer_io.errors import ConfigError
@@ -68,12 +68,15 @@ class MonitorSection(_Section):
 
 
 class PrinterSection(_Section):
-    """``[printers.<id>]``: how to reach one printer. ``backend = "none"`` observes without acting."""
+    """``[printers.<id>]``: how to reach one printer. ``backend = "none"`` observes without acting.
 
-    backend: Literal["octoprint", "moonraker", "virtual", "dry-run", "none"] = "none"
-    url: str = ""
-    api_key_file: Path | None = None
-    timeout_s: float = Field(default=5.0, gt=0, le=120)
+    Beside the keys below, the table holds the chosen backend's own settings (``url``, ``api_key_file``,
+    ...: its options model in printer_io, ``layerwatch printer --help`` lists them); they are validated
+    by that model and kept in ``options``.
+    """
+
+    backend: str = "none"
+    options: dict[str, Any] = Field(default_factory=dict)
     mm_per_px: float | None = Field(default=None, gt=0, le=10)
     layer_thickness_mm: float | None = Field(default=None, gt=0, le=5)
     object_names: dict[str, str] = Field(default_factory=dict, description="part id -> firmware object name")
@@ -82,6 +85,42 @@ class PrinterSection(_Section):
     # a frame of the plate before exposure (e.g. after recoating): the camera's fixed lighting, used
     # from a build's first layer instead of learning it from the first layers
     reference_image: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_settings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("backend", "none")
+        own = {k: v for k, v in data.items() if k in cls.model_fields and k != "options"}
+        rest = {k: v for k, v in data.items() if k not in cls.model_fields}
+        given = data.get("options") or {}
+        if not isinstance(given, dict):
+            raise ValueError("options must be a table of the backend's settings")
+        rest |= given
+        if name == "none":
+            if rest:
+                raise ValueError(f"backend 'none' takes no settings; remove {', '.join(sorted(rest))}")
+            return own
+        from printer_io.printer import backend_options, backends
+
+        if name not in backends():
+            return data  # the backend field's own check says which names are valid
+
+        try:
+            options = backend_options(name, rest)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return {**own, "options": options.model_dump(exclude_defaults=True)}
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from printer_io.printer import backends
+
+        if v != "none" and v not in backends():
+            raise ValueError(f"unknown printer backend; valid: {', '.join(sorted(backends()))}, none")
+        return v
 
     @field_validator("roi")
     @classmethod
@@ -173,7 +212,7 @@ def _explain(err: ValidationError, model: type[BaseModel], name: str, where: str
             return f"{where}: [{name}] has no key {key!r}; allowed keys: {allowed}"
         return f"{where}: [{name}] has no key {key!r}"
     value = first.get("input")
-    if isinstance(value, dict | list) or first["type"] == "value_error":
+    if isinstance(value, dict | list) or (first["type"] == "value_error" and not loc):
         return f"{where}: [{name}] {key}: {message}"
     return f"{where}: [{name}] {key} = {value!r}: {message}"
 

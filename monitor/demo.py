@@ -121,7 +121,7 @@ def run_demo(opts: DemoOptions) -> int:
         bridge_link = MqttLink(mqtt, service="bridge", topics=topics).start()
         stack.append(bridge_link)
         bridge = Bridge(bridge_link, "virtual")
-        printer.add_layer_listener(bridge.on_virtual_layer)
+        printer.report_to(bridge)
         printer.start()
         stack.append(printer)
         server = _dashboard(opts, config)

@@ -260,7 +260,9 @@ def check(config: Config, acl: Path | None = None, dashboards: tuple[str, ...] =
     if acl is not None:
         found += acl_findings(acl)
     for pid, section in sorted(config.printers.items()):
-        found += printer_findings(pid, section.backend, section.url, section.api_key_file)
+        found += printer_findings(
+            pid, section.backend, str(section.options.get("url", "")), section.options.get("api_key_file")
+        )
     for url in dashboards:
         found += dashboard_findings(url)
     return found

@@ -1001,10 +1001,7 @@ class MonitorService:
         section = self.config.printers.get(pid)
         if section is None or section.backend == "none":
             return None
-        options: dict[str, Any] = {"name": pid}
-        if section.backend in ("octoprint", "moonraker"):
-            options.update(url=section.url, api_key_file=section.api_key_file, timeout_s=section.timeout_s)
-        return create_printer(section.backend, **options).start()
+        return create_printer(section.backend, pid, **section.options).start()
 
     def _watch(self) -> None:
         """Close the records of jobs that ended (after the grace time) or whose printer went silent."""

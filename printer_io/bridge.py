@@ -1,8 +1,9 @@
 """``layerwatch bridge``: run one printer's layer trigger and publish its layer events on MQTT.
 
-Trigger sources: ``octoprint`` (push API), ``moonraker`` (websocket status), ``virtual`` (the embedded
-virtual printer, printing a simulated job). A G-code hook (``layerwatch layer-event``) publishes single
-events for slicers and printer hosts that can run a command on layer change (docs/printers.md).
+Each backend brings its own layer trigger (``Backend.trigger`` in printer_io.printer): OctoPrint's
+push API, Moonraker's websocket status, the embedded virtual printer's simulated job. A G-code hook
+(``layerwatch layer-event``) publishes single events for slicers and printer hosts that can run a
+command on layer change (docs/printers.md).
 """
 
 from __future__ import annotations
@@ -10,17 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 from printer_io.layers import LayerChange
 from printer_io.messages import LayerEvent
 from printer_io.mqtt import MqttLink
 
-__all__ = ["TRIGGERS", "Bridge"]
+__all__ = ["Bridge"]
 
 log = logging.getLogger(__name__)
-
-TRIGGERS = ("octoprint", "moonraker", "virtual")
 
 
 class Bridge:
@@ -48,10 +46,6 @@ class Bridge:
         with self._lock:
             self.published.append(event)
         log.info("bridge: %s layer %d of %s done at z=%.3f mm", event.printer, event.layer, event.job_id, event.z_mm)
-
-    def on_virtual_layer(self, done: Any) -> None:
-        """Listener for :meth:`VirtualPrinter.add_layer_listener`."""
-        self.on_change(done.job_id, LayerChange(done.layer, done.z_mm))
 
     def on_end(self, job_id: str, layer: int, z_mm: float, outcome: str) -> None:
         """The job ended (``outcome``: done, cancelled, failed): the monitor closes its record."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from printer_io.printer import PauseOutcome, PrinterState, PrinterStatus
+from printer_io.printer import Backend, BackendOptions, PauseOutcome, PrinterState, PrinterStatus
 
 __all__ = ["DryRunPrinter"]
 
@@ -47,3 +47,12 @@ class DryRunPrinter:
 
     def exclude_object(self, name: str) -> None:
         self._would(f"exclude object {name}")
+
+
+class DryRunOptions(BackendOptions):
+    pass
+
+
+BACKEND = Backend(
+    "dry-run", "logs what it would do and does nothing", DryRunOptions, lambda pid, _o: DryRunPrinter(pid), acts=False
+)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import Field
 
 from printer_io.errors import (
     ConfigError,
@@ -29,7 +30,17 @@ from printer_io.errors import (
     UnsupportedOperation,
 )
 from printer_io.layers import LayerChange, ZLayerFilter
-from printer_io.printer import JobInfo, PauseOutcome, PrinterState, PrinterStatus, confirm_pause
+from printer_io.printer import (
+    Backend,
+    BackendOptions,
+    JobInfo,
+    LayerSink,
+    PauseOutcome,
+    Printer,
+    PrinterState,
+    PrinterStatus,
+    confirm_pause,
+)
 from printer_io.secrets import optional_secret
 from printer_io.trigger import LayerCallback, WebsocketTrigger
 
@@ -262,3 +273,27 @@ class MoonrakerTrigger(WebsocketTrigger):
             if self._layer is not None and layer > self._layer:
                 self._emit([LayerChange(n - 1, self._layer_z) for n in range(self._layer, layer)])
             self._layer, self._used_layers = layer, True
+
+
+class MoonrakerOptions(BackendOptions):
+    url: str = "http://127.0.0.1:7125"
+    api_key_file: Path | None = Field(
+        default=None, description="file holding the API key (or $LAYERWATCH_<BACKEND>_API_KEY)"
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=120, description="HTTP timeout in s")
+
+
+def _create(printer_id: str, o: MoonrakerOptions) -> MoonrakerPrinter:
+    return MoonrakerPrinter(printer_id, url=o.url, api_key_file=o.api_key_file, timeout_s=o.timeout_s)
+
+
+def _trigger(printer: Printer, o: MoonrakerOptions, sink: LayerSink) -> Callable[[], None]:
+    trigger = MoonrakerTrigger(o.url, sink.on_change, api_key=resolve_api_key(None, o.api_key_file))
+    trigger.on_end = sink.on_end
+    trigger.start()
+    return trigger.close
+
+
+BACKEND = Backend(
+    "moonraker", "Klipper through Moonraker's HTTP API and websocket", MoonrakerOptions, _create, _trigger
+)

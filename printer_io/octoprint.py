@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+from pydantic import Field
 
 from printer_io.errors import (
     ConfigError,
@@ -29,7 +30,17 @@ from printer_io.errors import (
     UnsupportedOperation,
 )
 from printer_io.layers import FileposLayerTracker, GcodeLayerMap, ZLayerFilter
-from printer_io.printer import JobInfo, PauseOutcome, PrinterState, PrinterStatus, confirm_pause
+from printer_io.printer import (
+    Backend,
+    BackendOptions,
+    JobInfo,
+    LayerSink,
+    PauseOutcome,
+    Printer,
+    PrinterState,
+    PrinterStatus,
+    confirm_pause,
+)
 from printer_io.secrets import read_secret
 from printer_io.trigger import LayerCallback, WebsocketTrigger
 
@@ -389,3 +400,29 @@ class OctoPrintTrigger(WebsocketTrigger):
                     self._tracker = FileposLayerTracker(layer_map)
         self.mode = "markers" if self._tracker else "z"
         log.info("%s: job %s started; layers from %s", self.name, self.job_id, self.mode)
+
+
+class OctoPrintOptions(BackendOptions):
+    url: str = "http://127.0.0.1:5000"
+    api_key_file: Path | None = Field(
+        default=None, description="file holding the API key (or $LAYERWATCH_<BACKEND>_API_KEY)"
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=120, description="HTTP timeout in s")
+    connect_port: str | None = Field(default=None, description="serial port to connect if disconnected")
+
+
+def _create(printer_id: str, o: OctoPrintOptions) -> OctoPrintPrinter:
+    return OctoPrintPrinter(
+        printer_id, url=o.url, api_key_file=o.api_key_file, timeout_s=o.timeout_s, connect_port=o.connect_port
+    )
+
+
+def _trigger(printer: Printer, o: OctoPrintOptions, sink: LayerSink) -> Callable[[], None]:
+    assert isinstance(printer, OctoPrintPrinter) and printer.client is not None, "start the printer first"
+    trigger = OctoPrintTrigger(printer.client, sink.on_change)
+    trigger.on_end = sink.on_end
+    trigger.start()
+    return trigger.close
+
+
+BACKEND = Backend("octoprint", "OctoPrint's REST API and push socket", OctoPrintOptions, _create, _trigger)

@@ -9,23 +9,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from printer_io.errors import ConfigError, PauseNotConfirmed, PrinterCommandRefused, PrinterError
+from printer_io.layers import LayerChange
 
 __all__ = [
-    "PRINTERS",
+    "BACKEND_MODULES",
+    "Backend",
+    "BackendOptions",
     "JobInfo",
     "PauseOutcome",
     "Printer",
     "PrinterState",
     "PrinterStatus",
+    "backend",
+    "backend_options",
+    "backends",
     "confirm_pause",
     "create_printer",
-    "register_printer",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,36 +101,85 @@ class Printer(Protocol):
     def exclude_object(self, name: str) -> None: ...
 
 
-PrinterFactory = Callable[..., Printer]
-PRINTERS: dict[str, PrinterFactory] = {}
+class BackendOptions(BaseModel):
+    """A backend's settings: the keys of its ``[printers.<id>]`` table and its command-line flags."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def register_printer(name: str, factory: PrinterFactory) -> None:
-    PRINTERS[name] = factory
+class LayerSink(Protocol):
+    """Where a backend's layer trigger reports (the bridge): a layer done, the job ended."""
+
+    def on_change(self, job_id: str, change: LayerChange) -> None: ...
+    def on_end(self, job_id: str, layer: int, z_mm: float, outcome: str) -> None: ...
 
 
-def create_printer(backend: str, /, **options: Any) -> Printer:
-    """Build a backend by name (``options`` go to its constructor); the error lists the valid names."""
-    _load_builtin()
+@dataclass(frozen=True)
+class Backend:
+    """One printer backend, declared by its module as ``BACKEND``.
+
+    ``create(printer_id, options)`` builds the printer (not started); ``trigger(printer, options, sink)``
+    starts reporting its layer changes and returns the function that stops it (None: the backend has no
+    layer trigger); ``acts``: it moves a real or simulated printer (the contract test holds it to the
+    printer contract), as opposed to only saying what it would do.
+    """
+
+    name: str
+    summary: str
+    options: type[BackendOptions]
+    create: Callable[[str, Any], Printer]
+    trigger: Callable[[Printer, Any, LayerSink], Callable[[], None]] | None = None
+    acts: bool = True
+
+
+#: The registry: one module a backend, each declaring ``BACKEND``. A new backend is a module and a line here.
+BACKEND_MODULES = (
+    "printer_io.virtual",
+    "printer_io.octoprint",
+    "printer_io.moonraker",
+    "printer_io.dryrun",
+)
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def backends() -> dict[str, Backend]:
+    """Every registered backend by name (the modules are imported on first use)."""
+    if not _BACKENDS:
+        import importlib
+
+        for module in BACKEND_MODULES:
+            b: Backend = importlib.import_module(module).BACKEND
+            _BACKENDS[b.name] = b
+    return _BACKENDS
+
+
+def backend(name: str) -> Backend:
+    """The backend called ``name``; the error lists the valid names."""
     try:
-        factory = PRINTERS[backend]
+        return backends()[name]
     except KeyError:
-        raise ConfigError(f"unknown printer backend {backend!r}; valid: {', '.join(sorted(PRINTERS))}") from None
-    return factory(**options)
+        raise ConfigError(f"unknown printer backend {name!r}; valid: {', '.join(sorted(backends()))}") from None
 
 
-def _load_builtin() -> None:
-    if PRINTERS:
-        return
-    from printer_io.dryrun import DryRunPrinter
-    from printer_io.moonraker import MoonrakerPrinter
-    from printer_io.octoprint import OctoPrintPrinter
-    from printer_io.virtual import VirtualPrinter
+def backend_options(name: str, options: Mapping[str, Any]) -> BackendOptions:
+    """``options`` validated by the backend's model; the error names the key, the value and what is wrong."""
+    b = backend(name)
+    try:
+        return b.options.model_validate(dict(options))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(options)"
+        if first["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(b.options.model_fields)) or "none"
+            raise ConfigError(f"backend {name!r} has no setting {key!r}; its settings: {allowed}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"backend {name!r}: {key} = {first.get('input')!r}: {message}") from None
 
-    register_printer("virtual", VirtualPrinter)
-    register_printer("octoprint", OctoPrintPrinter)
-    register_printer("moonraker", MoonrakerPrinter)
-    register_printer("dry-run", DryRunPrinter)
+
+def create_printer(name: str, /, printer_id: str = "", **options: Any) -> Printer:
+    """Build a backend's printer by backend name with its validated ``options`` (not started)."""
+    return backend(name).create(printer_id or name, backend_options(name, options))
 
 
 def confirm_pause(

@@ -18,8 +18,22 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pydantic import Field
+
 from printer_io.errors import ConfigError, PrinterCommandRefused
-from printer_io.printer import ACTIVE_STATES, JobInfo, PauseOutcome, PrinterState, PrinterStatus, confirm_pause
+from printer_io.layers import LayerChange
+from printer_io.printer import (
+    ACTIVE_STATES,
+    Backend,
+    BackendOptions,
+    JobInfo,
+    LayerSink,
+    PauseOutcome,
+    Printer,
+    PrinterState,
+    PrinterStatus,
+    confirm_pause,
+)
 
 __all__ = ["GcodeLine", "LayerDone", "VirtualPrinter"]
 
@@ -121,6 +135,11 @@ class VirtualPrinter:
     def add_layer_listener(self, callback: Callable[[LayerDone], None]) -> None:
         """``callback(LayerDone)`` runs on the printer's thread when a layer completes: keep it short."""
         self._listeners.append(callback)
+
+    def report_to(self, sink: LayerSink) -> None:
+        """Report every finished layer and the job's end to ``sink`` (the bridge)."""
+        self.add_layer_listener(lambda done: sink.on_change(done.job_id, LayerChange(done.layer, done.z_mm)))
+        self.add_end_listener(sink.on_end)
 
     def add_end_listener(self, callback: Callable[[str, int, float, str], None]) -> None:
         """``callback(job_id, last layer, z_mm, outcome)`` when a job is done or cancelled."""
@@ -307,3 +326,23 @@ class VirtualPrinter:
                     self.excluded.append(name)
             return f"excluded {name}"
         return "ok"
+
+
+class VirtualOptions(BackendOptions):
+    layers: int = Field(default=40, ge=1, le=1_000_000, description="layers of the job")
+    layer_time_s: float = Field(default=2.0, gt=0, le=3600, description="seconds a layer")
+    job: str = Field(default="virtual-job", min_length=1, max_length=128, description="the job the bridge prints")
+
+
+def _create(printer_id: str, o: VirtualOptions) -> VirtualPrinter:
+    return VirtualPrinter(printer_id, layers=o.layers, layer_time_s=o.layer_time_s)
+
+
+def _trigger(printer: Printer, o: VirtualOptions, sink: LayerSink) -> Callable[[], None]:
+    assert isinstance(printer, VirtualPrinter)
+    printer.report_to(sink)
+    printer.start_job(o.job)
+    return lambda: None
+
+
+BACKEND = Backend("virtual", "the embedded virtual printer (no hardware)", VirtualOptions, _create, _trigger)

@@ -158,7 +158,7 @@ def setup(
     config = Config(
         mqtt=MqttConfig(url=broker.url),
         monitor=MonitorSection(out_dir=tmp_path / "records", mm_per_px=0.1, layer_thickness_mm=0.04),
-        printers={pid: PrinterSection(backend="octoprint", url=octoprint.url, api_key_file=key)},
+        printers={pid: PrinterSection(backend="octoprint", options={"url": octoprint.url, "api_key_file": key})},
     )
     topics = Topics("layerwatch", pid)
     observer = Observer(broker, topics)

@@ -1,4 +1,5 @@
-"""One contract, every backend: virtual, OctoPrint (real server) and Moonraker (real server, Klippy stand-in).
+"""One contract, every backend of the registry: virtual, OctoPrint (real server), Moonraker (real server,
+Klippy stand-in).
 
 Each backend's fixture gives the printer, a way to start a job on it, and a way to look at what the
 printer itself received (to check that G-code reached it, not just that the call returned).
@@ -17,7 +18,7 @@ from peers import Moonraker, OctoPrint, free_port
 from printer_io.errors import PrinterAuthError, PrinterError, PrinterUnreachable, UnsupportedOperation
 from printer_io.moonraker import MoonrakerPrinter
 from printer_io.octoprint import OctoPrintPrinter
-from printer_io.printer import Printer, PrinterState
+from printer_io.printer import Printer, PrinterState, backends
 from printer_io.virtual import VirtualPrinter
 
 pytestmark = pytest.mark.integration
@@ -76,9 +77,18 @@ def moonraker_rig(moonraker: Moonraker) -> Iterator[Rig]:
     p.close()
 
 
-@pytest.fixture(params=["virtual", "octoprint", "moonraker"])
+# every registered backend that moves a printer is held to the contract: a new backend needs a
+# ``<name>_rig`` fixture here (its real peer), or this test fails naming the missing fixture
+CONTRACT_BACKENDS = sorted(name for name, b in backends().items() if b.acts)
+
+
+def test_every_backend_that_acts_is_under_contract() -> None:
+    assert {"virtual", "octoprint", "moonraker"} <= set(CONTRACT_BACKENDS)
+
+
+@pytest.fixture(params=CONTRACT_BACKENDS)
 def rig(request: pytest.FixtureRequest) -> Rig:
-    return request.getfixturevalue(f"{request.param}_rig")  # type: ignore[no-any-return]
+    return request.getfixturevalue(f"{request.param.replace('-', '_')}_rig")  # type: ignore[no-any-return]
 
 
 class TestPrinterContract:

@@ -69,3 +69,24 @@ def test_credentials_come_from_env_or_file_never_the_config(tmp_path: Path, monk
     monkeypatch.delenv(PASSWORD_ENV)
     with pytest.raises(ConfigError, match=r"password_file .*missing"):
         MqttConfig(password_file=tmp_path / "missing").credentials()
+
+
+def test_a_printer_table_takes_its_backends_settings(tmp_path: Path) -> None:
+    text = '[printers.p1]\nbackend = "moonraker"\nurl = "http://10.0.0.7:7125"\ntimeout_s = 3\nmm_per_px = 0.1\n'
+    section = load_config(_write(tmp_path, text)).printers["p1"]
+    assert section.options == {"url": "http://10.0.0.7:7125", "timeout_s": 3.0}
+    assert section.mm_per_px == 0.1
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[printers.p1]\nbackend = "virtual"\nurl = "http://x"\n', "backend 'virtual' has no setting 'url'; its settings:"),
+        ('[printers.p1]\nbackend = "octoprint"\ntimeout_s = -1\n', "timeout_s = -1"),
+        ('[printers.p1]\nurl = "http://x"\n', "backend 'none' takes no settings; remove url"),
+    ],
+)
+def test_a_setting_the_backend_does_not_have_is_named(tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(ConfigFileError) as err:
+        load_config(_write(tmp_path, text))
+    assert words in str(err.value) and "[printers.p1]" in str(err.value)
