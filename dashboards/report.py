@@ -23,7 +23,7 @@ import cv2
 import h5py
 import numpy as np
 
-from monitor.record import RecordError, check_layout
+from monitor.record import RecordError, open_build_file
 from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, DEFECT_NAMES, LayerClass
 
 __all__ = ["Criteria", "Defect", "Part", "ReportError", "analyze", "write_report"]
@@ -127,18 +127,12 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
     """Defects and parts of one build. Layers missing from a record are skipped (and said so)."""
     criteria = criteria or Criteria()
     try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        if "already open for write" not in str(err):
-            raise ReportError(f"{path} cannot be read as HDF5 ({err})") from err
-        f = h5py.File(path, "r", swmr=True)  # a live record: a partial report
+        f = open_build_file(path)  # a live record gives a partial report
+    except RecordError as err:
+        raise ReportError(str(err)) from None
     with f:
         if IMAGES not in f or MASKS not in f:
             raise ReportError(f"{path} has no /{IMAGES} and /{MASKS}: not a build record with masks")
-        try:
-            check_layout(f, path)  # before anything is read: a crafted file must not allocate without bound
-        except RecordError as err:
-            raise ReportError(str(err)) from None
         a = f.attrs
         try:
             mm_px = float(a["printer/x_real_dimension"]) / float(a["printer/x_camera_dimension"])

@@ -38,6 +38,7 @@ def _positive_int(text: str) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
+    from segmentation.imageio import DEFAULT_MAX_PIXELS
     from segmentation.inference import DEFAULT_MODEL, ENGINES
 
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model checkpoint (.pt); default: shipped model")
@@ -45,7 +46,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
     p.add_argument("--tile", type=_positive_int, default=1024, help="tile size in px for large frames (default 1024)")
     p.add_argument(
-        "--max-pixels", type=_positive_int, default=64_000_000, help="refuse frames larger than this (default 64e6)"
+        "--max-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse frames larger than this (default 64e6)",
     )
 
 

@@ -14,15 +14,16 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from monitor.controller import ControllerLimits
 from monitor.policy import DEFAULT_POLICY, Policy, Rule, load_policy
 from printer_io.errors import ConfigError
 from printer_io.mqtt import MqttConfig
 from printer_io.topics import validate_printer_id
+from segmentation.imageio import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "Config",
     "ConfigFileError",
-    "ControllerSection",
     "MonitorSection",
     "PrinterSection",
     "SecuritySection",
@@ -57,7 +58,7 @@ class MonitorSection(_Section):
     # this long (and for three of its usual layer intervals): one forged message cannot end a live build.
     # 0: another job starts at once (trusts whoever can publish frames)
     job_switch_quiet_s: float = Field(default=30.0, ge=0, le=86_400)
-    max_frame_pixels: int = Field(default=64_000_000, ge=1024)
+    max_frame_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1024)
     gzip_level: int = Field(default=1, ge=0, le=9)
     # the build plate: propose it from a build's first frame where no [printers.<id>] roi is set
     propose_roi: bool = True
@@ -132,13 +133,6 @@ class PrinterSection(_Section):
         return v
 
 
-class ControllerSection(_Section):
-    cooldown_layers: int = Field(default=5, ge=0, le=10_000)
-    max_adjustments: int = Field(default=10, ge=0, le=1000)
-    pause_timeout_s: float = Field(default=30.0, gt=0, le=600)
-    regrow_factor: float = Field(default=1.25, ge=1.0, le=100)
-
-
 class SecuritySection(_Section):
     """Who may ask the monitor to move a printer or write a verdict (printer_io.credentials)."""
 
@@ -158,7 +152,7 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     monitor: MonitorSection = MonitorSection()
     printers: dict[str, PrinterSection] = Field(default_factory=dict)
-    controller: ControllerSection = ControllerSection()
+    controller: ControllerLimits = ControllerLimits()
     policy: PolicySection = PolicySection()
     security: SecuritySection = SecuritySection()
     source: Path | None = None
@@ -233,7 +227,7 @@ def load_config(path: Path | None) -> Config:
             raise ConfigFileError(f"{path}: unknown section [{name}]; known sections: {', '.join(SECTIONS)}")
     parts: dict[str, Any] = {"source": path}
     models: dict[str, type[BaseModel]] = {
-        "mqtt": MqttConfig, "monitor": MonitorSection, "controller": ControllerSection, "policy": PolicySection,
+        "mqtt": MqttConfig, "monitor": MonitorSection, "controller": ControllerLimits, "policy": PolicySection,
         "security": SecuritySection,
     }  # fmt: skip
     for name, model in models.items():

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from monitor.policy import GcodeAction, RuleHit
 from printer_io.errors import PauseNotConfirmed, PrinterError, UnsupportedOperation
 from printer_io.messages import ActionMessage
@@ -54,12 +56,17 @@ def bounded_id(*parts: object, limit: int = 128) -> str:
     return f"{joined[: limit - 17]}~{hashlib.sha256(joined.encode()).hexdigest()[:16]}"
 
 
-@dataclass(frozen=True)
-class ControllerLimits:
-    cooldown_layers: int = 5
-    max_adjustments: int = 10
-    pause_timeout_s: float = 30.0
-    regrow_factor: float = 1.25
+class ControllerLimits(BaseModel):
+    """The controller's bounds; also the config's ``[controller]`` section."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    # a rule adjusts or notifies again only after this many layers
+    cooldown_layers: int = Field(default=5, ge=0, le=10_000)
+    max_adjustments: int = Field(default=10, ge=0, le=1000)  # G-code adjustments a build
+    # a pause not confirmed in this time is sent again, then escalated
+    pause_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # after an operator resumes, pause again only if the defect grows this much
+    regrow_factor: float = Field(default=1.25, ge=1.0, le=100)
 
 
 class IncidentState(StrEnum):

@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 
 from printer_io.vocabulary import Severity
+from segmentation.imageio import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "READABLE_SCHEMAS",
@@ -371,7 +372,7 @@ def _put_row(dataset: h5py.Dataset, index: int, row: np.ndarray) -> None:
     dataset[index] = row
 
 
-MAX_FRAME_PIXELS = 64_000_000
+MAX_FRAME_PIXELS = DEFAULT_MAX_PIXELS
 MAX_TABLE_ROWS = 10_000_000
 MAX_OBJECTS = 10_000
 
@@ -483,6 +484,33 @@ def _open_for_reading(path: Path) -> h5py.File:
         if "already open for write" not in str(err):
             raise
         return h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
+
+
+def open_build_file(path: Path) -> h5py.File:
+    """Any build file (a LayerWatch record, live or closed; a simulated build with its truth; a Peregrine
+    file) opened for reading, its layout checked before anything is read: a crafted file must not make a
+    reader allocate without bound. Every failure is a RecordError naming the file."""
+    if not path.exists():
+        raise RecordError(f"{path} does not exist")
+    try:
+        f = _open_for_reading(path)
+    except OSError as err:
+        raise RecordError(f"{path} is not a readable HDF5 file ({err}); is it truncated?") from err
+    try:
+        check_layout(f, path)
+    except RecordError:
+        f.close()
+        raise
+    return f
+
+
+def class_mask(f: h5py.File, layer: int) -> np.ndarray:
+    """(H, W) uint8 class ids of ``layer``, from the build file's per-class masks."""
+    out = np.zeros(f[IMAGES].shape[1:], dtype=np.uint8)
+    for c in sorted(int(k) for k in f[MASKS] if k.isdigit()):
+        if c:
+            out[np.asarray(f[f"{MASKS}/{c}"][layer]).astype(bool)] = c
+    return out
 
 
 class RecordReader:

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from monitor.config import Config, MonitorSection, PolicySection, PrinterSection
-from monitor.record import IMAGES, MASKS, READABLE_SCHEMAS, RecordError, check_layout, set_attrs
+from monitor.record import IMAGES, MASKS, READABLE_SCHEMAS, RecordError, class_mask, open_build_file, set_attrs
 from monitor.service import MonitorService
 from printer_io.errors import MqttError
 from printer_io.frames import QualityChecker, encode_image
@@ -79,38 +79,14 @@ class ReplaySource:
 
 
 def truth_mask(f: h5py.File, layer: int) -> np.ndarray:
-    ids = sorted(int(k) for k in f[MASKS] if k.isdigit())
-    out = np.zeros(f[IMAGES].shape[1:], dtype=np.uint8)
-    for c in ids:
-        if c:
-            out[f[f"{MASKS}/{c}"][layer].astype(bool)] = c
-    return out
+    return class_mask(f, layer)
 
 
 def _open_h5(path: Path) -> h5py.File:
-    f = _open_h5_file(path)
     try:
-        check_layout(f, path)  # before anything is read: a crafted file must not allocate without bound
+        return open_build_file(path)
     except RecordError as err:
-        f.close()
         raise ReplayError(str(err)) from None
-    return f
-
-
-def _open_h5_file(path: Path) -> h5py.File:
-    if not path.exists():
-        raise ReplayError(f"{path} does not exist")
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        # a record left open by a crashed writer opens with SWMR; anything else (a truncated file, not
-        # HDF5) must not: HDF5's SWMR reader retries damaged metadata for minutes
-        if "already open for write" not in str(err):
-            raise ReplayError(f"{path} is not a readable HDF5 file ({err}); is it truncated?") from err
-        try:
-            return h5py.File(path, "r", swmr=True)
-        except OSError as err2:
-            raise ReplayError(f"{path} cannot be read ({err2})") from err2
 
 
 def open_source(path: Path, *, skip_missing: bool = False) -> ReplaySource:

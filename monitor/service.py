@@ -26,7 +26,7 @@ import numpy as np
 
 from monitor import __version__
 from monitor.config import Config
-from monitor.controller import Controller, ControllerLimits, job_key
+from monitor.controller import Controller, job_key
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
@@ -140,13 +140,12 @@ class PrinterMonitor:
             section.layer_thickness_mm if section and section.layer_thickness_mm else None
         ) or cfg.monitor.layer_thickness_mm
         names = dict(section.object_names) if section else {}
-        c = cfg.controller
         self.controller = Controller(
             printer,
             printer_id=printer_id,
             emit_action=self._emit_action,
             emit_event=self._emit_event,
-            limits=ControllerLimits(c.cooldown_layers, c.max_adjustments, c.pause_timeout_s, c.regrow_factor),
+            limits=cfg.controller,
             object_name=lambda pid: names.get(str(pid), f"part_{pid}"),
         )
         self.build: Build | None = None

@@ -23,6 +23,7 @@ import numpy as np
 
 from segmentation.errors import ImageError, ModelError
 from segmentation.geometry import warping_geometry
+from segmentation.imageio import DEFAULT_MAX_PIXELS
 from segmentation.ood import hesitation
 from segmentation.preprocess import flat_field, model_input, to_gray_float
 
@@ -252,7 +253,7 @@ class Segmenter:
     tile: int = 1024
     overlap: int = 128
     threads: int | None = None
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     geometry: bool = True  # warping only where a part can lift (segmentation.geometry)
 
     def __post_init__(self) -> None:

@@ -123,5 +123,5 @@ def test_the_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     bad.write_bytes(b"not hdf5")
     assert main(["report", str(bad), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot be read as HDF5" in err[0]
+    assert len(err) == 1 and "is not a readable HDF5 file" in err[0]
     assert not (tmp_path / "x").exists()

@@ -81,7 +81,10 @@ def test_a_printer_table_takes_its_backends_settings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ('[printers.p1]\nbackend = "virtual"\nurl = "http://x"\n', "backend 'virtual' has no setting 'url'; its settings:"),
+        (
+            '[printers.p1]\nbackend = "virtual"\nurl = "http://x"\n',
+            "backend 'virtual' has no setting 'url'; its settings:",
+        ),
         ('[printers.p1]\nbackend = "octoprint"\ntimeout_s = -1\n', "timeout_s = -1"),
         ('[printers.p1]\nurl = "http://x"\n', "backend 'none' takes no settings; remove url"),
     ],

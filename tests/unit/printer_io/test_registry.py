@@ -17,7 +17,7 @@ from monitor.config import ConfigFileError, load_config
 from printer_io import printer as registry
 from printer_io.errors import ConfigError
 
-MODULE = '''
+MODULE = """
 from pydantic import Field
 
 from printer_io.dryrun import DryRunPrinter
@@ -30,7 +30,7 @@ class ToyOptions(BackendOptions):
 
 
 BACKEND = Backend("toy", "a printer that only exists in this test", ToyOptions, lambda pid, o: DryRunPrinter(pid))
-'''
+"""
 
 
 @pytest.fixture
