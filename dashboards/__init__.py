@@ -1,1 +1,1 @@
-"""LayerWatch dashboards: live Dash page and post-build reports (issues 6 and 7 build them)."""
+"""LayerWatch dashboards: the live Dash page and the post-build 3D reports."""

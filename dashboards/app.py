@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from monitor.metrics import metric_unit
 from monitor.record import RecordError, RecordReader
 from printer_io.vocabulary import Severity, Verdict
 from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, LayerClass
@@ -157,8 +158,7 @@ class Records:
 
     def allowed(self, path: str | Path) -> Path:
         """``path`` if it is one of the records this dashboard lists (``--record``, or a file under
-        ``--records``), else RecordError: the browser chooses from the server's list, it never names a file
-        (issue 13 F10: any path the browser sent was opened)."""
+        ``--records``), else RecordError: the browser chooses from the server's list, it never names a file."""
         chosen = Path(path)
         if self.opts.record is not None:
             ok = chosen == self.opts.record
@@ -241,7 +241,7 @@ def _operator_login(operators: Mapping[str, str]) -> Callable[[str, str], bool]:
 def _guard(server: Any, known: Callable[[str, str], bool] | None) -> None:
     """Before Dash sees a request, on every route: the operator's login where there are operators (401 first,
     whatever the body), then the shape of a callback request (400 in one line); a failure inside a callback is one log
-    line and a 500 without a traceback (issue 13 F11: malformed POSTs gave 500 and tracebacks before login)."""
+    line and a 500 without a traceback."""
     from flask import Response, request
     from werkzeug.exceptions import HTTPException
 
@@ -745,16 +745,7 @@ def _fired_metrics(policy: dict[str, Any], actions: list[dict[str, Any]]) -> lis
         metric = str(rule.get("metric", "")) + ("_part" if rule.get("region") == "part" else "")
         if metric and metric not in shown:
             shown.add(metric)
-            unit = (
-                "mm²"
-                if metric.endswith("_mm2")
-                else "mm"
-                if metric.endswith("_mm")
-                else "share"
-                if "fraction" in metric
-                else "count"
-            )
-            out.append((metric, f"{metric} (rule {a['rule']})", unit, _metric_class(metric)))
+            out.append((metric, f"{metric} (rule {a['rule']})", metric_unit(metric), _metric_class(metric)))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from monitor.record import RecordError, RecordReader
+from monitor.record import RecordReader
 from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NUM_CLASSES
 from segmentation.metrics import confusion, scores
@@ -194,7 +194,3 @@ def format_report(report: dict[str, Any]) -> str:
 
 def write_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=1, default=lambda x: None if x != x else x))
-
-
-class CompareError(RecordError):
-    """Two records cannot be compared."""

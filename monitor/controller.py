@@ -42,7 +42,7 @@ EmitEvent = Callable[[str, str, str, int], None]  # level, code, message, layer
 
 def job_key(job_id: str) -> str:
     """The job as it starts request and incident ids: itself when short, else its start and a hash of it.
-    A real file name plus OctoPrint's suffix runs past 100 characters, and ids are at most 128 (issue 13 F9)."""
+    A real file name plus OctoPrint's suffix runs past 100 characters, and ids are at most 128."""
     if len(job_id) <= 48:
         return job_id
     return f"{job_id[:32]}~{hashlib.sha256(job_id.encode()).hexdigest()[:12]}"

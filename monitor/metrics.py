@@ -32,7 +32,6 @@ Per part (``PART_METRIC_NAMES``): ``area_mm2``, ``porosity_fraction``, ``pore_co
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import cv2
@@ -318,16 +317,10 @@ class MetricsComputer:
         return out
 
 
-def metric_units() -> Mapping[str, str]:
-    """Unit of each metric, for reports and the dashboard."""
-    units = {}
-    for name in METRIC_NAMES:
-        if name.endswith("_mm2"):
-            units[name] = "mm²"
-        elif name.endswith("_mm"):
-            units[name] = "mm"
-        elif "fraction" in name:
-            units[name] = "share"
-        else:
-            units[name] = "count"
-    return units
+def metric_unit(name: str) -> str:
+    """The unit of a metric (whole-plate, in-part or per-part), by the naming rule every metric follows."""
+    if name.endswith(("_mm2", "_mm2_part")):
+        return "mm²"
+    if name.endswith(("_mm", "_mm_part")):
+        return "mm"
+    return "share" if "fraction" in name else "count"

@@ -379,7 +379,7 @@ MAX_OBJECTS = 10_000
 
 def check_layout(f: h5py.File, path: Path) -> None:
     """Refuse a file whose structure would make a reader fail or allocate without bound, before anything is read
-    (issue 13 F13: a 2.5 KB file declared 65 GB tables). RecordError names the file, the object and the problem.
+    (a crafted 2.5 KB file can declare 65 GB tables). RecordError names the file, the object and the problem.
 
     Checks any file with the slices layout (ours, a Peregrine-style build, a truth build): frames are 3-D
     datasets of at most MAX_FRAME_PIXELS per slice, masks and part ids of the same frame size; every table

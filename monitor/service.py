@@ -82,7 +82,7 @@ _HASHED_STEM = re.compile(r".*-[0-9a-f]{10}")
 
 
 def record_stem(job_id: str) -> str:
-    """The file name (without ``.h5``) of a job's record, one job to one name (issue 13 F8).
+    """The file name (without ``.h5``) of a job's record, one job to one name.
 
     A plain job id is its own name. Any other (characters a file name must not hold, long, or ending like
     our temporary and crashed files, or like a hashed name) becomes its safe characters plus a hash of the
@@ -300,8 +300,9 @@ class PrinterMonitor:
     def on_layer(self, topic: str, payload: bytes) -> None:
         """Layer events say when a job ended (an end event, or a layer of another job); frames carry the rest.
 
-        Neither ends a live build on its word alone (issue 13 F3/F5): an end event is not taken while the
-        printer reports that it still prints, and a layer of another job only once the build is quiet."""
+        Neither ends a live build on its word alone (anyone on the broker can send one): an end event is not
+        taken while the printer reports that it still prints, and a layer of another job only once the build
+        is quiet."""
         event = LayerEvent.from_json(payload, topic)
         with self.lock:
             self.trigger_seen = True
@@ -514,7 +515,7 @@ class PrinterMonitor:
             raise PayloadError(f"layer {layer}: frame size changed mid-build", "size")
         late = layer < build.last_layer
         # the numbering moves on by small steps, or by a bigger one that the next frame confirms: one frame far
-        # ahead must not make every later layer "late", never judged (issue 13 F4)
+        # ahead must not make every later layer "late", never judged
         steady = build.last_layer < 0 or layer <= build.last_layer + _LAYER_STEP
         confirmed = build.ahead is not None and 0 < layer - build.ahead <= _LAYER_STEP
         t0 = time.perf_counter()

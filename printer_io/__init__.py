@@ -1,1 +1,1 @@
-"""LayerWatch printer I/O: MQTT layer trigger, camera node, printer backends (issue 3 builds it)."""
+"""LayerWatch printer I/O: the MQTT contract and link, layer triggers, the camera node, printer backends."""

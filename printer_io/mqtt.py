@@ -101,7 +101,7 @@ class MqttConfig(BaseModel):
     reconnect_max_s: int = Field(default=30, ge=1, le=3600)
     max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     # received messages waiting for their handler, per link (one link per printer in the monitor): over this,
-    # the oldest frames are dropped (counted, logged), never the newest (issue 13 F7)
+    # the oldest frames are dropped (counted, logged), never the newest
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024 * 1024 * 1024)
     # and at most this many frames (of 16 kB or more): a longer backlog only delays the judging of the newest layer
     max_queue_frames: int = Field(default=16, ge=1, le=100_000)

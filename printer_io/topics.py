@@ -81,16 +81,3 @@ class Topics:
     def statuses(self) -> str:
         """Filter for the status of every service of this printer."""
         return f"{self.topic(Kind.STATUS)}/+"
-
-    def parse(self, topic: str) -> tuple[str, Kind] | None:
-        """``(printer, kind)`` of a topic under our prefix, or None if the topic is not ours."""
-        head = self.prefix + "/"
-        if not topic.startswith(head):
-            return None
-        parts = topic[len(head) :].split("/")
-        if len(parts) != 2 and not (len(parts) == 3 and parts[1] == Kind.STATUS.value):
-            return None
-        try:
-            return parts[0], Kind(parts[1])
-        except ValueError:
-            return None

@@ -1,7 +1,9 @@
 """The network: a segmentation-models-pytorch U-Net with an optional full-resolution refinement head.
 
-Why the head: the U-Net's finest skip connection is at half resolution, which blurs the outline of
-objects only 2-6 px across (spatter particles, small pores). The head concatenates the decoder's
+Its input is ``segmentation.preprocess.model_input``: the normalised gray frame, and for the shipped
+architecture (``unet-mnv3s-d5-lc8``, no head) a second channel of local contrast. Why the head: the
+U-Net's finest skip connection is at half resolution, which blurs the outline of objects only 2-6 px
+across (spatter particles, small pores). The head concatenates the decoder's
 features with the full-resolution input and applies two cheap convolutions, so outlines are drawn
 from the pixels themselves. It costs about 1 GMAC at 1024x1024 (see docs/benchmarks.md).
 """

@@ -534,17 +534,6 @@ class SimBuild:
             ramp = np.maximum(ramp, np.where(region, 1.0 - d / extent, 0.0).astype(np.float32))
         return mask, ramp
 
-    def mask(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(mask, part_ids) of layer ``k`` without rendering: (H, W) uint8 class ids (no spatter, no
-        single-layer pits: those are drawn with the image) and (H, W) uint32 part ids."""
-        ids = self.part_ids(k)
-        m = np.where(ids > 0, LayerClass.PART, LayerClass.POWDER).astype(np.uint8)
-        m[self._pore_mask(k, ids)] = LayerClass.POROSITY
-        warp, _ = self._warp_mask(k, ids)
-        m[warp] = LayerClass.WARPING
-        m[self._hardware] = LayerClass.POWDER
-        return m, ids
-
     # ---- rendering ------------------------------------------------------------------------------
     def layer(self, k: int, background: np.ndarray | None = None, background_label: int = 0) -> SimLayer:
         """Render layer ``k``: image, exact mask and part ids.

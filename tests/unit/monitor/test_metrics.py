@@ -147,3 +147,11 @@ def test_warping_inside_the_part_at_its_edge_is_confirmed_without_standing_out()
         m = square_layer(pores=0)
         v = mc.compute(_corner_warp(m, 15) if k >= 3 else m).values
     assert v["warping_confirmed_area_mm2"] == pytest.approx(2.25)
+
+
+def test_every_metric_has_a_unit_by_its_name() -> None:
+    from monitor.metrics import METRIC_NAMES, metric_unit
+
+    units = {name: metric_unit(name) for name in METRIC_NAMES}
+    assert units["warping_area_mm2"] == "mm²" and units["warping_edge_mm"] == "mm"
+    assert units["porosity_fraction_part"] == "share" and units["spatter_count"] == "count"

@@ -22,16 +22,12 @@ from printer_io.messages import (
 from printer_io.topics import Kind, Topics
 
 
-def test_topics_are_built_and_parsed_in_one_place() -> None:
+def test_topics_are_built_in_one_place() -> None:
     t = Topics("layerwatch", "farm-3.p1")
     assert t.layer == "layerwatch/farm-3.p1/layer"
     assert t.image == "layerwatch/farm-3.p1/image"
     assert t.status("camera") == "layerwatch/farm-3.p1/status/camera"
-    assert t.parse("layerwatch/other/result") == ("other", Kind.RESULT)
-    assert t.parse("layerwatch/p1/status/monitor") == ("p1", Kind.STATUS)
-    assert t.parse("layerwatch/p1/nonsense") is None
-    assert t.parse("elsewhere/p1/layer") is None
-    assert t.parse("layerwatch/p1/layer/extra") is None
+    assert t.topic(Kind.RESULT) == "layerwatch/farm-3.p1/result"
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "with space", "x" * 65])

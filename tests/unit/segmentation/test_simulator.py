@@ -94,7 +94,7 @@ def test_slow_warp_grows_by_its_area_rate() -> None:
 
     spec = scenario_spec(9, 512, 30, warp_start=10, warp_area_growth=0.5)
     build = SimBuild(9, spec=spec)
-    areas = [float((build.mask(k)[0] == LayerClass.WARPING).sum()) * spec.mm_per_px**2 for k in range(30)]
+    areas = [float((build.layer(k).mask == LayerClass.WARPING).sum()) * spec.mm_per_px**2 for k in range(30)]
     assert areas[9] == 0 and areas[10] > 0
     growth = np.diff(areas[10:])
     assert 0.3 < float(np.median(growth)) < 1.0, growth
