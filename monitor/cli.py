@@ -866,7 +866,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=3, help="appearance seed of the simulated build")
     p.add_argument("--layer-time", type=float, default=0.8, help="seconds a layer takes (default 0.8)")
     p.add_argument("--broker", default=None, help="use this MQTT broker instead of starting one")
-    p.add_argument("--broker-impl", choices=("auto", "mosquitto", "amqtt"), default="auto", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--broker-impl",
+        choices=("bus", "auto", "mosquitto", "amqtt"),
+        default="bus",
+        help="without --broker: an in-process bus (default), or a local broker (auto: Mosquitto if installed)",
+    )
     p.add_argument("--headless", action="store_true", help="no dashboard")
     p.add_argument("--stay", action="store_true", help="keep the dashboard up after the summary until Ctrl-C")
     p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")

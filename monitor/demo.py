@@ -1,7 +1,7 @@
 """``layerwatch demo``: the main job, one command, no hardware.
 
-Starts a local MQTT broker (Mosquitto when installed, otherwise amqtt in-process) unless ``--broker``
-names one, the embedded virtual printer and its layer bridge, a camera node fed by a simulated build
+Runs its services on an in-process message bus (or over ``--broker URL``, or a local broker started with
+``--broker-impl mosquitto|amqtt|auto``), the embedded virtual printer and its layer bridge, a camera node fed by a simulated build
 whose defect appears mid-build (``--scenario warp``: warping from layer 14 that grows; ``clean``: the
 same build without it), the monitor with the default policy, and the dashboard where it exists. It
 prints one line per judged layer, pauses the virtual printer on a critical defect with the reason,
@@ -23,6 +23,7 @@ from typing import Literal
 from monitor.config import Config, MonitorSection, PrinterSection
 from monitor.service import MonitorService
 from printer_io.bridge import Bridge
+from printer_io.bus import BusLink, Link, MessageBus
 from printer_io.camera import CameraNode, CameraSettings
 from printer_io.messages import ActionMessage, EventMessage, ResultMessage
 from printer_io.mqtt import MqttConfig, MqttLink
@@ -46,7 +47,7 @@ class DemoOptions:
     seed: int = 3
     layer_time_s: float = 0.8
     broker: str | None = None
-    broker_impl: str = "auto"
+    broker_impl: str = "bus"  # bus (in process), or a local broker: auto, mosquitto, amqtt
     headless: bool = False
     stay: bool = False  # keep the dashboard up after the summary until Ctrl-C
     engine: Literal["onnx", "torch"] = "onnx"
@@ -75,14 +76,17 @@ def run_demo(opts: DemoOptions) -> int:
     if opts.scenario == "warp" and opts.warp_start >= opts.layers - 3:
         raise ValueError(f"--layers {opts.layers} leaves no room for the warp starting at layer {opts.warp_start}")
     opts.out.mkdir(parents=True, exist_ok=True)
-    broker = None
-    url, protocol = opts.broker, "5"
-    if url is None:
+    broker, bus = None, None
+    url, protocol = opts.broker or "mqtt://127.0.0.1:1883", "5"
+    if opts.broker is not None:
+        print(f"broker: {url}")
+    elif opts.broker_impl == "bus":
+        bus = MessageBus()
+        print("broker: in-process bus (--broker URL, or --broker-impl mosquitto, to watch it over MQTT)")
+    else:
         broker = LocalBroker(opts.broker_impl).start()  # type: ignore[arg-type]
         url, protocol = broker.url, broker.protocol
         print(f"broker: {broker.kind} on {url}")
-    else:
-        print(f"broker: {url}")
     spec = scenario_spec(
         opts.seed, opts.size, opts.layers, warp_start=opts.warp_start if opts.scenario == "warp" else None
     )
@@ -108,17 +112,22 @@ def run_demo(opts: DemoOptions) -> int:
     )
     watch = Watch()
     started = time.monotonic()
+
+    def connect(service: str) -> Link:
+        return bus.link(service=service, topics=topics) if bus else MqttLink(mqtt, service=service, topics=topics)
+
     stack: list[object] = []
     server = None
     try:
-        monitor = MonitorService(config, printer_ids=[PRINTER], printers={PRINTER: printer}).start()
+        monitor = MonitorService(config, printer_ids=[PRINTER], printers={PRINTER: printer}, bus=bus).start()
         stack.append(monitor)
-        watcher = _watcher(mqtt, topics, watch, opts.layers)
+        watcher = _watcher(connect("demo-watch"), topics, watch)
         stack.append(watcher)
         source = SimulatorSource(spec=spec)
-        camera = CameraNode(MqttLink(mqtt, service="camera", topics=topics), source, CameraSettings()).start()
+        camera = CameraNode(connect("camera"), source, CameraSettings()).start()
         stack.append(camera)
-        bridge_link = MqttLink(mqtt, service="bridge", topics=topics).start()
+        bridge_link = connect("bridge")
+        bridge_link.start()
         stack.append(bridge_link)
         bridge = Bridge(bridge_link, "virtual")
         printer.report_to(bridge)
@@ -136,7 +145,10 @@ def run_demo(opts: DemoOptions) -> int:
         )
         _wait(printer, watch, opts)
         monitor.monitors[PRINTER].controller.wait_idle(30)
-        time.sleep(0.3)  # the last outcome messages reach the watcher
+        if isinstance(watcher, BusLink):
+            watcher.wait_idle(30)  # the last outcome messages have reached the watcher
+        else:
+            time.sleep(0.3)  # over a broker there is no signal for "delivered to the others"
         pm = monitor.monitors[PRINTER]
         record = pm.last_record
         incidents = pm.controller.incidents
@@ -166,9 +178,7 @@ class _Stopper:
         self.server.shutdown()  # type: ignore[attr-defined]
 
 
-def _watcher(mqtt: MqttConfig, topics: Topics, watch: Watch, layers: int) -> MqttLink:
-    link = MqttLink(mqtt, service="demo-watch", topics=topics)
-
+def _watcher(link: Link, topics: Topics, watch: Watch) -> Link:
     def on_result(topic: str, payload: bytes) -> None:
         r = ResultMessage.from_json(payload, topic)
         now = time.time()
@@ -213,7 +223,8 @@ def _watcher(mqtt: MqttConfig, topics: Topics, watch: Watch, layers: int) -> Mqt
     link.subscribe(topics.result, on_result)
     link.subscribe(topics.action, on_action)
     link.subscribe(topics.event, on_event)
-    return link.start()
+    link.start()
+    return link
 
 
 def _wait(printer: VirtualPrinter, watch: Watch, opts: DemoOptions) -> None:

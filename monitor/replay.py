@@ -30,6 +30,7 @@ import numpy as np
 from monitor.config import Config, MonitorSection, PolicySection, PrinterSection
 from monitor.record import IMAGES, MASKS, READABLE_SCHEMAS, RecordError, class_mask, open_build_file, set_attrs
 from monitor.service import MonitorService
+from printer_io.bus import BusLink, Link, MessageBus
 from printer_io.errors import MqttError
 from printer_io.frames import QualityChecker, encode_image
 from printer_io.messages import ActionMessage, FrameMeta, LayerEvent, ResultMessage, encode_frame
@@ -166,21 +167,15 @@ def default_out(source: Path) -> Path:
 
 
 def run_replay(opts: ReplayOptions) -> ReplayResult:
-    from monitor.broker import LocalBroker
-
+    """Replay a build through a monitor: over ``opts.broker`` when given, else on an in-process bus."""
     out = opts.out or default_out(opts.source)
     if out.resolve() == opts.source.resolve():
         raise ReplayError(f"--out {out} is the record being replayed; choose another path")
     source = open_source(opts.source, skip_missing=opts.skip_missing)
-    broker = None
     try:
-        url, protocol = opts.broker, "5"
-        if url is None:
-            broker = LocalBroker().start()
-            url, protocol = broker.url, broker.protocol
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".replay-", dir=out.parent) as tmp:
-            result = _replay(source, opts, url, protocol, Path(tmp))
+            result = _replay(source, opts, Path(tmp))
             sha = hashlib.sha256(opts.source.read_bytes()).hexdigest()
             set_attrs(result.record, {"replay_of": str(opts.source.resolve()), "replay_of_sha256": sha})
             shutil.move(str(result.record), out)  # the output name appears only once the record is complete
@@ -188,12 +183,11 @@ def run_replay(opts: ReplayOptions) -> ReplayResult:
         return result
     finally:
         source.close()
-        if broker is not None:
-            broker.close()
 
 
-def _replay(source: ReplaySource, opts: ReplayOptions, url: str, protocol: str, tmp: Path) -> ReplayResult:
-    mqtt = MqttConfig(url=url, protocol=protocol, connect_timeout_s=10)  # type: ignore[arg-type]
+def _replay(source: ReplaySource, opts: ReplayOptions, tmp: Path) -> ReplayResult:
+    mqtt = MqttConfig(url=opts.broker, connect_timeout_s=10) if opts.broker else MqttConfig()
+    bus = None if opts.broker else MessageBus()
     config = Config(
         mqtt=mqtt,
         monitor=MonitorSection(
@@ -227,14 +221,16 @@ def _replay(source: ReplaySource, opts: ReplayOptions, url: str, protocol: str, 
 
     job = f"replay-{source.job_id}"
     try:
-        monitor = MonitorService(config, printer_ids=[PRINTER], printers={PRINTER: printer}).start()
+        monitor = MonitorService(config, printer_ids=[PRINTER], printers={PRINTER: printer}, bus=bus).start()
     except MqttError as err:
         raise ReplayError(str(err)) from err
-    watch = MqttLink(mqtt, service="replay-watch", topics=topics)
+
+    def connect(service: str) -> Link:
+        return bus.link(service=service, topics=topics) if bus else MqttLink(mqtt, service=service, topics=topics)
+
+    watch, bridge, camera = connect("replay-watch"), connect("bridge"), connect("camera")
     watch.subscribe(topics.result, on_result)
     watch.subscribe(topics.action, on_action)
-    bridge = MqttLink(mqtt, service="bridge", topics=topics)
-    camera = MqttLink(mqtt, service="camera", topics=topics)
     started = time.monotonic()
     try:
         watch.start()
@@ -244,14 +240,17 @@ def _replay(source: ReplaySource, opts: ReplayOptions, url: str, protocol: str, 
         with cond:
             cond.wait_for(lambda: len(results) >= len(source.layers), 600)
         monitor.monitors[PRINTER].controller.wait_idle(60)
-        time.sleep(0.2)  # the last outcomes reach the watcher
+        if isinstance(watch, BusLink):
+            watch.wait_idle(30)  # the last outcomes have reached the watcher
+        else:
+            time.sleep(0.2)  # over a broker there is no signal for "delivered to the others"
         pm = monitor.monitors[PRINTER]
         if pm.build is None:
             raise ReplayError("the monitor stored no layer of the replay (see the events above)")
         record = pm.build.record.path
     finally:
-        for link in (camera, bridge, watch):
-            link.close()
+        for each in (camera, bridge, watch):
+            each.close()
         monitor.close()
     return ReplayResult(record, len(results), time.monotonic() - started, results, actions)
 
@@ -261,8 +260,8 @@ def _publish(
     opts: ReplayOptions,
     job: str,
     topics: Topics,
-    bridge: MqttLink,
-    camera: MqttLink,
+    bridge: Link,
+    camera: Link,
     results: list[ResultMessage],
     cond: threading.Condition,
 ) -> None:

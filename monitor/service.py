@@ -30,6 +30,7 @@ from monitor.controller import Controller, job_key
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
+from printer_io.bus import Link, MessageBus
 from printer_io.credentials import DUPLICATE, Verifier, load_operators
 from printer_io.errors import PayloadError, PrinterError
 from printer_io.frames import decode_image
@@ -126,7 +127,7 @@ class PrinterMonitor:
     """Everything the monitor keeps for one printer."""
 
     def __init__(
-        self, service: MonitorService, printer_id: str, link: MqttLink, printer: Printer | None, policy: Policy
+        self, service: MonitorService, printer_id: str, link: Link, printer: Printer | None, policy: Policy
     ) -> None:
         self.service = service
         self.printer_id = printer_id
@@ -919,8 +920,11 @@ class MonitorService:
         *,
         printer_ids: list[str] | None = None,
         printers: Mapping[str, Printer | None] | None = None,
+        bus: MessageBus | None = None,
     ) -> None:
+        """``bus``: links on this in-process bus instead of the configured MQTT broker (demo, replay, tests)."""
         self.config = config
+        self.bus = bus
         self.printer_ids = printer_ids or sorted(config.printers)
         if not self.printer_ids:
             raise ValueError("no printer to monitor: add a [printers.<id>] table to the config or pass --printer ID")
@@ -961,7 +965,11 @@ class MonitorService:
             for pid in self.printer_ids:
                 printer = self._given[pid] if pid in self._given else self._make_printer(pid)
                 topics = Topics(cfg.mqtt.prefix, pid)
-                link = MqttLink(cfg.mqtt, service="monitor", topics=topics, version=__version__)
+                link: Link = (
+                    self.bus.link(service="monitor", topics=topics)
+                    if self.bus is not None
+                    else MqttLink(cfg.mqtt, service="monitor", topics=topics, version=__version__)
+                )
                 pm = PrinterMonitor(self, pid, link, printer, policy)
                 link.subscribe(topics.image, pm.on_frame)
                 link.subscribe(topics.action, pm.on_action)
@@ -971,7 +979,8 @@ class MonitorService:
         except BaseException:
             self.close()
             raise
-        self._warn_if_anonymous()
+        if self.bus is None:
+            self._warn_if_anonymous()
         self._idle = threading.Thread(target=self._watch, name="monitor-watch", daemon=True)
         self._idle.start()
         log.info(

@@ -12,9 +12,9 @@ import logging
 import threading
 import time
 
+from printer_io.bus import Link
 from printer_io.layers import LayerChange
 from printer_io.messages import LayerEvent
-from printer_io.mqtt import MqttLink
 
 __all__ = ["Bridge"]
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class Bridge:
     """Publishes layer events of one printer; ``on_change`` is the callback the trigger sources call."""
 
-    def __init__(self, link: MqttLink, source: str) -> None:
+    def __init__(self, link: Link, source: str) -> None:
         self.link = link
         self.source = source
         self.published: list[LayerEvent] = []

@@ -19,10 +19,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from printer_io.bus import Link
 from printer_io.errors import CaptureError, ConfigError, FrameTooLarge, PayloadError
 from printer_io.frames import Encoding, QualityChecker, encode_image
 from printer_io.messages import EventLevel, EventMessage, FrameMeta, LayerEvent, encode_frame
-from printer_io.mqtt import MqttLink
 
 __all__ = [
     "SOURCES",
@@ -188,7 +188,7 @@ class CameraSettings:
 class CameraNode:
     """Subscribes to the printer's layer topic and publishes one frame per layer on its image topic."""
 
-    def __init__(self, link: MqttLink, source: FrameSource, settings: CameraSettings | None = None) -> None:
+    def __init__(self, link: Link, source: FrameSource, settings: CameraSettings | None = None) -> None:
         self.link = link
         self.source = source
         self.settings = settings or CameraSettings()
