@@ -1,11 +1,12 @@
 """``layerwatch demo``: the main job, one command, no hardware.
 
-Runs its services on an in-process message bus (or over ``--broker URL``, or a local broker started with
-``--broker-impl mosquitto|amqtt|auto``), the embedded virtual printer and its layer bridge, a camera node fed by a simulated build
-whose defect appears mid-build (``--scenario warp``: warping from layer 14 that grows; ``clean``: the
-same build without it), the monitor with the default policy, and the dashboard where it exists. It
-prints one line per judged layer, pauses the virtual printer on a critical defect with the reason,
-writes the build record and the evidence overlay, and ends with a summary.
+Runs its services on an in-process message bus (or over ``--broker URL``, or a local broker started
+with ``--broker-impl mosquitto|amqtt|auto``), the embedded virtual printer and its layer bridge, a
+camera node fed by a simulated build whose defect appears mid-build (``--scenario warp``: warping
+from layer 14 that grows; ``clean``: the same build without it), the monitor with the default
+policy, and the dashboard where it exists. It prints one line per judged layer, pauses the virtual
+printer on a critical defect with the reason, writes the build record and the evidence overlay, and
+ends with a summary.
 """
 
 from __future__ import annotations

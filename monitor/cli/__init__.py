@@ -1,0 +1,69 @@
+"""The ``layerwatch`` command line: one entry point, one subcommand per job, in four groups.
+
+Each group module (services, records, operator, model) holds its commands and registers their parsers
+next to them. Foreseeable mistakes (bad file, bad argument, missing model) end in one line on stderr
+naming the file or value and what to do, and a non-zero exit status; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from monitor.cli import model, operator, records, services
+from monitor.cli.common import EXIT_PARTIAL, EXIT_USAGE, CommandError, RefusedError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerwatch",
+        description="In-situ layer monitoring for additive manufacturing.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in (services, records, operator, model):
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from monitor.config import ConfigFileError
+    from printer_io.errors import PrinterIOError
+    from segmentation.errors import SegmentationError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request is noise
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if getattr(args, "model", "unset") is None:
+        from segmentation.inference import DEFAULT_MODEL
+
+        args.model = DEFAULT_MODEL
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except RefusedError as err:
+        print(f"layerwatch {args.command}: {err}", file=sys.stderr)
+        return EXIT_PARTIAL
+    except (CommandError, SegmentationError, PrinterIOError, ConfigFileError) as err:
+        print(f"layerwatch {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"layerwatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # output piped into a reader that stopped early (`| head`): not an error worth a traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -1,0 +1,248 @@
+"""The model: simulate, segment, evaluate, train, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from monitor.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    CommandError,
+    log,
+    model_args,
+    positive_int,
+    segmenter,
+)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from segmentation.dataset import write_build, write_dataset
+
+    if args.record is not None:
+        from monitor.record import write_truth_build
+        from segmentation.classes import CLASS_NAMES
+        from segmentation.simulator import SimBuild, scenario_spec
+
+        warp = None if args.scenario == "clean" else args.warp_start
+        spec = scenario_spec(args.seed, args.size, args.layers, warp_start=warp)
+        build = SimBuild(args.seed, args.size, args.size, args.layers, spec=spec)
+        layers = [build.layer(k) for k in range(args.layers)]
+        images = [x.image if x.image.ndim == 2 else x.image.mean(axis=2).astype(x.image.dtype) for x in layers]
+        write_truth_build(
+            args.record,
+            images,
+            [x.mask for x in layers],
+            mm_per_px=spec.mm_per_px,
+            layer_thickness_mm=spec.layer_thickness,
+            class_names=CLASS_NAMES,
+            description=f"simulated {args.scenario} build, seed {args.seed}"
+            + (f", warp from layer {warp}" if warp is not None else ""),
+        )
+        print(f"wrote a simulated {args.scenario} build of {args.layers} layers with ground truth to {args.record}")
+        return EXIT_OK
+    if args.out is None:
+        raise CommandError("synth needs --out DIR (images and masks) or --record FILE.h5 (a build file)")
+    if args.build:
+        n = write_build(args.out, seed=args.seed, layers=args.layers, size=args.size)
+        print(f"wrote a build of {n} layers to {args.out}")
+    else:
+        n = write_dataset(args.out, seed=args.seed, count=args.count, size=args.size)
+        print(f"wrote {n} layers (images/ and masks/) to {args.out}")
+    return EXIT_OK
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from segmentation.errors import SegmentationError
+    from segmentation.imageio import iter_image_paths, read_image, write_mask, write_overlay
+
+    failed = 0
+    done = 0
+    seen: dict[str, Path] = {}
+    seg = None
+    from tqdm import tqdm
+
+    items = list(iter_image_paths(args.inputs))
+    for item in tqdm(items, desc="segment", unit="image", disable=not sys.stderr.isatty() or len(items) < 2):
+        if isinstance(item, Exception):
+            print(f"layerwatch segment: {item}", file=sys.stderr)
+            failed += 1
+            continue
+        name = item.stem + ".png"
+        if name in seen:
+            print(
+                f"layerwatch segment: {item}: output {name} already written for {seen[name]}; skipped", file=sys.stderr
+            )
+            failed += 1
+            continue
+        try:
+            image = read_image(item, max_pixels=args.max_pixels)
+            seg = seg or segmenter(args)
+            result = seg.segment(image)
+            write_mask(args.out / name, result.mask)
+            if args.overlay:
+                write_overlay(args.out / "overlays" / name, image, result.mask)
+        except SegmentationError as err:
+            print(f"layerwatch segment: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        seen[name] = item
+        done += 1
+        log.info("%s -> %s", item, args.out / name)
+    if seg is not None:
+        seg.close()
+    print(f"segmented {done} image(s) into {args.out}" + (f"; {failed} failed (see above)" if failed else ""))
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from segmentation.evaluate import evaluate_dirs, format_report
+
+    seg = segmenter(args)
+    try:
+        ev, problems = evaluate_dirs(args.images, args.masks, seg, max_pixels=args.max_pixels)
+    finally:
+        seg.close()
+    for p in problems:
+        print(f"layerwatch evaluate: {p}", file=sys.stderr)
+    if ev.frames == 0:
+        raise CommandError(f"no image in {args.images} has a matching mask in {args.masks} (same name, .png)")
+    report = ev.to_dict()
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"JSON written to {args.json}")
+    return EXIT_PARTIAL if problems else EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from segmentation.train import DEFAULT_REAL_DIR, TrainConfig, calibrate_run, train
+
+    try:
+        cfg = TrainConfig(
+            out=args.out,
+            arch=args.arch,
+            seed=args.seed,
+            train_layers=args.train_layers,
+            val_layers=args.val_layers,
+            batch=args.batch,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps,
+            lr=args.lr,
+            max_minutes=args.max_minutes,
+            precision=args.precision,
+            real_dir=None if args.no_real else (args.real or DEFAULT_REAL_DIR),
+            composite_layers=args.composites,
+            scenario_layers=args.scenarios,
+            real_share=args.real_share,
+            composite_share=args.composite_share,
+            init=args.init,
+            large_layers=args.large_layers,
+            large_frame=args.large_frame,
+            large_share=args.large_share,
+        )
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    if args.calibrate_only:
+        calibrate_run(cfg)
+        return EXIT_OK
+    result = train(cfg, resume=args.resume)
+    print(f"best mean defect IoU {result['best_defect_iou']:.3f}; weights in {args.out / 'best.pt'}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from segmentation.inference import export_onnx
+
+    out = args.out or args.model.with_suffix(".onnx")
+    export_onnx(args.model, out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    """Add this group's subcommands to the ``layerwatch`` parser."""
+    from segmentation.model import ARCHITECTURES, DEFAULT_ARCH
+
+    p = sub.add_parser("segment", help="segment layer images into class-id masks")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", type=Path, required=True, help="folder for NAME.png masks (uint8 class ids)")
+    p.add_argument("--overlay", action="store_true", help="also write colour overlays to OUT/overlays/")
+    model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="score the model against ground-truth masks")
+    p.add_argument("--images", type=Path, required=True, help="folder of layer images")
+    p.add_argument("--masks", type=Path, required=True, help="folder of NAME.png class-id masks")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    model_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("synth", help="simulate layer images with exact masks (a data set, a build, a build file)")
+    p.add_argument("--out", type=Path, default=None, help="folder for a data set or a build's images and masks")
+    p.add_argument(
+        "--record", type=Path, default=None, help="write a scenario build with ground truth as one HDF5 build file"
+    )
+    p.add_argument("--scenario", choices=("warp", "clean"), default="warp", help="--record: defect scenario")
+    p.add_argument("--warp-start", type=int, default=8, help="--record: layer where warping starts (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=positive_int, default=64, help="layers in a data set (default 64)")
+    p.add_argument("--size", type=positive_int, default=512, help="frame height and width in px (default 512)")
+    p.add_argument("--build", action="store_true", help="write one build (consecutive layers) instead")
+    p.add_argument("--layers", type=positive_int, default=40, help="layers in a build (default 40)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train the U-Net on simulated layers")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, cached data, history")
+    p.add_argument("--arch", default=DEFAULT_ARCH, help=f"one of {', '.join(sorted(ARCHITECTURES))}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-layers", type=positive_int, default=1600)
+    p.add_argument("--val-layers", type=positive_int, default=48)
+    p.add_argument("--batch", type=positive_int, default=12)
+    p.add_argument("--epochs", type=positive_int, default=40)
+    p.add_argument("--steps", type=positive_int, default=80, help="optimiser steps per epoch")
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="fp32",
+        help="training arithmetic (default fp32; bf16 only where the CPU has AVX-512 BF16 or AMX)",
+    )
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this (0: off)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        help="labelled real frames (images/ + masks/, class ids, 254 no defect, 255 not labelled); "
+        "default: the licensed train frames in data/realdata",
+    )
+    p.add_argument("--no-real", action="store_true", help="simulated layers only")
+    p.add_argument("--composites", type=int, default=480, help="simulated layers drawn over real clean frames")
+    p.add_argument(
+        "--scenarios", type=int, default=800, help="layers of scenario builds (slow and fast warps, clean builds)"
+    )
+    p.add_argument("--real-share", type=float, default=0.2, help="share of each batch from the real frames")
+    p.add_argument("--composite-share", type=float, default=0.3, help="share of each batch from the composites")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (same architecture)")
+    p.add_argument(
+        "--large-layers", type=int, default=0, help="simulated layers rendered at --large-frame px (default 0)"
+    )
+    p.add_argument("--large-frame", type=int, default=1024, help="frame size of the large layers (default 1024)")
+    p.add_argument(
+        "--large-share", type=float, default=0.4, help="share of the simulated crops taken from the large layers"
+    )
+    p.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="only (re)compute the out-of-distribution statistics of OUT/final.pt and OUT/best.pt",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="default: the checkpoint's path with .onnx")
+    p.set_defaults(func=cmd_export)
