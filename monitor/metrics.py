@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from segmentation.classes import LayerClass
+from segmentation.classes import DEFECT_CLASSES, LayerClass
 
 __all__ = ["METRIC_NAMES", "PART_METRIC_NAMES", "LayerMetrics", "MetricsComputer", "PartTracker"]
 
-DEFECTS = (LayerClass.POROSITY, LayerClass.SPATTER, LayerClass.WARPING)
+#: every defect class has its share of the plate and of the parts; the named ones below have more
+DEFECTS = DEFECT_CLASSES
 METRIC_NAMES: tuple[str, ...] = (
     "part_count",
     "part_area_mm2",
@@ -178,7 +179,9 @@ class MetricsComputer:
     def compute(self, mask: np.ndarray, part_ids: np.ndarray | None = None) -> LayerMetrics:
         """``mask``: (H, W) uint8 class ids. ``part_ids``: (H, W) part ids supplied with the frame, if any."""
         total = float(mask.size)
-        is_part, pores, spatter, warp = (mask == c for c in (LayerClass.PART, *DEFECTS))
+        of_class = {c: mask == c for c in DEFECTS}
+        is_part = mask == LayerClass.PART
+        pores, spatter, warp = (of_class[c] for c in (LayerClass.POROSITY, LayerClass.SPATTER, LayerClass.WARPING))
         region = _fill_holes(is_part | pores | warp)
         ids = part_ids.astype(np.uint32) if part_ids is not None else self.tracker.label(region)
         if part_ids is not None:
@@ -188,7 +191,7 @@ class MetricsComputer:
         pid_list = [int(p) for p in np.unique(ids) if p]
         v["part_count"] = float(len(pid_list))
         v["part_area_mm2"] = region_px * self.px_mm2
-        for c, m in zip(DEFECTS, (pores, spatter, warp), strict=True):
+        for c, m in of_class.items():
             name = c.name.lower()
             v[f"{name}_fraction"] = float(m.sum()) / total
             v[f"{name}_fraction_part"] = float((m & region).sum()) / region_px if region_px else 0.0

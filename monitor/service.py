@@ -27,7 +27,7 @@ import numpy as np
 from monitor import __version__
 from monitor.config import Config
 from monitor.controller import Controller, job_key
-from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
+from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, LayerMetrics, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
 from printer_io.bus import Link, MessageBus
@@ -46,7 +46,7 @@ from printer_io.messages import (
     split_frame,
 )
 from printer_io.mqtt import MqttLink, anonymous_allowed
-from printer_io.printer import ACTIVE_STATES, Printer, PrinterState, create_printer
+from printer_io.printer import ACTIVE_STATES, Printer, PrinterState, PrinterStatus, create_printer
 from printer_io.topics import Topics
 from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, LayerClass
@@ -98,6 +98,21 @@ def record_stem(job_id: str) -> str:
         return job_id
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", job_id)[:80].strip(".") or "job"
     return f"{safe}-{hashlib.sha256(job_id.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class LayerOutcome:
+    """What the monitor made of one layer: its mask and metrics, the rules it broke, the actions taken."""
+
+    mask: np.ndarray
+    metrics: LayerMetrics
+    hits: list[RuleHit]
+    actions: list[ActionMessage]
+    judged: bool
+    late: bool  # it came after a later layer: stored, never judged
+    severity: Severity
+    printer: PrinterStatus | None  # the printer's state when the layer was judged
+    timings_ms: dict[str, float]
 
 
 @dataclass
@@ -477,9 +492,20 @@ class PrinterMonitor:
         part_ids: np.ndarray | None = None,
         decode_ms: float = 0.0,
     ) -> None:
+        """One layer's journey: validate -> judge (and act) -> store -> publish."""
         build = self._build_for(meta, frame)
         if build is None:
             return
+        gray = self._validate(build, meta, frame, received)
+        if gray is None:
+            return
+        outcome = self._judge(build, meta, gray, part_ids)
+        record_ms = self._store(build, meta, gray, outcome)
+        self._publish_result(build, meta, outcome, received, {"decode": decode_ms, "record": record_ms})
+
+    def _validate(self, build: Build, meta: FrameMeta, frame: np.ndarray, received: float) -> np.ndarray | None:
+        """The frame as the gray the model sees, or None when the layer is already stored (its stored result
+        is published again). Raises PayloadError for a layer out of bounds or a frame of another size."""
         layer = meta.layer
         limit = _MAX_FIRST_LAYER if build.last_layer < 0 else build.last_layer + _MAX_LAYER_JUMP
         if layer > limit:
@@ -500,7 +526,7 @@ class PrinterMonitor:
                 meta.job_id,
             )
             self._republish(build, meta, received)
-            return
+            return None
         # decoded frames are in OpenCV's BGR order: the gray the model sees is the gray the record keeps
         # (and a replay, or `layerwatch segment` on the colour file, sees the same numbers)
         gray = to_gray(frame, order="bgr")
@@ -514,11 +540,12 @@ class PrinterMonitor:
                 layer,
             )
             raise PayloadError(f"layer {layer}: frame size changed mid-build", "size")
-        late = layer < build.last_layer
-        # the numbering moves on by small steps, or by a bigger one that the next frame confirms: one frame far
-        # ahead must not make every later layer "late", never judged
-        steady = build.last_layer < 0 or layer <= build.last_layer + _LAYER_STEP
-        confirmed = build.ahead is not None and 0 < layer - build.ahead <= _LAYER_STEP
+        return gray
+
+    def _judge(self, build: Build, meta: FrameMeta, gray: np.ndarray, part_ids: np.ndarray | None) -> LayerOutcome:
+        """Segment, measure, apply the policy and let the controller act (before anything is stored: a pause
+        must not wait for the disk). A layer is judged only when its frame is sound, in order and familiar."""
+        layer = meta.layer
         t0 = time.perf_counter()
         result = self.service.segmenter.segment(gray, roi=build.roi_mask, illumination=build.illum)
         segment_ms = (time.perf_counter() - t0) * 1000
@@ -527,6 +554,7 @@ class PrinterMonitor:
         m.values["ood_score"] = result.ood
         metrics_ms = (time.perf_counter() - t0) * 1000 - segment_ms
         quality = meta.quality
+        late = layer < build.last_layer
         unfamiliar = self.service.config.monitor.ood_check and result.unfamiliar
         judged = (quality is None or quality.ok) and not late and not unfamiliar
         if unfamiliar:
@@ -555,22 +583,35 @@ class PrinterMonitor:
         if state is not None and state.state in ACTIVE_STATES:
             build.printer_was_active = True
         actions = self.controller.on_layer(layer, hits, m.values, state.state if state else None) if judged else []
-        part_rows = [{"layer": layer, **p} for p in m.parts]
-        q = quality.model_dump() if quality is not None else {}
-        severity = Severity.worst(h.rule.severity for h in hits)
+        return LayerOutcome(
+            mask=result.mask,
+            metrics=m,
+            hits=hits,
+            actions=actions,
+            judged=judged,
+            late=late,
+            severity=Severity.worst(h.rule.severity for h in hits),
+            printer=state,
+            timings_ms={"segment": segment_ms, "metrics": metrics_ms},
+        )
+
+    def _store(self, build: Build, meta: FrameMeta, gray: np.ndarray, outcome: LayerOutcome) -> float:
+        """Append the layer to the build record (with the printer's telemetry); returns the time it took, ms.
+        Then move the build's layer numbering on."""
+        layer, m, state = meta.layer, outcome.metrics, outcome.printer
         t1 = time.perf_counter()
         build.record.append_layer(
             layer,
             z_mm=meta.z_mm,
             image=gray,
-            mask=result.mask,
+            mask=outcome.mask,
             part_ids=m.part_ids,
             metrics=m.values,
-            part_metrics=part_rows,
+            part_metrics=[{"layer": layer, **p} for p in m.parts],
             captured_at=meta.captured_at,
-            quality=q,
-            judged=judged,
-            severity=severity,
+            quality=meta.quality.model_dump() if meta.quality is not None else {},
+            judged=outcome.judged,
+            severity=outcome.severity,
         )
         record_ms = (time.perf_counter() - t1) * 1000
         if state is None and self.printer is not None:
@@ -580,6 +621,16 @@ class PrinterMonitor:
             build.record.add_telemetry(
                 layer, state.state.value, job.z_mm if job and job.z_mm else meta.z_mm, state.feed_pct, state.flow_pct
             )
+        self._advance(build, layer, outcome.late)
+        build.layers_judged += int(outcome.judged)
+        self.counters["layers"] += 1
+        return record_ms
+
+    def _advance(self, build: Build, layer: int, late: bool) -> None:
+        """The numbering moves on by small steps, or by a bigger one that the next frame confirms: one frame
+        far ahead must not make every later layer "late", never judged."""
+        steady = build.last_layer < 0 or layer <= build.last_layer + _LAYER_STEP
+        confirmed = build.ahead is not None and 0 < layer - build.ahead <= _LAYER_STEP
         if steady or confirmed:
             build.last_layer, build.ahead = max(build.last_layer, layer), None
         elif not late:
@@ -593,29 +644,28 @@ class PrinterMonitor:
             )
         build.gaps.append(time.monotonic() - build.last_seen)
         build.last_seen = time.monotonic()
-        build.layers_judged += int(judged)
-        self.counters["layers"] += 1
+
+    def _publish_result(
+        self, build: Build, meta: FrameMeta, outcome: LayerOutcome, received: float, timings_ms: dict[str, float]
+    ) -> None:
+        m = outcome.metrics
+        times = {**outcome.timings_ms, **timings_ms}
         res = ResultMessage(
             printer=self.printer_id,
             job_id=meta.job_id,
-            layer=layer,
+            layer=meta.layer,
             z_mm=meta.z_mm,
-            judged=judged,
-            severity=severity,
+            judged=outcome.judged,
+            severity=outcome.severity,
             metrics=_numbers(m.values),
             parts=[_numbers(p) for p in m.parts],
-            hits=[_hit_info(h) for h in hits],
-            actions=[a.request_id for a in actions],
-            quality=quality,
+            hits=[_hit_info(h) for h in outcome.hits],
+            actions=[a.request_id for a in outcome.actions],
+            quality=meta.quality,
             captured_at=meta.captured_at,
             received_at=received,
-            segment_ms=round(segment_ms, 2),
-            timings_ms={
-                "decode": round(decode_ms, 2),
-                "segment": round(segment_ms, 2),
-                "metrics": round(metrics_ms, 2),
-                "record": round(record_ms, 2),
-            },
+            segment_ms=round(times["segment"], 2),
+            timings_ms={k: round(times[k], 2) for k in ("decode", "segment", "metrics", "record")},
             model=self.service.model_id,
             record=str(build.record.path),
         )
@@ -625,11 +675,11 @@ class PrinterMonitor:
         log.info(
             "%s layer %d: porosity %.2f%% spatter %.2f%% warping %.2f%% of the part area%s",
             self.printer_id,
-            layer,
+            meta.layer,
             100 * v["porosity_fraction_part"],
             100 * v["spatter_fraction_part"],
             100 * v["warping_fraction_part"],
-            "; " + ", ".join(f"{a.action} ({a.rule})" for a in actions) if actions else "",
+            "; " + ", ".join(f"{a.action} ({a.rule})" for a in outcome.actions) if outcome.actions else "",
         )
 
     def _republish(self, build: Build, meta: FrameMeta, received: float) -> None:

@@ -34,6 +34,7 @@ from printer_io.octoprint import OctoPrintPrinter
 from printer_io.printer import PrinterState
 from printer_io.topics import Topics
 from printer_io.virtual import VirtualPrinter
+from printer_io.vocabulary import ActionKind, Verdict
 from segmentation.simulator import SimBuild, scenario_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -680,9 +681,9 @@ def test_nobody_without_an_operator_credential_moves_the_printer(
         "named": request("pause", "named").model_copy(update={"operator": "ana"}),  # free text
         "wrong-secret": sign(request("pause", "wrong-secret"), mallory),
         "stale": sign(request("pause", "stale"), ana, at=time.time() - 600),  # a recorded request, replayed
-        "altered": sign(request("resume", "altered"), ana).model_copy(update={"action": "pause"}),
+        "altered": sign(request("resume", "altered"), ana).model_copy(update={"action": ActionKind.PAUSE}),
         "verdict": request("feedback", "verdict").model_copy(
-            update={"incident": "guarded-job:x:1", "verdict": "false_alarm", "operator": "mallory"}
+            update={"incident": "guarded-job:x:1", "verdict": Verdict.FALSE_ALARM, "operator": "mallory"}
         ),
     }
     with MonitorService(config).start() as service:
