@@ -21,14 +21,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 
 from monitor.metrics import metric_unit
 from monitor.record import RecordError, RecordReader
-from printer_io.vocabulary import Severity, Verdict
+from printer_io.vocabulary import ActionKind, Severity, Verdict
 from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, LayerClass
 
 __all__ = ["ControlLink", "DashboardOptions", "create_app"]
@@ -662,12 +662,13 @@ def _send(
     except (RecordError, OSError, KeyError) as err:
         return f"cannot tell which printer this record belongs to: {err}"
     action = {
-        "btn-pause": "pause",
-        "btn-resume": "resume",
-        "btn-false": "feedback",
-        "btn-confirmed": "feedback",
-        "btn-roi": "roi",
+        "btn-pause": ActionKind.PAUSE,
+        "btn-resume": ActionKind.RESUME,
+        "btn-false": ActionKind.FEEDBACK,
+        "btn-confirmed": ActionKind.FEEDBACK,
+        "btn-roi": ActionKind.ROI,
     }[which]
+    verdict: Verdict | Literal[""]
     verdict = {"btn-false": Verdict.FALSE_ALARM, "btn-confirmed": Verdict.CONFIRMED_DEFECT}.get(which, "")
     if action == "feedback" and not incident:
         return "choose an incident first"
@@ -675,10 +676,10 @@ def _send(
         return "this record has no plate outline to confirm (the monitor judges the whole frame)"
     msg = ActionMessage(
         printer=printer,
-        action=action,  # type: ignore[arg-type]
+        action=action,
         state=ActionState.REQUESTED,
         request_id=f"dashboard:{uuid.uuid4().hex[:12]}",
-        verdict=verdict,  # type: ignore[arg-type]
+        verdict=verdict,
         incident=incident or "",
         reason="from the dashboard",
         detail=json.dumps(roi["points"]) if action == "roi" and roi else "",

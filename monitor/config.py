@@ -12,10 +12,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from monitor.controller import ControllerLimits
 from monitor.policy import DEFAULT_POLICY, Policy, Rule, load_policy
+from monitor.settings import ConfigFileError, section
 from printer_io.errors import ConfigError
 from printer_io.mqtt import MqttConfig
 from printer_io.topics import validate_printer_id
@@ -32,10 +33,6 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigFileError(Exception):
-    """The configuration file is missing, not TOML, or has a bad section/key/value."""
 
 
 class _Section(BaseModel):
@@ -185,30 +182,6 @@ class Config(_Section):
 
 
 SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy", "security")
-
-
-def section(model: type[M], table: dict[str, Any], name: str, where: str) -> M:
-    """Validate one table; the error names the file, the section, the key and what is wrong."""
-    try:
-        return model.model_validate(table)
-    except ValidationError as err:
-        raise ConfigFileError(_explain(err, model, name, where)) from None
-
-
-def _explain(err: ValidationError, model: type[BaseModel], name: str, where: str) -> str:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc) or "(section)"
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        if len(loc) == 1:
-            allowed = ", ".join(sorted(model.model_fields))
-            return f"{where}: [{name}] has no key {key!r}; allowed keys: {allowed}"
-        return f"{where}: [{name}] has no key {key!r}"
-    value = first.get("input")
-    if isinstance(value, dict | list) or (first["type"] == "value_error" and not loc):
-        return f"{where}: [{name}] {key}: {message}"
-    return f"{where}: [{name}] {key} = {value!r}: {message}"
 
 
 def load_config(path: Path | None) -> Config:

@@ -219,7 +219,7 @@ class Controller:
             if hit.rule.severity != Severity.INFO:
                 self.emit_event(hit.rule.severity.value, "incident", f"{hit.describe()} [incident {inc.id}]", hit.layer)
         for action in hit.rule.actions:
-            kind = action.type
+            kind = ActionKind(action.type)
             if kind in (ActionKind.PAUSE, ActionKind.CANCEL):
                 msg = self._stop(kind, hit, inc, metrics)
             elif kind == ActionKind.GCODE:
@@ -234,11 +234,17 @@ class Controller:
         return out
 
     def _message(
-        self, hit: RuleHit, inc: Incident, action: str, state: ActionState, metrics: Mapping[str, float], **extra: Any
+        self,
+        hit: RuleHit,
+        inc: Incident,
+        action: ActionKind,
+        state: ActionState,
+        metrics: Mapping[str, float],
+        **extra: Any,
     ) -> ActionMessage:
         return ActionMessage(
             printer=self.printer_id,
-            action=action,  # type: ignore[arg-type]
+            action=action,
             state=state,
             request_id=bounded_id(job_key(self.job_id), hit.layer, hit.key, action),
             job_id=self.job_id,
@@ -252,7 +258,9 @@ class Controller:
             **extra,
         )
 
-    def _stop(self, kind: str, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]) -> ActionMessage | None:
+    def _stop(
+        self, kind: ActionKind, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]
+    ) -> ActionMessage | None:
         if inc.state in (IncidentState.PAUSING, IncidentState.PAUSED, IncidentState.CANCELLED):
             return None  # one pause per incident
         metric = hit.rule.metric if hit.rule.region != "part" else f"{hit.rule.metric}_part"
@@ -306,7 +314,7 @@ class Controller:
             return hit.value >= reference * factor if reference > 0 else hit.value > reference
         return hit.value <= reference / factor
 
-    def _execute_stop(self, kind: str, msg: ActionMessage, inc: Incident) -> None:
+    def _execute_stop(self, kind: ActionKind, msg: ActionMessage, inc: Incident) -> None:
         t0 = time.monotonic()
         if self.printer is None:
             self._outcome(msg, ActionState.SKIPPED, "no printer backend configured (observe-only)")

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES
+from monitor.settings import ConfigFileError, section
 from printer_io.vocabulary import Severity
 
 __all__ = ["DEFAULT_POLICY", "Policy", "PolicyEngine", "Rule", "RuleHit", "Severity", "load_policy"]
@@ -119,8 +120,6 @@ class Policy(_Strict):
 
 def load_policy(path: Path) -> Policy:
     """A policy file: ``[[rules]]`` tables. Errors name the file; see :mod:`monitor.config` for the format."""
-    from monitor.config import ConfigFileError, section
-
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
