@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dashboards.app import _figure, printer_view
+from dashboards.render import printer_view, trend_figure
 
 
 def _action(t: float, action: str, state: str, rule: str, layer: int, **detail: Any) -> dict[str, Any]:
@@ -44,14 +44,14 @@ def test_the_metric_that_fired_is_plotted_with_its_threshold() -> None:
     m = np.zeros(3, dtype=[(n, "f8") for n in names])
     m["pore_max_diameter_mm"] = [0.1, 0.4, 0.9]
     policy = {"rules": [{"name": "big-pore", "metric": "pore_max_diameter_mm", "above": 0.5, "region": "anywhere"}]}
-    fig = _figure(np.arange(3), m, policy, 2, [_action(1.0, "pause", "confirmed", "big-pore", 2)])
+    fig = trend_figure(np.arange(3), m, policy, 2, [_action(1.0, "pause", "confirmed", "big-pore", 2)])
     traces = {t["name"]: t for t in fig["data"]}
     assert traces["pore_max_diameter_mm (rule big-pore) (mm)"]["y"] == [0.1, 0.4, 0.9]
     assert any(sh.get("y0") == 0.5 for sh in fig["layout"]["shapes"])
 
 
 def test_a_reader_that_failed_is_reopened_on_the_next_request(tmp_path: Path) -> None:
-    from dashboards.app import DashboardOptions, Records
+    from dashboards.state import DashboardOptions, Records
     from monitor.record import BuildRecord, RecordSpec
 
     path = tmp_path / "r.h5"
@@ -73,7 +73,7 @@ def test_only_the_records_the_dashboard_lists_are_ever_opened(tmp_path: Path) ->
     """Issue 13 F10: the callbacks opened any path the browser sent (a record outside --records, system files)."""
     import pytest
 
-    from dashboards.app import DashboardOptions, Records
+    from dashboards.state import DashboardOptions, Records
     from monitor.record import BuildRecord, RecordError, RecordSpec
 
     spec = RecordSpec(

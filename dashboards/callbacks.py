@@ -1,0 +1,223 @@
+"""The dashboard's callbacks: what the page asks of the server every tick and on every click."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from dashboards.render import event_log, overlay_png, printer_view, trend_figure
+from dashboards.state import ControlLink, DashboardOptions, Records, ServiceStatus, send_request
+from monitor.record import RecordError
+from printer_io.vocabulary import Severity
+
+log = logging.getLogger(__name__)
+
+
+def register(
+    app: Any,
+    opts: DashboardOptions,
+    records: Records,
+    services: ServiceStatus | None,
+    link: ControlLink | None,
+    operators: Mapping[str, str],
+    can_control: bool,
+) -> None:
+    from dash import Input, Output, State, no_update
+    from dash.exceptions import PreventUpdate
+
+    @app.callback(
+        Output("record", "options"), Output("record", "value"), Input("tick", "n_intervals"), State("record", "value")
+    )
+    def list_records(_: int | None, current: str | None) -> tuple[list[dict[str, str]], str | None]:
+        paths = records.paths()
+        options = [{"label": f"{p.parent.name}/{p.name}", "value": records.record_id(p)} for p in paths]
+        if current is None and paths:
+            return options, options[0]["value"]
+        return options, current
+
+    @app.callback(
+        Output("layer", "max"),
+        Output("layer", "value"),
+        Output("record-status", "children"),
+        Input("tick", "n_intervals"),
+        Input("record", "value"),
+        Input("follow", "value"),
+        State("layer", "value"),
+        State("layer", "max"),
+    )
+    def track(
+        _: int | None, path: str | None, follow: list[str], layer: int | None, shown_max: int | None
+    ) -> tuple[Any, Any, str]:
+        from dash import ctx
+
+        if not path:
+            return 0, 0, "no build record yet" + (f" in {opts.records}" if opts.records else "")
+        try:
+            r = records.reader(records.resolve(path))
+            stored = r.stored_layers()
+            state = r.state
+        except (RecordError, OSError, KeyError, RuntimeError) as err:
+            records.drop(path)  # reopened on the next tick; this line clears itself when a read succeeds
+            return no_update, no_update, f"this record cannot be read right now ({err}); retrying"
+        if not len(stored):
+            return 0, 0, "no layer stored yet"
+        last = int(stored.max())
+        value: Any
+        if layer is None or (ctx.triggered_id in ("record", "follow") and "live" in (follow or [])):
+            value = last
+        elif "live" in (follow or []) and last != shown_max:
+            value = last  # a new layer arrived: follow it
+        else:
+            # nothing new: leave the slider where it is, so a tick answered late cannot undo a jump
+            value = no_update
+        live = "being written" if state == "writing" else state
+        try:
+            telemetry = r.table("telemetry")
+            actions = r.table("actions")
+        except (OSError, KeyError, RuntimeError):
+            telemetry, actions = [], []
+        printer = printer_view(actions, telemetry)
+        if services is not None:
+            printer += services.describe(str(r.attrs.get("layerwatch/printer", "")))
+        return last, value, f"{len(stored)} layers stored, record {live}{printer}"
+
+    @app.callback(
+        Output("layer", "value", allow_duplicate=True),
+        Output("follow", "value"),
+        Input("jump", "value"),
+        prevent_initial_call=True,
+    )
+    def jump_to(layer: int | None) -> tuple[int, list[str]]:
+        """Looking at an incident: its layer, and stop following the live one. A callback of its own: in the
+        tick's callback a slow read let the next tick supersede the jump, and the jump was lost."""
+        if layer is None:
+            raise PreventUpdate
+        return int(layer), []
+
+    @app.callback(
+        Output("view3d", "figure"),
+        Output("view3d", "style"),
+        Input("btn-3d", "n_clicks"),
+        State("record", "value"),
+        prevent_initial_call=True,
+    )
+    def view3d(clicks: int | None, path: str | None) -> Any:
+        if not clicks or not path:
+            raise PreventUpdate
+        from dashboards.report import ReportError, analyze, figure_3d
+
+        shown = {"height": "480px", "display": "block"}
+        try:
+            return figure_3d(analyze(records.resolve(path))), shown
+        except (ReportError, RecordError, OSError, KeyError, RuntimeError) as err:
+            return {"data": [], "layout": {"title": {"text": f"no 3D view: {err}"}}}, shown
+
+    @app.callback(
+        Output("jump", "options"), Input("log", "children"), State("record", "value"), State("jump", "options")
+    )
+    def jump_options(_: Any, path: str | None, shown: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        acts = records.actions(path)
+        seen: dict[str, dict[str, Any]] = {}
+        for a in acts:
+            if a["incident"] and a["state"] == "requested" and a["incident"] not in seen:
+                seen[a["incident"]] = {
+                    "label": f"{a['action']} ({a['rule']}) at layer {a['layer']}",
+                    "value": a["layer"],
+                }
+        if list(seen.values()) == (shown or []):
+            raise PreventUpdate  # the same list: re-rendering it would close a menu the operator has open
+        return list(seen.values())
+
+    @app.callback(
+        Output("frame", "src"),
+        Output("layer-info", "children"),
+        Input("layer", "value"),
+        Input("classes", "value"),
+        Input("opacity", "value"),
+        State("record", "value"),
+    )
+    def frame(layer: int | None, classes: list[int], opacity: float, path: str | None) -> tuple[Any, Any]:
+        if not path or layer is None:
+            raise PreventUpdate
+        try:
+            r = records.reader(records.resolve(path))
+            rows = r.layers()
+            if layer >= len(rows) or not rows[layer]["stored"]:
+                return no_update, f"layer {layer}: frame missing in the record"
+            roi = r.json_attr("roi") if "layerwatch/roi" in r.attrs else None
+            src = overlay_png(r.image(layer), r.mask(layer), sorted(classes or []), float(opacity), roi=roi)
+            row = rows[layer]
+            m = r.metrics()[layer]
+        except (RecordError, OSError, KeyError, IndexError, RuntimeError) as err:
+            records.drop(path)  # the status line says so; the frame shown stays until a read succeeds
+            log.info("layer %s of %s could not be read (%s); the record is reopened", layer, path, err)
+            return no_update, no_update
+        flags = [f for f in ("blurry", "frozen", "too_dark", "too_bright") if row[f]]
+        severity = Severity.from_index(int(row["severity"])) if "severity" in row.dtype.names else Severity.OK
+        ood = float(m["ood_score"]) if "ood_score" in (m.dtype.names or ()) else float("nan")
+        info = (
+            f"layer {layer}  z = {float(row['z_mm']):.2f} mm  severity {severity}  "
+            f"porosity {100 * float(m['porosity_fraction_part']):.2f}% of parts  "
+            f"spatter {int(m['spatter_count'])} particles  warping {float(m['warping_area_mm2']):.1f} mm²"
+            + (f"  frame: {', '.join(flags)}" if flags else "")
+            + (
+                f"  NEEDS REVIEW: unlike the model's training frames ({ood:.1f}x its threshold), not judged"
+                if ood > 1
+                else ""
+            )
+            + (
+                "  plate outline proposed, not confirmed (amber): outside it nothing is judged"
+                if roi and roi.get("source") == "proposed"
+                else ""
+            )
+        )
+        return src, info
+
+    @app.callback(
+        Output("trend", "figure"),
+        Output("log", "children"),
+        Output("n-layers", "data"),
+        Input("layer", "max"),
+        Input("layer", "value"),
+        State("record", "value"),
+    )
+    def trend(last: int | None, layer: int | None, path: str | None) -> tuple[Any, Any, Any]:
+        if not path:
+            raise PreventUpdate
+        try:
+            r = records.reader(records.resolve(path))
+            stored = r.stored_layers()
+            m = r.metrics()
+            policy = r.json_attr("policy")
+            actions = r.table("actions")
+            events = r.table("events")
+        except (RecordError, OSError, KeyError, RuntimeError) as err:
+            records.drop(path)
+            log.info("%s could not be read (%s); the record is reopened", path, err)
+            return no_update, no_update, no_update
+        return trend_figure(stored, m, policy, layer, actions), event_log(events, actions, r), len(stored)
+
+    if can_control:
+        assert link is not None
+
+        @app.callback(Output("incident", "options"), Input("log", "children"), State("record", "value"))
+        def incidents(_: Any, path: str | None) -> list[dict[str, str]]:
+            ids = sorted({a["incident"] for a in records.actions(path) if a["incident"]})
+            return [{"label": i.rsplit(":", 2)[-2] + " @ layer " + i.rsplit(":", 1)[-1], "value": i} for i in ids]
+
+        @app.callback(
+            Output("control-status", "children"),
+            Input("btn-pause", "n_clicks"),
+            Input("btn-resume", "n_clicks"),
+            Input("btn-false", "n_clicks"),
+            Input("btn-confirmed", "n_clicks"),
+            Input("btn-roi", "n_clicks"),
+            State("record", "value"),
+            State("incident", "value"),
+            prevent_initial_call=True,
+        )
+        def control(p: int, r_: int, f: int, c: int, o: int, path: str | None, incident: str | None) -> str:
+            from dash import ctx
+
+            return send_request(link, records, ctx.triggered_id, path, incident, operators)

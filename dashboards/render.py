@@ -1,0 +1,238 @@
+"""What the dashboard draws: the frame with its class overlay and plate outline, the trends with the
+rules' thresholds, the printer's state and the log of events and actions."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from monitor.metrics import metric_unit
+from monitor.record import RecordReader
+from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, LayerClass
+
+log = logging.getLogger(__name__)
+
+TREND_METRICS = (
+    ("porosity_fraction_part", "porosity in parts", "share", LayerClass.POROSITY),
+    ("spatter_fraction", "spatter on the plate", "share", LayerClass.SPATTER),
+    ("warping_confirmed_area_mm2", "confirmed warping", "mm²", LayerClass.WARPING),
+)
+# records made before warping was judged as geometry have this in place of the confirmed area
+_OLDER_METRICS = {"warping_confirmed_area_mm2": "warping_stable_area_mm2"}
+# the build plate on the frame: confirmed (or configured) in green, proposed and not yet confirmed in amber
+ROI_BGR = {"proposed": (0, 170, 255), "confirmed": (80, 200, 80), "config": (80, 200, 80)}
+DISPLAY_PX = 640
+_EXPLAINED = {("pause", "paused"), ("pause", "pausing"), ("cancel", "cancelled"), ("cancel", "cancelling")}
+
+
+def overlay_png(
+    image: np.ndarray,
+    mask: np.ndarray,
+    classes: list[int],
+    opacity: float,
+    max_px: int = DISPLAY_PX,
+    roi: dict[str, Any] | None = None,
+) -> str:
+    """A data URL of the frame with the chosen classes tinted, at most ``max_px`` wide, and the build
+    plate's outline (``roi``: the record's ``{"points", "source"}``) drawn on it."""
+    gray = image if image.dtype == np.uint8 else (image // 256).astype(np.uint8)
+    bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
+    for c in classes:
+        sel = mask == c
+        if sel.any():
+            bgr[sel] = (1 - opacity) * bgr[sel] + opacity * np.array(CLASS_BGR[c], np.float32)
+    out = bgr.astype(np.uint8)
+    h, w = out.shape[:2]
+    scale = 1.0
+    if w > max_px:
+        scale = max_px / w
+        size = (max_px, round(h * scale))
+        out = np.asarray(cv2.resize(out, size, interpolation=cv2.INTER_AREA), np.uint8)
+    if roi and roi.get("points"):
+        pts = np.round(np.asarray(roi["points"], np.float64) * scale).astype(np.int32)
+        color = ROI_BGR.get(str(roi.get("source")), ROI_BGR["proposed"])
+        cv2.polylines(out, [pts], True, color, 2 if max_px >= 320 else 1)
+    _, buf = cv2.imencode(".png", out)
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+MAX_REQUEST_BYTES = 1 << 20
+
+
+def printer_view(actions: list[dict[str, Any]], telemetry: list[dict[str, Any]]) -> str:
+    """What the printer is doing, as the monitor knows it: its own pause, resume or cancel (who asked, at
+    which layer, why, in words) when that is newer than the last state the printer reported."""
+    moves = [a for a in actions if a["action"] in ("pause", "resume", "cancel")]
+    last_move = max(moves, key=lambda a: a["time"]) if moves else None
+    last_seen = telemetry[-1] if telemetry else None
+    agrees = (
+        last_move is not None and last_seen is not None and (last_move["action"], last_seen["state"]) in _EXPLAINED
+    )  # the printer still is what the monitor made it: the monitor's words say why
+    if last_move is not None and (last_seen is None or last_move["time"] >= last_seen["time"] or agrees):
+        try:
+            detail = json.loads(last_move["detail"] or "{}")
+        except ValueError:
+            detail = {}
+        who = (
+            f"operator {detail.get('operator') or 'unknown'}"
+            if last_move["rule"] == "operator"
+            else f"rule {last_move['rule']}"
+        )
+        verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[last_move["action"]]
+        state = last_move["state"]
+        if state == "requested":
+            text = f"{last_move['action']} requested by {who} at layer {last_move['layer']}"
+        elif state == "confirmed":
+            text = f"{verb} by {who} at layer {last_move['layer']}"
+        else:
+            text = f"{last_move['action']} by {who} at layer {last_move['layer']} {state.replace('_', ' ')}"
+        reason = str(detail.get("reason") or "")
+        return f"; printer {text}" + (f": {reason}" if reason and last_move["action"] != "resume" else "")
+    if last_seen is not None:
+        when = time.strftime("%H:%M:%S", time.localtime(last_seen["time"]))
+        what = "unreachable (offline)" if last_seen["state"] == "offline" else last_seen["state"]
+        return f"; printer {what} at layer {last_seen['layer']} ({when})"
+    return ""
+
+
+def _fired_metrics(policy: dict[str, Any], actions: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
+    """The metrics of the rules that stopped the printer, as trend rows, where the trend lacks them."""
+    shown = {name for name, *_ in TREND_METRICS}
+    rules = {r.get("name"): r for r in policy.get("rules", [])}
+    out: list[tuple[str, str, str, int]] = []
+    for a in actions:
+        rule = rules.get(a["rule"])
+        if a["action"] not in ("pause", "cancel") or rule is None:
+            continue
+        metric = str(rule.get("metric", "")) + ("_part" if rule.get("region") == "part" else "")
+        if metric and metric not in shown:
+            shown.add(metric)
+            out.append((metric, f"{metric} (rule {a['rule']})", metric_unit(metric), _metric_class(metric)))
+    return out
+
+
+def _metric_class(metric: str) -> LayerClass:
+    """The defect class a metric measures (by its name), for its colour; porosity's when none is named."""
+    return next((c for c in DEFECT_CLASSES if CLASS_NAMES[c] in metric), LayerClass.POROSITY)
+
+
+def trend_figure(
+    stored: np.ndarray,
+    m: np.ndarray,
+    policy: dict[str, Any],
+    layer: int | None,
+    actions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    xs = [int(k) for k in stored]
+    data = []
+    names = m.dtype.names or ()
+    rows = [*TREND_METRICS, *_fired_metrics(policy, actions or [])]
+    for name, label, unit, cid in rows:
+        column = name if name in names else _OLDER_METRICS.get(name, name)
+        ys = [float(m[k][column]) for k in xs] if len(xs) and column in names else []
+        yaxis = "y" if unit == "share" else "y2"
+        data.append(
+            {
+                "x": xs,
+                "y": ys,
+                "name": f"{label} ({unit})",
+                "mode": "lines+markers",
+                "yaxis": yaxis,
+                "line": {"color": CLASS_HEX[cid]},
+            }
+        )
+    shapes = []
+    for rule in policy.get("rules", []):
+        metric = rule.get("metric", "") + ("_part" if rule.get("region") == "part" else "")
+        for name, _label, unit, cid in rows:
+            if name == metric and rule.get("above") is not None:
+                shapes.append(
+                    {
+                        "type": "line",
+                        "xref": "paper",
+                        "x0": 0,
+                        "x1": 1,
+                        "yref": "y" if unit == "share" else "y2",
+                        "y0": rule["above"],
+                        "y1": rule["above"],
+                        "line": {"dash": "dot", "color": CLASS_HEX[cid]},
+                    }
+                )
+    if layer is not None:
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "x0": layer,
+                "x1": layer,
+                "yref": "paper",
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#888", "width": 1},
+            }
+        )
+    return {
+        "data": data,
+        "layout": {
+            "margin": {"l": 50, "r": 50, "t": 30, "b": 40},
+            "xaxis": {"title": {"text": "layer"}},
+            "yaxis": {"title": {"text": "share of area"}, "tickformat": ".1%"},
+            "yaxis2": {"title": {"text": "mm², mm, count"}, "overlaying": "y", "side": "right"},
+            "legend": {"orientation": "h", "y": 1.12},
+            "shapes": shapes,
+            "uirevision": "keep",
+        },
+    }
+
+
+def event_log(events: list[dict[str, Any]], actions: list[dict[str, Any]], reader: RecordReader | None = None) -> Any:
+    """Events and actions, newest first; a pause carries its reason, metrics and a thumbnail of the evidence."""
+    import json
+
+    from dash import html
+
+    rows: list[tuple[float, int, str, str, Any]] = [
+        (e["time"], e["layer"], e["level"], f"{e['code']}: {e['message']}", None) for e in events
+    ]
+    stored = set(int(k) for k in reader.stored_layers()) if reader is not None else set()
+    for a in actions:
+        who = " (operator)" if a["rule"] == "operator" else ""
+        text = f"{a['action']} {a['state']}{who} - {a['rule']}"
+        thumb = None
+        if a["action"] == "pause" and a["state"] == "requested":
+            try:
+                detail = json.loads(a["detail"] or "{}")
+            except ValueError:
+                detail = {}
+            if detail.get("reason"):
+                text += f": {detail['reason']}"
+            if reader is not None and int(a["layer"]) in stored:
+                layer_img, layer_mask = reader.image(int(a["layer"])), reader.mask(int(a["layer"]))
+                src = overlay_png(layer_img, layer_mask, [1, 2, 3, 4], 0.55, max_px=160)
+                thumb = html.Img(src=src, className="thumb", title=f"evidence: layer {a['layer']}")
+        rows.append((a["time"], a["layer"], a["state"], text, thumb))
+    rows.sort(key=lambda r: r[0], reverse=True)
+    if not rows:
+        return html.P("nothing yet", className="muted")
+    return html.Table(
+        [html.Tr([html.Th("time"), html.Th("layer"), html.Th("level"), html.Th("what"), html.Th("evidence")])]
+        + [
+            html.Tr(
+                [
+                    html.Td(time.strftime("%H:%M:%S", time.localtime(t))),
+                    html.Td(str(layer)),
+                    html.Td(level),
+                    html.Td(text),
+                    html.Td(thumb if thumb is not None else ""),  # a component with no children is falsy
+                ],
+                className=f"lvl-{level}",
+            )
+            for t, layer, level, text, thumb in rows[:200]
+        ]
+    )

@@ -1,0 +1,252 @@
+"""The dashboard's state on the server: its options, the records it may show, the services' status and
+the operator's link to the monitor. The browser only ever names a record by the id this side gave it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from monitor.record import RecordError, RecordReader
+from printer_io.vocabulary import ActionKind, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DashboardOptions:
+    record: Path | None = None
+    records: Path | None = None
+    broker: str | None = None
+    operators: Mapping[str, str] | None = None  # operator name -> secret (the operators file); None: read-only
+    title: str = "LayerWatch"
+
+
+class ServiceStatus:
+    """Retained online/offline status of every service, from the broker (``<prefix>/+/status/+``)."""
+
+    def __init__(self, broker: str) -> None:
+        from printer_io.mqtt import MqttConfig, MqttLink
+        from printer_io.topics import Topics
+
+        self.status: dict[tuple[str, str], tuple[str, float]] = {}
+        config = MqttConfig(url=broker, connect_timeout_s=5)
+        # a unique, clean session: two dashboards on one broker must not take each other's connection over
+        self.link = MqttLink(
+            config, service="dashboard-status", topics=Topics(config.prefix, "dashboard"), ephemeral=True
+        )
+        self.link.subscribe(f"{config.prefix}/+/status/+", self._on_status)
+
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        from printer_io.messages import StatusMessage
+
+        parts = topic.split("/")
+        msg = StatusMessage.from_json(payload, topic)
+        self.status[(parts[-3], parts[-1])] = (msg.state, msg.time)
+
+    def start(self) -> ServiceStatus:
+        try:
+            self.link.start()
+        except Exception as err:  # the page still works from the records; it says why status is missing
+            log.warning("dashboard: no service status from the broker: %s", err)
+        return self
+
+    def describe(self, printer: str) -> str:
+        down = [
+            f"{svc} offline since {time.strftime('%H:%M:%S', time.localtime(t))}"
+            for (p, svc), (state, t) in sorted(self.status.items())
+            if p == printer and state == "offline"
+        ]
+        return "; " + ", ".join(down) if down else ""
+
+    def close(self) -> None:
+        self.link.close()
+
+
+class Records:
+    """Open readers by path, refreshed on demand; a record that cannot be read gives a message, not an error."""
+
+    def __init__(self, opts: DashboardOptions) -> None:
+        self.opts = opts
+        self._readers: dict[Path, RecordReader] = {}
+        self._ids: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    def paths(self) -> list[Path]:
+        if self.opts.record is not None:
+            return [self.opts.record]
+        root = self.opts.records
+        if root is None or not root.is_dir():
+            return []
+        files = [p for p in root.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5"))]
+        return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def record_id(self, path: Path) -> str:
+        """The id the page knows a record by: the browser names records by these ids, never by paths."""
+        rid = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        self._ids[rid] = path
+        return rid
+
+    def resolve(self, rid: str) -> Path:
+        """The record behind an id the page sent; RecordError for any id this dashboard did not give out."""
+        path = self._ids.get(rid)
+        if path is None:
+            for p in self.paths():  # the list may have grown since the page asked
+                self.record_id(p)
+            path = self._ids.get(rid)
+        if path is None:
+            raise RecordError(f"{str(rid)[:40]!r} is not a record of this dashboard")
+        return self.allowed(path)
+
+    def actions(self, rid: str | None) -> list[dict[str, Any]]:
+        """The record's action rows; none when there is no record or it cannot be read (the status says why)."""
+        if not rid:
+            return []
+        try:
+            return self.reader(self.resolve(rid)).table("actions")
+        except (RecordError, OSError, KeyError):
+            return []
+
+    def drop(self, which: str | Path) -> None:
+        """Forget a reader (by record id or path) after a read error: the next request opens the record afresh."""
+        path = self._ids.get(which, Path(which)) if isinstance(which, str) else which
+        with self._lock:
+            r = self._readers.pop(path, None)
+        if r is not None:
+            try:
+                r.close()
+            except Exception as err:  # closing a broken handle must not break the page
+                log.debug("closing the reader of %s: %s", path, err)
+
+    def close(self) -> None:
+        for path in list(self._readers):
+            self.drop(path)
+
+    def allowed(self, path: str | Path) -> Path:
+        """``path`` if it is one of the records this dashboard lists (``--record``, or a file under
+        ``--records``), else RecordError: the browser chooses from the server's list, it never names a file."""
+        chosen = Path(path)
+        if self.opts.record is not None:
+            ok = chosen == self.opts.record
+        else:
+            root = self.opts.records
+            ok = (
+                root is not None
+                and chosen.suffix == ".h5"
+                and not chosen.name.endswith((".creating.h5", ".crashed.h5"))
+                and chosen.resolve().is_relative_to(root.resolve())
+                and chosen.is_relative_to(root)
+                and chosen.is_file()
+            )
+        if not ok:
+            raise RecordError(f"{str(path)[:200]!r} is not a record of this dashboard")
+        return chosen
+
+    def reader(self, path: Path) -> RecordReader:
+        path = self.allowed(path)
+        with self._lock:
+            r = self._readers.get(path)
+            if r is None:
+                r = RecordReader(path)
+                self._readers[path] = r
+            else:
+                try:
+                    r.refresh()
+                except (OSError, KeyError, RuntimeError):
+                    r.close()
+                    r = RecordReader(path)
+                    self._readers[path] = r
+            return r
+
+
+class ControlLink:
+    """One MQTT link per printer, opened on the first command, for operator actions."""
+
+    def __init__(self, broker: str) -> None:
+        from printer_io.mqtt import MqttConfig
+
+        self.url = broker
+        self.config = MqttConfig(url=broker, connect_timeout_s=5)
+        self._links: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def publish(self, printer: str, payload: bytes) -> None:
+        from printer_io.mqtt import MqttLink
+        from printer_io.topics import Topics
+
+        with self._lock:
+            link = self._links.get(printer)
+            if link is None:
+                topics = Topics(self.config.prefix, printer)
+                link = MqttLink(self.config, service="dashboard", topics=topics, ephemeral=True).start()
+                self._links[printer] = link
+        link.publish(link.topics.action, payload, wait_s=5)
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+
+
+def send_request(
+    link: ControlLink, records: Records, which: Any, path: str | None, incident: str | None,
+    operators: Mapping[str, str],
+) -> str:  # fmt: skip
+    from flask import request
+
+    from printer_io.credentials import Credential, sign
+    from printer_io.messages import ActionMessage, ActionState
+
+    user = request.authorization.username if request.authorization else None
+    if not user or user not in operators:
+        return "log in as an operator to send commands"
+
+    if not path:
+        return "open a record first"
+    try:
+        reader = records.reader(records.resolve(path))
+        printer = str(reader.attrs["layerwatch/printer"])
+        roi = reader.json_attr("roi") if "layerwatch/roi" in reader.attrs else None
+    except (RecordError, OSError, KeyError) as err:
+        return f"cannot tell which printer this record belongs to: {err}"
+    action = {
+        "btn-pause": ActionKind.PAUSE,
+        "btn-resume": ActionKind.RESUME,
+        "btn-false": ActionKind.FEEDBACK,
+        "btn-confirmed": ActionKind.FEEDBACK,
+        "btn-roi": ActionKind.ROI,
+    }[which]
+    verdict: Verdict | Literal[""]
+    verdict = {"btn-false": Verdict.FALSE_ALARM, "btn-confirmed": Verdict.CONFIRMED_DEFECT}.get(which, "")
+    if action == "feedback" and not incident:
+        return "choose an incident first"
+    if action == "roi" and not (roi and roi.get("points")):
+        return "this record has no plate outline to confirm (the monitor judges the whole frame)"
+    msg = ActionMessage(
+        printer=printer,
+        action=action,
+        state=ActionState.REQUESTED,
+        request_id=f"dashboard:{uuid.uuid4().hex[:12]}",
+        verdict=verdict,
+        incident=incident or "",
+        reason="from the dashboard",
+        detail=json.dumps(roi["points"]) if action == "roi" and roi else "",
+    )
+    msg = sign(msg, Credential(user, operators[user]))  # the monitor verifies it and records this operator
+    try:
+        link.publish(printer, msg.to_json())
+    except Exception as err:  # the page says so in words; the server goes on
+        return f"could not send to the broker {link.url}: {err}"
+    what = {"feedback": f"{verdict.replace('_', ' ')} for {incident}", "roi": f"plate outline of {printer}"}.get(
+        action, f"{action} {printer}"
+    )
+    return f"sent at {time.strftime('%H:%M:%S')}: {what}; the monitor carries it out and records it"
+
+
+_EXPLAINED = {("pause", "paused"), ("pause", "pausing"), ("cancel", "cancelled"), ("cancel", "cancelling")}
