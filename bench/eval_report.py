@@ -20,30 +20,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine
-from dashboards.report import analyze
+from dashboards.report import Report, analyze
 from monitor.replay import ReplayOptions, run_replay
 from segmentation.simulator import scenario_spec
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "samples" / "builds" / "warp-512.h5"
 
 
-def score(report: dict[str, object], label: str) -> None:
+def score(report: Report, label: str) -> None:
     spec = scenario_spec(5, 512, 12, warp_start=4)
     injected = [p for p in spec.pores if 0 <= p.cz < 12]
-    pores = [d for d in report["defects"] if d["cls"] == "porosity"]  # type: ignore[attr-defined]
+    pores = [d for d in report.defects if d.cls == "porosity"]
     used: set[int] = set()
     errors, ratios = [], []
     for p in injected:
-        near = [d for d in pores if d["id"] not in used]
+        near = [d for d in pores if d.id not in used]
         if not near:
             continue
-        best = min(near, key=lambda d: math.hypot(d["centroid_mm"][0] - p.cx, d["centroid_mm"][1] - p.cy))
-        err = math.hypot(best["centroid_mm"][0] - p.cx, best["centroid_mm"][1] - p.cy)
+        best = min(near, key=lambda d: math.hypot(d.centroid_mm[0] - p.cx, d.centroid_mm[1] - p.cy))
+        err = math.hypot(best.centroid_mm[0] - p.cx, best.centroid_mm[1] - p.cy)
         if err > 1.0:
             continue
-        used.add(best["id"])
+        used.add(best.id)
         errors.append(err)
-        ratios.append(best["volume_mm3"] / (4 / 3 * math.pi * p.rx * p.ry * p.rz * spec.layer_thickness))
+        ratios.append(best.volume_mm3 / (4 / 3 * math.pi * p.rx * p.ry * p.rz * spec.layer_thickness))
     false = len(pores) - len(used)
     med_err = f"{statistics.median(errors):.2f} mm" if errors else "-"
     med_ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"

@@ -185,18 +185,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     except report_mod.ReportError as err:
         raise CommandError(str(err)) from err
     files = report_mod.write_report(report, args.out)
-    for note in report["build"]["notes"]:
+    for note in report.build["notes"]:
         print(f"note: {note}")
     by_class: dict[str, int] = {}
-    for d in report["defects"]:
-        by_class[d["cls"]] = by_class.get(d["cls"], 0) + 1
+    for d in report.defects:
+        by_class[d.cls] = by_class.get(d.cls, 0) + 1
     print(
-        f"{len(report['defects'])} defects ({', '.join(f'{k} {v}' for k, v in sorted(by_class.items())) or 'none'}); "
-        f"{len(report['parts'])} part(s)"
+        f"{len(report.defects)} defects ({', '.join(f'{k} {v}' for k, v in sorted(by_class.items())) or 'none'}); "
+        f"{len(report.parts)} part(s)"
     )
-    for p in report["parts"]:
-        why = f" ({'; '.join(p['reasons'])})" if p["reasons"] else ""
-        print(f"  part {p['id']}: {p['volume_mm3']:.1f} mm³, porosity {p['porosity_pct']:.3f} %: {p['verdict']}{why}")
+    for p in report.parts:
+        why = f" ({'; '.join(p.reasons)})" if p.reasons else ""
+        print(f"  part {p.id}: {p.volume_mm3:.1f} mm³, porosity {p.porosity_pct:.3f} %: {p.verdict}{why}")
     print("wrote " + ", ".join(str(f) for f in files))
     return EXIT_OK
 

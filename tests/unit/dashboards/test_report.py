@@ -23,18 +23,18 @@ def test_injected_pores_are_recovered_from_the_ground_truth() -> None:
     """scenario_spec(5, 512, 12, warp_start=4) made the sample: its 6 pores are known in mm and layers."""
     spec = scenario_spec(5, 512, 12, warp_start=4)
     report = analyze(SAMPLE, floor_voxels=3)
-    pores = [d for d in report["defects"] if d["cls"] == "porosity"]
+    pores = [d for d in report.defects if d.cls == "porosity"]
     injected = [p for p in spec.pores if 0 <= p.cz < 12]
     assert len(pores) == len(injected) == 6
     for p in injected:  # each injected pore has a found pore within 0.4 mm in x/y and 2 layers in z
-        best = min(pores, key=lambda d: math.hypot(d["centroid_mm"][0] - p.cx, d["centroid_mm"][1] - p.cy))
-        assert math.hypot(best["centroid_mm"][0] - p.cx, best["centroid_mm"][1] - p.cy) < 0.4
-        assert abs(best["centroid_mm"][2] / spec.layer_thickness - p.cz) < 2.0
+        best = min(pores, key=lambda d: math.hypot(d.centroid_mm[0] - p.cx, d.centroid_mm[1] - p.cy))
+        assert math.hypot(best.centroid_mm[0] - p.cx, best.centroid_mm[1] - p.cy) < 0.4
+        assert abs(best.centroid_mm[2] / spec.layer_thickness - p.cz) < 2.0
         # an ellipsoid of radii rx, ry (mm) and rz (layers) cut by the visibility floor: same order of volume
         ellipsoid = 4 / 3 * math.pi * p.rx * p.ry * p.rz * spec.layer_thickness
-        assert 0.2 * ellipsoid < best["volume_mm3"] < 2.0 * ellipsoid
-    warps = [d for d in report["defects"] if d["cls"] == "warping"]
-    assert len(warps) == 1 and warps[0]["first_layer"] == 4 and warps[0]["last_layer"] == 11
+        assert 0.2 * ellipsoid < best.volume_mm3 < 2.0 * ellipsoid
+    warps = [d for d in report.defects if d.cls == "warping"]
+    assert len(warps) == 1 and warps[0].first_layer == 4 and warps[0].last_layer == 11
 
 
 def test_outputs_and_verdicts(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_outputs_and_verdicts(tmp_path: Path) -> None:
     files = write_report(report, tmp_path)
     assert [f.name for f in files] == ["defects.csv", "parts.csv", "top_view.png", "report.json", "report.html"]
     rows = list(csv.DictReader((tmp_path / "defects.csv").open()))
-    assert len(rows) == len(report["defects"]) and {"cls", "volume_mm3", "cx_mm"} <= set(rows[0])
+    assert len(rows) == len(report.defects) and {"cls", "volume_mm3", "cx_mm"} <= set(rows[0])
     (part,) = json.loads((tmp_path / "report.json").read_text())["parts"]
     assert part["verdict"] == "reject" and any("warping" in r for r in part["reasons"])
     html = (tmp_path / "report.html").read_text()
@@ -65,8 +65,8 @@ def test_a_clean_build_gives_a_clean_report_and_bad_files_say_why(tmp_path: Path
         class_names=CLASS_NAMES,
     )
     report = analyze(clean)
-    assert report["defects"] == [] and report["parts"][0]["verdict"] == "pass"
-    assert "a clean build" in report["build"]["notes"][0]
+    assert report.defects == [] and report.parts[0].verdict == "pass"
+    assert "a clean build" in report.build["notes"][0]
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as f:
         f["slices/camera_data/0"] = np.zeros((1, 4, 4), np.uint8)
@@ -92,9 +92,9 @@ def test_a_monitor_record_with_part_ids_reports_per_part(tmp_path: Path) -> None
         for k in range(4):
             append(rec, k)  # random masks; part ids 1..3 by layer
     report = analyze(path)
-    assert sorted(p["id"] for p in report["parts"]) == [1, 2, 3]
-    assert all(d["part_id"] in (0, 1, 2, 3) for d in report["defects"])
-    assert report["build"]["state"] == "closed"
+    assert sorted(p.id for p in report.parts) == [1, 2, 3]
+    assert all(d.part_id in (0, 1, 2, 3) for d in report.defects)
+    assert report.build["state"] == "closed"
 
 
 def test_a_live_record_with_a_missing_layer_gives_a_partial_report_that_says_so(tmp_path: Path) -> None:
@@ -109,8 +109,8 @@ def test_a_live_record_with_a_missing_layer_gives_a_partial_report_that_says_so(
         report = analyze(path)
     finally:
         rec.close()
-    assert report["build"]["state"] == "writing" and report["build"]["layers"] == 2
-    assert any("1 layer(s) missing" in n for n in report["build"]["notes"])
+    assert report.build["state"] == "writing" and report.build["layers"] == 2
+    assert any("1 layer(s) missing" in n for n in report.build["notes"])
 
 
 def test_the_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
