@@ -11,6 +11,7 @@ and the control callback refuses. Never run Dash's debug mode outside developmen
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,7 +29,6 @@ MAX_REQUEST_BYTES = 1 << 20  # a callback request is a few kB; nothing larger is
 
 def _operator_login(operators: Mapping[str, str]) -> Callable[[str, str], bool]:
     """HTTP basic authentication of an operator: their name and secret, from the operators file."""
-    import hmac
 
     def known(user: str, password: str) -> bool:
         secret = operators.get(user)

@@ -193,7 +193,6 @@ def trend_figure(
 
 def event_log(events: list[dict[str, Any]], actions: list[dict[str, Any]], reader: RecordReader | None = None) -> Any:
     """Events and actions, newest first; a pause carries its reason, metrics and a thumbnail of the evidence."""
-    import json
 
     from dash import html
 

@@ -12,9 +12,12 @@ against acceptance criteria), ``report.json`` (both, plus the build's facts) and
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
@@ -349,7 +352,6 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
 
 
 def _thumbnail(f: h5py.File, layer: int) -> str:
-    import base64
 
     gray = np.asarray(f[IMAGES][layer])
     gray = gray if gray.dtype == np.uint8 else (gray // 256).astype(np.uint8)
@@ -502,7 +504,6 @@ def figure_3d(report: Report) -> dict[str, Any]:
 
 
 def time_text(t: float) -> str:
-    import time
 
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
@@ -531,8 +532,6 @@ Plotly.newPlot("sizes", $size_traces, $size_layout);</script></body></html>"""
 
 
 def _html(report: Report) -> str:
-    import base64
-    import html as h
 
     from plotly.offline import get_plotlyjs
 
@@ -565,8 +564,8 @@ def _html(report: Report) -> str:
     }
     timeline_rows = (
         "".join(
-            f"<tr><td>{time_text(t['time'])}</td><td>{t['layer']}</td><td>{h.escape(str(t['action']))} "
-            f"{h.escape(str(t['state']))}</td><td>{h.escape(str(t['rule']))}</td>"
+            f"<tr><td>{time_text(t['time'])}</td><td>{t['layer']}</td><td>{html.escape(str(t['action']))} "
+            f"{html.escape(str(t['state']))}</td><td>{html.escape(str(t['rule']))}</td>"
             f"<td>{'<img src=' + chr(34) + t['thumbnail'] + chr(34) + '>' if t.get('thumbnail') else ''}</td></tr>"
             for t in report.timeline
         )
@@ -576,20 +575,20 @@ def _html(report: Report) -> str:
     part_rows = "".join(
         f"<tr class='{p.verdict}'><td>{p.id}</td><td>{p.volume_mm3:.2f}</td><td>{p.porosity_pct:.3f}</td>"
         + "".join(f"<td>{p.defects.get(name, 0)}</td>" for name in DEFECT_NAMES)
-        + f"<td>{p.largest_defect_mm:.2f}</td><td><b>{p.verdict}</b> {h.escape('; '.join(p.reasons))}</td></tr>"
+        + f"<td>{p.largest_defect_mm:.2f}</td><td><b>{p.verdict}</b> {html.escape('; '.join(p.reasons))}</td></tr>"
         for p in report.parts
     )
     return _PAGE.substitute(
-        job=h.escape(b["job_id"]),
+        job=html.escape(b["job_id"]),
         plotly=get_plotlyjs(),
-        printer=h.escape(b["printer"]),
+        printer=html.escape(b["printer"]),
         layers=b["layers"],
         mm_per_px=f"{b['mm_per_px']:.4g}",
         thickness=b["layer_thickness_mm"],
-        state=h.escape(b["state"]),
+        state=html.escape(b["state"]),
         n_defects=len(report.defects),
         floor=b["floor_voxels"],
-        notes="".join(f"<li>{h.escape(n)}</li>" for n in b["notes"]),
+        notes="".join(f"<li>{html.escape(n)}</li>" for n in b["notes"]),
         top_img=f"<img alt='top view' src='data:image/png;base64,{top}' style='max-width:640px'>",
         timeline_rows=timeline_rows,
         count_heads="".join(f"<th>{_count_column(name)}</th>" for name in DEFECT_NAMES),

@@ -8,6 +8,7 @@ is the documented example; every key is optional.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -156,7 +157,6 @@ class Config(_Section):
 
     def operators_file(self) -> Path | None:
         """The operators file: ``[security] operators_file`` (relative to the config file), else the environment."""
-        import os
 
         from printer_io.credentials import OPERATORS_FILE_ENV
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 import statistics
 import threading
 import time
@@ -253,7 +254,6 @@ def _dashboard(opts: DemoOptions, config: Config) -> object | None:
     except ImportError as err:
         print(f"dashboard: not available ({err}); records can be read with `layerwatch record info`")
         return None
-    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

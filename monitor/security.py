@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from printer_io.topics import validate_printer_id
 
@@ -217,7 +218,6 @@ def printer_findings(pid: str, backend: str, url: str, api_key_file: Path | None
 
 
 def dashboard_findings(url: str) -> list[Finding]:
-    from urllib.parse import urlsplit
 
     import httpx
 

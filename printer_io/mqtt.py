@@ -18,12 +18,16 @@ config file itself, and is never logged.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
+import uuid
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
@@ -69,12 +73,8 @@ def _is_frame(message: paho.MQTTMessage) -> bool:
 
 def _return_memory() -> None:
     """Hand freed heap memory back to the system (glibc keeps it after a burst of large frames)."""
-    try:
-        import ctypes
-
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _subscription_id(topic_filter: str) -> int:
@@ -139,7 +139,6 @@ class MqttLink:
     ) -> None:
         """``ephemeral``: a short-lived command (``layerwatch control``, ``feedback``, ``layer-event``): a clean
         session under a unique client id, and no retained status, so it leaves nothing behind at the broker."""
-        import uuid
 
         self.config = config
         self.service = service
@@ -478,7 +477,6 @@ class MqttLink:
 
     def _diagnose(self) -> str:
         """Why the first connection failed, in one line (paho's network thread does not say)."""
-        import socket
 
         where = self._where()
         try:

@@ -7,6 +7,7 @@ Backends: ``virtual`` (embedded simulator), ``octoprint`` (REST API), ``moonrake
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -146,8 +147,6 @@ _BACKENDS: dict[str, Backend] = {}
 def backends() -> dict[str, Backend]:
     """Every registered backend by name (the modules are imported on first use)."""
     if not _BACKENDS:
-        import importlib
-
         for module in BACKEND_MODULES:
             b: Backend = importlib.import_module(module).BACKEND
             _BACKENDS[b.name] = b

@@ -6,6 +6,7 @@ Arrays are returned in RGB order (never OpenCV's BGR) or as (H, W) gray.
 
 from __future__ import annotations
 
+import io
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
@@ -97,7 +98,6 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 def _check_header(path: Path, data: bytes, max_pixels: int) -> None:
     """Refuse empty or oversized frames from the header alone, before decoding a huge buffer."""
-    import io
 
     from PIL import Image
 

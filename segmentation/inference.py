@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +174,6 @@ def _onnx_source_sha(path: Path) -> str | None:
 
 def export_onnx(model_path: Path, onnx_path: Path, opset: int = 17) -> Path:
     """Export a checkpoint to ONNX with dynamic batch, height and width; returns ``onnx_path``."""
-    import tempfile
-    import warnings
 
     import onnx
     import torch

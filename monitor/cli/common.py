@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,8 +93,6 @@ def connect(args: argparse.Namespace, service: str, ephemeral: bool = False):  #
 
 def wait_for_stop() -> None:
     """Block until SIGINT or SIGTERM; services stop cleanly on either."""
-    import signal
-    import threading
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,6 @@ from printer_io.vocabulary import Verdict
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    import uuid
 
     from printer_io.messages import ActionMessage, ActionState
 
@@ -39,7 +41,6 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 def _ask_monitor(args: argparse.Namespace, msg: Any) -> Any:
     """Publish an operator's request and wait for the monitor's outcome of it (same request id)."""
-    import threading
 
     from printer_io.credentials import client_credential, sign
     from printer_io.messages import ActionMessage, ActionState
@@ -71,7 +72,6 @@ def _ask_monitor(args: argparse.Namespace, msg: Any) -> Any:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     """``operator add NAME``: a new secret in the monitor's operators file, and the operator's own copy."""
-    import os
 
     from printer_io.credentials import Credential, CredentialError, load_operators, new_secret
 
@@ -139,7 +139,6 @@ def cmd_security_check(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    import uuid
 
     from printer_io.messages import ActionMessage
     from printer_io.vocabulary import ActionKind, ActionState

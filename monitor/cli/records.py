@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -170,7 +171,6 @@ def json_detail(text: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import importlib
 
     if not args.record.exists():
         raise CommandError(f"{args.record} does not exist")

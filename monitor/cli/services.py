@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,8 +74,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import importlib
-    import os
 
     if args.record is None and args.records is None:
         raise CommandError("dashboard needs --record FILE or --records DIR (the monitor's out_dir)")
@@ -97,7 +98,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     )
     app = dashboards.create_app(opts)
     mode = f"operator controls on ({len(operators)} operators)" if operators and args.broker else "read-only"
-    import socket
 
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
         try:  # a port in use or an address not on this machine: one line, before anything starts
