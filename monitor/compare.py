@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from monitor.record import RecordReader
+from monitor.record import RecordReader, open_build_file
 from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NUM_CLASSES
 from segmentation.metrics import confusion, scores
@@ -139,7 +139,7 @@ def compare(a: Run, b: Run, *, tolerance: float = 0.01, truth: Path | None = Non
     }
     truth_path = truth or (Path(a.replay_of) if a.replay_of and a.replay_of == b.replay_of else None)
     if truth_path is not None and truth_path.exists():
-        with h5py.File(truth_path, "r") as t:
+        with open_build_file(truth_path) as t:
             if "slices/segmentation_results" in t and (
                 t.attrs.get("layerwatch/ground_truth") or "layerwatch/schema_version" not in t.attrs
             ):

@@ -154,7 +154,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             runs.append(load_run(path))
         except (RecordError, OSError, KeyError) as err:
             raise CommandError(f"{path}: not a LayerWatch record ({err})") from err
-    report = compare(runs[0], runs[1], tolerance=args.tolerance, truth=args.truth)
+    try:
+        report = compare(runs[0], runs[1], tolerance=args.tolerance, truth=args.truth)
+    except RecordError as err:
+        raise CommandError(f"the ground truth: {err}") from err
     print(format_report(report))
     if args.json:
         write_json(report, args.json)
