@@ -64,6 +64,7 @@ def main() -> int:
             octo_server = OctoPrint(Path(tmp) / "op").start()
             key = Path(tmp) / "key"
             key.write_text(octo_server.api_key)
+            key.chmod(0o600)
             print("printer: OctoPrint 1.11.8 Virtual Printer")
         else:
             print("printer: embedded virtual printer (OctoPrint not installed: make peers)")

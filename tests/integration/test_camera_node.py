@@ -184,6 +184,7 @@ def _one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> No
 def test_printer_command_against_octoprint(octoprint: OctoPrint, tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_text(octoprint.api_key + "\n")
+    key.chmod(0o600)  # as docs/printers.md asks (a key others can read is warned about)
     args = ["--backend", "octoprint", "--url", octoprint.url, "--api-key-file", str(key), "--printer", "op1"]
     result = _run("printer", "status", *args, "--connect-port", "VIRTUAL")
     assert result.returncode == 0, result.stderr
@@ -198,6 +199,7 @@ def test_printer_command_against_octoprint(octoprint: OctoPrint, tmp_path: Path)
 def test_cli_bad_input_is_one_line(broker: Mosquitto, octoprint: OctoPrint, tmp_path: Path) -> None:
     bad_key = tmp_path / "key"
     bad_key.write_text("0" * 32)
+    bad_key.chmod(0o600)
     _one_line_error(
         _run("printer", "status", "--backend", "octoprint", "--url", octoprint.url, "--api-key-file", str(bad_key)),
         "rejected the API key",

@@ -156,6 +156,7 @@ def setup(
     pid = f"e2e-{request.node.name[5:40].replace('_', '-')}"
     key = tmp_path / "octoprint.key"
     key.write_text(octoprint.api_key)
+    key.chmod(0o600)
     config = Config(
         mqtt=MqttConfig(url=broker.url),
         monitor=MonitorSection(out_dir=tmp_path / "records", mm_per_px=0.1, layer_thickness_mm=0.04),
