@@ -3,7 +3,7 @@
     .venv/bin/python bench/eval_heldout.py [--count 64] [--size 512] [--engine onnx] [--json OUT]
     .venv/bin/python bench/eval_heldout.py --simulator-rev 80fa4bf   # the same seeds, an earlier simulator
 
-Targets (issue 11): IoU part >= 0.95; porosity, spatter, warping >= 0.85 each; pore object
+Targets (data/models/MODEL_CARD.md): IoU part >= 0.95; porosity, spatter, warping >= 0.85 each; pore object
 recall >= 0.90. The script prints the figures and whether each target is met; it never trains.
 ``--simulator-rev REV`` renders the held-out builds with ``segmentation/simulator.py`` as it was at that
 git revision (a regression check on exactly the frames an earlier model was measured on).

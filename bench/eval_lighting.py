@@ -4,7 +4,7 @@ Held-out simulated layers (seed stream 7000001, never trained on) are segmented 
 each of :data:`segmentation.augment.LIGHTING_TRANSFORMS` (darker, brighter, gamma both ways, lower
 contrast, gradients across and along, vignetting, a light spot, a falloff band). For each change, the
 IoU between the mask of the changed frame and the mask of the unchanged frame is computed per class
-over all layers (pixels summed), and their mean over the five classes. Target (issue 11): mean IoU
+over all layers (pixels summed), and their mean over the five classes. Target (data/models/MODEL_CARD.md): mean IoU
 >= 0.9 for every change.
 
     .venv/bin/python bench/eval_lighting.py [--layers 24] [--size 512] [--model M] [--json F]

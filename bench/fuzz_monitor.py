@@ -1,4 +1,4 @@
-"""Hostile input against a running monitor: a fuzz run, a decompression bomb and a burst (issue 13).
+"""Hostile input against a running monitor: a fuzz run, a decompression bomb and a burst (docs/security.md).
 
 Starts Mosquitto and ``layerwatch monitor`` (its own process, so that its memory is its own; embedded virtual
 printer) and, while a clean simulated build of 20 layers (512 px) is monitored:

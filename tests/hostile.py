@@ -1,4 +1,4 @@
-"""Crafted inputs an attacker on the network could send (issue 13), shared by unit and integration tests."""
+"""Crafted inputs an attacker on the network could send (docs/security.md), shared by unit and integration tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
-    """Issue 13 F6: a PNG that declares 20000x20000 16-bit colour (2.4 GB decoded) in about 1 kB."""
+    """docs/security.md F6: a PNG that declares 20000x20000 16-bit colour (2.4 GB decoded) in about 1 kB."""
     ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -23,7 +23,7 @@ def malformed_messages(count: int, printer: str, job: str, seed: int = 0) -> Ite
     """``count`` (topic suffix, payload) pairs that are each wrong in one way a careless or hostile client gets
     wrong: random bytes, broken envelopes and JSON, fields out of range, images that are no images or lie about
     their size, unsigned control requests. Each must be refused, and none may disturb the build ``job`` of
-    ``printer`` being monitored. (Well-formed messages of *another* job are issue 13 F3/F5, not made here.)"""
+    ``printer`` being monitored. (Well-formed messages of *another* job are docs/security.md F3/F5, not made here.)"""
     import json
     import random
 
@@ -87,7 +87,7 @@ def malformed_messages(count: int, printer: str, job: str, seed: int = 0) -> Ite
 
 def crafted_records(base: Path, out: Path) -> dict[str, Path]:
     """Small files that are (or look like) build records but lie: shapes and sizes far beyond the file, wrong
-    types, missing or garbled parts (issue 13 F13). ``base``: a valid small record to start from."""
+    types, missing or garbled parts (docs/security.md F13). ``base``: a valid small record to start from."""
     import shutil
 
     import h5py

@@ -1,4 +1,4 @@
-"""Crafted HDF5 files against every command that opens a record (issue 13 F13: 22 of 68 runs of `record
+"""Crafted HDF5 files against every command that opens a record (docs/security.md F13: 22 of 68 runs of `record
 info|check`, `report`, `replay` on small crafted files ended in a traceback; three tried to allocate 9-65 GB
 from a 2.5 KB file). Each run here has 3 GB of address space: an unbounded allocation fails the test."""
 

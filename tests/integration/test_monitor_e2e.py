@@ -666,7 +666,7 @@ def _refusals(observer: Observer, ids: set[str], timeout: float = 20) -> dict[st
 def test_nobody_without_an_operator_credential_moves_the_printer(
     setup: tuple[Config, Topics, Observer], broker: Mosquitto, octo: OctoPrintPrinter, ana: Credential
 ) -> None:
-    """Issue 13 F12: an anonymous client on the broker paused a real OctoPrint and resumed it. Now every
+    """docs/security.md F12: an anonymous client on the broker paused a real OctoPrint and resumed it. Now every
     request that does not prove its operator is refused, answered and counted; only ana's signature moves it."""
     config, topics, observer = setup
     config = config.model_copy(update={"security": SecuritySection(signature_window_s=30)})
@@ -742,7 +742,7 @@ def _stored(path: Path) -> tuple[str, list[int]]:
 def test_job_ids_never_share_or_delete_each_others_records_and_a_reprint_gets_its_own(
     virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
 ) -> None:
-    """Issue 13 F8: 'a/b' and 'a_b' shared a record; job 'victim' deleted the record of 'victim.creating'; the
+    """docs/security.md F8: 'a/b' and 'a_b' shared a record; job 'victim' deleted the record of 'victim.creating'; the
     same file printed again was judged on 0 of its layers."""
     config, topics, observer, printer = virtual_setup
     config = _monitor(config, job_switch_quiet_s=0)
@@ -768,7 +768,7 @@ def test_job_ids_never_share_or_delete_each_others_records_and_a_reprint_gets_it
 def test_a_job_id_as_long_as_a_real_file_name_still_pauses(
     virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
 ) -> None:
-    """Issue 13 F9: a job id over 105 characters made every action fail (ids over 128): no pause."""
+    """docs/security.md F9: a job id over 105 characters made every action fail (ids over 128): no pause."""
     from monitor.config import PolicySection
     from monitor.policy import Rule
 
@@ -788,7 +788,7 @@ def test_a_job_id_as_long_as_a_real_file_name_still_pauses(
 def test_two_thousand_malformed_messages_during_a_build_lose_nothing(
     virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto, ana: Credential
 ) -> None:
-    """Issue 13's fuzz run, at test size (bench/fuzz_monitor.py sends 10,000 and measures memory): malformed
+    """The fuzz run, at test size (bench/fuzz_monitor.py sends 10,000 and measures memory): malformed
     frames, layer events and control requests between the layers of a real build. Every good layer is stored
     and judged, nothing crashes a handler, the printer is not moved, the record does not fill with refusals."""
     config, topics, observer, printer = virtual_setup
@@ -821,7 +821,7 @@ def test_two_thousand_malformed_messages_during_a_build_lose_nothing(
 def test_one_message_never_ends_a_live_build_or_its_judging(
     virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
 ) -> None:
-    """Issue 13 F3/F5/F4: a frame or a layer event of another job, or an end event, closed the build being
+    """docs/security.md F3/F5/F4: a frame or a layer event of another job, or an end event, closed the build being
     watched and its warp was never paused; one frame numbered 999999 made every later layer "not judged"
     (200000 here: its z stays within the message's bounds)."""
     config, topics, observer, printer = virtual_setup
@@ -862,7 +862,7 @@ def test_one_message_never_ends_a_live_build_or_its_judging(
 def test_where_layer_events_come_a_job_starts_with_its_announcement_not_with_a_frame(
     virtual_setup: tuple[Config, Topics, Observer, VirtualPrinter], broker: Mosquitto
 ) -> None:
-    """Issue 13 item 3: a job is what the printer's trigger says, not the first frame that names it."""
+    """docs/security.md item 3: a job is what the printer's trigger says, not the first frame that names it."""
     config, topics, observer, printer = virtual_setup
     config = _monitor(config, job_switch_quiet_s=0)
     frames = Frames(broker, topics, None, "job-a")

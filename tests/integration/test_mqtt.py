@@ -278,7 +278,7 @@ def test_a_lost_broker_is_logged_once_not_every_retry(
 def test_a_burst_of_frames_is_bounded_and_the_newest_always_kept(
     broker: Mosquitto, topics: Topics, bound: dict[str, int]
 ) -> None:
-    """Issue 13 F7: 1,500 frames of 1 MB in 2 s took the monitor from 218 MB to 1.47 GB (unbounded queue)."""
+    """docs/security.md F7: 1,500 frames of 1 MB in 2 s took the monitor from 218 MB to 1.47 GB (unbounded queue)."""
     handled: list[int] = []
     release = threading.Event()
 

@@ -1,5 +1,5 @@
 """``layerwatch security``: the generated broker set-up holds against a real Mosquitto, and the check reports
-what stands open (issue 13, item 2)."""
+what stands open (docs/security.md, item 2)."""
 
 from __future__ import annotations
 

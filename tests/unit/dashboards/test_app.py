@@ -70,7 +70,7 @@ def test_a_reader_that_failed_is_reopened_on_the_next_request(tmp_path: Path) ->
 
 
 def test_only_the_records_the_dashboard_lists_are_ever_opened(tmp_path: Path) -> None:
-    """Issue 13 F10: the callbacks opened any path the browser sent (a record outside --records, system files)."""
+    """docs/security.md F10: the callbacks opened any path the browser sent (outside --records, system files)."""
     import pytest
 
     from dashboards.state import DashboardOptions, Records
@@ -111,7 +111,7 @@ def test_only_the_records_the_dashboard_lists_are_ever_opened(tmp_path: Path) ->
 
 
 def test_requests_are_authenticated_then_checked_before_dash_parses_them(tmp_path: Path, caplog: Any) -> None:
-    """Issue 13 F11: malformed POSTs got 500 and a traceback before authentication."""
+    """docs/security.md F11: malformed POSTs got 500 and a traceback before authentication."""
     import base64
     import logging
 
