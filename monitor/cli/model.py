@@ -163,6 +163,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from segmentation.finetune import FinetuneOptions, finetune
+
+    opts = FinetuneOptions(
+        images=args.images,
+        masks=args.masks,
+        out=args.out,
+        minutes=args.minutes,
+        base=args.base,
+        sim_share=args.sim_share,
+    )
+    finetune(opts)
+    return EXIT_OK
+
+
 def register(sub: Any) -> None:
     """Add this group's subcommands to the ``layerwatch`` parser."""
     from segmentation.model import ARCHITECTURES, DEFAULT_ARCH
@@ -241,6 +256,22 @@ def register(sub: Any) -> None:
         help="only (re)compute the out-of-distribution statistics of OUT/final.pt and OUT/best.pt",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="teach the model your camera from a few labelled frames, in minutes")
+    p.add_argument("--images", type=Path, required=True, help="your frames")
+    p.add_argument(
+        "--masks",
+        type=Path,
+        required=True,
+        help="PNG masks named like the frames: class ids 0-4, 254 no defect here, 255 not labelled",
+    )
+    p.add_argument("--out", type=Path, required=True, help="writes OUT/model.pt, OUT/model.onnx, OUT/MODEL_CARD.md")
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget (default 15)")
+    p.add_argument("--base", type=Path, default=None, help="the model to start from (default: the shipped model)")
+    p.add_argument(
+        "--sim-share", type=float, default=0.5, help="share of each batch from simulated layers (default 0.5)"
+    )
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX")
     p.add_argument("--model", type=Path, default=None)

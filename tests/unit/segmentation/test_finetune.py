@@ -1,0 +1,62 @@
+"""``layerwatch finetune``: labels are checked before anything is learnt; a short run gives a usable model
+with a model card that says what it was made from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from segmentation.classes import NO_DEFECT, UNLABELLED
+from segmentation.finetune import FinetuneError, FinetuneOptions, check_labels, finetune
+from segmentation.inference import Segmenter
+
+
+def _labels(root: Path, n: int = 3) -> tuple[Path, Path]:
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        img = (rng.normal(120, 10, (96, 96))).clip(0, 255).astype(np.uint8)
+        mask = np.full((96, 96), NO_DEFECT, np.uint8)  # "no defect here" everywhere ...
+        img[40:46, 40:46] = 20  # ... but a dark pit, labelled porosity, and its ring left unlabelled
+        mask[38:48, 38:48] = UNLABELLED
+        mask[40:46, 40:46] = 2
+        cv2.imwrite(str(images / f"frame{i}.png"), img)
+        cv2.imwrite(str(masks / f"frame{i}.png"), mask)
+    return images, masks
+
+
+def test_bad_labels_are_named_before_any_training(tmp_path: Path) -> None:
+    images, masks = _labels(tmp_path)
+    pairs, counts = check_labels(images, masks)
+    assert len(pairs) == 3 and counts[2] == 3 * 36 and counts[NO_DEFECT] > 0
+    cv2.imwrite(str(masks / "frame1.png"), np.full((96, 96), 7, np.uint8))
+    with pytest.raises(FinetuneError, match=r"frame1.png: label value\(s\) \[7\]; use 0-4"):
+        check_labels(images, masks)
+    cv2.imwrite(str(masks / "frame1.png"), np.zeros((50, 96), np.uint8))
+    with pytest.raises(FinetuneError, match="96x50 px, its image 96x96 px"):
+        check_labels(images, masks)
+    (masks / "frame1.png").unlink()
+    with pytest.raises(FinetuneError, match="no mask"):
+        check_labels(images, masks)
+
+
+@pytest.mark.slow
+def test_a_short_finetune_writes_a_usable_model_and_its_card(tmp_path: Path) -> None:
+    images, masks = _labels(tmp_path / "data")
+    lines: list[str] = []
+    opts = FinetuneOptions(
+        images=images, masks=masks, out=tmp_path / "out", minutes=0.05, sim_layers=8, frame=96, crop=64, batch=2,
+        heldout_layers=2,
+    )  # fmt: skip
+    model = finetune(opts, echo=lines.append)
+    assert model == tmp_path / "out" / "model.pt" and model.with_suffix(".onnx").is_file()
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "base model:" in card and "porosity 108" in card and "| porosity |" in card
+    with Segmenter(model, engine="onnx") as seg:
+        assert seg.segment(np.zeros((96, 96), np.uint8)).mask.shape == (96, 96)
+    assert any(ln.startswith("finetune: wrote") for ln in lines)
