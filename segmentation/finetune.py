@@ -26,7 +26,7 @@ from segmentation.errors import SegmentationError
 
 __all__ = ["FinetuneError", "FinetuneOptions", "check_labels", "finetune"]
 
-_SECONDS_PER_STEP = 1.5  # a batch of 12 crops of 256 px on 2 cores, forward and backward, with margin
+_STEP_MARGIN = 1.4  # a training step also prepares its batch (lighting, input channels): more than the network
 _VALUE_NAMES = {**dict(enumerate(CLASS_NAMES)), NO_DEFECT: "no defect here", UNLABELLED: "not labelled"}
 
 
@@ -114,6 +114,26 @@ def _stage(pairs: list[tuple[Path, Path]], folder: Path) -> Path:
     return folder
 
 
+def _step_seconds(base: Path, batch: int, crop: int) -> float:
+    """Seconds one training step of the network takes here (the learning-rate schedule is sized by it)."""
+    import torch
+
+    from segmentation.model import ARCHITECTURES, load_checkpoint
+
+    model, meta = load_checkpoint(base)
+    model.train()
+    x = torch.randn(batch, ARCHITECTURES[str(meta["arch"])].in_channels, crop, crop)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        opt.zero_grad()
+        model(x).mean().backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1:])) * _STEP_MARGIN
+
+
 def _heldout(model: Path, layers: int, size: int) -> dict[str, float]:
     from segmentation.evaluate import evaluate_simulated
     from segmentation.inference import Segmenter
@@ -143,9 +163,12 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     echo(f"finetune: {len(pairs)} labelled frame(s) ({labels} px) from {base}")
     opts.out.mkdir(parents=True, exist_ok=True)
     staged = _stage(pairs, opts.out / "labels")
-    # most of the budget for steps; data, validation and the unfamiliar-frame calibration take the rest
-    steps = max(2, math.floor(opts.minutes * 60 * 0.7 / _SECONDS_PER_STEP))
+    # most of the budget for steps, counted from a measured step; data, validation and the
+    # unfamiliar-frame calibration take the rest (the time limit also stops it, after an epoch)
+    step_s = _step_seconds(base, opts.batch, opts.crop)
+    steps = max(2, math.floor(opts.minutes * 60 * 0.7 / step_s))
     per_epoch = min(20, steps)
+    echo(f"finetune: {step_s:.2f} s a step here: {steps} steps in {opts.minutes:g} min")
     cfg = TrainConfig(
         out=opts.out / "run",
         arch=str(meta["arch"]),
