@@ -204,6 +204,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_labels(args: argparse.Namespace) -> int:
+    from monitor.labels import export_labels
+
+    if not args.records.is_dir():
+        raise CommandError(f"--records {args.records}: not a folder of build records")
+    records = sorted(p for p in args.records.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5")))
+    counts = export_labels(records, args.out)
+    done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())) or "none"
+    print(f"{sum(v for k, v in counts.items() if k != 'unreadable')} labelled layer(s) from {len(records)} record(s) "
+          f"({done}) in {args.out}/images and {args.out}/masks")  # fmt: skip
+    return EXIT_OK
+
+
 def register(sub: Any) -> None:
     """Add this group's subcommands to the ``layerwatch`` parser."""
     p = sub.add_parser("record", help="summarise or validate a build record (HDF5)")
@@ -243,3 +256,10 @@ def register(sub: Any) -> None:
     p.add_argument("--max-porosity-pct", type=float, default=0.5, help="acceptance: porosity of a part (default 0.5)")
     p.add_argument("--max-warping-mm3", type=float, default=0.0, help="acceptance: warping volume (default 0)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("labels", help="operators' verdicts in build records as training labels")
+    lsub = p.add_subparsers(dest="labels_command", required=True)
+    q = lsub.add_parser("export", help="images/ + masks/ PNGs: verdict layers, 254 no defect here, 255 not labelled")
+    q.add_argument("--records", type=Path, required=True, help="folder of build records (searched recursively)")
+    q.add_argument("--out", type=Path, required=True)
+    q.set_defaults(func=cmd_labels)

@@ -1,0 +1,46 @@
+"""Operators' verdicts become labels: a false alarm's defect pixels are "no defect here", a confirmed
+defect keeps its class, everything else is not labelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from monitor.cli import main
+from monitor.record import BuildRecord
+from segmentation.classes import DEFECT_CLASSES, NO_DEFECT, UNLABELLED
+from tests.unit.monitor.test_record import append, layer_data, spec
+
+
+def test_verdicts_are_exported_as_partial_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    with BuildRecord.create(records / "b.h5", spec()) as rec:
+        for k in range(4):
+            append(rec, k)
+        rec.add_action(1, "r1", "pause", "requested", "warping-persists", "job-1:warp:1", {})
+        rec.add_action(3, "r2", "notify", "confirmed", "pores", "job-1:pores:3", {})
+        rec.add_action(2, "r3", "notify", "confirmed", "spatter", "job-1:spatter:2", {})  # no verdict: no label
+        rec.add_feedback("job-1:warp:1", "false_alarm", "ana", "")
+        rec.add_feedback("job-1:pores:3", "false_alarm", "ana", "")
+        rec.add_feedback("job-1:pores:3", "confirmed_defect", "bo", "looked again")  # the last verdict wins
+    out = tmp_path / "labels"
+    assert main(["labels", "export", "--records", str(records), "--out", str(out)]) == 0
+    assert "2 labelled layer(s) from 1 record(s) (confirmed defect 1, false alarm 1)" in capsys.readouterr().out
+    defects = [int(c) for c in DEFECT_CLASSES]
+
+    _, predicted, _ = layer_data(1)
+    false_alarm = cv2.imread(str(out / "masks" / "b-00001.png"), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(false_alarm)) <= {NO_DEFECT, UNLABELLED}
+    assert np.array_equal(false_alarm == NO_DEFECT, np.isin(predicted, defects))
+
+    _, predicted, _ = layer_data(3)
+    confirmed = cv2.imread(str(out / "masks" / "b-00003.png"), cv2.IMREAD_UNCHANGED)
+    sel = np.isin(predicted, defects)
+    assert np.array_equal(confirmed[sel], predicted[sel]) and (confirmed[~sel] == UNLABELLED).all()
+    image = cv2.imread(str(out / "images" / "b-00003.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(image, layer_data(3)[0])
+    assert not (out / "masks" / "b-00002.png").exists()
