@@ -352,7 +352,6 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
 
 
 def _thumbnail(f: h5py.File, layer: int) -> str:
-
     gray = np.asarray(f[IMAGES][layer])
     gray = gray if gray.dtype == np.uint8 else (gray // 256).astype(np.uint8)
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
@@ -504,7 +503,6 @@ def figure_3d(report: Report) -> dict[str, Any]:
 
 
 def time_text(t: float) -> str:
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
@@ -532,7 +530,6 @@ Plotly.newPlot("sizes", $size_traces, $size_layout);</script></body></html>"""
 
 
 def _html(report: Report) -> str:
-
     from plotly.offline import get_plotlyjs
 
     fig = figure_3d(report)

@@ -20,6 +20,7 @@ from monitor.policy import DEFAULT_POLICY, Policy, Rule, load_policy
 from monitor.settings import ConfigFileError, section
 from printer_io.errors import ConfigError
 from printer_io.mqtt import MqttConfig
+from printer_io.printer import backend_options, backends
 from printer_io.topics import validate_printer_id
 from segmentation.imageio import DEFAULT_MAX_PIXELS
 
@@ -101,8 +102,6 @@ class PrinterSection(_Section):
             if rest:
                 raise ValueError(f"backend 'none' takes no settings; remove {', '.join(sorted(rest))}")
             return own
-        from printer_io.printer import backend_options, backends
-
         if name not in backends():
             return data  # the backend field's own check says which names are valid
 
@@ -115,8 +114,6 @@ class PrinterSection(_Section):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        from printer_io.printer import backends
-
         if v != "none" and v not in backends():
             raise ValueError(f"unknown printer backend; valid: {', '.join(sorted(backends()))}, none")
         return v

@@ -25,10 +25,10 @@ from typing import Literal
 from monitor.config import Config, MonitorSection, PrinterSection
 from monitor.service import MonitorService
 from printer_io.bridge import Bridge
-from printer_io.bus import BusLink, Link, MessageBus
+from printer_io.bus import BusLink, Link, MessageBus, open_link
 from printer_io.camera import CameraNode, CameraSettings
 from printer_io.messages import ActionMessage, EventMessage, ResultMessage
-from printer_io.mqtt import MqttConfig, MqttLink
+from printer_io.mqtt import MqttConfig
 from printer_io.printer import PrinterState
 from printer_io.topics import Topics
 from printer_io.virtual import VirtualPrinter
@@ -115,20 +115,17 @@ def run_demo(opts: DemoOptions) -> int:
     watch = Watch()
     started = time.monotonic()
 
-    def connect(service: str) -> Link:
-        return bus.link(service=service, topics=topics) if bus else MqttLink(mqtt, service=service, topics=topics)
-
     stack: list[object] = []
     server = None
     try:
         monitor = MonitorService(config, printer_ids=[PRINTER], printers={PRINTER: printer}, bus=bus).start()
         stack.append(monitor)
-        watcher = _watcher(connect("demo-watch"), topics, watch)
+        watcher = _watcher(open_link(bus, mqtt, service="demo-watch", topics=topics), topics, watch)
         stack.append(watcher)
         source = SimulatorSource(spec=spec)
-        camera = CameraNode(connect("camera"), source, CameraSettings()).start()
+        camera = CameraNode(open_link(bus, mqtt, service="camera", topics=topics), source, CameraSettings()).start()
         stack.append(camera)
-        bridge_link = connect("bridge")
+        bridge_link = open_link(bus, mqtt, service="bridge", topics=topics)
         bridge_link.start()
         stack.append(bridge_link)
         bridge = Bridge(bridge_link, "virtual")

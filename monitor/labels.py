@@ -37,15 +37,19 @@ class LabelledLayer:
 def verdict_layers(path: Path) -> list[LabelledLayer]:
     """The layers of a record that carry an operator's verdict (the last verdict of an incident wins)."""
     with RecordReader(path) as r:
-        opened: dict[str, int] = {}
-        for a in r.table("actions"):
-            if a["incident"] and a["action"] != "feedback" and int(a["layer"]) >= 0:
-                opened.setdefault(str(a["incident"]), int(a["layer"]))
-        last: dict[str, tuple[Verdict, str]] = {}
-        for f in r.table("feedback"):
-            if f["verdict"] in set(Verdict):
-                last[str(f["incident"])] = (Verdict(f["verdict"]), str(f["operator"]))
-        stored = {int(k) for k in r.stored_layers()}
+        return _verdicts(r, path)
+
+
+def _verdicts(r: RecordReader, path: Path) -> list[LabelledLayer]:
+    opened: dict[str, int] = {}
+    for a in r.table("actions"):
+        if a["incident"] and a["action"] != "feedback" and int(a["layer"]) >= 0:
+            opened.setdefault(str(a["incident"]), int(a["layer"]))
+    last: dict[str, tuple[Verdict, str]] = {}
+    for f in r.table("feedback"):
+        if f["verdict"] in set(Verdict):
+            last[str(f["incident"])] = (Verdict(f["verdict"]), str(f["operator"]))
+    stored = {int(k) for k in r.stored_layers()}
     return [
         LabelledLayer(path, opened[inc], inc, verdict, who)
         for inc, (verdict, who) in sorted(last.items())
@@ -61,11 +65,8 @@ def export_labels(records: list[Path], out: Path) -> Counter[str]:
     counts: Counter[str] = Counter()
     for path in records:
         try:
-            layers = verdict_layers(path)
-            if not layers:
-                continue
             with RecordReader(path) as r:
-                for item in layers:
+                for item in _verdicts(r, path):
                     predicted = r.mask(item.layer)
                     defect = np.isin(predicted, [int(c) for c in DEFECT_CLASSES])
                     label = np.full(predicted.shape, UNLABELLED, np.uint8)

@@ -30,11 +30,11 @@ import numpy as np
 from monitor.config import Config, MonitorSection, PolicySection, PrinterSection
 from monitor.record import IMAGES, MASKS, READABLE_SCHEMAS, RecordError, class_mask, open_build_file, set_attrs
 from monitor.service import MonitorService
-from printer_io.bus import BusLink, Link, MessageBus
+from printer_io.bus import BusLink, Link, MessageBus, open_link
 from printer_io.errors import MqttError
 from printer_io.frames import QualityChecker, encode_image
 from printer_io.messages import ActionMessage, FrameMeta, LayerEvent, ResultMessage, encode_frame
-from printer_io.mqtt import MqttConfig, MqttLink
+from printer_io.mqtt import MqttConfig
 from printer_io.printer import Printer
 from printer_io.topics import Topics
 from printer_io.virtual import VirtualPrinter
@@ -225,10 +225,9 @@ def _replay(source: ReplaySource, opts: ReplayOptions, tmp: Path) -> ReplayResul
     except MqttError as err:
         raise ReplayError(str(err)) from err
 
-    def connect(service: str) -> Link:
-        return bus.link(service=service, topics=topics) if bus else MqttLink(mqtt, service=service, topics=topics)
-
-    watch, bridge, camera = connect("replay-watch"), connect("bridge"), connect("camera")
+    watch, bridge, camera = (
+        open_link(bus, mqtt, service=s, topics=topics) for s in ("replay-watch", "bridge", "camera")
+    )
     watch.subscribe(topics.result, on_result)
     watch.subscribe(topics.action, on_action)
     started = time.monotonic()

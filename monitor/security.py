@@ -218,7 +218,6 @@ def printer_findings(pid: str, backend: str, url: str, api_key_file: Path | None
 
 
 def dashboard_findings(url: str) -> list[Finding]:
-
     import httpx
 
     try:

@@ -30,7 +30,7 @@ from monitor.controller import Controller, job_key
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, LayerMetrics, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
-from printer_io.bus import Link, MessageBus
+from printer_io.bus import Link, MessageBus, open_link
 from printer_io.credentials import DUPLICATE, Verifier, load_operators
 from printer_io.errors import PayloadError, PrinterError
 from printer_io.frames import decode_image
@@ -45,7 +45,7 @@ from printer_io.messages import (
     RuleHitInfo,
     split_frame,
 )
-from printer_io.mqtt import MqttLink, anonymous_allowed
+from printer_io.mqtt import anonymous_allowed
 from printer_io.printer import ACTIVE_STATES, Printer, PrinterState, PrinterStatus, create_printer
 from printer_io.topics import Topics
 from printer_io.vocabulary import Severity
@@ -1015,11 +1015,7 @@ class MonitorService:
             for pid in self.printer_ids:
                 printer = self._given[pid] if pid in self._given else self._make_printer(pid)
                 topics = Topics(cfg.mqtt.prefix, pid)
-                link: Link = (
-                    self.bus.link(service="monitor", topics=topics)
-                    if self.bus is not None
-                    else MqttLink(cfg.mqtt, service="monitor", topics=topics, version=__version__)
-                )
+                link = open_link(self.bus, cfg.mqtt, service="monitor", topics=topics, version=__version__)
                 pm = PrinterMonitor(self, pid, link, printer, policy)
                 link.subscribe(topics.image, pm.on_frame)
                 link.subscribe(topics.action, pm.on_action)

@@ -18,9 +18,10 @@ from typing import Any, Protocol
 
 from printer_io.errors import MqttError, PayloadError
 from printer_io.messages import StatusMessage
+from printer_io.mqtt import MqttConfig, MqttLink
 from printer_io.topics import Topics
 
-__all__ = ["BusLink", "Link", "MessageBus", "topic_matches"]
+__all__ = ["BusLink", "Link", "MessageBus", "open_link", "topic_matches"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,13 @@ class MessageBus:
             links = list(self._links)
         for link in links:
             link._offer(topic, payload)
+
+
+def open_link(bus: MessageBus | None, mqtt: MqttConfig, *, service: str, topics: Topics, version: str = "") -> Link:
+    """A service's link: on ``bus`` when there is one, else over the configured broker (not started)."""
+    if bus is not None:
+        return bus.link(service=service, topics=topics)
+    return MqttLink(mqtt, service=service, topics=topics, version=version)
 
 
 class BusLink:

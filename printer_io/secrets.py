@@ -23,10 +23,10 @@ MAX_SECRET_FILE_BYTES = 1 << 20
 def read_secret_file(path: Path, what: str, error: type[ConfigError] = ConfigError) -> str:
     """The whole text of a secret file (bounded, UTF-8); warns when group or others may read it."""
     try:
-        size = path.stat().st_size
-        if size > MAX_SECRET_FILE_BYTES:
-            raise error(f"{what} {path}: {size} bytes; at most {MAX_SECRET_FILE_BYTES}")
-        if path.stat().st_mode & 0o077:
+        st = path.stat()
+        if st.st_size > MAX_SECRET_FILE_BYTES:
+            raise error(f"{what} {path}: {st.st_size} bytes; at most {MAX_SECRET_FILE_BYTES}")
+        if st.st_mode & 0o077:
             log.warning("%s %s can be read by other users: chmod 600 %s", what, path, path)
         return path.read_text(encoding="utf-8")
     except OSError as err:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -114,15 +115,12 @@ def _stage(pairs: list[tuple[Path, Path]], folder: Path) -> Path:
     return folder
 
 
-def _step_seconds(base: Path, batch: int, crop: int) -> float:
+def _step_seconds(model: Any, in_channels: int, batch: int, crop: int) -> float:
     """Seconds one training step of the network takes here (the learning-rate schedule is sized by it)."""
     import torch
 
-    from segmentation.model import ARCHITECTURES, load_checkpoint
-
-    model, meta = load_checkpoint(base)
     model.train()
-    x = torch.randn(batch, ARCHITECTURES[str(meta["arch"])].in_channels, crop, crop)
+    x = torch.randn(batch, in_channels, crop, crop)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     times = []
     for _ in range(3):
@@ -149,7 +147,7 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     import shutil
 
     from segmentation.inference import DEFAULT_MODEL, export_onnx
-    from segmentation.model import file_sha256, load_checkpoint
+    from segmentation.model import ARCHITECTURES, file_sha256, load_checkpoint
     from segmentation.train import TrainConfig, train
 
     if not opts.minutes > 0:
@@ -157,7 +155,7 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     if not 0 <= opts.sim_share < 1:
         raise FinetuneError(f"--sim-share {opts.sim_share}: give a share from 0 up to (not including) 1")
     base = opts.base or DEFAULT_MODEL
-    _, meta = load_checkpoint(base)
+    network, meta = load_checkpoint(base)
     pairs, counts = check_labels(opts.images, opts.masks)
     labels = ", ".join(f"{_VALUE_NAMES[v]} {c}" for v, c in sorted(counts.items()))
     echo(f"finetune: {len(pairs)} labelled frame(s) ({labels} px) from {base}")
@@ -165,7 +163,8 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     staged = _stage(pairs, opts.out / "labels")
     # most of the budget for steps, counted from a measured step; data, validation and the
     # unfamiliar-frame calibration take the rest (the time limit also stops it, after an epoch)
-    step_s = _step_seconds(base, opts.batch, opts.crop)
+    step_s = _step_seconds(network, ARCHITECTURES[str(meta["arch"])].in_channels, opts.batch, opts.crop)
+    del network
     steps = max(2, math.floor(opts.minutes * 60 * 0.7 / step_s))
     per_epoch = min(20, steps)
     echo(f"finetune: {step_s:.2f} s a step here: {steps} steps in {opts.minutes:g} min")

@@ -22,7 +22,6 @@ from printer_io.vocabulary import Verdict
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-
     from printer_io.messages import ActionMessage, ActionState
 
     msg = ActionMessage(
@@ -139,7 +138,6 @@ def cmd_security_check(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-
     from printer_io.messages import ActionMessage
     from printer_io.vocabulary import ActionKind, ActionState
 

@@ -174,7 +174,6 @@ def json_detail(text: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-
     if not args.record.exists():
         raise CommandError(f"{args.record} does not exist")
     report_mod = importlib.import_module("dashboards.report")  # reports stand above the monitor

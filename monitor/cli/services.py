@@ -74,7 +74,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-
     if args.record is None and args.records is None:
         raise CommandError("dashboard needs --record FILE or --records DIR (the monitor's out_dir)")
     if args.record is not None and not args.record.exists():
