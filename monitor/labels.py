@@ -1,28 +1,48 @@
-"""Labels from build records: the operators' verdicts on incidents, as training masks.
+"""Labels from build records: operators' strokes and verdicts, as training masks.
 
-A verdict is a label of the layer its incident was opened on: "false alarm" says that layer's defect
-pixels are powder or part (254, "no defect here"), "confirmed defect" that they are what the model
-called them; every other pixel stays 255 (not labelled). ``layerwatch labels export`` writes them as
-``images/`` + ``masks/`` PNGs, the format ``layerwatch finetune`` and users' own tools share.
+Two sources, applied in this order on a layer that starts "not labelled" (255):
+
+- a verdict on an incident labels the layer the incident was opened on: "false alarm" says that
+  layer's defect pixels are powder or part (254, "no defect here"), "confirmed defect" that they are
+  what the model called them;
+- operators' strokes from the dashboard (the record's ``labels`` table), in the order they were
+  given: a brush line, a filled region or the whole frame set to a class id, 254 ("no defect here") or
+  255 (erase).
+
+``layerwatch labels export`` writes them as ``images/`` + ``masks/`` PNGs, the format
+``layerwatch finetune`` and users' own tools share.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from monitor.record import RecordError, RecordReader
 from printer_io.vocabulary import Verdict
-from segmentation.classes import DEFECT_CLASSES, NO_DEFECT, UNLABELLED
+from segmentation.classes import DEFECT_CLASSES, NO_DEFECT, NUM_CLASSES, UNLABELLED
 
-__all__ = ["LabelledLayer", "export_labels", "verdict_layers"]
+__all__ = [
+    "LABEL_VALUES",
+    "LabelledLayer",
+    "draw_strokes",
+    "export_labels",
+    "labelled_layers",
+    "layer_label",
+    "verdict_layers",
+]
 
 log = logging.getLogger(__name__)
+
+LABEL_VALUES = frozenset({*range(NUM_CLASSES), NO_DEFECT, UNLABELLED})
 
 
 @dataclass(frozen=True)
@@ -57,24 +77,80 @@ def _verdicts(r: RecordReader, path: Path) -> list[LabelledLayer]:
     ]
 
 
+def draw_strokes(label: np.ndarray, strokes: Iterable[Mapping[str, Any]]) -> np.ndarray:
+    """Paint strokes (``kind``, ``label``, ``width``, ``points`` in px) onto a (H, W) uint8 label, in order."""
+    for s in strokes:
+        value = int(s["label"])
+        pts = np.round(np.asarray(s["points"], dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        if s["kind"] == "frame":
+            label[:] = value
+        elif s["kind"] == "region" and len(pts) >= 3:
+            cv2.fillPoly(label, [pts], value)
+        elif s["kind"] == "brush" and len(pts):
+            width = max(1, round(float(s["width"])))
+            if len(pts) == 1:
+                cv2.circle(label, tuple(int(v) for v in pts[0, 0]), max(1, width // 2), value, -1)
+            else:
+                cv2.polylines(label, [pts], False, value, thickness=width, lineType=cv2.LINE_8)
+    return label
+
+
+def _strokes(r: RecordReader) -> dict[int, list[dict[str, Any]]]:
+    by_layer: dict[int, list[dict[str, Any]]] = {}
+    for row in sorted(r.table("labels"), key=lambda row: row["time"]):
+        try:
+            points = json.loads(row["points"])
+        except ValueError:
+            continue  # a row cut short: nothing to draw
+        if int(row["label"]) in LABEL_VALUES:
+            by_layer.setdefault(int(row["layer"]), []).append({**row, "points": points})
+    return by_layer
+
+
+def layer_label(
+    predicted: np.ndarray, verdicts: Sequence[LabelledLayer], strokes: Sequence[Mapping[str, Any]]
+) -> np.ndarray:
+    """A layer's label: verdicts on the model's mask ``predicted``, then the strokes."""
+    label = np.full(predicted.shape, UNLABELLED, np.uint8)
+    defect = np.isin(predicted, [int(c) for c in DEFECT_CLASSES])
+    for v in verdicts:
+        label[defect] = NO_DEFECT if v.verdict == Verdict.FALSE_ALARM else predicted[defect]
+    return draw_strokes(label, strokes)
+
+
+def labelled_layers(r: RecordReader, path: Path) -> dict[int, tuple[list[LabelledLayer], list[dict[str, Any]]]]:
+    """Every stored layer with a verdict or a stroke: its verdicts and strokes."""
+    out: dict[int, tuple[list[LabelledLayer], list[dict[str, Any]]]] = {}
+    for v in _verdicts(r, path):
+        out.setdefault(v.layer, ([], []))[0].append(v)
+    stored = {int(k) for k in r.stored_layers()}
+    for layer, strokes in _strokes(r).items():
+        if layer in stored:
+            out.setdefault(layer, ([], []))[1].extend(strokes)
+    return dict(sorted(out.items()))
+
+
 def export_labels(records: list[Path], out: Path) -> Counter[str]:
-    """Write every verdict's layer as ``out/images/NAME.png`` and ``out/masks/NAME.png``; counts by verdict.
-    A record that cannot be read is skipped with its reason counted under ``unreadable``."""
+    """Write every labelled layer as ``out/images/NAME.png`` and ``out/masks/NAME.png``; counts layers
+    (``layers`` in all; by verdict; ``strokes``). A record that cannot be read is skipped, as ``unreadable``."""
     for sub in ("images", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     for path in records:
         try:
             with RecordReader(path) as r:
-                for item in _verdicts(r, path):
-                    predicted = r.mask(item.layer)
-                    defect = np.isin(predicted, [int(c) for c in DEFECT_CLASSES])
-                    label = np.full(predicted.shape, UNLABELLED, np.uint8)
-                    label[defect] = NO_DEFECT if item.verdict == Verdict.FALSE_ALARM else predicted[defect]
-                    name = f"{path.stem}-{item.layer:05d}"
-                    cv2.imwrite(str(out / "images" / f"{name}.png"), r.image(item.layer))
+                for layer, (verdicts, strokes) in labelled_layers(r, path).items():
+                    label = layer_label(r.mask(layer), verdicts, strokes)
+                    if (label == UNLABELLED).all():
+                        continue  # erased again: nothing to learn from
+                    name = f"{path.stem}-{layer:05d}"
+                    cv2.imwrite(str(out / "images" / f"{name}.png"), r.image(layer))
                     cv2.imwrite(str(out / "masks" / f"{name}.png"), label)
-                    counts[str(item.verdict)] += 1
+                    counts["layers"] += 1
+                    for v in verdicts:
+                        counts[str(v.verdict)] += 1
+                    if strokes:
+                        counts["strokes"] += 1
         except (RecordError, OSError, KeyError) as err:
             counts["unreadable"] += 1
             log.warning("labels: %s skipped (%s)", path, err)

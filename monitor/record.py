@@ -87,12 +87,22 @@ FEEDBACK_DTYPE = np.dtype(
 TELEMETRY_DTYPE = np.dtype(
     [("time", "f8"), ("layer", "i4"), ("state", _s(32)), ("z_mm", "f4"), ("feed_pct", "f4"), ("flow_pct", "f4")]
 )
+# operators' labels: one row a stroke (brush line, region, whole frame), points as JSON [[x, y], ...] camera px
+LABEL_DTYPE = np.dtype(
+    [
+        ("time", "f8"), ("layer", "i4"), ("operator", _s(64)), ("kind", _s(16)), ("label", "u1"), ("width", "f4"),
+        ("points", _s(8192)),
+    ]
+)  # fmt: skip
 TABLES = {
     "events": EVENT_DTYPE,
     "actions": ACTION_DTYPE,
     "feedback": FEEDBACK_DTYPE,
     "telemetry": TELEMETRY_DTYPE,
 }
+# tables added after schema 2 was fixed: made when a record is created or next opened for writing (before
+# SWMR, which cannot create them); a reader treats one that is missing as empty
+OPTIONAL_TABLES = {"labels": LABEL_DTYPE}
 
 
 def _fit(value: Any, size: int) -> bytes:
@@ -139,6 +149,10 @@ class BuildRecord:
         self.part_metric_names = tuple(json.loads(file.attrs["layerwatch/part_metric_names"]))
         self.height, self.width = file[IMAGES].shape[1:]
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.height, self.width
+
     # ---- lifecycle --------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path, spec: RecordSpec, *, fsync: bool = False) -> BuildRecord:
@@ -163,9 +177,7 @@ class BuildRecord:
         g.create_dataset("metrics", (0,), maxshape=(None,), dtype=metric_dtype, chunks=(256,))
         part_dtype = np.dtype([("layer", "i4"), ("part_id", "u4")] + [(n, "f8") for n in spec.part_metric_names])
         g.create_dataset("part_metrics", (0,), maxshape=(None,), dtype=part_dtype, chunks=(256,))
-        for name, dtype in TABLES.items():
-            # zero-padded fixed-length rows compress to almost nothing
-            g.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(64,), compression="gzip")
+        _create_tables(g, {**TABLES, **OPTIONAL_TABLES})
         g.create_dataset("state", data=np.bytes_("writing".ljust(16)), dtype="S16")
         a = f.attrs
         a["printer/x_real_dimension"] = w * spec.mm_per_px
@@ -212,6 +224,7 @@ class BuildRecord:
                 )
             raise RecordError(f"{path} is not a LayerWatch record of schema {SCHEMA_VERSION}")
         f[f"{LW}/state"][()] = np.bytes_("writing".ljust(16))
+        _create_tables(f[LW], {k: v for k, v in OPTIONAL_TABLES.items() if k not in f[LW]})
         f.swmr_mode = True
         return cls(path, f, fsync)
 
@@ -352,6 +365,16 @@ class BuildRecord:
     def add_feedback(self, incident: str, verdict: str, operator: str, note: str, at: float | None = None) -> None:
         self._append("feedback", (at or time.time(), incident, verdict, operator, note))
 
+    def add_label(
+        self, layer: int, operator: str, kind: str, label: int, width: float, points: Sequence[Sequence[float]],
+        at: float | None = None,
+    ) -> None:  # fmt: skip
+        """One operator's stroke on ``layer`` (camera px); at most about 680 points fit a row."""
+        text = json.dumps([[round(float(x)), round(float(y))] for x, y in points], separators=(",", ":"))
+        if len(text) > LABEL_DTYPE["points"].itemsize:
+            raise RecordError(f"{self.path}: a label of {len(points)} points does not fit a row; simplify it")
+        self._append("labels", (at or time.time(), layer, operator, kind, label, width, text))
+
     def add_telemetry(
         self,
         layer: int,
@@ -364,6 +387,12 @@ class BuildRecord:
         feed = np.nan if feed_pct is None else feed_pct
         flow = np.nan if flow_pct is None else flow_pct
         self._append("telemetry", (at or time.time(), layer, state, z_mm, feed, flow))
+
+
+def _create_tables(group: h5py.Group, tables: Mapping[str, np.dtype]) -> None:
+    for name, dtype in tables.items():
+        # zero-padded fixed-length rows compress to almost nothing
+        group.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(64,), compression="gzip")
 
 
 def _put_row(dataset: h5py.Dataset, index: int, row: np.ndarray) -> None:
@@ -463,6 +492,7 @@ def check_layout(f: h5py.File, path: Path) -> None:
             raise bad(f"/{name} is missing")
     tables: list[tuple[str, tuple[str, ...]]] = [("layers", ("stored", "z_mm", "judged", "severity"))]
     tables += [(t, tuple(TABLES[t].names or ())) for t in TABLES]
+    tables += [(t, tuple(d.names or ())) for t, d in OPTIONAL_TABLES.items() if f"{LW}/{t}" in f]
     for name, fields in tables:
         obj = f.get(f"{LW}/{name}")
         if not isinstance(obj, h5py.Dataset) or obj.ndim != 1 or not set(fields) <= set(obj.dtype.names or ()):
@@ -545,8 +575,9 @@ class RecordReader:
             return  # the writer had closed the file when we opened it: nothing new will come
         # the writer stores a layer's data before its stored flag: reading the flags first means the data
         # refreshed after them is at least as new
-        for name in ["layers", "metrics", "part_metrics", "state", *TABLES]:
-            self._f[f"{LW}/{name}"].refresh()
+        for name in ["layers", "metrics", "part_metrics", "state", *TABLES, *OPTIONAL_TABLES]:
+            if name in self._f[LW]:
+                self._f[f"{LW}/{name}"].refresh()
         for name in self._slices():
             self._f[name].refresh()
 
@@ -557,6 +588,12 @@ class RecordReader:
     @property
     def class_names(self) -> list[str]:
         return [str(n) for n in self._f.attrs["layerwatch/class_names"]]
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the frames, px."""
+        h, w = self._f[IMAGES].shape[1:]
+        return int(h), int(w)
 
     def json_attr(self, name: str) -> Any:
         return json.loads(self._f.attrs[f"layerwatch/{name}"])
@@ -609,7 +646,10 @@ class RecordReader:
         return np.asarray(self._f[f"{LW}/part_metrics"][:])
 
     def table(self, name: str) -> list[dict[str, Any]]:
-        """Rows of an append-only table (events, actions, feedback, telemetry) as dicts."""
+        """Rows of an append-only table (events, actions, feedback, telemetry, labels) as dicts; a table this
+        record was made without is empty."""
+        if name in OPTIONAL_TABLES and name not in self._f[LW]:
+            return []
         data = self._f[f"{LW}/{name}"][:]
         fields = data.dtype.names or ()
         return [{k: _py(row[k]) for k in fields} for row in data]

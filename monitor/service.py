@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,18 @@ log = logging.getLogger(__name__)
 #: Per-frame figures stored beside the mask metrics (not usable in rules: they judge the frame, not the layer).
 FRAME_METRICS = ("ood_score",)
 _MAX_ROI_POINTS = 64
+
+
+@dataclass(frozen=True)
+class _RecordView:
+    """What an operator's request is checked against, from the live writer or a reader of a closed record."""
+
+    job_id: str
+    table: Callable[[str], list[dict[str, Any]]]
+    stored: set[int]
+    size: tuple[int, int]  # frame height, width
+
+
 _REPRINT_LAYERS = 2  # a closed job's record that holds one of its first layers again: the job is printed again
 _REFUSAL_EVERY_S = 10.0  # refused input of one kind is said at most this often
 _LAYER_STEP = 5  # layers a camera may miss between two frames before the numbering waits for confirmation
@@ -72,7 +84,7 @@ _REFUSED_INPUT = frozenset(
     }
 )  # fmt: skip
 # requests only a verified operator may make (printer_io.credentials)
-_OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_object", "feedback", "roi"})
+_OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_object", "feedback", "roi", "label"})
 _STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its job is still on
 # printer states that end a job this monitor saw printing
 _ENDED_STATES = frozenset({PrinterState.IDLE, PrinterState.FINISHED, PrinterState.CANCELLED, PrinterState.ERROR})
@@ -231,53 +243,118 @@ class PrinterMonitor:
         if msg.action == "roi":
             self._confirm_roi(msg, topic)
             return
+        if msg.action == "label":
+            self._carry_out(msg, self._store_labels)
+            return
         if msg.action != "feedback":
-            why = f"{msg.action} is not taken from operator requests: pause, resume, feedback and roi are"
+            why = f"{msg.action} is not taken from operator requests: pause, resume, feedback, label and roi are"
             self._answer(msg, ActionState.FAILED, why)
             return
+        self._carry_out(msg, self._store_feedback)
+        log.info(
+            "%s: operator %s says incident %s is %s", self.printer_id, msg.operator or "?", msg.incident, msg.verdict
+        )
+
+    def _carry_out(self, msg: ActionMessage, store: Callable[[ActionMessage], str]) -> None:
         try:
-            where = self._store_feedback(msg)
+            where = store(msg)
         except PayloadError as err:
             self._answer(msg, ActionState.FAILED, str(err))
             raise
         self._answer(msg, ActionState.CONFIRMED, f"stored in {where}")
-        log.info(
-            "%s: operator %s says incident %s is %s", self.printer_id, msg.operator or "?", msg.incident, msg.verdict
-        )
 
     def _store_feedback(self, msg: ActionMessage) -> str:
         """An operator's verdict on an incident of any build this monitor recorded; returns the record's name."""
         if msg.verdict == "":
             raise PayloadError("feedback without a verdict (false_alarm or confirmed_defect)", "field")
+
+        def known(view: _RecordView) -> None:
+            if not any(a["incident"] == msg.incident for a in view.table("actions")):
+                raise PayloadError(f"build {view.job_id} has no incident {msg.incident!r}", "incident")
+
+        return self._in_record(
+            lambda job: msg.incident.startswith(f"{job_key(job)}:"),
+            f"has an incident {msg.incident!r}",
+            known,
+            lambda record: record.add_feedback(msg.incident, msg.verdict, msg.operator, msg.reason, at=msg.time),
+        )
+
+    def _store_labels(self, msg: ActionMessage) -> str:
+        """An operator's strokes on one stored layer of a build this monitor recorded (live or closed)."""
+        from monitor.labels import LABEL_VALUES
+
+        layer = msg.layer
+        if layer is None or not msg.labels or not msg.job_id:
+            raise PayloadError("a label request needs job_id, layer and at least one stroke", "field")
+        for i, stroke in enumerate(msg.labels):
+            if stroke.label not in LABEL_VALUES:
+                raise PayloadError(
+                    f"stroke {i}: label {stroke.label} is not a class id 0-{len(CLASS_NAMES) - 1}, 254 (no defect "
+                    "here) or 255 (erase)",
+                    "field",
+                )
+            least = {"brush": 1, "region": 3, "frame": 0}[stroke.kind]
+            if len(stroke.points) < least:
+                raise PayloadError(f"stroke {i}: a {stroke.kind} needs at least {least} point(s)", "field")
+
+        def fits(view: _RecordView) -> None:
+            if layer not in view.stored:
+                raise PayloadError(f"build {view.job_id} has no stored layer {layer} to label", "layer")
+            h, w = view.size
+            for i, stroke in enumerate(msg.labels):
+                for x, y in stroke.points:
+                    if not (0 <= x < w and 0 <= y < h):
+                        raise PayloadError(f"stroke {i}: point ({x}, {y}) is outside the {w}x{h} px frame", "field")
+
+        def write(record: BuildRecord) -> None:
+            for stroke in msg.labels:
+                record.add_label(layer, msg.operator, stroke.kind, stroke.label, stroke.width, stroke.points, msg.time)
+
+        where = self._in_record(lambda job: job == msg.job_id, f"has a job {msg.job_id!r}", fits, write)
+        log.info(
+            "%s: operator %s labelled layer %d of %s (%d stroke(s))",
+            self.printer_id, msg.operator or "?", layer, msg.job_id, len(msg.labels),
+        )  # fmt: skip
+        return where
+
+    def _in_record(
+        self,
+        matches: Callable[[str], bool],
+        what: str,
+        check: Callable[[_RecordView], None],
+        write: Callable[[BuildRecord], None],
+    ) -> str:
+        """Write to the record of the build whose job id ``matches``: the live one, else a closed one of this
+        printer (opened for writing a moment, its state kept). ``check`` refuses with a PayloadError before
+        anything is written. Returns the record's name."""
         with self.lock:
             build = self.build
-            if build is not None and msg.incident.startswith(f"{job_key(build.job_id)}:"):
-                if not any(a["incident"] == msg.incident for a in build.record.table("actions")):
-                    raise PayloadError(f"build {build.job_id} has no incident {msg.incident!r}", "incident")
-                build.record.add_feedback(msg.incident, msg.verdict, msg.operator, msg.reason, at=msg.time)
-                return build.record.path.name
+            if build is not None and matches(build.job_id):
+                rec = build.record
+                check(_RecordView(build.job_id, rec.table, {int(k) for k in rec.stored_layers()}, rec.frame_size))
+                write(rec)
+                return rec.path.name
             for path in sorted((self.service.config.monitor.out_dir / self.printer_id).glob("*.h5")):
                 if path.name.endswith((".creating.h5", ".crashed.h5")):
                     continue
                 try:
                     with RecordReader(path) as reader:
                         job = str(reader.attrs.get("layerwatch/job_id", ""))
-                        if not msg.incident.startswith(f"{job_key(job)}:"):
+                        if not matches(job):
                             continue
-                        known = any(a["incident"] == msg.incident for a in reader.table("actions"))
+                        stored = {int(k) for k in reader.stored_layers()}
+                        check(_RecordView(job, reader.table, stored, reader.frame_size))
                         state = reader.state
                 except RecordError:
                     continue
-                if not known:
-                    raise PayloadError(f"build {job} has no incident {msg.incident!r}", "incident")
                 try:
                     with BuildRecord.open(path) as record:
-                        record.add_feedback(msg.incident, msg.verdict, msg.operator, msg.reason, at=msg.time)
+                        write(record)
                         record.close(state)
                 except RecordError as err:
-                    raise PayloadError(f"cannot store the verdict in {path.name}: {err}", "record") from err
+                    raise PayloadError(f"cannot store it in {path.name}: {err}", "record") from err
                 return path.name
-        raise PayloadError(f"no build of printer {self.printer_id} has an incident {msg.incident!r}", "incident")
+        raise PayloadError(f"no build of printer {self.printer_id} {what}", "incident")
 
     def _refuse(self, msg: ActionMessage, why: str) -> None:
         """A request that did not prove who sent it: not carried out, counted, said in the record and answered."""

@@ -28,6 +28,7 @@ __all__ = [
     "EventMessage",
     "FrameMeta",
     "FrameQuality",
+    "LabelStroke",
     "LayerEvent",
     "Message",
     "ResultMessage",
@@ -184,6 +185,22 @@ def decode_frame(payload: bytes, topic: str = "") -> tuple[FrameMeta, bytes]:
     return meta, image
 
 
+MAX_STROKES = 64
+MAX_STROKE_POINTS = 512
+
+
+class LabelStroke(BaseModel):
+    """One operator's label on one layer, in camera pixels: a ``brush`` line of ``width`` px, a filled
+    ``region`` polygon, or the whole ``frame``. ``label``: a class id (0 powder .. 4 warping), 254 "no defect
+    here" or 255 to erase."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["brush", "region", "frame"]
+    label: int = Field(ge=0, le=255)
+    width: float = Field(default=1.0, ge=1, le=512)
+    points: list[tuple[float, float]] = Field(default_factory=list, max_length=MAX_STROKE_POINTS)
+
+
 class ActionMessage(Message):
     """A command to the printer and its outcome (requested, acknowledged, confirmed, failed)."""
 
@@ -205,6 +222,7 @@ class ActionMessage(Message):
     metrics: dict[str, float] = Field(default_factory=dict)
     model: str = Field(default="", max_length=128)
     verdict: Verdict | Literal[""] = ""
+    labels: list[LabelStroke] = Field(default_factory=list, max_length=MAX_STROKES)
     operator: str = Field(default="", max_length=64)
     # an operator's request: HMAC-SHA256 (hex) of the rest under the operator's secret (printer_io.credentials)
     signature: str = Field(default="", max_length=64)

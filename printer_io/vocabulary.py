@@ -46,6 +46,7 @@ class ActionKind(StrEnum):
     NOTIFY = "notify"
     FEEDBACK = "feedback"
     ROI = "roi"
+    LABEL = "label"
 
 
 class ActionState(StrEnum):

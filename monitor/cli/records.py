@@ -210,8 +210,8 @@ def cmd_labels(args: argparse.Namespace) -> int:
         raise CommandError(f"--records {args.records}: not a folder of build records")
     records = sorted(p for p in args.records.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5")))
     counts = export_labels(records, args.out)
-    done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())) or "none"
-    print(f"{sum(v for k, v in counts.items() if k != 'unreadable')} labelled layer(s) from {len(records)} record(s) "
+    done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items()) if k != "layers") or "none"
+    print(f"{counts['layers']} labelled layer(s) from {len(records)} record(s) "
           f"({done}) in {args.out}/images and {args.out}/masks")  # fmt: skip
     return EXIT_OK
 
@@ -256,9 +256,11 @@ def register(sub: Any) -> None:
     p.add_argument("--max-warping-mm3", type=float, default=0.0, help="acceptance: warping volume (default 0)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("labels", help="operators' verdicts in build records as training labels")
+    p = sub.add_parser("labels", help="operators' labels and verdicts in build records as training labels")
     lsub = p.add_subparsers(dest="labels_command", required=True)
-    q = lsub.add_parser("export", help="images/ + masks/ PNGs: verdict layers, 254 no defect here, 255 not labelled")
+    q = lsub.add_parser(
+        "export", help="images/ + masks/ PNGs of labelled layers: class ids, 254 no defect here, 255 not labelled"
+    )
     q.add_argument("--records", type=Path, required=True, help="folder of build records (searched recursively)")
     q.add_argument("--out", type=Path, required=True)
     q.set_defaults(func=cmd_labels)

@@ -7,19 +7,22 @@ never on a sleep. The integration tests run the same path over a real Mosquitto.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import pytest
 
-from monitor.config import Config, MonitorSection, PrinterSection
+from monitor.config import Config, MonitorSection, PrinterSection, SecuritySection
 from monitor.record import RecordReader
 from monitor.service import MonitorService
 from monitor.sources import SimulatorSource
 from printer_io.bus import BusLink, MessageBus
 from printer_io.camera import CameraNode, CameraSettings
-from printer_io.messages import ActionMessage, LayerEvent, ResultMessage
+from printer_io.credentials import Credential, sign
+from printer_io.messages import ActionMessage, LabelStroke, LayerEvent, ResultMessage
 from printer_io.printer import PrinterState
 from printer_io.topics import Topics
 from printer_io.virtual import VirtualPrinter
@@ -49,6 +52,9 @@ class Rig:
             return self.results[k]
 
 
+OPERATOR = Credential("ana", "s" * 32)
+
+
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     from segmentation.simulator import scenario_spec
@@ -56,9 +62,15 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     spec = scenario_spec(3, 512, 12, warp_start=3)
     bus = MessageBus()
     topics = Topics("layerwatch", PID)
+    operators = tmp_path / "operators"
+    operators.write_text(f"{OPERATOR.name}:{OPERATOR.secret}\n")
+    operators.chmod(0o600)
     config = Config(
-        monitor=MonitorSection(out_dir=tmp_path, mm_per_px=spec.mm_per_px, layer_thickness_mm=spec.layer_thickness),
+        monitor=MonitorSection(
+            out_dir=tmp_path / "records", mm_per_px=spec.mm_per_px, layer_thickness_mm=spec.layer_thickness
+        ),
         printers={PID: PrinterSection(backend="virtual")},
+        security=SecuritySection(operators_file=operators),
     )
     printer = VirtualPrinter(PID, layers=12, realtime=False, pause_delay_s=0.05).start()
     printer.start_job("bus-job")
@@ -113,3 +125,80 @@ def test_malformed_messages_are_counted_and_the_service_goes_on(rig: Rig) -> Non
     assert sum(pm.link.rejected.values()) > 100, pm.link.rejected
     r = rig.layer("bus-job", 0)
     assert r.layer == 0 and r.printer == PID  # still judging after the flood
+
+
+def _label_request(job: str, layer: int, strokes: list[LabelStroke], cred: Credential = OPERATOR) -> ActionMessage:
+    msg = ActionMessage(
+        printer=PID, action=ActionKind.LABEL, state=ActionState.REQUESTED, request_id=f"t:{uuid.uuid4().hex[:8]}",
+        job_id=job, layer=layer, labels=strokes,
+    )  # fmt: skip
+    return sign(msg, cred)
+
+
+def test_operators_label_a_layer_and_bad_strokes_are_refused_with_a_reason(rig: Rig) -> None:
+    from monitor.labels import export_labels
+    from segmentation.classes import NO_DEFECT, UNLABELLED
+
+    for k in range(3):
+        rig.layer("lab-job", k)
+    good = _label_request(
+        "lab-job",
+        1,
+        [
+            LabelStroke(kind="region", label=NO_DEFECT, points=[(10, 10), (200, 10), (200, 200), (10, 200)]),
+            LabelStroke(kind="brush", label=2, width=9, points=[(300, 300), (340, 300)]),
+            LabelStroke(kind="brush", label=UNLABELLED, width=5, points=[(20, 20), (60, 20)]),  # erase a bit
+        ],
+    )
+    bad = {
+        "outside": _label_request("lab-job", 1, [LabelStroke(kind="brush", label=2, points=[(600, 10)])]),
+        "unstored": _label_request("lab-job", 9, [LabelStroke(kind="frame", label=NO_DEFECT)]),
+        "class": _label_request("lab-job", 1, [LabelStroke(kind="frame", label=17)]),
+        "forged": _label_request(
+            "lab-job", 1, [LabelStroke(kind="frame", label=NO_DEFECT)], Credential("ana", "x" * 32)
+        ),
+    }
+    for msg in (good, *bad.values()):
+        rig.bridge.publish(rig.topics.action, msg.to_json())
+    pm = rig.monitor.monitors[PID]
+    assert isinstance(pm.link, BusLink) and pm.link.wait_idle(30)
+    rig.watch.wait_idle(30)
+    answers = {a.request_id: a for a in rig.actions if a.state != ActionState.REQUESTED}
+    assert answers[good.request_id].state == ActionState.CONFIRMED, answers[good.request_id].detail
+    reasons = {k: answers[m.request_id].detail for k, m in bad.items()}
+    assert all(answers[m.request_id].state == ActionState.FAILED for m in bad.values()), reasons
+    assert "outside the 512x512 px frame" in reasons["outside"]
+    assert "no stored layer 9" in reasons["unstored"]
+    assert "label 17 is not a class id" in reasons["class"]
+    assert "refused" in reasons["forged"]
+    assert pm.build is not None
+    record = pm.build.record.path
+    pm.close_build("closed", "lab-job")
+    with RecordReader(record) as r:
+        rows = r.table("labels")
+    assert [(row["operator"], row["kind"], row["layer"]) for row in rows] == [
+        ("ana", "region", 1), ("ana", "brush", 1), ("ana", "brush", 1)
+    ]  # fmt: skip
+    counts = export_labels([record], rig_out := record.parent / "export")
+    assert counts["layers"] == 1 and counts["strokes"] == 1
+    mask = cv2.imread(str(rig_out / "masks" / f"{record.stem}-00001.png"), cv2.IMREAD_UNCHANGED)
+    assert mask[100, 100] == NO_DEFECT and mask[20, 40] == UNLABELLED and mask[300, 320] == 2
+    assert mask[400, 50] == UNLABELLED
+
+
+def test_a_closed_build_is_labelled_in_place_and_keeps_its_state(rig: Rig) -> None:
+    from segmentation.classes import NO_DEFECT
+
+    rig.layer("old-job", 0)
+    pm = rig.monitor.monitors[PID]
+    assert pm.build is not None
+    record = pm.build.record.path
+    pm.close_build("closed", "old-job")
+    msg = _label_request("old-job", 0, [LabelStroke(kind="frame", label=NO_DEFECT)])
+    rig.bridge.publish(rig.topics.action, msg.to_json())
+    assert isinstance(pm.link, BusLink) and pm.link.wait_idle(30)
+    rig.watch.wait_idle(30)
+    answer = next(a for a in rig.actions if a.request_id == msg.request_id and a.state != ActionState.REQUESTED)
+    assert answer.state == ActionState.CONFIRMED, answer.detail
+    with RecordReader(record) as r:
+        assert r.state == "closed" and [row["kind"] for row in r.table("labels")] == ["frame"]
