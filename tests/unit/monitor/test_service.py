@@ -182,6 +182,7 @@ def test_operators_label_a_layer_and_bad_strokes_are_refused_with_a_reason(rig: 
     counts = export_labels([record], rig_out := record.parent / "export")
     assert counts["layers"] == 1 and counts["strokes"] == 1
     mask = cv2.imread(str(rig_out / "masks" / f"{record.stem}-00001.png"), cv2.IMREAD_UNCHANGED)
+    assert mask is not None
     assert mask[100, 100] == NO_DEFECT and mask[20, 40] == UNLABELLED and mask[300, 320] == 2
     assert mask[400, 50] == UNLABELLED
 
