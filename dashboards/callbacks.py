@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from dashboards.render import event_log, overlay_png, printer_view, trend_figure
-from dashboards.state import ControlLink, DashboardOptions, Records, ServiceStatus, send_request
+from dashboards.render import DISPLAY_PX, event_log, label_canvas, overlay_png, printer_view, trend_figure
+from dashboards.state import (
+    ControlLink,
+    DashboardOptions,
+    Records,
+    ServiceStatus,
+    send_labels,
+    send_request,
+    strokes_from_shapes,
+)
 from monitor.record import RecordError
 from printer_io.vocabulary import Severity
 
@@ -221,3 +230,97 @@ def register(
             from dash import ctx
 
             return send_request(link, records, ctx.triggered_id, path, incident, operators)
+
+        @app.callback(
+            Output("label-canvas", "figure"),
+            Output("label-shapes", "data"),
+            Output("label-for", "data"),
+            Input("layer", "value"),
+            Input("record", "value"),
+            Input("label-tool", "value"),
+            Input("label-value", "value"),
+            Input("label-width", "value"),
+            Input("btn-label-clear", "n_clicks"),
+            Input("label-saved", "data"),
+            State("label-shapes", "data"),
+            State("label-for", "data"),
+        )
+        def label_canvas_figure(
+            layer: int | None, path: str | None, tool: str, label: int, width: float, _c: int, _s: int,
+            shapes: list[Any] | None, shown: list[Any] | None,
+        ) -> tuple[Any, Any, Any]:  # fmt: skip
+            """The canvas for this layer; a new layer, a save or "clear" starts an empty drawing, a new pen keeps it.
+            The tick sets the record and layer again and again: the same ones leave the drawing alone."""
+            from dash import ctx
+
+            if not path or layer is None:
+                raise PreventUpdate
+            if ctx.triggered_id in ("layer", "record") and shown == [path, layer]:
+                raise PreventUpdate
+            keep = ctx.triggered_id in ("label-tool", "label-value", "label-width")
+            shapes = (shapes or []) if keep else []
+            try:
+                r = records.reader(records.resolve(path))
+                rows = r.layers()
+                if layer >= len(rows) or not rows[layer]["stored"]:
+                    raise PreventUpdate
+                image = r.image(layer)
+            except (RecordError, OSError, KeyError, IndexError, RuntimeError):
+                raise PreventUpdate from None
+            return label_canvas(image, shapes, tool, int(label), float(width or 1)), shapes, [path, layer]
+
+        @app.callback(
+            Output("label-shapes", "data", allow_duplicate=True),
+            Output("follow", "value", allow_duplicate=True),
+            Input("label-canvas", "relayoutData"),
+            State("label-shapes", "data"),
+            prevent_initial_call=True,
+        )
+        def drawn(change: dict[str, Any] | None, shapes: list[Any] | None) -> tuple[Any, Any]:
+            """Keep what the operator drew (plotly says it in relayoutData) and stop following the live layer,
+            which would replace the layer under the pen."""
+            shapes = list(shapes or [])
+            if not isinstance(change, dict):
+                raise PreventUpdate
+            if isinstance(change.get("shapes"), list):
+                shapes = change["shapes"]
+            else:
+                edited = False
+                for key, value in change.items():
+                    m = re.fullmatch(r"shapes\[(\d+)\]\.path", key)
+                    if m and int(m.group(1)) < len(shapes) and isinstance(shapes[int(m.group(1))], dict):
+                        shapes[int(m.group(1))] = {**shapes[int(m.group(1))], "path": value}
+                        edited = True
+                if not edited:
+                    raise PreventUpdate
+            return shapes, []
+
+        @app.callback(
+            Output("label-status", "children"),
+            Output("label-saved", "data"),
+            Input("btn-label-save", "n_clicks"),
+            Input("btn-label-frame", "n_clicks"),
+            State("record", "value"),
+            State("layer", "value"),
+            State("label-shapes", "data"),
+            State("label-saved", "data"),
+            prevent_initial_call=True,
+        )
+        def save_labels(
+            _s: int, _f: int, path: str | None, layer: int | None, shapes: list[Any] | None, saved: int
+        ) -> tuple[str, Any]:
+            from dash import ctx
+
+            from printer_io.messages import LabelStroke
+            from segmentation.classes import NO_DEFECT
+
+            if ctx.triggered_id == "btn-label-frame":
+                strokes = [LabelStroke(kind="frame", label=NO_DEFECT)]
+            else:
+                try:
+                    height, width = records.reader(records.resolve(path)).frame_size if path else (0, 0)
+                except (RecordError, OSError, KeyError, RuntimeError) as err:
+                    return f"cannot read the record: {err}", no_update
+                strokes = strokes_from_shapes(shapes or [], width, height, DISPLAY_PX)
+            said = send_labels(link, records, path, layer, strokes, operators)
+            return said, (saved or 0) + 1 if said.startswith("sent") else no_update

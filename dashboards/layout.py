@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboards.render import DISPLAY_PX
+from dashboards.render import DISPLAY_PX, LABEL_CHOICES
 from dashboards.state import DashboardOptions
-from segmentation.classes import CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, LayerClass
+from segmentation.classes import CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, LayerClass
 
 
 def page(opts: DashboardOptions, can_control: bool) -> Any:
@@ -46,6 +46,59 @@ def page(opts: DashboardOptions, can_control: bool) -> Any:
                 id="read-only",
                 className="muted",
             )
+        ]
+
+    labelling: list[Any] = []
+    if can_control:
+        labelling = [
+            html.H4("Label this layer"),
+            html.P(
+                "Paint what the layer really shows: it is stored in the record with your name and teaches the next "
+                "fine-tuned model (layerwatch labels export, layerwatch finetune --records).",
+                className="muted",
+            ),
+            html.Div(
+                [
+                    dcc.Dropdown(
+                        id="label-value",
+                        options=[
+                            {"label": html.Span(name, style={"color": hex_, "fontWeight": "bold"}), "value": value}
+                            for value, name, hex_ in LABEL_CHOICES
+                        ],
+                        value=NO_DEFECT,
+                        clearable=False,
+                        style={"width": "220px"},
+                    ),
+                    dcc.RadioItems(
+                        id="label-tool",
+                        options=[{"label": " brush", "value": "brush"}, {"label": " region", "value": "region"}],
+                        value="brush",
+                        inline=True,
+                    ),
+                    html.Span("width (px)"),
+                    html.Div(
+                        dcc.Slider(id="label-width", min=1, max=64, step=1, value=8, marks=None),
+                        style={"width": "160px"},
+                    ),
+                ],
+                className="row",
+            ),
+            dcc.Graph(
+                id="label-canvas",
+                config={"displaylogo": False, "modeBarButtonsToAdd": ["eraseshape"], "scrollZoom": False},
+            ),
+            html.Div(
+                [
+                    html.Button("Save labels", id="btn-label-save", n_clicks=0),
+                    html.Button("Clear drawing", id="btn-label-clear", n_clicks=0),
+                    html.Button("No defect on this whole frame", id="btn-label-frame", n_clicks=0),
+                ],
+                className="row",
+            ),
+            html.Div(id="label-status", className="status"),
+            dcc.Store(id="label-shapes", data=[]),
+            dcc.Store(id="label-saved", data=0),
+            dcc.Store(id="label-for", data=None),  # the record and layer the canvas shows
         ]
 
     class_options = [
@@ -98,6 +151,7 @@ def page(opts: DashboardOptions, can_control: bool) -> Any:
                                 ],
                                 className="opacity",
                             ),
+                            *labelling,
                         ],
                         className="left",
                     ),

@@ -14,7 +14,7 @@ import numpy as np
 
 from monitor.metrics import metric_unit
 from monitor.record import RecordReader
-from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, LayerClass
+from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, UNLABELLED, LayerClass
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,60 @@ def overlay_png(
 
 
 MAX_REQUEST_BYTES = 1 << 20
+
+# what an operator can paint on a layer, each with the colour its strokes are drawn in (the colour is how
+# a drawn shape says its label): the classes, "no defect here" (powder or part) and the eraser
+LABEL_CHOICES: tuple[tuple[int, str, str], ...] = (
+    *((int(c), CLASS_NAMES[c], CLASS_HEX[c]) for c in (LayerClass.PART, *DEFECT_CLASSES, LayerClass.POWDER)),
+    (NO_DEFECT, "no defect here", "#00bcd4"),
+    (UNLABELLED, "erase (not labelled)", "#9e9e9e"),
+)
+LABEL_BY_COLOR = {hex_.lower(): value for value, _, hex_ in LABEL_CHOICES}
+assert len(LABEL_BY_COLOR) == len(LABEL_CHOICES), "every label needs a colour of its own"
+
+
+def label_canvas(
+    image: np.ndarray, shapes: list[Any], tool: str, label: int, width_px: float, max_px: int = DISPLAY_PX
+) -> dict[str, Any]:
+    """The figure an operator draws labels on: the frame (gray, at most ``max_px`` wide) in frame-pixel
+    coordinates, the strokes drawn so far, and the pen: an open path (brush, ``width_px`` frame px wide) or
+    a closed path (region) in the label's colour."""
+    gray = image if image.dtype == np.uint8 else (image // 256).astype(np.uint8)
+    h, w = gray.shape[:2]
+    shown = gray
+    if w > max_px:
+        shown = np.asarray(cv2.resize(gray, (max_px, round(h * max_px / w)), interpolation=cv2.INTER_AREA), np.uint8)
+    _, buf = cv2.imencode(".png", shown)
+    color = next((hex_ for value, _, hex_ in LABEL_CHOICES if value == label), LABEL_CHOICES[0][2])
+    screen_width = max(1.0, width_px * min(max_px, w) / w)
+    region = tool == "region"
+    return {
+        "data": [],
+        "layout": {
+            "images": [
+                {
+                    "source": "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode(),
+                    "xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": w, "sizey": h,
+                    "sizing": "stretch", "layer": "below",
+                }
+            ],
+            "xaxis": {"range": [0, w], "visible": False, "fixedrange": True},
+            "yaxis": {"range": [h, 0], "visible": False, "fixedrange": True},
+            "margin": {"l": 0, "r": 0, "t": 0, "b": 0},
+            # the plot area is the frame, at its shown size: no axis stretches it
+            "autosize": False,
+            "width": min(max_px, w),
+            "height": round(min(max_px, w) * h / w),
+            "dragmode": "drawclosedpath" if region else "drawopenpath",
+            "newshape": {
+                "line": {"color": color, "width": 1 if region else screen_width},
+                "fillcolor": color if region else "rgba(0,0,0,0)",
+                "opacity": 0.5,
+            },
+            "shapes": shapes,
+            "uirevision": "labels",
+        },
+    }  # fmt: skip
 
 
 def printer_view(actions: list[dict[str, Any]], telemetry: list[dict[str, Any]]) -> str:

@@ -6,18 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from monitor.record import RecordError, RecordReader
-from printer_io.vocabulary import ActionKind, Verdict
+from printer_io.messages import MAX_STROKE_POINTS, MAX_STROKES, ActionMessage, LabelStroke
+from printer_io.vocabulary import ActionKind, ActionState, Verdict
 
 log = logging.getLogger(__name__)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -194,27 +197,45 @@ class ControlLink:
             link.close()
 
 
-def send_request(
-    link: ControlLink, records: Records, which: Any, path: str | None, incident: str | None,
+def _operator_send(
+    link: ControlLink,
+    records: Records,
+    path: str | None,
     operators: Mapping[str, str],
-) -> str:  # fmt: skip
+    make: Callable[[str, RecordReader], ActionMessage | str],
+) -> str:
+    """Sign ``make(printer, reader)``'s request as the logged-in operator and send it; what happened, in words
+    (``make`` returns a string instead of a request when there is nothing to send)."""
     from flask import request
 
     from printer_io.credentials import Credential, sign
-    from printer_io.messages import ActionMessage, ActionState
 
     user = request.authorization.username if request.authorization else None
     if not user or user not in operators:
         return "log in as an operator to send commands"
-
     if not path:
         return "open a record first"
     try:
         reader = records.reader(records.resolve(path))
         printer = str(reader.attrs["layerwatch/printer"])
-        roi = reader.json_attr("roi") if "layerwatch/roi" in reader.attrs else None
+        msg = make(printer, reader)
     except (RecordError, OSError, KeyError) as err:
         return f"cannot tell which printer this record belongs to: {err}"
+    if isinstance(msg, str):
+        return msg
+    msg = sign(msg, Credential(user, operators[user]))  # the monitor verifies it and records this operator
+    try:
+        link.publish(printer, msg.to_json())
+    except Exception as err:  # the page says so in words; the server goes on
+        return f"could not send to the broker {link.url}: {err}"
+    return f"sent at {time.strftime('%H:%M:%S')}: "
+
+
+def send_request(
+    link: ControlLink, records: Records, which: Any, path: str | None, incident: str | None,
+    operators: Mapping[str, str],
+) -> str:  # fmt: skip
+    """A button's request: pause, resume, a verdict on an incident, the plate outline."""
     action = {
         "btn-pause": ActionKind.PAUSE,
         "btn-resume": ActionKind.RESUME,
@@ -224,29 +245,80 @@ def send_request(
     }[which]
     verdict: Verdict | Literal[""]
     verdict = {"btn-false": Verdict.FALSE_ALARM, "btn-confirmed": Verdict.CONFIRMED_DEFECT}.get(which, "")
-    if action == "feedback" and not incident:
-        return "choose an incident first"
-    if action == "roi" and not (roi and roi.get("points")):
-        return "this record has no plate outline to confirm (the monitor judges the whole frame)"
-    msg = ActionMessage(
-        printer=printer,
-        action=action,
-        state=ActionState.REQUESTED,
-        request_id=f"dashboard:{uuid.uuid4().hex[:12]}",
-        verdict=verdict,
-        incident=incident or "",
-        reason="from the dashboard",
-        detail=json.dumps(roi["points"]) if action == "roi" and roi else "",
-    )
-    msg = sign(msg, Credential(user, operators[user]))  # the monitor verifies it and records this operator
-    try:
-        link.publish(printer, msg.to_json())
-    except Exception as err:  # the page says so in words; the server goes on
-        return f"could not send to the broker {link.url}: {err}"
-    what = {"feedback": f"{verdict.replace('_', ' ')} for {incident}", "roi": f"plate outline of {printer}"}.get(
-        action, f"{action} {printer}"
-    )
-    return f"sent at {time.strftime('%H:%M:%S')}: {what}; the monitor carries it out and records it"
+
+    def make(printer: str, reader: RecordReader) -> ActionMessage | str:
+        roi = reader.json_attr("roi") if "layerwatch/roi" in reader.attrs else None
+        if action == "feedback" and not incident:
+            return "choose an incident first"
+        if action == "roi" and not (roi and roi.get("points")):
+            return "this record has no plate outline to confirm (the monitor judges the whole frame)"
+        return ActionMessage(
+            printer=printer,
+            action=action,
+            state=ActionState.REQUESTED,
+            request_id=f"dashboard:{uuid.uuid4().hex[:12]}",
+            verdict=verdict,
+            incident=incident or "",
+            reason="from the dashboard",
+            detail=json.dumps(roi["points"]) if action == "roi" and roi else "",
+        )
+
+    said = _operator_send(link, records, path, operators, make)
+    if not said.startswith("sent"):
+        return said
+    what = {"feedback": f"{verdict.replace('_', ' ')} for {incident}", "roi": "the plate outline"}.get(action, action)
+    return f"{said}{what}; the monitor carries it out and records it"
 
 
-_EXPLAINED = {("pause", "paused"), ("pause", "pausing"), ("cancel", "cancelled"), ("cancel", "cancelling")}
+def strokes_from_shapes(shapes: list[Any], width: int, height: int, display_px: int) -> list[LabelStroke]:
+    """The operator's drawing on the label canvas (plotly shapes in image px: open paths are brush lines,
+    closed ones regions; the colour says the label) as strokes the monitor takes. A shape of an unknown
+    colour or with no point inside the frame is dropped; long paths are thinned to the points a stroke holds."""
+    from dashboards.render import LABEL_BY_COLOR
+
+    strokes: list[LabelStroke] = []
+    scale = width / min(display_px, width)  # screen px of the canvas -> frame px
+    for shape in shapes[:MAX_STROKES] if isinstance(shapes, list) else []:
+        if not isinstance(shape, dict) or not isinstance(shape.get("path"), str):
+            continue
+        line = shape.get("line") or {}
+        label = LABEL_BY_COLOR.get(str(line.get("color", "")).lower())
+        numbers = [float(v) for v in _NUMBER.findall(shape["path"][: 64 * 1024])]
+        pairs = zip(numbers[0::2], numbers[1::2], strict=False)  # an odd count leaves the last number out
+        points = [(min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)) for x, y in pairs]
+        if label is None or not points:
+            continue
+        step = -(-len(points) // MAX_STROKE_POINTS)
+        points = points[::step]
+        closed = shape["path"].rstrip().upper().endswith("Z") and len(points) >= 3
+        brush = max(1.0, min(512.0, float(line.get("width") or 1) * scale))
+        strokes.append(LabelStroke(kind="region" if closed else "brush", label=label, width=brush, points=points))
+    return strokes
+
+
+def send_labels(
+    link: ControlLink, records: Records, path: str | None, layer: int | None, strokes: list[LabelStroke],
+    operators: Mapping[str, str],
+) -> str:  # fmt: skip
+    """The operator's strokes on a layer, to the monitor, which stores them in the record."""
+    if layer is None:
+        return "choose a layer first"
+    if not strokes:
+        return "nothing to save: draw on the layer first (brush or region), or mark the whole frame"
+
+    def make(printer: str, reader: RecordReader) -> ActionMessage | str:
+        return ActionMessage(
+            printer=printer,
+            action=ActionKind.LABEL,
+            state=ActionState.REQUESTED,
+            request_id=f"dashboard:{uuid.uuid4().hex[:12]}",
+            job_id=str(reader.attrs["layerwatch/job_id"]),
+            layer=int(layer),
+            labels=strokes,
+            reason="from the dashboard",
+        )
+
+    said = _operator_send(link, records, path, operators, make)
+    if not said.startswith("sent"):
+        return said
+    return f"{said}{len(strokes)} label stroke(s) on layer {layer}; the monitor stores them in the record"

@@ -303,3 +303,72 @@ def test_controls_need_an_operators_login(rig: Rig) -> None:
     assert httpx.get(url, auth=(ana.name, "wrong")).status_code == 401
     assert httpx.get(url, auth=("bob", ana.secret)).status_code == 401  # another name with ana's secret
     assert httpx.get(url, auth=(ana.name, ana.secret)).status_code == 200
+
+
+def test_an_operator_paints_labels_on_a_layer_and_they_reach_the_record(rig: Rig) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from monitor.labels import export_labels
+    from segmentation.classes import CLASS_HEX, NO_DEFECT, UNLABELLED
+
+    rig.publish(0, 1, 2)
+    rig.wait_result(2)
+    with sync_playwright() as p:
+        browser, page = _page(p, rig.controlled.url, rig.operator)
+        _wait_text(page, "#layer-info", "layer 2")
+        page.wait_for_selector("#label-canvas .nsewdrag", timeout=15_000)
+        page.locator("#label-canvas").scroll_into_view_if_needed()
+        box = page.locator("#label-canvas .nsewdrag").bounding_box()
+        assert box is not None
+        scale = box["width"] / 512  # the 512 px frame fills the canvas's width
+
+        def at(x: float, y: float) -> tuple[float, float]:
+            return box["x"] + x * scale, box["y"] + y * scale
+
+        def pen(dragmode: str, color: str) -> None:
+            """Wait until the canvas has the pen asked for (the server redraws it)."""
+            page.wait_for_function(
+                "([mode, color]) => { const g = document.querySelector('#label-canvas .js-plotly-plot');"
+                " return g && g.layout.dragmode === mode && g.layout.newshape.line.color === color; }",
+                arg=[dragmode, color],
+                timeout=15_000,
+            )
+
+        # a region of "no defect here" (the default label): a square around (100, 100) of the frame
+        page.get_by_text("region", exact=True).click()
+        pen("drawclosedpath", "#00bcd4")
+        page.mouse.move(*at(40, 40))
+        page.mouse.down()
+        for x, y in ((160, 40), (160, 160), (40, 160), (40, 45)):
+            page.mouse.move(*at(x, y), steps=8)
+        page.mouse.up()
+        # a porosity brush line across (300..380, 300)
+        page.get_by_text("brush", exact=True).click()
+        page.click("#label-value")
+        page.get_by_text("porosity", exact=True).last.click()
+        pen("drawopenpath", CLASS_HEX[2])
+        page.mouse.move(*at(300, 300))
+        page.mouse.down()
+        page.mouse.move(*at(380, 300), steps=10)
+        page.mouse.up()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "dashboard_labels.png"), full_page=True)
+        page.click("#btn-label-save")
+        _wait_text(page, "#label-status", "2 label stroke(s) on layer 2")
+        browser.close()
+    deadline = time.monotonic() + 15
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(rows) < 2:
+        with RecordReader(rig.record) as r:
+            rows = r.table("labels")
+        time.sleep(0.2)
+    assert sorted((row["kind"], row["label"], row["operator"], row["layer"]) for row in rows) == [
+        ("brush", 2, "ana", 2), ("region", NO_DEFECT, "ana", 2)
+    ]  # fmt: skip
+    out = rig.records / "export"
+    assert export_labels([rig.record], out)["layers"] == 1
+    import cv2
+
+    mask = cv2.imread(str(out / "masks" / f"{rig.record.stem}-00002.png"), cv2.IMREAD_UNCHANGED)
+    assert mask is not None
+    assert mask[100, 100] == NO_DEFECT and mask[300, 340] == 2 and mask[450, 450] == UNLABELLED
