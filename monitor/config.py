@@ -44,7 +44,10 @@ class _Section(BaseModel):
 class MonitorSection(_Section):
     out_dir: Path = Path("records")
     engine: Literal["onnx", "torch"] = "onnx"
+    # a model given here is used as it is; without one, the model store's current model (`layerwatch model
+    # promote`), watched: a promotion or rollback takes effect at the next layer, without a restart
     model: Path | None = None
+    models_dir: Path = Path("models")
     threads: int | None = Field(default=None, ge=1, le=256)
     mm_per_px: float = Field(default=0.1, gt=0, le=10)
     layer_thickness_mm: float = Field(default=0.04, gt=0, le=5)

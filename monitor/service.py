@@ -1060,6 +1060,7 @@ class MonitorService:
         self.segmenter: Any = None
         self.model_id = ""
         self.model_sha256 = ""
+        self._store_stamp = 0.0
         self._stop = threading.Event()
         self._idle: threading.Thread | None = None
         operators_file = config.operators_file()
@@ -1071,22 +1072,60 @@ class MonitorService:
                 "requests (pause, resume, verdicts, plate outline) from the network are refused; only the policy acts"
             )
 
-    def start(self) -> MonitorService:
+    def _load_model(self) -> tuple[Any, str, str]:
+        """The segmenter of the model to use: the configured one, else the store's current, else the shipped."""
+        from monitor.models import ModelStore
         from segmentation.inference import DEFAULT_MODEL, Segmenter
         from segmentation.model import file_sha256
 
+        cfg = self.config.monitor
+        self._store_stamp = ModelStore(cfg.models_dir).stamp()
+        model = cfg.model or ModelStore(cfg.models_dir).current_model(DEFAULT_MODEL)
+        segmenter = Segmenter(
+            model_path=model, engine=cfg.engine, threads=cfg.threads, max_pixels=cfg.max_frame_pixels
+        ).start()
+        sha = file_sha256(Path(model))
+        return segmenter, f"{Path(model).stem}@{sha[:12]}", sha
+
+    def _follow_store(self) -> None:
+        """Switch to the store's current model when it changed (a promotion or a rollback), between layers.
+        A model that does not load leaves the one in use, said in the log and in every live record."""
+        from monitor.models import ModelStore
+
+        cfg = self.config.monitor
+        if cfg.model is not None or ModelStore(cfg.models_dir).stamp() == self._store_stamp:
+            return
+        try:
+            segmenter, model_id, sha = self._load_model()
+        except Exception as err:  # any failure keeps the model in use
+            log.error("monitor: the promoted model cannot be used (%s); keeping %s", err, self.model_id)
+            why = f"the new model cannot be used ({err}); kept {self.model_id}"
+            self._tell_builds("error", "model_not_switched", why)
+            return
+        monitors = list(self.monitors.values())
+        for pm in monitors:  # no layer is being judged while the model changes
+            pm.lock.acquire()
+        try:
+            old, self.segmenter = self.segmenter, segmenter
+            previous, self.model_id, self.model_sha256 = self.model_id, model_id, sha
+        finally:
+            for pm in reversed(monitors):
+                pm.lock.release()
+        old.close()
+        log.warning("monitor: model switched from %s to %s (model store %s)", previous, model_id, cfg.models_dir)
+        self._tell_builds("info", "model_changed", f"model switched from {previous} to {model_id}")
+
+    def _tell_builds(self, level: str, code: str, message: str) -> None:
+        for pm in self.monitors.values():
+            with pm.lock:
+                if pm.build is not None:
+                    pm.build.record.add_event(max(pm.build.last_layer, 0), level, code, message)
+
+    def start(self) -> MonitorService:
         if self.segmenter is not None:
             return self  # already started (``with MonitorService(...).start():``)
         cfg = self.config
-        model = cfg.monitor.model or DEFAULT_MODEL
-        self.segmenter = Segmenter(
-            model_path=model,
-            engine=cfg.monitor.engine,
-            threads=cfg.monitor.threads,
-            max_pixels=cfg.monitor.max_frame_pixels,
-        ).start()
-        self.model_sha256 = file_sha256(Path(model))
-        self.model_id = f"{Path(model).stem}@{self.model_sha256[:12]}"
+        self.segmenter, self.model_id, self.model_sha256 = self._load_model()
         policy = cfg.resolved_policy()
         try:
             for pid in self.printer_ids:
@@ -1143,6 +1182,10 @@ class MonitorService:
             poll = time.monotonic() - last_poll >= _STATE_POLL_S
             if poll:
                 last_poll = time.monotonic()
+            try:
+                self._follow_store()
+            except Exception:  # the watcher must outlive a broken model store
+                log.exception("monitor: checking the model store failed")
             for pm in self.monitors.values():
                 try:
                     if poll:

@@ -1,10 +1,11 @@
-"""The model: simulate, segment, evaluate, train, export."""
+"""The model: simulate, segment, evaluate, train, fine-tune, export; the gate and the store of models in use."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,14 @@ from monitor.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
     CommandError,
+    RefusedError,
     log,
     model_args,
     positive_int,
     segmenter,
 )
+
+DEFAULT_MODELS_DIR = Path("models")  # as monitor.models; not imported here: the parser must stay light
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -164,18 +168,103 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from monitor.labels import export_labels
+    from monitor.models import ModelStore
     from segmentation.finetune import FinetuneOptions, finetune
+    from segmentation.inference import DEFAULT_MODEL
 
+    if args.records is None and (args.images is None or args.masks is None):
+        raise CommandError("give --images and --masks (your labelled frames), or --records (build records)")
+    images, masks = args.images, args.masks
+    if args.records is not None:
+        records = _records(args.records)
+        exported = args.out / "labels-from-records"
+        counts = export_labels(records, exported)
+        if not counts["layers"]:
+            raise CommandError(f"--records {args.records}: no record has a verdict or a label to learn from")
+        print(f"finetune: {counts['layers']} labelled layer(s) from {len(records)} record(s) in {args.records}")
+        if images is not None and masks is not None:  # both: the user's own frames join the records' layers
+            _merge(images, masks, exported)
+        images, masks = exported / "images", exported / "masks"
+    base = args.base or ModelStore(args.models).current_model(DEFAULT_MODEL)
     opts = FinetuneOptions(
-        images=args.images,
-        masks=args.masks,
+        images=images,
+        masks=masks,
         out=args.out,
         minutes=args.minutes,
-        base=args.base,
+        base=base,
         sim_share=args.sim_share,
     )
     finetune(opts)
     return EXIT_OK
+
+
+def _records(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise CommandError(f"--records {folder}: not a folder of build records")
+    return sorted(p for p in folder.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5")))
+
+
+def _merge(images: Path, masks: Path, into: Path) -> None:
+    import shutil
+
+    from segmentation.finetune import check_labels
+
+    pairs, _ = check_labels(images, masks)
+    for image, mask in pairs:
+        shutil.copyfile(image, into / "images" / f"own-{image.name}")
+        shutil.copyfile(mask, into / "masks" / f"own-{image.with_suffix('.png').name}")
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """``layerwatch model list|evaluate|promote|rollback``: the gate and the store of deployed models."""
+    from monitor.models import ModelStore, operator_name
+    from segmentation.inference import DEFAULT_MODEL
+
+    store = ModelStore(args.models)
+    if args.model_command == "list":
+        current = store.current()
+        print(f"in use: {f'{current.id} ({current.path})' if current else f'the shipped model {DEFAULT_MODEL}'}")
+        for e in store.history():
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+            forced = " FORCED" if e.forced else ""
+            print(f"  {when}  {e.event:8s} {e.id}{forced} by {e.by}: {e.why} (was {e.previous or '-'})")
+        return EXIT_OK
+    if args.model_command == "rollback":
+        entry = store.rollback(by=operator_name(args.by), why=_reason(args), to=args.to)
+        print(f"rolled back to {entry.id} ({entry.path}); monitors switch at their next layer")
+        return EXIT_OK
+    from monitor.gate import evaluate, format_evaluation
+
+    in_use = store.current_model(DEFAULT_MODEL)
+    if not args.candidate.is_file():
+        raise CommandError(f"{args.candidate}: no such model checkpoint")
+    if args.model_command == "promote":
+        why = _reason(args)  # before minutes of replays
+    report = evaluate(args.candidate, in_use, _records(args.records), sim_layers=args.sim_layers)
+    print(format_evaluation(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+    if not report["builds"]:
+        print(f"note: no record in {args.records} has operators' verdicts or labels: nothing was compared")
+    if args.model_command == "evaluate":
+        return EXIT_OK
+    if report["refusals"] and not args.force:
+        raise RefusedError(
+            "not promoted: " + "; ".join(report["refusals"]) + " (--force with --reason to promote it anyway)"
+        )
+    if not report["builds"] and not args.force:
+        raise RefusedError("not promoted: no reviewed build to prove it on (--force with --reason to promote anyway)")
+    entry = store.promote(args.candidate, by=operator_name(args.by), why=why, forced=args.force, evaluation=report)
+    print(f"promoted {entry.id} (was {entry.previous}){' FORCED' if entry.forced else ''}; "
+          "monitors switch at their next layer")  # fmt: skip
+    return EXIT_OK
+
+
+def _reason(args: argparse.Namespace) -> str:
+    if not (args.reason or "").strip():
+        raise CommandError("--reason is required: say why, it is recorded with your name")
+    return str(args.reason).strip()[:500]
 
 
 def register(sub: Any) -> None:
@@ -258,20 +347,59 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("finetune", help="teach the model your camera from a few labelled frames, in minutes")
-    p.add_argument("--images", type=Path, required=True, help="your frames")
+    p.add_argument("--images", type=Path, default=None, help="your frames")
     p.add_argument(
         "--masks",
         type=Path,
-        required=True,
+        default=None,
         help="PNG masks named like the frames: class ids 0-4, 254 no defect here, 255 not labelled",
     )
+    p.add_argument(
+        "--records", type=Path, default=None, help="build records: learn from their operators' labels and verdicts"
+    )
+    p.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR, help="model store (default: models)")
     p.add_argument("--out", type=Path, required=True, help="writes OUT/model.pt, OUT/model.onnx, OUT/MODEL_CARD.md")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget (default 15)")
-    p.add_argument("--base", type=Path, default=None, help="the model to start from (default: the shipped model)")
+    p.add_argument(
+        "--base", type=Path, default=None, help="the model to start from (default: the store's current, or shipped)"
+    )
     p.add_argument(
         "--sim-share", type=float, default=0.5, help="share of each batch from simulated layers (default 0.5)"
     )
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("model", help="the models in use: evaluate a candidate, promote it, list, roll back")
+    msub = p.add_subparsers(dest="model_command", required=True)
+
+    def store_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR, help="model store (default: models)")
+
+    def who(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--reason", default="", help="why (recorded with your name; required)")
+        q.add_argument("--by", default=None, help="who (default: $LAYERWATCH_OPERATOR or the login name)")
+
+    for name, text in (
+        ("evaluate", "replay reviewed builds with the current and the candidate model, side by side"),
+        ("promote", "make the candidate the model in use, if it passes the gate on reviewed builds"),
+    ):
+        q = msub.add_parser(name, help=text)
+        q.add_argument("candidate", type=Path, help="the candidate checkpoint (.pt), e.g. from finetune")
+        q.add_argument("--records", type=Path, required=True, help="build records with verdicts or labels")
+        q.add_argument("--sim-layers", type=int, default=8, help="held-out simulated layers to score (default 8)")
+        q.add_argument("--json", type=Path, default=None, help="also write the evaluation as JSON")
+        store_args(q)
+        if name == "promote":
+            who(q)
+            q.add_argument("--force", action="store_true", help="promote although the gate refuses (give --reason)")
+        q.set_defaults(func=cmd_model)
+    q = msub.add_parser("list", help="the model in use and every promotion and rollback")
+    store_args(q)
+    q.set_defaults(func=cmd_model)
+    q = msub.add_parser("rollback", help="back to the model before the current one (or --to ID, or shipped)")
+    q.add_argument("--to", default=None, help="a promoted model's id (see model list), or 'shipped'")
+    store_args(q)
+    who(q)
+    q.set_defaults(func=cmd_model)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX")
     p.add_argument("--model", type=Path, default=None)

@@ -67,7 +67,10 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     operators.chmod(0o600)
     config = Config(
         monitor=MonitorSection(
-            out_dir=tmp_path / "records", mm_per_px=spec.mm_per_px, layer_thickness_mm=spec.layer_thickness
+            out_dir=tmp_path / "records",
+            models_dir=tmp_path / "models",
+            mm_per_px=spec.mm_per_px,
+            layer_thickness_mm=spec.layer_thickness,
         ),
         printers={PID: PrinterSection(backend="virtual")},
         security=SecuritySection(operators_file=operators),
@@ -203,3 +206,39 @@ def test_a_closed_build_is_labelled_in_place_and_keeps_its_state(rig: Rig) -> No
     assert answer.state == ActionState.CONFIRMED, answer.detail
     with RecordReader(record) as r:
         assert r.state == "closed" and [row["kind"] for row in r.table("labels")] == ["frame"]
+
+
+def test_a_promoted_model_is_picked_up_without_a_restart_and_a_rollback_too(rig: Rig, tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    from monitor.models import ModelStore
+    from segmentation.inference import DEFAULT_MODEL
+
+    assert rig.layer("m-job", 0).model.startswith(f"{DEFAULT_MODEL.stem}@")
+    candidate = tmp_path / "candidate" / "tuned.pt"
+    candidate.parent.mkdir()
+    shutil.copyfile(DEFAULT_MODEL, candidate)
+    shutil.copyfile(DEFAULT_MODEL.with_suffix(".onnx"), candidate.with_suffix(".onnx"))
+    store = ModelStore(tmp_path / "models")
+    entry = store.promote(candidate, by="ana", why="learnt the glare", forced=False, evaluation={"refusals": []})
+
+    def model_becomes(prefix: str) -> None:
+        deadline = time.monotonic() + 30
+        while not rig.monitor.model_id.startswith(prefix) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the monitor's watcher looks at the store every second
+        assert rig.monitor.model_id.startswith(prefix), rig.monitor.model_id
+
+    model_becomes("model@")  # the store keeps it as <id>/model.pt
+    assert rig.layer("m-job", 1).model.startswith("model@")
+    store.rollback(by="bo", why="pauses late on printer 3")
+    model_becomes(f"{DEFAULT_MODEL.stem}@")
+    assert rig.layer("m-job", 2).model.startswith(f"{DEFAULT_MODEL.stem}@")
+    assert [(e.event, e.id, e.by) for e in store.history()] == [
+        ("promote", entry.id, "ana"), ("rollback", "shipped", "bo")
+    ]  # fmt: skip
+    pm = rig.monitor.monitors[PID]
+    assert pm.build is not None
+    with RecordReader(pm.build.record.path) as r:
+        changes = [e["message"] for e in r.table("events") if e["code"] == "model_changed"]
+    assert len(changes) == 2 and "to model@" in changes[0] and f"to {DEFAULT_MODEL.stem}@" in changes[1], changes
