@@ -139,7 +139,8 @@ class ReplayOptions:
     source: Path
     out: Path | None = None
     speed: float | None = None  # None: as fast as the monitor keeps up
-    model: Path | None = None
+    model: Path | None = None  # None: the model store's current model, else the shipped one
+    models_dir: Path = Path("models")
     policy: Path | None = None
     broker: str | None = None
     engine: Literal["onnx", "torch"] = "onnx"
@@ -194,6 +195,7 @@ def _replay(source: ReplaySource, opts: ReplayOptions, tmp: Path) -> ReplayResul
             out_dir=tmp,
             engine=opts.engine,
             model=opts.model,
+            models_dir=opts.models_dir,
             mm_per_px=source.mm_per_px,
             layer_thickness_mm=source.thickness_mm,
         ),

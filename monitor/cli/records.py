@@ -123,6 +123,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out=args.out,
         speed=speed,
         model=args.model,
+        models_dir=args.models,
         policy=args.policy,
         broker=args.broker,
         engine=args.engine,
@@ -228,7 +229,10 @@ def register(sub: Any) -> None:
     p.add_argument("record", type=Path, help="a build record, a simulated build file, or a Peregrine-layout file")
     p.add_argument("--out", type=Path, default=None, help="the new record (default replays/NAME-replay.h5)")
     p.add_argument("--speed", default="max", help="pace: a factor of the original (10 = ten times faster) or max")
-    p.add_argument("--model", type=Path, default=None, help="model checkpoint instead of the shipped one")
+    p.add_argument(
+        "--model", type=Path, default=None, help="model checkpoint (default: the model in use, see `model list`)"
+    )
+    p.add_argument("--models", type=Path, default=Path("models"), help="model store (default: models)")
     p.add_argument("--policy", type=Path, default=None, help="policy file instead of the default")
     p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--broker", default=None, help="MQTT broker URL (default: start a local one)")
