@@ -23,6 +23,17 @@ from printer_io.vocabulary import Severity
 log = logging.getLogger(__name__)
 
 
+def _shadow_line(model: dict[str, str], judged: dict[str, Any] | None) -> str:
+    """What the shadow model made of the layer, beside the model in use."""
+    if judged is None:
+        return f"  shadow {model.get('id', '?')}: not run on this layer"
+    acts = f", would have acted ({', '.join(judged['rules'])})" if judged["would_act"] else ""
+    return (
+        f"  shadow {model.get('id', '?')}: severity {judged['severity']}{acts}, "
+        f"disagrees on {100 * judged['disagree']:.2f}% of pixels"
+    )
+
+
 def register(
     app: Any,
     opts: DashboardOptions,
@@ -144,9 +155,12 @@ def register(
         Input("layer", "value"),
         Input("classes", "value"),
         Input("opacity", "value"),
+        Input("shadow-diff", "value"),
         State("record", "value"),
     )
-    def frame(layer: int | None, classes: list[int], opacity: float, path: str | None) -> tuple[Any, Any]:
+    def frame(
+        layer: int | None, classes: list[int], opacity: float, diff: list[str], path: str | None
+    ) -> tuple[Any, Any]:
         if not path or layer is None:
             raise PreventUpdate
         try:
@@ -155,7 +169,12 @@ def register(
             if layer >= len(rows) or not rows[layer]["stored"]:
                 return no_update, f"layer {layer}: frame missing in the record"
             roi = r.json_attr("roi") if "layerwatch/roi" in r.attrs else None
-            src = overlay_png(r.image(layer), r.mask(layer), sorted(classes or []), float(opacity), roi=roi)
+            mask = r.mask(layer)
+            shadow_model = r.shadow_model
+            shadow = r.shadow_layers().get(layer) if shadow_model else None
+            shadow_mask = r.shadow_mask(layer) if shadow and diff else None
+            highlight = shadow_mask != mask if shadow_mask is not None else None
+            src = overlay_png(r.image(layer), mask, sorted(classes or []), float(opacity), roi=roi, highlight=highlight)
             row = rows[layer]
             m = r.metrics()[layer]
         except (RecordError, OSError, KeyError, IndexError, RuntimeError) as err:
@@ -180,6 +199,7 @@ def register(
                 if roi and roi.get("source") == "proposed"
                 else ""
             )
+            + (_shadow_line(shadow_model, shadow) if shadow_model else "")
         )
         return src, info
 

@@ -144,6 +144,12 @@ def page(opts: DashboardOptions, can_control: bool) -> Any:
                                 updatemode="mouseup",
                             ),
                             dcc.Checklist(id="classes", options=class_options, value=[1, 2, 3, 4], inline=True),
+                            dcc.Checklist(
+                                id="shadow-diff",
+                                options=[{"label": " where the shadow model disagrees (cyan)", "value": "on"}],
+                                value=[],
+                                inline=True,
+                            ),
                             html.Div(
                                 [
                                     html.Span("overlay opacity "),

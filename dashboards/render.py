@@ -38,15 +38,19 @@ def overlay_png(
     opacity: float,
     max_px: int = DISPLAY_PX,
     roi: dict[str, Any] | None = None,
+    highlight: np.ndarray | None = None,
 ) -> str:
     """A data URL of the frame with the chosen classes tinted, at most ``max_px`` wide, and the build
-    plate's outline (``roi``: the record's ``{"points", "source"}``) drawn on it."""
+    plate's outline (``roi``: the record's ``{"points", "source"}``) drawn on it; ``highlight`` (H, W) bool
+    pixels (where a shadow model disagrees) in cyan."""
     gray = image if image.dtype == np.uint8 else (image // 256).astype(np.uint8)
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
     for c in classes:
         sel = mask == c
         if sel.any():
             bgr[sel] = (1 - opacity) * bgr[sel] + opacity * np.array(CLASS_BGR[c], np.float32)
+    if highlight is not None and highlight.shape == mask.shape:
+        bgr[highlight] = (255, 255, 0)
     out = bgr.astype(np.uint8)
     h, w = out.shape[:2]
     scale = 1.0

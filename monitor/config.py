@@ -48,6 +48,9 @@ class MonitorSection(_Section):
     # promote`), watched: a promotion or rollback takes effect at the next layer, without a restart
     model: Path | None = None
     models_dir: Path = Path("models")
+    # a candidate run beside the model in use on every layer, acting on nothing: its masks and what it would
+    # have done are stored in the record, and the dashboard shows where the two disagree
+    shadow_model: Path | None = None
     threads: int | None = Field(default=None, ge=1, le=256)
     mm_per_px: float = Field(default=0.1, gt=0, le=10)
     layer_thickness_mm: float = Field(default=0.04, gt=0, le=5)

@@ -10,7 +10,8 @@ Two sources, applied in this order on a layer that starts "not labelled" (255):
   255 (erase).
 
 ``layerwatch labels export`` writes them as ``images/`` + ``masks/`` PNGs, the format
-``layerwatch finetune`` and users' own tools share.
+``layerwatch finetune`` and users' own tools share. The images are the frames as the model saw them
+(flat-fielded by the build's reference lighting, 16-bit), so that what is learnt is what runs.
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def export_labels(records: list[Path], out: Path) -> Counter[str]:
                     if (label == UNLABELLED).all():
                         continue  # erased again: nothing to learn from
                     name = f"{path.stem}-{layer:05d}"
-                    cv2.imwrite(str(out / "images" / f"{name}.png"), r.image(layer))
+                    # the frame as the model saw it (flat-fielded by the build's lighting): what it must learn
+                    seen = np.round(r.seen_image(layer) * 65535).astype(np.uint16)
+                    cv2.imwrite(str(out / "images" / f"{name}.png"), seen)
                     cv2.imwrite(str(out / "masks" / f"{name}.png"), label)
                     counts["layers"] += 1
                     for v in verdicts:

@@ -100,6 +100,13 @@ TABLES = {
     "feedback": FEEDBACK_DTYPE,
     "telemetry": TELEMETRY_DTYPE,
 }
+# a shadow model's judgement of each layer (it runs beside the model in use, acting on nothing)
+SHADOW = f"{LW}/shadow"
+SHADOW_DTYPE = np.dtype(
+    [("layer", "i4"), ("severity", "u1"), ("disagree", "f4"), ("would_act", "u1"), ("rules", _s(512))]
+)
+# the reference lighting the frames were flat-fielded by before the model saw them (what labels must match)
+ILLUMINATION = "illumination"
 # tables added after schema 2 was fixed: made when a record is created or next opened for writing (before
 # SWMR, which cannot create them); a reader treats one that is missing as empty
 OPTIONAL_TABLES = {"labels": LABEL_DTYPE}
@@ -135,6 +142,7 @@ class RecordSpec:
     software_version: str
     compression_level: int = 1  # gzip, built into every HDF5: stock tools read it without plugins
     roi: Mapping[str, Any] | None = None  # the build plate: {"points": [[x, y], ...], "source": ...}
+    shadow: Mapping[str, str] | None = None  # the shadow model: {"id", "sha256"}; None: no shadow run
 
 
 class BuildRecord:
@@ -152,6 +160,10 @@ class BuildRecord:
     @property
     def frame_size(self) -> tuple[int, int]:
         return self.height, self.width
+
+    @property
+    def has_shadow(self) -> bool:
+        return SHADOW in self._f
 
     # ---- lifecycle --------------------------------------------------------------------------------
     @classmethod
@@ -178,6 +190,11 @@ class BuildRecord:
         part_dtype = np.dtype([("layer", "i4"), ("part_id", "u4")] + [(n, "f8") for n in spec.part_metric_names])
         g.create_dataset("part_metrics", (0,), maxshape=(None,), dtype=part_dtype, chunks=(256,))
         _create_tables(g, {**TABLES, **OPTIONAL_TABLES})
+        _create_illumination(g, h, w)
+        if spec.shadow is not None:
+            f.create_dataset(f"{SHADOW}/mask", (0, h, w), maxshape=(None, h, w), dtype="u1", chunks=(1, h, w), **gzip)
+            f[SHADOW].create_dataset("layers", (0,), maxshape=(None,), dtype=SHADOW_DTYPE, chunks=(64,))
+            f.attrs["layerwatch/shadow_model"] = json.dumps(dict(spec.shadow))
         g.create_dataset("state", data=np.bytes_("writing".ljust(16)), dtype="S16")
         a = f.attrs
         a["printer/x_real_dimension"] = w * spec.mm_per_px
@@ -225,6 +242,8 @@ class BuildRecord:
             raise RecordError(f"{path} is not a LayerWatch record of schema {SCHEMA_VERSION}")
         f[f"{LW}/state"][()] = np.bytes_("writing".ljust(16))
         _create_tables(f[LW], {k: v for k, v in OPTIONAL_TABLES.items() if k not in f[LW]})
+        if ILLUMINATION not in f[LW]:
+            _create_illumination(f[LW], *f[IMAGES].shape[1:])
         f.swmr_mode = True
         return cls(path, f, fsync)
 
@@ -352,6 +371,33 @@ class BuildRecord:
         d[-1] = record
         self._commit()
 
+    def set_illumination(self, illum: np.ndarray, from_layer: int) -> None:
+        """The build's reference lighting, used on layer ``from_layer`` and after."""
+        if ILLUMINATION not in self._f[LW] or illum.shape != (self.height, self.width):
+            return
+        self._f[f"{LW}/{ILLUMINATION}"][...] = illum.astype(np.float32)
+        self._f[f"{LW}/{ILLUMINATION}_from"][0] = from_layer
+        self._commit()
+
+    def append_shadow(
+        self, layer: int, mask: np.ndarray, *, severity: str, disagree: float, would_act: bool, rules: Sequence[str]
+    ) -> None:
+        """The shadow model's mask (class ids) and judgement of ``layer``; a record made without one ignores it."""
+        if not self.has_shadow:
+            return
+        d = self._f[f"{SHADOW}/mask"]
+        if d.shape[0] <= layer:
+            d.resize(layer + 1, axis=0)
+        d[layer] = mask
+        row = np.zeros((), dtype=SHADOW_DTYPE)
+        row["layer"], row["disagree"], row["would_act"] = layer, disagree, would_act
+        row["severity"] = Severity(severity).rank if severity in set(Severity) else 0
+        row["rules"] = _fit(json.dumps(list(rules)), SHADOW_DTYPE["rules"].itemsize)
+        table = self._f[f"{SHADOW}/layers"]
+        table.resize(table.shape[0] + 1, axis=0)
+        table[-1] = row
+        self._commit()
+
     def add_event(self, layer: int, level: str, code: str, message: str, at: float | None = None) -> None:
         self._append("events", (at or time.time(), layer, level, code, message))
 
@@ -387,6 +433,12 @@ class BuildRecord:
         feed = np.nan if feed_pct is None else feed_pct
         flow = np.nan if flow_pct is None else flow_pct
         self._append("telemetry", (at or time.time(), layer, state, z_mm, feed, flow))
+
+
+def _create_illumination(group: h5py.Group, h: int, w: int) -> None:
+    """The build's reference lighting, NaN until known, and the first layer segmented with it (-1: none)."""
+    group.create_dataset(ILLUMINATION, (h, w), dtype="f4", fillvalue=np.nan, chunks=(h, w), compression="gzip")
+    group.create_dataset(f"{ILLUMINATION}_from", data=np.array([-1], np.int32))
 
 
 def _create_tables(group: h5py.Group, tables: Mapping[str, np.dtype]) -> None:
@@ -438,8 +490,8 @@ def check_layout(f: h5py.File, path: Path) -> None:
             raise bad(f"/{name} declares {shape[0]} rows ({declared / 1e9:.1f} GB) in a {size / 1e6:.1f} MB file")
 
     f.visititems(visit)
+    frame: tuple[int, ...] | None = None
     if "slices" in f:
-        frame: tuple[int, ...] | None = None
         for name in (IMAGES, "slices/camera_data/visible/0", PART_IDS):
             if name in f:
                 obj = f[name]
@@ -468,6 +520,12 @@ def check_layout(f: h5py.File, path: Path) -> None:
                     )
                 if obj.shape[1] * obj.shape[2] > MAX_FRAME_PIXELS:
                     raise bad(f"/{MASKS}/{key} has {obj.shape[2]}x{obj.shape[1]} px masks")
+    if SHADOW in f:
+        mask, table = f.get(f"{SHADOW}/mask"), f.get(f"{SHADOW}/layers")
+        if not isinstance(mask, h5py.Dataset) or mask.ndim != 3 or (frame is not None and mask.shape[1:] != frame):
+            raise bad(f"/{SHADOW}/mask is not a layers x height x width mask of the frames' size")
+        if not isinstance(table, h5py.Dataset) or not set(SHADOW_DTYPE.names or ()) <= set(table.dtype.names or ()):
+            raise bad(f"/{SHADOW}/layers is not a table with {', '.join(SHADOW_DTYPE.names or ())}")
     if f.attrs.get("layerwatch/schema_version") not in READABLE_SCHEMAS:
         return  # not ours, or a schema this version does not read: the caller says which
     a = f.attrs
@@ -580,6 +638,9 @@ class RecordReader:
                 self._f[f"{LW}/{name}"].refresh()
         for name in self._slices():
             self._f[name].refresh()
+        if SHADOW in self._f:
+            self._f[f"{SHADOW}/layers"].refresh()
+            self._f[f"{SHADOW}/mask"].refresh()
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -638,6 +699,58 @@ class RecordReader:
 
     def part_ids(self, layer: int) -> np.ndarray:
         return self._slice(PART_IDS, layer)
+
+    def illumination(self) -> tuple[np.ndarray, int] | None:
+        """The reference lighting the frames were flat-fielded by and the first layer it was used on, or None."""
+        if f"{LW}/{ILLUMINATION}_from" not in self._f:
+            return None
+        if self._f.swmr_mode:
+            self._f[f"{LW}/{ILLUMINATION}_from"].refresh()
+            self._f[f"{LW}/{ILLUMINATION}"].refresh()
+        start = int(self._f[f"{LW}/{ILLUMINATION}_from"][0])
+        if start < 0:
+            return None
+        illum = np.asarray(self._f[f"{LW}/{ILLUMINATION}"][...])
+        return (illum, start) if illum.shape == self.frame_size and np.isfinite(illum).all() else None
+
+    def seen_image(self, layer: int) -> np.ndarray:
+        """The frame of ``layer`` as the model saw it: flat-fielded by the reference lighting where it was
+        (float32 in [0, 1])."""
+        from segmentation.preprocess import flat_field, to_gray_float
+
+        gray = to_gray_float(self.image(layer))
+        ref = self.illumination()
+        return flat_field(gray, ref[0]) if ref is not None and layer >= ref[1] else gray
+
+    @property
+    def shadow_model(self) -> dict[str, str] | None:
+        """The shadow model that ran beside the model in use ({"id", "sha256"}), or None."""
+        raw = self._f.attrs.get("layerwatch/shadow_model")
+        return json.loads(raw) if raw is not None and SHADOW in self._f else None
+
+    def shadow_layers(self) -> dict[int, dict[str, Any]]:
+        """The shadow model's judgement per layer: severity, disagree (share of pixels), would_act, rules."""
+        if SHADOW not in self._f:
+            return {}
+        out = {}
+        for row in self._f[f"{SHADOW}/layers"][:]:
+            try:
+                rules = json.loads(_py(row["rules"]))
+            except ValueError:
+                rules = []
+            out[int(row["layer"])] = {
+                "severity": Severity.from_index(int(row["severity"])),
+                "disagree": float(row["disagree"]),
+                "would_act": bool(row["would_act"]),
+                "rules": rules,
+            }
+        return out
+
+    def shadow_mask(self, layer: int) -> np.ndarray | None:
+        """(H, W) class ids the shadow model gave ``layer``, or None where it did not judge it."""
+        if SHADOW not in self._f or layer not in self.shadow_layers():
+            return None
+        return self._slice(f"{SHADOW}/mask", layer)
 
     def metrics(self) -> np.ndarray:
         return np.asarray(self._f[f"{LW}/metrics"][:])

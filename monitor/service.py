@@ -143,6 +143,8 @@ class Build:
     illum: np.ndarray | None = None  # the reference lighting, once the first layers gave it
     illum_frames: list[np.ndarray] = field(default_factory=list)
     printer_was_active: bool = False  # the printer was seen printing (or paused) during this build
+    shadow_metrics: MetricsComputer | None = None  # the shadow model's own measurement and rule windows
+    shadow_policy: PolicyEngine | None = None
     ended: str = ""  # why the job is over (printer state, end event); the record closes after the grace time
 
     def set_roi(self, roi: Roi | None, shape: tuple[int, int]) -> None:
@@ -186,6 +188,7 @@ class PrinterMonitor:
         self.results: list[ResultMessage] = []
         self.counters: dict[str, int] = {
             "layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0, "needs_review": 0, "refused_requests": 0,
+            "shadow_failed": 0,
         }  # fmt: skip
         self._operator_requests: set[str] = set()
         self._dropped_seen = 0
@@ -542,8 +545,9 @@ class PrinterMonitor:
             )
             return
         build.illum = illumination(gray, build.roi_mask)
+        build.record.set_illumination(build.illum, 0)
 
-    def _reference(self, build: Build, frame: np.ndarray, mask: np.ndarray) -> None:
+    def _reference(self, build: Build, frame: np.ndarray, mask: np.ndarray, layer: int) -> None:
         """Learn the camera's fixed lighting from the plain powder of the build's first layers."""
         n = self.service.config.monitor.reference_layers
         if n == 0 or build.illum is not None:
@@ -558,6 +562,7 @@ class PrinterMonitor:
         if len(build.illum_frames) >= n:
             build.illum = np.mean(build.illum_frames, axis=0).astype(np.float32)
             build.illum_frames.clear()
+            build.record.set_illumination(build.illum, layer + 1)  # this layer was judged without it
             log.info("%s: reference lighting taken from the first %d layers", self.printer_id, n)
 
     # ---- one layer --------------------------------------------------------------------------------
@@ -579,6 +584,32 @@ class PrinterMonitor:
         outcome = self._judge(build, meta, gray, part_ids)
         record_ms = self._store(build, meta, gray, outcome)
         self._publish_result(build, meta, outcome, received, {"decode": decode_ms, "record": record_ms})
+        self._shadow(build, meta.layer, gray, part_ids, outcome)
+
+    def _shadow(
+        self, build: Build, layer: int, gray: np.ndarray, part_ids: np.ndarray | None, outcome: LayerOutcome
+    ) -> None:
+        """The shadow model's judgement of the layer, after the result is out (it never delays an action):
+        its mask, the rules that would hold and whether it would have acted, stored beside the real ones."""
+        shadow = self.service.shadow
+        if shadow is None or build.shadow_metrics is None or build.shadow_policy is None:
+            return
+        try:
+            result = shadow.segment(gray, roi=build.roi_mask, illumination=build.illum)
+            m = build.shadow_metrics.compute(result.mask, part_ids=part_ids)
+            hits = build.shadow_policy.evaluate(layer, m.values, m.parts, judged=outcome.judged)
+            would_act = outcome.judged and any(a.type != "notify" for h in hits for a in h.rule.actions)
+            build.record.append_shadow(
+                layer,
+                result.mask,
+                severity=Severity.worst(h.rule.severity for h in hits),
+                disagree=float(np.count_nonzero(result.mask != outcome.mask)) / max(result.mask.size, 1),
+                would_act=would_act,
+                rules=sorted({h.rule.name for h in hits}),
+            )
+        except Exception as err:  # the shadow must never stop the monitor
+            self.counters["shadow_failed"] += 1
+            log.warning("%s: the shadow model failed on layer %d (%s)", self.printer_id, layer, err)
 
     def _validate(self, build: Build, meta: FrameMeta, frame: np.ndarray, received: float) -> np.ndarray | None:
         """The frame as the gray the model sees, or None when the layer is already stored (its stored result
@@ -626,7 +657,7 @@ class PrinterMonitor:
         t0 = time.perf_counter()
         result = self.service.segmenter.segment(gray, roi=build.roi_mask, illumination=build.illum)
         segment_ms = (time.perf_counter() - t0) * 1000
-        self._reference(build, gray, result.mask)
+        self._reference(build, gray, result.mask, layer)
         m = build.metrics.compute(result.mask, part_ids=part_ids)
         m.values["ood_score"] = result.ood
         metrics_ms = (time.perf_counter() - t0) * 1000 - segment_ms
@@ -861,6 +892,8 @@ class PrinterMonitor:
             self._emit_event("critical", "record_failed", str(err), meta.layer)
             raise PayloadError(str(err), "record") from err
         build = Build(meta.job_id, record, MetricsComputer(self.mm_per_px), PolicyEngine(self.policy))
+        if self.service.shadow is not None and record.has_shadow:
+            build.shadow_metrics, build.shadow_policy = MetricsComputer(self.mm_per_px), PolicyEngine(self.policy)
         build.set_roi(roi, (h, w))
         self.build = build
         self.last_record = record.path
@@ -907,6 +940,7 @@ class PrinterMonitor:
             config=svc.config.to_record(),
             policy=self.policy.model_dump(mode="json"),
             model={"id": svc.model_id, "sha256": svc.model_sha256},
+            shadow={"id": svc.shadow_id, "sha256": svc.shadow_sha256} if svc.shadow is not None else None,
             software_version=__version__,
             compression_level=svc.config.monitor.gzip_level,
             roi=roi.to_json() if roi is not None else None,
@@ -1061,6 +1095,9 @@ class MonitorService:
         self.model_id = ""
         self.model_sha256 = ""
         self._store_stamp = 0.0
+        self.shadow: Any = None  # the candidate run beside the model in use ([monitor] shadow_model)
+        self.shadow_id = ""
+        self.shadow_sha256 = ""
         self._stop = threading.Event()
         self._idle: threading.Thread | None = None
         operators_file = config.operators_file()
@@ -1072,15 +1109,17 @@ class MonitorService:
                 "requests (pause, resume, verdicts, plate outline) from the network are refused; only the policy acts"
             )
 
-    def _load_model(self) -> tuple[Any, str, str]:
-        """The segmenter of the model to use: the configured one, else the store's current, else the shipped."""
+    def _load_model(self, model: Path | None = None) -> tuple[Any, str, str]:
+        """The segmenter of ``model``, else of the model to use: the configured one, else the store's current,
+        else the shipped."""
         from monitor.models import ModelStore
         from segmentation.inference import DEFAULT_MODEL, Segmenter
         from segmentation.model import file_sha256
 
         cfg = self.config.monitor
-        self._store_stamp = ModelStore(cfg.models_dir).stamp()
-        model = cfg.model or ModelStore(cfg.models_dir).current_model(DEFAULT_MODEL)
+        if model is None:
+            self._store_stamp = ModelStore(cfg.models_dir).stamp()
+            model = cfg.model or ModelStore(cfg.models_dir).current_model(DEFAULT_MODEL)
         segmenter = Segmenter(
             model_path=model, engine=cfg.engine, threads=cfg.threads, max_pixels=cfg.max_frame_pixels
         ).start()
@@ -1126,6 +1165,9 @@ class MonitorService:
             return self  # already started (``with MonitorService(...).start():``)
         cfg = self.config
         self.segmenter, self.model_id, self.model_sha256 = self._load_model()
+        if cfg.monitor.shadow_model is not None:
+            self.shadow, self.shadow_id, self.shadow_sha256 = self._load_model(cfg.monitor.shadow_model)
+            log.info("monitor: shadow model %s runs beside %s, acting on nothing", self.shadow_id, self.model_id)
         policy = cfg.resolved_policy()
         try:
             for pid in self.printer_ids:
@@ -1209,9 +1251,10 @@ class MonitorService:
             pm.controller.close()
             if pm.printer is not None and pm.printer_id not in self._given:
                 pm.printer.close()
-        if self.segmenter is not None:
-            self.segmenter.close()
-            self.segmenter = None
+        for segmenter in (self.segmenter, self.shadow):
+            if segmenter is not None:
+                segmenter.close()
+        self.segmenter = self.shadow = None
 
     def __enter__(self) -> MonitorService:
         return self.start()

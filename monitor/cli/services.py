@@ -58,6 +58,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.broker:
         config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"url": args.broker})})
+    if args.shadow_model is not None:
+        if not args.shadow_model.is_file():
+            raise CommandError(f"--shadow-model {args.shadow_model}: no such model checkpoint")
+        config = config.model_copy(
+            update={"monitor": config.monitor.model_copy(update={"shadow_model": args.shadow_model})}
+        )
     try:
         service = MonitorService(config, printer_ids=args.printer or None)
     except ValueError as err:
@@ -245,6 +251,9 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, default=None, help="TOML config (see data/config/layerwatch.toml)")
     p.add_argument("--broker", default=None, help="MQTT broker URL; overrides [mqtt] url")
     p.add_argument("--printer", action="append", default=[], help="printer id (repeat); default: [printers.*]")
+    p.add_argument(
+        "--shadow-model", type=Path, default=None, help="a candidate run beside the model in use, acting on nothing"
+    )
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("dashboard", help="the live dashboard: layers, overlays, trends, actions, operator controls")

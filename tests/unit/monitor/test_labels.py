@@ -12,6 +12,7 @@ import pytest
 from monitor.cli import main
 from monitor.record import BuildRecord
 from segmentation.classes import DEFECT_CLASSES, NO_DEFECT, UNLABELLED
+from segmentation.preprocess import flat_field
 from tests.unit.monitor.test_record import append, layer_data, spec
 
 
@@ -21,6 +22,9 @@ def test_verdicts_are_exported_as_partial_labels(tmp_path: Path, capsys: pytest.
     with BuildRecord.create(records / "b.h5", spec()) as rec:
         for k in range(4):
             append(rec, k)
+        h, w = rec.frame_size
+        lighting = np.tile(np.linspace(0.3, 0.9, w, dtype=np.float32), (h, 1))  # brighter to the right
+        rec.set_illumination(lighting, 3)  # the monitor flat-fielded layer 3 on
         rec.add_action(1, "r1", "pause", "requested", "warping-persists", "job-1:warp:1", {})
         rec.add_action(3, "r2", "notify", "confirmed", "pores", "job-1:pores:3", {})
         rec.add_action(2, "r3", "notify", "confirmed", "spatter", "job-1:spatter:2", {})  # no verdict: no label
@@ -41,6 +45,10 @@ def test_verdicts_are_exported_as_partial_labels(tmp_path: Path, capsys: pytest.
     confirmed = cv2.imread(str(out / "masks" / "b-00003.png"), cv2.IMREAD_UNCHANGED)
     sel = np.isin(predicted, defects)
     assert np.array_equal(confirmed[sel], predicted[sel]) and (confirmed[~sel] == UNLABELLED).all()
+    # the frames as the model saw them: layer 1 before the lighting was known, layer 3 flat-fielded
+    image = cv2.imread(str(out / "images" / "b-00001.png"), cv2.IMREAD_UNCHANGED)
+    assert image is not None and np.array_equal(image, layer_data(1)[0].astype(np.uint16) * 257)
     image = cv2.imread(str(out / "images" / "b-00003.png"), cv2.IMREAD_UNCHANGED)
-    assert np.array_equal(image, layer_data(3)[0])
+    seen = flat_field(layer_data(3)[0].astype(np.float32) / 255, lighting)
+    assert image is not None and np.abs(image / 65535 - seen).max() < 1e-4
     assert not (out / "masks" / "b-00002.png").exists()

@@ -56,7 +56,7 @@ OPERATOR = Credential("ana", "s" * 32)
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     from segmentation.simulator import scenario_spec
 
     spec = scenario_spec(3, 512, 12, warp_start=3)
@@ -69,6 +69,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         monitor=MonitorSection(
             out_dir=tmp_path / "records",
             models_dir=tmp_path / "models",
+            shadow_model=_other_model(tmp_path) if request.node.get_closest_marker("shadow") else None,
             mm_per_px=spec.mm_per_px,
             layer_thickness_mm=spec.layer_thickness,
         ),
@@ -242,3 +243,40 @@ def test_a_promoted_model_is_picked_up_without_a_restart_and_a_rollback_too(rig:
     with RecordReader(pm.build.record.path) as r:
         changes = [e["message"] for e in r.table("events") if e["code"] == "model_changed"]
     assert len(changes) == 2 and "to model@" in changes[0] and f"to {DEFAULT_MODEL.stem}@" in changes[1], changes
+
+
+def _other_model(tmp_path: Path) -> Path:
+    """The shipped model with its last layer's weights changed: another model that judges differently."""
+    import torch
+
+    from segmentation.inference import DEFAULT_MODEL
+
+    ckpt = torch.load(DEFAULT_MODEL, map_location="cpu", weights_only=False)
+    state = ckpt["state_dict"]
+    last = "unet.segmentation_head.0.bias"
+    state[last] = state[last] + torch.tensor([0.0, 0.0, 12.0, 0.0, 0.0])  # porosity wherever it was in doubt
+    out = tmp_path / "shadow.pt"
+    torch.save(ckpt, out)
+    return out
+
+
+@pytest.mark.shadow
+def test_a_shadow_model_judges_beside_the_model_in_use_and_acts_on_nothing(rig: Rig) -> None:
+    results = [rig.layer("sh-job", k) for k in range(6)]
+    pm = rig.monitor.monitors[PID]
+    assert isinstance(pm.link, BusLink) and pm.link.wait_idle(30)  # the shadow runs after the result is out
+    pm.controller.wait_idle(30)
+    rig.watch.wait_idle(30)
+    assert all(r.model.startswith("layerwatch-unet@") for r in results)  # the model in use judges and acts
+    assert not [a for a in rig.actions if a.action == ActionKind.PAUSE]  # the warp from layer 3 is paused at 7
+    assert pm.build is not None
+    with RecordReader(pm.build.record.path) as r:
+        shadow = r.shadow_layers()
+        assert r.shadow_model is not None and r.shadow_model["id"].startswith("shadow@")
+        assert sorted(shadow) == list(range(6))
+        mask = r.shadow_mask(5)
+        assert mask is not None and mask.shape == r.mask(5).shape
+        # the shadow calls far more porosity, so it disagrees and would have adjusted the flow; nothing was
+        assert (mask == 2).sum() > 2 * (r.mask(5) == 2).sum() and shadow[5]["disagree"] > 0
+        assert any(row["would_act"] and "porosity-in-parts" in row["rules"] for row in shadow.values()), shadow
+        assert [a for a in r.table("actions") if a["action"] in ("pause", "gcode")] == []
