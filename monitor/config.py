@@ -51,6 +51,10 @@ class MonitorSection(_Section):
     # a candidate run beside the model in use on every layer, acting on nothing: its masks and what it would
     # have done are stored in the record, and the dashboard shows where the two disagree
     shadow_model: Path | None = None
+    # drift (monitor.drift): this printer's frames and class areas against where the model stood on them;
+    # a drift asks for labels in a "drift" event, nothing retrains by itself. 0 layers: no drift watch
+    drift_reference_layers: int = Field(default=30, ge=0, le=10_000)
+    drift_window: int = Field(default=20, ge=3, le=10_000)
     threads: int | None = Field(default=None, ge=1, le=256)
     mm_per_px: float = Field(default=0.1, gt=0, le=10)
     layer_thickness_mm: float = Field(default=0.04, gt=0, le=5)

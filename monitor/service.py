@@ -27,6 +27,7 @@ import numpy as np
 from monitor import __version__
 from monitor.config import Config
 from monitor.controller import Controller, job_key
+from monitor.drift import DriftSettings, DriftWatch, layer_stats
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, LayerMetrics, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
@@ -188,9 +189,10 @@ class PrinterMonitor:
         self.results: list[ResultMessage] = []
         self.counters: dict[str, int] = {
             "layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0, "needs_review": 0, "refused_requests": 0,
-            "shadow_failed": 0,
+            "shadow_failed": 0, "drift": 0,
         }  # fmt: skip
         self._operator_requests: set[str] = set()
+        self._drift: DriftWatch | None = None
         self._dropped_seen = 0
         self._said: dict[str, tuple[float, int]] = {}
 
@@ -687,6 +689,8 @@ class PrinterMonitor:
                 layer,
             )
         hits = build.policy.evaluate(layer, m.values, m.parts, judged=judged)
+        if (quality is None or quality.ok) and not late:  # unfamiliar frames too: they are what drift is made of
+            self._watch_drift(layer, gray, result.mask, build.roi_mask, result.ood)
         state = self._printer_state()
         if state is not None and state.state in ACTIVE_STATES:
             build.printer_was_active = True
@@ -702,6 +706,21 @@ class PrinterMonitor:
             printer=state,
             timings_ms={"segment": segment_ms, "metrics": metrics_ms},
         )
+
+    def _watch_drift(self, layer: int, gray: np.ndarray, mask: np.ndarray, roi: np.ndarray | None, ood: float) -> None:
+        """This printer's frames and class areas against the model's and the printer's reference (monitor.drift)."""
+        cfg = self.service.config.monitor
+        if not cfg.drift_reference_layers:
+            return
+        sha = self.service.model_sha256[:12]
+        path = cfg.out_dir / self.printer_id / f"drift-{sha}.json"
+        if self._drift is None or self._drift.path != path:  # a new model: its own reference on this printer
+            settings = DriftSettings(reference_layers=cfg.drift_reference_layers, window=cfg.drift_window)
+            self._drift = DriftWatch.open(path, settings)
+        finding = self._drift.add(layer, layer_stats(gray, mask, roi, ood))
+        if finding is not None:
+            self.counters["drift"] += 1
+            self._emit_event("warning", "drift", finding.message(self.printer_id, cfg.drift_window), layer)
 
     def _store(self, build: Build, meta: FrameMeta, gray: np.ndarray, outcome: LayerOutcome) -> float:
         """Append the layer to the build record (with the printer's telemetry); returns the time it took, ms.

@@ -83,6 +83,20 @@ def cmd_record(args: argparse.Namespace) -> int:
         if review:
             shown = ", ".join(map(str, review[:20])) + (" ..." if len(review) > 20 else "")
             print(f"review      {len(review)} layers unlike the model's training data, not judged: {shown}")
+        for e in events:
+            if e["code"] == "drift":
+                print(f"drift       at layer {e['layer']}: {e['message']}")
+        labels = reader.table("labels")
+        shadow = reader.shadow_model
+        if labels:
+            who = sorted({str(row["operator"]) for row in labels})
+            print(f"labels      {len(labels)} stroke(s) on {len({row['layer'] for row in labels})} layer(s) by "
+                  f"{', '.join(who)}")  # fmt: skip
+        if shadow:
+            judged = reader.shadow_layers()
+            acted = sorted(k for k, v in judged.items() if v["would_act"])
+            print(f"shadow      {shadow.get('id')} on {len(judged)} layer(s); would have acted on {len(acted)}"
+                  + (f" (from layer {acted[0]})" if acted else ""))  # fmt: skip
         print(f"events      {len(events)}   actions {len(actions)}   operator feedback {len(feedback)}")
         verdicts = {f["incident"]: f["verdict"] for f in feedback}
         incidents: dict[str, dict[str, Any]] = {}

@@ -70,6 +70,8 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
             out_dir=tmp_path / "records",
             models_dir=tmp_path / "models",
             shadow_model=_other_model(tmp_path) if request.node.get_closest_marker("shadow") else None,
+            drift_reference_layers=5,
+            drift_window=4,
             mm_per_px=spec.mm_per_px,
             layer_thickness_mm=spec.layer_thickness,
         ),
@@ -117,6 +119,9 @@ def test_a_growing_warp_pauses_the_printer_with_its_evidence_recorded(rig: Rig) 
     with RecordReader(pm.build.record.path) as r:
         assert [int(k) for k in r.stored_layers()] == list(range(12))
         assert [a["state"] for a in r.table("actions") if a["action"] == "pause"] == ["requested", "confirmed"]
+    # drift: the printer's reference under this model was taken on its first 5 layers and kept for later builds
+    (reference,) = (pm.build.record.path.parent).glob("drift-*.json")
+    assert reference.name == f"drift-{rig.monitor.model_sha256[:12]}.json"
 
 
 def test_malformed_messages_are_counted_and_the_service_goes_on(rig: Rig) -> None:
