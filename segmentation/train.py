@@ -295,6 +295,13 @@ def _sample(
         mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=UNLABELLED)
         h, w = mask.shape
     r0, c0 = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    labelled = np.flatnonzero(mask != UNLABELLED) if mask.size else np.zeros(0, np.int64)
+    if 0 < labelled.size < mask.size // 2:
+        # sparse labels (an operator's strokes, a verdict's pixels): a random crop would mostly miss them and
+        # teach nothing; the crop holds a labelled pixel, anywhere in it
+        r, c = divmod(int(labelled[int(rng.integers(labelled.size))]), w)
+        r0 = min(max(r - int(rng.integers(crop)), 0), h - crop)
+        c0 = min(max(c - int(rng.integers(crop)), 0), w - crop)
     xi = x[:, r0 : r0 + crop, c0 : c0 + crop]
     yi = mask[r0 : r0 + crop, c0 : c0 + crop]
     k = int(rng.integers(4))
@@ -354,7 +361,8 @@ def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, channels: 
 
 def partial_label_loss(logits: Any, y: Any, weights: Any) -> Any:
     """Cross-entropy over pixels labelled 0..C-1 (class-weighted), ``-log(p0 + p1)`` over 254
-    ("no defect here") pixels, 255 ignored; plus soft Dice over the non-powder classes on labelled pixels."""
+    ("no defect here") pixels, 255 ignored, averaged per crop; plus soft Dice over the non-powder classes on
+    labelled pixels."""
     import torch
     import torch.nn.functional as F
 
@@ -366,8 +374,13 @@ def partial_label_loss(logits: Any, y: Any, weights: Any) -> Any:
     w = weights[yk] * known
     nll = -logp.gather(1, yk[:, None])[:, 0]
     nd_nll = -torch.logsumexp(logp[:, :2], 1)
-    denom = w.sum() + nd.sum() * _NO_DEFECT_WEIGHT
-    ce = ((nll * w).sum() + (nd_nll * nd).sum() * _NO_DEFECT_WEIGHT) / denom.clamp(min=1.0)
+    # each crop's mean over its own labelled pixels, then the mean over crops: a crop with a few labelled
+    # pixels (an operator's strokes) counts as much as a fully labelled simulated one, instead of a
+    # thousandth of the batch
+    num = (nll * w).sum((1, 2)) + (nd_nll * nd).sum((1, 2)) * _NO_DEFECT_WEIGHT
+    den = w.sum((1, 2)) + nd.sum((1, 2)) * _NO_DEFECT_WEIGHT
+    has = den > 0
+    ce = (num[has] / den[has]).mean() if bool(has.any()) else logits.sum() * 0.0
     prob = logp.exp() * known[:, None]
     onehot = F.one_hot(yk, c).permute(0, 3, 1, 2).float() * known[:, None]
     inter = (prob * onehot).sum((0, 2, 3))
