@@ -34,7 +34,16 @@ from monitor.record import RecordError, RecordReader
 from printer_io.vocabulary import Verdict
 from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, UNLABELLED
 
-__all__ = ["EARLY_LAYERS", "Review", "evaluate", "format_evaluation", "refusals", "reviewed_builds"]
+__all__ = [
+    "EARLY_LAYERS",
+    "Review",
+    "evaluate",
+    "format_evaluation",
+    "records_state",
+    "refusals",
+    "reviewed_builds",
+    "still_valid",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +145,7 @@ def evaluate(
     models = {"current": current, "candidate": candidate}
     report: dict[str, Any] = {
         "models": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in models.items()},
+        "inputs": records_state(records),
         "builds": [],
         "early_layers": EARLY_LAYERS,
     }
@@ -167,6 +177,28 @@ def evaluate(
     report["simulated"] = {name: _sim_iou(model, sim_layers) for name, model in models.items()}
     report["refusals"] = refusals(report)
     return report
+
+
+def records_state(records: list[Path]) -> dict[str, list[float]]:
+    """Each record's size and modification time: a new verdict or label changes them."""
+    return {str(p.resolve()): [float(p.stat().st_size), p.stat().st_mtime] for p in records if p.exists()}
+
+
+def still_valid(report: dict[str, Any], candidate: Path, current: Path, records: list[Path]) -> str | None:
+    """Why an earlier evaluation no longer stands for these models and records (None: it stands)."""
+    from segmentation.model import file_sha256
+
+    try:
+        if report["models"]["candidate"]["sha256"] != file_sha256(candidate):
+            return "it evaluated another candidate"
+        if report["models"]["current"]["sha256"] != file_sha256(current):
+            return "the model in use has changed since"
+        if report["inputs"] != records_state(records):
+            return "the records (or their verdicts and labels) have changed since"
+        report["refusals"] = refusals(report)  # the rule of this version, not the file's word
+    except (KeyError, TypeError) as err:
+        return f"it is not an evaluation of this LayerWatch ({err})"
+    return None
 
 
 def refusals(report: dict[str, Any]) -> list[str]:

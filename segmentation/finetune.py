@@ -50,6 +50,7 @@ class FinetuneOptions:
     crop: int = 256
     batch: int = 12
     heldout_layers: int = 16
+    steps: int | None = None  # a fixed number of steps (reproducible anywhere); None: as many as the minutes allow
 
 
 def check_labels(images: Path, masks: Path) -> tuple[list[tuple[Path, Path]], Counter[int]]:
@@ -166,8 +167,10 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     step_s = _step_seconds(network, ARCHITECTURES[str(meta["arch"])].in_channels, opts.batch, opts.crop)
     del network
     steps = max(2, math.floor(opts.minutes * 60 * 0.7 / step_s))
+    if opts.steps is not None:
+        steps = opts.steps  # the minutes still end it, after an epoch
     per_epoch = min(20, steps)
-    echo(f"finetune: {step_s:.2f} s a step here: {steps} steps in {opts.minutes:g} min")
+    echo(f"finetune: {step_s:.2f} s a step here: {steps} steps (at most {opts.minutes:g} min)")
     cfg = TrainConfig(
         out=opts.out / "run",
         arch=str(meta["arch"]),
@@ -179,7 +182,7 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
         batch=opts.batch,
         epochs=max(1, math.ceil(steps / per_epoch)),
         steps_per_epoch=per_epoch,
-        lr=5e-4,
+        lr=1e-3,
         max_minutes=opts.minutes * 0.8,
         scenario_layers=0,
         composite_layers=0,

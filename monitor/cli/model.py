@@ -194,6 +194,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         base=base,
         sim_share=args.sim_share,
+        steps=args.steps,
     )
     finetune(opts)
     return EXIT_OK
@@ -234,14 +235,26 @@ def cmd_model(args: argparse.Namespace) -> int:
         entry = store.rollback(by=operator_name(args.by), why=_reason(args), to=args.to)
         print(f"rolled back to {entry.id} ({entry.path}); monitors switch at their next layer")
         return EXIT_OK
-    from monitor.gate import evaluate, format_evaluation
+    from monitor.gate import evaluate, format_evaluation, still_valid
 
     in_use = store.current_model(DEFAULT_MODEL)
     if not args.candidate.is_file():
         raise CommandError(f"{args.candidate}: no such model checkpoint")
     if args.model_command == "promote":
         why = _reason(args)  # before minutes of replays
-    report = evaluate(args.candidate, in_use, _records(args.records), sim_layers=args.sim_layers)
+    records = _records(args.records)
+    report = None
+    if args.model_command == "promote" and args.evaluation is not None:
+        try:
+            report = json.loads(args.evaluation.read_text())
+        except (OSError, ValueError) as err:
+            raise CommandError(f"--evaluation {args.evaluation}: not an evaluation ({err})") from err
+        stale = still_valid(report, args.candidate, in_use, records) if isinstance(report, dict) else "not a report"
+        if stale is not None:
+            print(f"--evaluation {args.evaluation} no longer stands ({stale}): evaluating again")
+            report = None
+    if report is None:
+        report = evaluate(args.candidate, in_use, records, sim_layers=args.sim_layers)
     print(format_evaluation(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1, default=str))
@@ -366,6 +379,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--sim-share", type=float, default=0.5, help="share of each batch from simulated layers (default 0.5)"
     )
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="a fixed number of steps (default: what --minutes allows)"
+    )
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("model", help="the models in use: evaluate a candidate, promote it, list, roll back")
@@ -391,6 +407,10 @@ def register(sub: Any) -> None:
         if name == "promote":
             who(q)
             q.add_argument("--force", action="store_true", help="promote although the gate refuses (give --reason)")
+            q.add_argument(
+                "--evaluation", type=Path, default=None,
+                help="the JSON of an earlier `model evaluate --json` of this candidate (used if nothing changed since)",
+            )  # fmt: skip
         q.set_defaults(func=cmd_model)
     q = msub.add_parser("list", help="the model in use and every promotion and rollback")
     store_args(q)
