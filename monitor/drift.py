@@ -9,11 +9,11 @@ Per printer and model, two references:
   (kept in ``<out_dir>/<printer>/drift-<model>.json``, so it outlives builds and restarts): frame
   brightness and contrast, and the share of the plate each class takes.
 
-Over a sliding window of recent layers (sound frames, in order; unfamiliar ones included), drift is: the median unfamiliarity above
-``ood_share`` of the threshold; the median brightness or contrast outside the reference's range
-widened by ``margin``; or the median share of a class outside its reference range widened by
-``margin`` (and by at least ``min_share`` of the plate). A drift says what moved and which layers of
-the window to label (the most unlike the reference); it never retrains anything.
+Over a sliding window of recent layers (sound frames, in order; unfamiliar ones included), drift is:
+the median unfamiliarity above ``ood_share`` of the threshold; the median brightness or contrast
+outside the reference's range widened by ``margin``; or the median share of a class outside its
+reference range widened by ``margin`` (and by at least ``min_share`` of the plate). A drift says what
+moved and which layers of the window to label (the most unlike the reference); it never retrains.
 """
 
 from __future__ import annotations
