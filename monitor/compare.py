@@ -17,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from monitor.policy import watched_class
 from monitor.record import RecordReader, open_build_file
 from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NUM_CLASSES
@@ -78,7 +79,8 @@ def load_run(path: Path) -> Run:
 
 
 def _watched_class(metric: str) -> str:
-    return next((name for name in DEFECTS.values() if name in metric), "any")
+    c = watched_class(metric)
+    return CLASS_NAMES[c] if c is not None else "any"
 
 
 def _truth_iou(run: Run, truth: h5py.File) -> dict[str, float]:

@@ -2,9 +2,11 @@
 
 Two sources, applied in this order on a layer that starts "not labelled" (255):
 
-- a verdict on an incident labels the layer the incident was opened on: "false alarm" says that
-  layer's defect pixels are powder or part (254, "no defect here"), "confirmed defect" that they are
-  what the model called them;
+- a verdict on an incident labels the layer the incident was opened on, for the defect class its
+  rule watches (warping for a warping rule; every defect class when the rule's metric names none):
+  "false alarm" says the pixels the model gave that class are powder or part (254, "no defect
+  here"), "confirmed defect" that they are that class; the layer's other pixels say nothing (a false
+  alarm on warping is no word on that layer's spatter);
 - operators' strokes from the dashboard (the record's ``labels`` table), in the order they were
   given: a brush line, a filled region or the whole frame set to a class id, 254 ("no defect here") or
   255 (erase).
@@ -27,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from monitor.policy import watched_class
 from monitor.record import RecordError, RecordReader
 from printer_io.vocabulary import Verdict
 from segmentation.classes import DEFECT_CLASSES, NO_DEFECT, NUM_CLASSES, UNLABELLED
@@ -53,6 +56,7 @@ class LabelledLayer:
     incident: str
     verdict: Verdict
     operator: str
+    classes: tuple[int, ...] = tuple(int(c) for c in DEFECT_CLASSES)  # the defect classes the incident was about
 
 
 def verdict_layers(path: Path) -> list[LabelledLayer]:
@@ -63,19 +67,27 @@ def verdict_layers(path: Path) -> list[LabelledLayer]:
 
 def _verdicts(r: RecordReader, path: Path) -> list[LabelledLayer]:
     opened: dict[str, int] = {}
+    rules: dict[str, str] = {}
     for a in r.table("actions"):
         if a["incident"] and a["action"] != "feedback" and int(a["layer"]) >= 0:
             opened.setdefault(str(a["incident"]), int(a["layer"]))
+            rules.setdefault(str(a["incident"]), str(a["rule"]))
+    try:
+        metric_of = {str(rule["name"]): str(rule["metric"]) for rule in r.json_attr("policy").get("rules", [])}
+    except (KeyError, ValueError, TypeError, AttributeError):
+        metric_of = {}
     last: dict[str, tuple[Verdict, str]] = {}
     for f in r.table("feedback"):
         if f["verdict"] in set(Verdict):
             last[str(f["incident"])] = (Verdict(f["verdict"]), str(f["operator"]))
     stored = {int(k) for k in r.stored_layers()}
-    return [
-        LabelledLayer(path, opened[inc], inc, verdict, who)
-        for inc, (verdict, who) in sorted(last.items())
-        if inc in opened and opened[inc] in stored
-    ]
+    out = []
+    for inc, (verdict, who) in sorted(last.items()):
+        if inc in opened and opened[inc] in stored:
+            watched = watched_class(metric_of.get(rules.get(inc, ""), ""))
+            classes = (int(watched),) if watched is not None else tuple(int(c) for c in DEFECT_CLASSES)
+            out.append(LabelledLayer(path, opened[inc], inc, verdict, who, classes))
+    return out
 
 
 def draw_strokes(label: np.ndarray, strokes: Iterable[Mapping[str, Any]]) -> np.ndarray:
@@ -113,9 +125,9 @@ def layer_label(
 ) -> np.ndarray:
     """A layer's label: verdicts on the model's mask ``predicted``, then the strokes."""
     label = np.full(predicted.shape, UNLABELLED, np.uint8)
-    defect = np.isin(predicted, [int(c) for c in DEFECT_CLASSES])
     for v in verdicts:
-        label[defect] = NO_DEFECT if v.verdict == Verdict.FALSE_ALARM else predicted[defect]
+        said = np.isin(predicted, v.classes)  # the verdict is about the incident's class, not the whole layer
+        label[said] = NO_DEFECT if v.verdict == Verdict.FALSE_ALARM else predicted[said]
     return draw_strokes(label, strokes)
 
 

@@ -23,10 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES
 from monitor.settings import ConfigFileError, section
 from printer_io.vocabulary import Severity
+from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, LayerClass
 
-__all__ = ["DEFAULT_POLICY", "Policy", "PolicyEngine", "Rule", "RuleHit", "Severity", "load_policy"]
+__all__ = ["DEFAULT_POLICY", "Policy", "PolicyEngine", "Rule", "RuleHit", "Severity", "load_policy", "watched_class"]
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "data" / "config" / "policy.toml"
+
+
+def watched_class(metric: str) -> LayerClass | None:
+    """The defect class a metric measures (``warping_confirmed_area_mm2`` -> warping), or None."""
+    return next((c for c in DEFECT_CLASSES if CLASS_NAMES[c] in metric), None)
 
 
 class _Strict(BaseModel):

@@ -52,3 +52,26 @@ def test_verdicts_are_exported_as_partial_labels(tmp_path: Path, capsys: pytest.
     seen = flat_field(layer_data(3)[0].astype(np.float32) / 255, lighting)
     assert image is not None and np.abs(image / 65535 - seen).max() < 1e-4
     assert not (out / "masks" / "b-00002.png").exists()
+
+
+def test_a_verdict_labels_only_the_class_its_rule_watches(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from monitor.labels import labelled_layers, layer_label
+    from monitor.record import RecordReader
+
+    rules = [{"name": "warping-persists", "metric": "warping_confirmed_area_mm2"}]
+    path = tmp_path / "b.h5"
+    with BuildRecord.create(path, replace(spec(), policy={"rules": rules})) as rec:
+        for k in range(3):
+            append(rec, k)
+        rec.add_action(1, "r1", "pause", "requested", "warping-persists", "job-1:warp:1", {})
+        rec.add_feedback("job-1:warp:1", "false_alarm", "ana", "the lamp's glare")
+    with RecordReader(path) as r:
+        (verdicts, strokes) = labelled_layers(r, path)[1]
+        label = layer_label(r.mask(1), verdicts, strokes)
+    _, predicted, _ = layer_data(1)
+    assert verdicts[0].classes == (4,)
+    assert (predicted == 4).any() and np.isin(predicted, [2, 3]).any()  # warping, and other defects beside it
+    assert np.array_equal(label == NO_DEFECT, predicted == 4)  # the warping pixels, not the spatter or pores
+    assert (label[predicted != 4] == UNLABELLED).all()
