@@ -1151,8 +1151,10 @@ class MonitorService:
         from monitor.models import ModelStore
 
         cfg = self.config.monitor
-        if cfg.model is not None or ModelStore(cfg.models_dir).stamp() == self._store_stamp:
+        stamp = ModelStore(cfg.models_dir).stamp()
+        if cfg.model is not None or stamp == self._store_stamp:
             return
+        self._store_stamp = stamp  # a store that cannot be used is said once per change, not every second
         try:
             segmenter, model_id, sha = self._load_model()
         except Exception as err:  # any failure keeps the model in use

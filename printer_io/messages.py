@@ -209,7 +209,7 @@ class ActionMessage(Message):
     action: ActionKind
     state: ActionState
     request_id: str = Field(min_length=1, max_length=128)
-    job_id: str = ""
+    job_id: str = Field(default="", max_length=256)
     layer: int | None = Field(default=None, ge=0)
     reason: str = Field(default="", max_length=2000)
     gcode: list[str] = Field(default_factory=list, max_length=100)

@@ -285,3 +285,28 @@ def test_a_shadow_model_judges_beside_the_model_in_use_and_acts_on_nothing(rig: 
         assert (mask == 2).sum() > 2 * (r.mask(5) == 2).sum() and shadow[5]["disagree"] > 0
         assert any(row["would_act"] and "porosity-in-parts" in row["rules"] for row in shadow.values()), shadow
         assert [a for a in r.table("actions") if a["action"] in ("pause", "gcode")] == []
+
+
+def test_a_broken_model_store_keeps_the_model_in_use_and_is_said_once(rig: Rig, tmp_path: Path) -> None:
+    import time
+
+    from monitor.models import ModelStore
+
+    rig.layer("b-job", 0)
+    store = ModelStore(tmp_path / "models")
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.current_file.write_text("{not json")
+    before = rig.monitor.model_id
+    deadline = time.monotonic() + 30
+    pm = rig.monitor.monitors[PID]
+    assert pm.build is not None
+    said: list[str] = []
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.05)  # the watcher looks at the store every second
+        with RecordReader(pm.build.record.path) as r:
+            said = [e["message"] for e in r.table("events") if e["code"] == "model_not_switched"]
+    time.sleep(2.5)  # two more looks at the unchanged store
+    with RecordReader(pm.build.record.path) as r:
+        said = [e["message"] for e in r.table("events") if e["code"] == "model_not_switched"]
+    assert len(said) == 1 and "not JSON" in said[0], said
+    assert rig.monitor.model_id == before and rig.layer("b-job", 1).model == before
