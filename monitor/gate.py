@@ -13,8 +13,9 @@ What counts, per reviewed build (a record with operators' verdicts or labels):
   the model calls a defect;
 - held-out simulated layers (the simulator's test stream) keep what the simulator taught in view.
 
-The candidate passes when it misses no confirmed defect, catches none later than the current model and has
-no more false pauses in any build.
+The candidate passes when it misses no confirmed defect, catches none later than the current model, has
+no more false pauses in any build, and its mean defect IoU on the held-out simulated layers is at most
+``MAX_SIM_DROP`` below the current model's (a model that learnt one camera by forgetting the rest).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, UNLABEL
 
 __all__ = [
     "EARLY_LAYERS",
+    "MAX_SIM_DROP",
     "Review",
     "evaluate",
     "format_evaluation",
@@ -48,6 +50,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EARLY_LAYERS = 5
+# the candidate must not forget what the simulator taught: its mean defect IoU on held-out simulated layers
+# may fall by at most this much (absolute) below the model in use's
+MAX_SIM_DROP = 0.10
 
 
 @dataclass
@@ -201,9 +206,22 @@ def still_valid(report: dict[str, Any], candidate: Path, current: Path, records:
     return None
 
 
+def _mean_defect_iou(ious: dict[str, float]) -> float:
+    values = [ious.get(CLASS_NAMES[c], math.nan) for c in DEFECT_CLASSES]
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
 def refusals(report: dict[str, Any]) -> list[str]:
     """Why the candidate must not replace the current model (empty: it may)."""
     out = []
+    sim = report.get("simulated") or {}
+    before, after = _mean_defect_iou(sim.get("current", {})), _mean_defect_iou(sim.get("candidate", {}))
+    if not math.isnan(before) and not math.isnan(after) and before - after > MAX_SIM_DROP:
+        out.append(
+            f"held-out simulated layers: mean defect IoU {after:.3f}, the current model {before:.3f} "
+            f"(it may fall by {MAX_SIM_DROP} at most: the candidate forgets what the simulator taught)"
+        )
     for b in report["builds"]:
         name = Path(b["record"]).name
         cur, cand = b["current"], b["candidate"]
@@ -271,5 +289,8 @@ def format_evaluation(report: dict[str, Any]) -> str:
         lines.append("the candidate would be refused:")
         lines += [f"  - {r}" for r in report["refusals"]]
     else:
-        lines.append("the candidate passes the gate: no confirmed defect missed or caught later, no added false pause")
+        lines.append(
+            "the candidate passes the gate: no confirmed defect missed or caught later, no added false pause, "
+            "what the simulator taught kept"
+        )
     return "\n".join(lines)

@@ -87,7 +87,7 @@ def test_operator_verdicts_teach_a_model_that_the_gate_lets_through(
 
     evaluation = tmp_path / "evaluation.json"
     args = ["model", "evaluate", str(cand / "model.pt"), "--records", str(records), "--models", store]
-    assert main([*args, "--sim-layers", "2", "--json", str(evaluation)]) == 0
+    assert main([*args, "--json", str(evaluation)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"glare\.h5\s+false pauses\s+1\s+0", out), out
     assert "the candidate passes the gate" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from segmentation.classes import NO_DEFECT, UNLABELLED
 from segmentation.inference import DEFAULT_MODEL
 
 
-def _report(review: Review, current: list[int], candidate: list[int]) -> dict[str, object]:
+def _report(review: Review, current: list[int], candidate: list[int]) -> dict[str, Any]:
     build = {"record": str(review.path), "confirmed": review.confirmed, "false_alarms": review.false_alarms}
     build |= {"current": _judge_pauses(review, current), "candidate": _judge_pauses(review, candidate)}
     return {"builds": [build]}
@@ -40,6 +41,16 @@ def test_the_gate_refuses_a_miss_a_later_pause_and_an_added_false_pause() -> Non
     assert refusals(_report(glare, [], [9])) == ["glare.h5: 1 false pause(s), the current model 0"]
     labels_only = Review(Path("labelled.h5"), confirmed=[], false_alarms=[])
     assert refusals(_report(labels_only, [], [3])) == []  # no verdict: its pauses are unreviewed, not false
+
+
+def test_the_gate_refuses_a_candidate_that_forgets_the_simulator() -> None:
+    report = _report(Review(Path("glare.h5"), confirmed=[], false_alarms=[6]), [6], [])
+    kept = {"porosity": 0.85, "spatter": 0.58, "warping": 0.70, "part": 0.9}
+    report["simulated"] = {"current": {"porosity": 0.86, "spatter": 0.61, "warping": 0.87}, "candidate": kept}
+    assert refusals(report) == []  # 0.779 -> 0.710
+    report["simulated"]["candidate"] = {"porosity": 0.76, "spatter": 0.30, "warping": 0.71}  # 0.592
+    (why,) = refusals(report)
+    assert "mean defect IoU 0.590, the current model 0.780" in why and "forgets" in why
 
 
 def test_labelled_pixels_score_each_defect_class_and_no_defect_labels() -> None:
