@@ -42,7 +42,7 @@ class FinetuneOptions:
     out: Path
     minutes: float = 15.0
     base: Path | None = None  # None: the shipped model
-    sim_share: float = 0.5  # share of each batch from simulated layers: keeps what the simulator taught
+    sim_share: float = 0.7  # share of each batch from simulated layers: keeps what the simulator taught
     sim_layers: int = 200
     seed: int = 0
     # smaller than a real run only in tests

@@ -377,7 +377,7 @@ def register(sub: Any) -> None:
         "--base", type=Path, default=None, help="the model to start from (default: the store's current, or shipped)"
     )
     p.add_argument(
-        "--sim-share", type=float, default=0.5, help="share of each batch from simulated layers (default 0.5)"
+        "--sim-share", type=float, default=0.7, help="share of each batch from simulated layers (default 0.7)"
     )
     p.add_argument(
         "--steps", type=positive_int, default=None, help="a fixed number of steps (default: what --minutes allows)"
