@@ -51,7 +51,7 @@ class DriftFinding:
 
     def message(self, printer: str, window: int) -> str:
         return (
-            f"drift on printer {printer} over the last {window} layers: {'; '.join(self.reasons)}. "
+            f"needs review: drift on printer {printer} over the last {window} layers: {'; '.join(self.reasons)}. "
             f"Label layers {', '.join(map(str, self.layers))} on the dashboard (layerwatch finetune --records "
             "learns from them); nothing is retrained by itself"
         )

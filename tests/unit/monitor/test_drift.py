@@ -34,6 +34,7 @@ def test_a_steady_printer_does_not_drift_and_a_darker_camera_does(tmp_path: Path
     at, finding = next((k, f) for k, f in found if f is not None)
     assert 74 <= at <= 80 and finding is not None and "brightness" in finding.reasons[0]
     assert finding.layers == list(range(at, at - 5, -1))  # the darkest, the most unlike first
+    assert finding.message("p1", 10).startswith("needs review: drift on printer p1")
     assert f"Label layers {at}, {at - 1}," in finding.message("p1", 10)
 
 
