@@ -23,7 +23,7 @@ from typing import Any
 
 from segmentation.errors import SegmentationError
 
-__all__ = ["DEFAULT_MODELS_DIR", "ModelStore", "ModelStoreError", "operator_name"]
+__all__ = ["DEFAULT_MODELS_DIR", "ModelStore", "ModelStoreError", "model_name", "operator_name"]
 
 DEFAULT_MODELS_DIR = Path("models")
 _MAX_FILE_BYTES = 16 << 20
@@ -31,6 +31,12 @@ _MAX_FILE_BYTES = 16 << 20
 
 class ModelStoreError(SegmentationError):
     """The store cannot be read or changed; the message names the file and what to do."""
+
+
+def model_name(path: Path) -> str:
+    """A model's name: its file's stem, or its folder's name for a ``model.pt`` (finetune's output, the
+    store's copies), which says nothing by itself."""
+    return path.parent.name if path.name == "model.pt" and path.parent.name else path.stem
 
 
 def operator_name(given: str | None) -> str:
@@ -115,7 +121,7 @@ class ModelStore:
         if not candidate.is_file():
             raise ModelStoreError(f"{candidate}: no such model checkpoint")
         sha = file_sha256(candidate)
-        model_id = f"{candidate.stem}-{sha[:12]}"
+        model_id = f"{model_name(candidate)}-{sha[:12]}"
         folder = self.root / model_id
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / "model.pt"

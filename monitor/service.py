@@ -1131,7 +1131,7 @@ class MonitorService:
     def _load_model(self, model: Path | None = None) -> tuple[Any, str, str]:
         """The segmenter of ``model``, else of the model to use: the configured one, else the store's current,
         else the shipped."""
-        from monitor.models import ModelStore
+        from monitor.models import ModelStore, model_name
         from segmentation.inference import DEFAULT_MODEL, Segmenter
         from segmentation.model import file_sha256
 
@@ -1143,7 +1143,7 @@ class MonitorService:
             model_path=model, engine=cfg.engine, threads=cfg.threads, max_pixels=cfg.max_frame_pixels
         ).start()
         sha = file_sha256(Path(model))
-        return segmenter, f"{Path(model).stem}@{sha[:12]}", sha
+        return segmenter, f"{model_name(Path(model))}@{sha[:12]}", sha
 
     def _follow_store(self) -> None:
         """Switch to the store's current model when it changed (a promotion or a rollback), between layers.

@@ -235,8 +235,8 @@ def test_a_promoted_model_is_picked_up_without_a_restart_and_a_rollback_too(rig:
             time.sleep(0.05)  # the monitor's watcher looks at the store every second
         assert rig.monitor.model_id.startswith(prefix), rig.monitor.model_id
 
-    model_becomes("model@")  # the store keeps it as <id>/model.pt
-    assert rig.layer("m-job", 1).model.startswith("model@")
+    model_becomes(f"{entry.id}@")  # the store keeps it as <id>/model.pt, id = name-sha
+    assert entry.id.startswith("tuned-") and rig.layer("m-job", 1).model.startswith(f"{entry.id}@")
     store.rollback(by="bo", why="pauses late on printer 3")
     model_becomes(f"{DEFAULT_MODEL.stem}@")
     assert rig.layer("m-job", 2).model.startswith(f"{DEFAULT_MODEL.stem}@")
@@ -247,7 +247,7 @@ def test_a_promoted_model_is_picked_up_without_a_restart_and_a_rollback_too(rig:
     assert pm.build is not None
     with RecordReader(pm.build.record.path) as r:
         changes = [e["message"] for e in r.table("events") if e["code"] == "model_changed"]
-    assert len(changes) == 2 and "to model@" in changes[0] and f"to {DEFAULT_MODEL.stem}@" in changes[1], changes
+    assert len(changes) == 2 and f"to {entry.id}@" in changes[0] and f"to {DEFAULT_MODEL.stem}@" in changes[1], changes
 
 
 def _other_model(tmp_path: Path) -> Path:
