@@ -275,6 +275,7 @@ def format_evaluation(report: dict[str, Any]) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
     lab = report["labelled"]
+    lines.append("labelled layers: in-sample for a candidate fine-tuned on these records")
     for cls in lab["current"]["iou"]:
         lines.append(f"{'labelled layers':40s} {cls + ' IoU':22s} {num(lab['current']['iou'][cls]):>14s} "
                      f"{num(lab['candidate']['iou'][cls]):>14s}")  # fmt: skip
