@@ -32,8 +32,9 @@ if mode == "report":
     extra = f"{{len(r['defects'])}} defects"
 else:
     import h5py
+    from monitor.record import images_path
     with h5py.File(path, "r") as f:
-        n = f["slices/camera_data/0"].shape[0]
+        n = f[images_path(f)].shape[0]
         for k in range(n):
             for c in range(5):
                 f[f"slices/segmentation_results/{{c}}"][k]

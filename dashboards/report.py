@@ -27,12 +27,11 @@ import cv2
 import h5py
 import numpy as np
 
-from monitor.record import RecordError, open_build_file
+from monitor.record import RecordError, class_sources, images_path, layer_class, open_build_file
 from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, DEFECT_NAMES, LayerClass
 
 __all__ = ["Criteria", "Defect", "Part", "Report", "ReportError", "analyze", "figure_3d", "write_report"]
 
-IMAGES = "slices/camera_data/0"
 MASKS = "slices/segmentation_results"
 PART_IDS = "slices/part_ids"
 _DEFECTS = {int(c): CLASS_NAMES[c] for c in DEFECT_CLASSES}
@@ -104,7 +103,7 @@ class _Acc:
 
 
 def _layer_mask(f: h5py.File, cls: int, k: int) -> np.ndarray:
-    return np.asarray(f[f"{MASKS}/{cls}"][k]).astype(bool)
+    return layer_class(f, cls, k)
 
 
 @dataclass
@@ -156,7 +155,7 @@ def _calibration(f: h5py.File, path: Path) -> _Calibration:
 
 def _stored_layers(f: h5py.File, notes: list[str]) -> list[int]:
     """The layers to read: every frame of a build file, the stored ones of a (live) record."""
-    n = int(f[IMAGES].shape[0])
+    n = int(f[images_path(f)].shape[0])
     if "layerwatch/layers" not in f:
         return list(range(n))
     stored = [int(k) for k in np.flatnonzero(f["layerwatch/layers"]["stored"][:])]
@@ -260,7 +259,7 @@ def _timeline(f: h5py.File) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if "layerwatch/actions" not in f:
         return out
-    n = int(f[IMAGES].shape[0])
+    n = int(f[images_path(f)].shape[0])
     for row in f["layerwatch/actions"][:]:
         item = {
             k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
@@ -281,8 +280,10 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
     except RecordError as err:
         raise ReportError(str(err)) from None
     with f:
-        if IMAGES not in f or MASKS not in f:
-            raise ReportError(f"{path} has no /{IMAGES} and /{MASKS}: not a build record with masks")
+        images = images_path(f)
+        if images not in f or MASKS not in f:
+            raise ReportError(f"{path} has no /{images} and /{MASKS}: not a build record with masks")
+        sources = class_sources(f)
         cal = _calibration(f, path)
         notes: list[str] = []
         layers = _stored_layers(f, notes)
@@ -290,12 +291,12 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
         part_voxels: dict[int, int] = {}
         part_pores: dict[int, int] = {}
         defects: list[Defect] = []
-        h, w = f[IMAGES].shape[1:]
+        h, w = f[images].shape[1:]
         footprint = np.zeros((h, w), dtype=bool)  # top view: bounded by one frame per class
         projection = {name: np.zeros((h, w), dtype=bool) for name in DEFECT_NAMES}
         per_layer: dict[str, list[Any]] = {name: [] for name in DEFECT_NAMES}
         for cls, name in _DEFECTS.items():
-            if f"{MASKS}/{cls}" not in f:
+            if not sources.get(cls):
                 continue
 
             def seen(k: int, m: np.ndarray, parts_k: np.ndarray | None, cls: int = cls, name: str = name) -> None:
@@ -325,7 +326,7 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
         facts = {
             "record": str(path),
             "layers": len(layers),
-            "layers_in_file": int(f[IMAGES].shape[0]),
+            "layers_in_file": int(f[images].shape[0]),
             "mm_per_px": cal.mm_px,
             "layer_thickness_mm": cal.dz,
             "voxel_mm3": cal.voxel_mm3,
@@ -352,13 +353,16 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
 
 
 def _thumbnail(f: h5py.File, layer: int) -> str:
-    gray = np.asarray(f[IMAGES][layer])
+    gray = np.asarray(f[images_path(f)][layer])
+    if gray.dtype.kind == "f":  # a Peregrine file's float frames
+        top = max(float(np.nanmax(gray, initial=0.0)), 1e-6)
+        gray = np.round(np.clip(np.nan_to_num(gray) / top, 0, 1) * 255).astype(np.uint8)
     gray = gray if gray.dtype == np.uint8 else (gray // 256).astype(np.uint8)
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     for cls in (LayerClass.PART, *DEFECT_CLASSES):
         color = CLASS_BGR[cls]
-        if f"{MASKS}/{cls}" in f:
-            sel = np.asarray(f[f"{MASKS}/{cls}"][layer]).astype(bool)
+        if class_sources(f).get(cls):
+            sel = layer_class(f, cls, layer)
             bgr[sel] = (0.45 * bgr[sel] + 0.55 * np.array(color)).astype(np.uint8)
     small = cv2.resize(bgr, (160, round(160 * bgr.shape[0] / bgr.shape[1])), interpolation=cv2.INTER_AREA)
     return "data:image/png;base64," + base64.b64encode(cv2.imencode(".png", small)[1].tobytes()).decode()

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from monitor.policy import watched_class
-from monitor.record import RecordReader, open_build_file
+from monitor.record import RecordReader, images_path, open_build_file
 from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, NUM_CLASSES
 from segmentation.metrics import confusion, scores
@@ -89,7 +89,7 @@ def _truth_iou(run: Run, truth: h5py.File) -> dict[str, float]:
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     with RecordReader(run.path) as r:
         for k in run.layers:
-            if k >= truth["slices/camera_data/0"].shape[0]:
+            if k >= truth[images_path(truth)].shape[0]:
                 continue
             cm += confusion(truth_mask(truth, k), r.mask(k))
     return {s.name: s.iou for s in scores(cm)}

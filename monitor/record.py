@@ -40,6 +40,9 @@ from printer_io.vocabulary import Severity
 from segmentation.imageio import DEFAULT_MAX_PIXELS
 
 __all__ = [
+    "IMAGES",
+    "LEGACY_IMAGES",
+    "PEREGRINE_CLASSES",
     "READABLE_SCHEMAS",
     "SCHEMA_VERSION",
     "BuildRecord",
@@ -47,6 +50,10 @@ __all__ = [
     "RecordReader",
     "check_layout",
     "check_record",
+    "class_mask",
+    "class_sources",
+    "images_path",
+    "layer_class",
     "recover",
     "set_attrs",
     "write_truth_build",
@@ -54,12 +61,25 @@ __all__ = [
 
 # 2: the append-only tables hold fixed-length UTF-8 strings (HDF5's SWMR cannot write variable-length
 # data: readers of a live record failed once actions and events were written). Schema 1 still reads.
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
-IMAGES = "slices/camera_data/0"
+# 3: the layer images at Peregrine's own path (/slices/camera_data/visible/0, where DREAM3D-NX's reader
+# looks), /slices/sample_ids, the class names on /slices/segmentation_results. Schema 2 is still continued.
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
+WRITABLE_SCHEMAS = (2, 3)
+IMAGES = "slices/camera_data/visible/0"
+LEGACY_IMAGES = "slices/camera_data/0"  # schemas 1 and 2
+# Peregrine's after-recoat image. DREAM3D-NX's reader requires it beside visible/0 (same shape): it grows with
+# the layers and holds zeros (unwritten chunks: no space) where the machine gives no second image
+RECOAT_IMAGES = "slices/camera_data/visible/1"
+SAMPLE_IDS = "slices/sample_ids"
 MASKS = "slices/segmentation_results"
 PART_IDS = "slices/part_ids"
 LW = "layerwatch"
+
+
+def images_path(f: h5py.File) -> str:
+    """Where a build file keeps its layer images: Peregrine's path, or the one of records before schema 3."""
+    return LEGACY_IMAGES if IMAGES not in f and LEGACY_IMAGES in f else IMAGES
 
 
 def _s(n: int) -> np.dtype:
@@ -155,7 +175,8 @@ class BuildRecord:
         self._n_classes = len(file.attrs["layerwatch/class_names"])
         self.metric_names = tuple(json.loads(file.attrs["layerwatch/metric_names"]))
         self.part_metric_names = tuple(json.loads(file.attrs["layerwatch/part_metric_names"]))
-        self.height, self.width = file[IMAGES].shape[1:]
+        self._images = images_path(file)
+        self.height, self.width = file[self._images].shape[1:]
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -180,9 +201,15 @@ class BuildRecord:
         level = spec.compression_level
         gzip: dict[str, Any] = {"compression": "gzip", "compression_opts": level, "shuffle": True} if level else {}
         f.create_dataset(IMAGES, (0, h, w), maxshape=(None, h, w), dtype=spec.dtype, chunks=(1, h, w), **gzip)
+        f.create_dataset(
+            RECOAT_IMAGES, (0, h, w), maxshape=(None, h, w), dtype=spec.dtype, chunks=(1, h, w), fillvalue=0, **gzip
+        )
         for cid in range(len(spec.class_names)):
             f.create_dataset(f"{MASKS}/{cid}", (0, h, w), maxshape=(None, h, w), dtype="u1", chunks=(1, h, w), **gzip)
+        f[MASKS].attrs["class_names"] = list(spec.class_names)  # where Peregrine files name their classes
         f.create_dataset(PART_IDS, (0, h, w), maxshape=(None, h, w), dtype="u4", chunks=(1, h, w), **gzip)
+        # the parts as the printer knows them (its object ids), where its frames carry them; 0 elsewhere
+        f.create_dataset(SAMPLE_IDS, (0, h, w), maxshape=(None, h, w), dtype="u4", chunks=(1, h, w), **gzip)
         g = f.create_group(LW)
         g.create_dataset("layers", (0,), maxshape=(None,), dtype=LAYER_DTYPE, chunks=(256,))
         metric_dtype = np.dtype([(n, "f8") for n in spec.metric_names])
@@ -232,7 +259,7 @@ class BuildRecord:
             recover(path)
             f = h5py.File(path, "r+", libver=("v110", "v110"))
         schema = f.attrs.get("layerwatch/schema_version")
-        if schema != SCHEMA_VERSION:
+        if schema not in WRITABLE_SCHEMAS:
             f.close()
             if schema in READABLE_SCHEMAS:
                 raise RecordError(
@@ -243,7 +270,7 @@ class BuildRecord:
         f[f"{LW}/state"][()] = np.bytes_("writing".ljust(16))
         _create_tables(f[LW], {k: v for k, v in OPTIONAL_TABLES.items() if k not in f[LW]})
         if ILLUMINATION not in f[LW]:
-            _create_illumination(f[LW], *f[IMAGES].shape[1:])
+            _create_illumination(f[LW], *f[images_path(f)].shape[1:])
         f.swmr_mode = True
         return cls(path, f, fsync)
 
@@ -303,6 +330,7 @@ class BuildRecord:
         mask: np.ndarray,
         part_ids: np.ndarray | None,
         metrics: Mapping[str, float],
+        sample_ids: np.ndarray | None = None,
         part_metrics: Sequence[Mapping[str, float]] = (),
         captured_at: float = 0.0,
         quality: Mapping[str, float | bool] | None = None,
@@ -311,7 +339,8 @@ class BuildRecord:
     ) -> None:
         """Store layer ``layer`` (row ``layer`` of every slice dataset); stored once this returns.
 
-        ``image`` (H, W) gray; ``mask`` (H, W) uint8 class ids; ``part_ids`` (H, W) uint32 or None.
+        ``image`` (H, W) gray; ``mask`` (H, W) uint8 class ids; ``part_ids`` (H, W) uint32 or None;
+        ``sample_ids`` (H, W) uint32, the printer's own part ids where its frames carry them, or None.
         Layers may arrive out of order: a late one fills its row. Rows of missing layers stay unstored.
         """
         if image.shape != (self.height, self.width) or mask.shape != image.shape:
@@ -320,12 +349,15 @@ class BuildRecord:
                 f"{self.width}x{self.height}"
             )
         f = self._f
-        n = max(f[IMAGES].shape[0], layer + 1)
-        slices = [f[IMAGES], f[PART_IDS]] + [f[f"{MASKS}/{c}"] for c in range(self._n_classes)]
+        n = max(f[self._images].shape[0], layer + 1)
+        slices = [f[self._images], f[PART_IDS]] + [f[f"{MASKS}/{c}"] for c in range(self._n_classes)]
+        slices += [f[name] for name in (SAMPLE_IDS, RECOAT_IMAGES) if name in f]
         for d in slices:
             if d.shape[0] < n:
                 d.resize(n, axis=0)
-        f[IMAGES][layer] = image
+        f[self._images][layer] = image
+        if SAMPLE_IDS in f:
+            f[SAMPLE_IDS][layer] = sample_ids if sample_ids is not None else 0
         for c in range(self._n_classes):
             f[f"{MASKS}/{c}"][layer] = (mask == c).view(np.uint8)
         f[PART_IDS][layer] = part_ids if part_ids is not None else 0
@@ -492,7 +524,7 @@ def check_layout(f: h5py.File, path: Path) -> None:
     f.visititems(visit)
     frame: tuple[int, ...] | None = None
     if "slices" in f:
-        for name in (IMAGES, "slices/camera_data/visible/0", PART_IDS):
+        for name in (IMAGES, LEGACY_IMAGES, RECOAT_IMAGES, PART_IDS, SAMPLE_IDS):
             if name in f:
                 obj = f[name]
                 if not isinstance(obj, h5py.Dataset) or obj.ndim != 3:
@@ -545,7 +577,7 @@ def check_layout(f: h5py.File, path: Path) -> None:
         raise bad(f"attributes: {err}") from None
     if not 2 <= len(names) <= 32:
         raise bad(f"{len(names)} class names")
-    for name in (IMAGES, PART_IDS, *(f"{MASKS}/{c}" for c in range(len(names)))):
+    for name in (images_path(f), PART_IDS, *(f"{MASKS}/{c}" for c in range(len(names)))):
         if name not in f:
             raise bad(f"/{name} is missing")
     tables: list[tuple[str, tuple[str, ...]]] = [("layers", ("stored", "z_mm", "judged", "severity"))]
@@ -592,12 +624,55 @@ def open_build_file(path: Path) -> h5py.File:
     return f
 
 
+# ORNL Peregrine's 12 classes (the numbering of its /slices/segmentation_results/<id>) onto ours. Peregrine
+# judges the powder bed, we judge parts: spreading anomalies are powder here (not a part defect), swelling and
+# super-elevation (material standing above the layer) are warping, debris and spatter (soot) are spatter,
+# over- and under-melting (keyhole and lack-of-fusion) are porosity, a misprint is part. docs/record.md.
+PEREGRINE_CLASSES = (
+    "Powder", "Printed", "Recoater Hopping", "Recoater Streaking", "Incomplete Spreading", "Swelling", "Debris",
+    "Super-Elevation", "Spatter", "Misprint", "Over Melting", "Under Melting",
+)  # fmt: skip
+PEREGRINE_TO_OURS = (0, 1, 0, 0, 0, 4, 3, 4, 3, 1, 2, 2)
+
+
+def _class_map(f: h5py.File) -> dict[int, int]:
+    """Each mask id of the file -> our class id: ours as they are; a Peregrine file's 12 classes mapped."""
+    ids = sorted(int(k) for k in f[MASKS] if k.isdigit())
+    named = f[MASKS].attrs.get("class_names")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in named] if named is not None else []
+    peregrine = names[:2] == list(PEREGRINE_CLASSES[:2]) or (not names and ids and max(ids) >= 5)
+    if peregrine and f.attrs.get("layerwatch/schema_version") is None:
+        lookup = {n.lower(): PEREGRINE_TO_OURS[i] for i, n in enumerate(PEREGRINE_CLASSES)}
+        if names:
+            return {i: lookup.get(names[i].lower(), 0) for i in ids if i < len(names)}
+        return {i: PEREGRINE_TO_OURS[i] for i in ids if i < len(PEREGRINE_TO_OURS)}
+    return {i: i for i in ids}
+
+
+def class_sources(f: h5py.File) -> dict[int, list[int]]:
+    """Our class id -> the file's mask ids that make it (one each in our files; several in a Peregrine file)."""
+    out: dict[int, list[int]] = {}
+    for source, ours in _class_map(f).items():
+        out.setdefault(ours, []).append(source)
+    return out
+
+
+def layer_class(f: h5py.File, cls: int, layer: int) -> np.ndarray:
+    """(H, W) bool: where ``layer`` is of our class ``cls`` in a build file (ours, or a Peregrine file's)."""
+    out = np.zeros(f[images_path(f)].shape[1:], dtype=bool)
+    for source in class_sources(f).get(cls, []):
+        out |= np.asarray(f[f"{MASKS}/{source}"][layer]).astype(bool)
+    return out
+
+
 def class_mask(f: h5py.File, layer: int) -> np.ndarray:
-    """(H, W) uint8 class ids of ``layer``, from the build file's per-class masks."""
-    out = np.zeros(f[IMAGES].shape[1:], dtype=np.uint8)
-    for c in sorted(int(k) for k in f[MASKS] if k.isdigit()):
-        if c:
-            out[np.asarray(f[f"{MASKS}/{c}"][layer]).astype(bool)] = c
+    """(H, W) uint8 class ids of ``layer`` (ours), from the build file's per-class masks; where masks overlap,
+    the higher of our ids wins (a defect over the part it is on)."""
+    out = np.zeros(f[images_path(f)].shape[1:], dtype=np.uint8)
+    mapping = _class_map(f)
+    for source, ours in sorted(mapping.items(), key=lambda kv: kv[1]):
+        if ours:
+            out[np.asarray(f[f"{MASKS}/{source}"][layer]).astype(bool)] = ours
     return out
 
 
@@ -618,6 +693,7 @@ class RecordReader:
         except RecordError:
             self._f.close()
             raise
+        self._images = images_path(self._f)
 
     def close(self) -> None:
         self._f.close()
@@ -653,7 +729,7 @@ class RecordReader:
     @property
     def frame_size(self) -> tuple[int, int]:
         """(height, width) of the frames, px."""
-        h, w = self._f[IMAGES].shape[1:]
+        h, w = self._f[self._images].shape[1:]
         return int(h), int(w)
 
     def json_attr(self, name: str) -> Any:
@@ -667,7 +743,7 @@ class RecordReader:
         return np.asarray(self._f[f"{LW}/layers"][:])
 
     def _slices(self) -> list[str]:
-        return [IMAGES, PART_IDS, *(f"{MASKS}/{c}" for c in range(len(self.class_names)))]
+        return [self._images, PART_IDS, *(f"{MASKS}/{c}" for c in range(len(self.class_names)))]
 
     def stored_layers(self) -> np.ndarray:
         """Layers stored and visible to this reader. Under SWMR each dataset is refreshed on its own, so a
@@ -688,11 +764,11 @@ class RecordReader:
         return np.asarray(d[layer])
 
     def image(self, layer: int) -> np.ndarray:
-        return self._slice(IMAGES, layer)
+        return self._slice(self._images, layer)
 
     def mask(self, layer: int) -> np.ndarray:
         """(H, W) uint8 class ids, rebuilt from the per-class masks."""
-        out = np.zeros(self._f[IMAGES].shape[1:], dtype=np.uint8)
+        out = np.zeros(self.frame_size, dtype=np.uint8)
         for c in range(1, len(self.class_names)):
             out[self._slice(f"{MASKS}/{c}", layer).astype(bool)] = c
         return out
@@ -804,6 +880,7 @@ def write_truth_build(
         stack = np.stack(masks)
         for cid in range(len(class_names)):
             f.create_dataset(f"{MASKS}/{cid}", data=(stack == cid).astype(np.uint8), chunks=(1, h, w), **gzip)
+        f[MASKS].attrs["class_names"] = list(class_names)
         f.attrs["printer/x_real_dimension"] = w * mm_per_px
         f.attrs["printer/y_real_dimension"] = h * mm_per_px
         f.attrs["printer/x_camera_dimension"] = w
@@ -842,22 +919,23 @@ def check_record(path: Path) -> list[str]:
             problems.append(
                 f"schema version {f.attrs.get('layerwatch/schema_version')} is not one of {READABLE_SCHEMAS}"
             )
-        required = [IMAGES, PART_IDS] + [f"{MASKS}/{c}" for c in range(len(reader.class_names))]
+        images = images_path(f)
+        required = [images, PART_IDS] + [f"{MASKS}/{c}" for c in range(len(reader.class_names))]
         required += [f"{LW}/{n}" for n in ("layers", "metrics", "part_metrics", "state", *TABLES)]
         for name in required:
             if name not in f:
                 problems.append(f"missing dataset /{name}")
         if any(p.startswith("missing") for p in problems):
             return problems
-        z, h, w = f[IMAGES].shape
+        z, h, w = f[images].shape
         if (w, h) != (f.attrs["printer/x_camera_dimension"], f.attrs["printer/y_camera_dimension"]):
-            problems.append(f"/{IMAGES} is {w}x{h} px but the camera attributes say otherwise")
+            problems.append(f"/{images} is {w}x{h} px but the camera attributes say otherwise")
         for name in [PART_IDS] + [f"{MASKS}/{c}" for c in range(len(reader.class_names))]:
             if f[name].shape[1:] != (h, w):
                 problems.append(f"/{name} has frame shape {f[name].shape[1:]}, expected {(h, w)}")
         stored = reader.stored_layers()
         if stored.size and stored.max() >= z:
-            problems.append(f"layer {int(stored.max())} is marked stored but /{IMAGES} has only {z} slices")
+            problems.append(f"layer {int(stored.max())} is marked stored but /{images} has only {z} slices")
     return problems
 
 

@@ -7,8 +7,9 @@ record was made with; the run writes a new record that names the one it replays.
 
 Accepted inputs: records of ``monitor`` and ``demo``, simulated builds with ground truth
 (``layerwatch synth --build --record``), and build files in the plain Peregrine layout from other
-tools (``/slices/camera_data/0`` and the calibration attributes; ``/slices/segmentation_results/<id>``
-is read as ground truth when the file says so or is not a LayerWatch record).
+tools and ORNL Peregrine's own files (``/slices/camera_data/visible/0``, or ``/slices/camera_data/0`` of
+older records, and the calibration attributes; ``/slices/segmentation_results/<id>`` is read as ground
+truth when the file says so or is not a LayerWatch record, a Peregrine file's 12 classes mapped onto ours).
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ import h5py
 import numpy as np
 
 from monitor.config import Config, MonitorSection, PolicySection, PrinterSection
-from monitor.record import IMAGES, MASKS, READABLE_SCHEMAS, RecordError, class_mask, open_build_file, set_attrs
+from monitor.record import (
+    MASKS,
+    READABLE_SCHEMAS,
+    RecordError,
+    class_mask,
+    images_path,
+    open_build_file,
+    set_attrs,
+)
 from monitor.service import MonitorService
 from printer_io.bus import BusLink, Link, MessageBus, open_link
 from printer_io.errors import MqttError
@@ -65,7 +74,15 @@ class ReplaySource:
     _file: Any = field(repr=False, default=None)
 
     def image(self, layer: int) -> np.ndarray:
-        return np.asarray(self._file[IMAGES][layer])
+        """The layer's frame as a camera gives it: uint8 or uint16 (a Peregrine file's float images, in [0, 1]
+        or in counts, become 16-bit)."""
+        image = np.asarray(self._file[images_path(self._file)][layer])
+        if image.dtype.kind == "f":
+            top = 1.0 if float(np.nanmax(image, initial=0.0)) <= 1.0 else 65535.0
+            image = np.round(np.clip(np.nan_to_num(image) / top, 0, 1) * 65535).astype(np.uint16)
+        elif image.dtype not in (np.uint8, np.uint16):
+            image = np.clip(image, 0, 65535).astype(np.uint16)
+        return image
 
     def truth(self, layer: int) -> np.ndarray | None:
         """(H, W) uint8 class ids of the ground truth, or None."""
@@ -93,8 +110,9 @@ def _open_h5(path: Path) -> h5py.File:
 def open_source(path: Path, *, skip_missing: bool = False) -> ReplaySource:
     f = _open_h5(path)
     try:
-        if IMAGES not in f:
-            raise ReplayError(f"{path} has no /{IMAGES}: not a build file in the Peregrine layout")
+        images = images_path(f)
+        if images not in f:
+            raise ReplayError(f"{path} has no /{images}: not a build file in the Peregrine layout")
         a = f.attrs
         schema = a.get("layerwatch/schema_version")
         if schema is not None and schema not in READABLE_SCHEMAS:
@@ -105,7 +123,7 @@ def open_source(path: Path, *, skip_missing: bool = False) -> ReplaySource:
         for attr in ("printer/x_real_dimension", "printer/x_camera_dimension"):
             if attr not in a:
                 raise ReplayError(f"{path} lacks the calibration attribute {attr}: the scale in mm is unknown")
-        z, h, w = f[IMAGES].shape
+        z, h, w = f[images].shape
         mm_per_px = float(a["printer/x_real_dimension"]) / float(a["printer/x_camera_dimension"])
         thickness = float(a.get("material/layer_thickness", 0.04))
         kind = "record" if schema is not None else ("truth" if a.get("layerwatch/ground_truth") else "peregrine")

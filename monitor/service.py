@@ -126,6 +126,7 @@ class LayerOutcome:
     severity: Severity
     printer: PrinterStatus | None  # the printer's state when the layer was judged
     timings_ms: dict[str, float]
+    given_part_ids: np.ndarray | None = None  # the parts as the camera's printer knows them (its object ids)
 
 
 @dataclass
@@ -705,6 +706,7 @@ class PrinterMonitor:
             severity=Severity.worst(h.rule.severity for h in hits),
             printer=state,
             timings_ms={"segment": segment_ms, "metrics": metrics_ms},
+            given_part_ids=part_ids,
         )
 
     def _watch_drift(self, layer: int, gray: np.ndarray, mask: np.ndarray, roi: np.ndarray | None, ood: float) -> None:
@@ -733,6 +735,7 @@ class PrinterMonitor:
             image=gray,
             mask=outcome.mask,
             part_ids=m.part_ids,
+            sample_ids=outcome.given_part_ids,
             metrics=m.values,
             part_metrics=[{"layer": layer, **p} for p in m.parts],
             captured_at=meta.captured_at,

@@ -3,7 +3,7 @@
 Sources sit behind one small interface (:class:`FrameSource`) and are picked by name from :data:`SOURCES`:
 ``opencv`` (USB index, RTSP/HTTP URL or a video file through ``cv2.VideoCapture``), ``folder`` (one image
 per layer, sorted by name), ``record`` (the camera images of a recorded HDF5 build,
-``/slices/camera_data/0``). The monitor package registers ``simulator`` (the layer simulator) on top.
+``/slices/camera_data/visible/0``). The monitor package registers ``simulator`` (the layer simulator) on top.
 """
 
 from __future__ import annotations
@@ -122,14 +122,16 @@ class FolderSource:
 
 
 class RecordSource:
-    """The camera images of a recorded build (HDF5, Peregrine layout ``/slices/camera_data/0``, Z × Y × X)."""
+    """The camera images of a recorded build (HDF5, Peregrine layout ``/slices/camera_data/visible/0``, or
+    ``/slices/camera_data/0`` of records before schema 3; Z × Y × X)."""
 
     name = "record"
-    DATASET = "slices/camera_data/0"
+    DATASETS = ("slices/camera_data/visible/0", "slices/camera_data/0")
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file: Any = None
+        self._dataset = ""
 
     def open(self) -> None:
         import h5py
@@ -138,14 +140,15 @@ class RecordSource:
             self._file = h5py.File(self.path, "r", locking=False)
         except OSError as err:
             raise ConfigError(f"build record {self.path} cannot be opened as HDF5: {err}") from err
-        if self.DATASET not in self._file:
+        self._dataset = next((d for d in self.DATASETS if d in self._file), "")
+        if not self._dataset:
             self.close()
-            raise ConfigError(f"build record {self.path} has no /{self.DATASET} dataset")
+            raise ConfigError(f"build record {self.path} has no /{self.DATASETS[0]} dataset")
 
     def grab(self, event: LayerEvent) -> np.ndarray:
         if self._file is None:
             self.open()
-        data = self._file[self.DATASET]
+        data = self._file[self._dataset]
         data.refresh() if hasattr(data, "refresh") else None
         if event.layer >= data.shape[0]:
             raise CaptureError(f"build record {self.path} has {data.shape[0]} layers, none for layer {event.layer}")

@@ -106,7 +106,11 @@ def crafted_records(base: Path, out: Path) -> dict[str, Path]:
         del f[name]
         f.create_dataset(name, **kwargs)
 
-    images, masks, lw = "slices/camera_data/0", "slices/segmentation_results", "layerwatch"
+    from monitor.record import images_path
+
+    with h5py.File(base, "r") as f:
+        images = images_path(f)  # Peregrine's path, or the one of an older record
+    masks, lw = "slices/segmentation_results", "layerwatch"
     variant("huge-frames", lambda f: replace(f, images, shape=(4, 100_000, 100_000), dtype="u1", chunks=(1, 64, 64)))
     variant("huge-contiguous", lambda f: replace(f, images, shape=(2, 60_000, 60_000), dtype="u2"))
     variant("huge-mask", lambda f: replace(f, f"{masks}/2", shape=(2, 90_000, 90_000), dtype="u1", chunks=(1, 8, 8)))

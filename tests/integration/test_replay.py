@@ -120,7 +120,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
         f["data"] = np.zeros(3)
-    _refused([str(foreign)], out, "has no /slices/camera_data/0")
+    _refused([str(foreign)], out, "has no /slices/camera_data/visible/0")
     old = tmp_path / "old.h5"
     shutil.copy(SAMPLE, old)
     with h5py.File(old, "r+") as f:

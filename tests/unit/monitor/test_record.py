@@ -56,11 +56,13 @@ def test_layout_attributes_and_round_trip(tmp_path: Path) -> None:
         rec.add_telemetry(2, "printing", 0.12, 100.0, None)
     assert check_record(path) == []
     with h5py.File(path, "r") as f:  # stock h5py, no SWMR flag: the writer closed cleanly
-        assert f["slices/camera_data/0"].shape == (3, 64, 80)
+        assert f["slices/camera_data/visible/0"].shape == (3, 64, 80)  # where Peregrine's readers look
+        assert f["slices/sample_ids"].shape == (3, 64, 80) and f["slices/sample_ids"].dtype == np.uint32
+        assert list(f["slices/segmentation_results"].attrs["class_names"]) == list(CLASSES)
         assert f["slices/segmentation_results/4"].dtype == np.uint8
         assert f.attrs["printer/x_real_dimension"] == pytest.approx(8.0)
         assert f.attrs["material/layer_thickness"] == pytest.approx(0.04)
-        assert f["slices/camera_data/0"].compression == "gzip"
+        assert f["slices/camera_data/visible/0"].compression == "gzip"
     with RecordReader(path) as r:
         assert list(r.stored_layers()) == [0, 1, 2]
         image, mask, parts = layer_data(1)

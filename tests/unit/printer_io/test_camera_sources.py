@@ -38,11 +38,12 @@ def test_folder_source_refuses_missing_or_empty_folders(tmp_path: Path) -> None:
         FolderSource(tmp_path).open()
 
 
-def test_record_source_reads_the_peregrine_camera_dataset(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dataset", ["slices/camera_data/visible/0", "slices/camera_data/0"])
+def test_record_source_reads_the_peregrine_camera_dataset(tmp_path: Path, dataset: str) -> None:
     path = tmp_path / "build.h5"
     frames = np.stack([np.full((6, 7), i * 1000, np.uint16) for i in range(4)])
-    with h5py.File(path, "w") as f:
-        f.create_dataset("slices/camera_data/0", data=frames, maxshape=(None, 6, 7))
+    with h5py.File(path, "w") as f:  # Peregrine's path, and the one of records before schema 3
+        f.create_dataset(dataset, data=frames, maxshape=(None, 6, 7))
     src = RecordSource(path)
     src.open()
     got = src.grab(_event(2))
@@ -60,7 +61,7 @@ def test_record_source_refuses_files_that_are_not_records(tmp_path: Path) -> Non
     empty = tmp_path / "empty.h5"
     with h5py.File(empty, "w"):
         pass
-    with pytest.raises(ConfigError, match="no /slices/camera_data/0"):
+    with pytest.raises(ConfigError, match="no /slices/camera_data/visible/0"):
         RecordSource(empty).open()
 
 
