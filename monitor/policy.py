@@ -24,10 +24,11 @@ from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES
 from monitor.settings import ConfigFileError, section
 from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, LayerClass
+from segmentation.resources import data_dir
 
 __all__ = ["DEFAULT_POLICY", "Policy", "PolicyEngine", "Rule", "RuleHit", "Severity", "load_policy", "watched_class"]
 
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "data" / "config" / "policy.toml"
+DEFAULT_POLICY = data_dir() / "config" / "policy.toml"
 
 
 def watched_class(metric: str) -> LayerClass | None:

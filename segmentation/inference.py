@@ -28,6 +28,7 @@ from segmentation.geometry import warping_geometry
 from segmentation.imageio import DEFAULT_MAX_PIXELS
 from segmentation.ood import hesitation
 from segmentation.preprocess import flat_field, model_input, to_gray_float
+from segmentation.resources import data_dir
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -44,7 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The shipped model, inside the repository's data folder.
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "models" / "layerwatch-unet.pt"
+DEFAULT_MODEL = data_dir() / "models" / "layerwatch-unet.pt"
 
 
 class Engine(Protocol):

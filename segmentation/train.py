@@ -38,6 +38,7 @@ from segmentation.classes import CLASS_LOSS_WEIGHTS, CLASS_NAMES, DEFECT_CLASSES
 from segmentation.metrics import Evaluation, scores
 from segmentation.model import ARCHITECTURES, DEFAULT_ARCH, create_model, save_checkpoint
 from segmentation.preprocess import model_input, to_gray_float
+from segmentation.resources import data_dir
 from segmentation.simulator import SimBuild, simulate_dataset, simulate_scenarios
 
 __all__ = [
@@ -63,7 +64,7 @@ LARGE_SEED_STREAM = 5  # layers rendered at ``large_frame`` px: parts and lighti
 LARGE_VAL_SEED_STREAM = 6
 
 #: The licensed real frames shipped for training (train rows of the fixed split only).
-DEFAULT_REAL_DIR = Path(__file__).resolve().parent.parent / "data" / "realdata"
+DEFAULT_REAL_DIR = data_dir() / "realdata"  # in a checkout; a wheel does not carry training data
 
 _NO_DEFECT_WEIGHT = 1.0
 
