@@ -22,6 +22,7 @@ from printer_io.errors import ConfigError
 from printer_io.mqtt import MqttConfig
 from printer_io.printer import backend_options, backends
 from printer_io.topics import validate_printer_id
+from printer_io.vocabulary import Severity
 from segmentation.imageio import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -148,6 +149,33 @@ class SecuritySection(_Section):
     signature_window_s: float = Field(default=120.0, ge=5, le=3600)
 
 
+class NotificationRoute(_Section):
+    """``[[notifications.routes]]``: where a printer's actions are told, from which severity on.
+
+    Apprise URLs (Telegram, Discord, e-mail, Slack, Pushover, ntfy, a webhook: ``json://host/path``...) hold
+    tokens: they come from a file (``urls_file``, one a line, ``#`` comments) or an environment variable
+    (``urls_env``, separated by spaces or lines), never from this config, which every record keeps."""
+
+    urls_file: Path | None = None
+    urls_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")
+    printers: tuple[str, ...] = ("*",)
+    min_severity: Severity = Severity.WARNING
+    actions: tuple[str, ...] = ("pause", "cancel", "notify", "gcode", "exclude_object")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NotificationRoute:
+        if (self.urls_file is None) == (self.urls_env is None):
+            raise ValueError("give exactly one of urls_file or urls_env (the Apprise URLs hold secrets)")
+        return self
+
+
+class NotificationsSection(_Section):
+    # where the dashboard is, for the link to the layer in each notification (e.g. "http://farm:8050")
+    dashboard_url: str | None = Field(default=None, pattern=r"^https?://[^\s]{1,200}$")
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    routes: tuple[NotificationRoute, ...] = ()
+
+
 class PolicySection(_Section):
     file: Path | None = None
     rules: tuple[Rule, ...] = ()
@@ -160,6 +188,7 @@ class Config(_Section):
     controller: ControllerLimits = ControllerLimits()
     policy: PolicySection = PolicySection()
     security: SecuritySection = SecuritySection()
+    notifications: NotificationsSection = NotificationsSection()
     source: Path | None = None
 
     def operators_file(self) -> Path | None:
@@ -188,7 +217,7 @@ class Config(_Section):
         return self.model_dump(mode="json", exclude={"source"})
 
 
-SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy", "security")
+SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy", "security", "notifications")
 
 
 def load_config(path: Path | None) -> Config:
@@ -208,7 +237,7 @@ def load_config(path: Path | None) -> Config:
     parts: dict[str, Any] = {"source": path}
     models: dict[str, type[BaseModel]] = {
         "mqtt": MqttConfig, "monitor": MonitorSection, "controller": ControllerLimits, "policy": PolicySection,
-        "security": SecuritySection,
+        "security": SecuritySection, "notifications": NotificationsSection,
     }  # fmt: skip
     for name, model in models.items():
         if name in data:

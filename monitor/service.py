@@ -362,6 +362,10 @@ class PrinterMonitor:
                 return path.name
         raise PayloadError(f"no build of printer {self.printer_id} {what}", "incident")
 
+    def emit_notify_failure(self, why: str) -> None:
+        layer = self.build.last_layer if self.build is not None else 0
+        self._emit_event("warning", "notify_failed", why, max(layer, 0))
+
     def _refuse(self, msg: ActionMessage, why: str) -> None:
         """A request that did not prove who sent it: not carried out, counted, said in the record and answered."""
         self.counters["refused_requests"] += 1
@@ -587,7 +591,21 @@ class PrinterMonitor:
         outcome = self._judge(build, meta, gray, part_ids)
         record_ms = self._store(build, meta, gray, outcome)
         self._publish_result(build, meta, outcome, received, {"decode": decode_ms, "record": record_ms})
+        self._notify(build, gray, outcome)
         self._shadow(build, meta.layer, gray, part_ids, outcome)
+
+    def _notify(self, build: Build, gray: np.ndarray, outcome: LayerOutcome) -> None:
+        """Tell people of the actions taken on this layer ([notifications]), off the layer's path."""
+        notifier = self.service.notifier
+        if notifier is None:
+            return
+        from monitor.notify import Notice, evidence_png
+
+        evidence = b""
+        for action in outcome.actions:
+            if action.state == ActionState.REQUESTED and notifier.wants(self.printer_id, action):
+                evidence = evidence or evidence_png(gray, outcome.mask)
+                notifier.submit(Notice(self.printer_id, action, evidence, build.record.path.name, action.time))
 
     def _shadow(
         self, build: Build, layer: int, gray: np.ndarray, part_ids: np.ndarray | None, outcome: LayerOutcome
@@ -1118,6 +1136,7 @@ class MonitorService:
         self.model_sha256 = ""
         self._store_stamp = 0.0
         self.shadow: Any = None  # the candidate run beside the model in use ([monitor] shadow_model)
+        self.notifier: Any = None  # monitor.notify.Notifier, where [notifications] has routes
         self.shadow_id = ""
         self.shadow_sha256 = ""
         self._stop = threading.Event()
@@ -1189,6 +1208,15 @@ class MonitorService:
             return self  # already started (``with MonitorService(...).start():``)
         cfg = self.config
         self.segmenter, self.model_id, self.model_sha256 = self._load_model()
+        if cfg.notifications.routes:
+            from monitor.notify import Notifier
+
+            def failed(printer: str, why: str) -> None:
+                pm = self.monitors.get(printer)
+                if pm is not None:
+                    pm.emit_notify_failure(why)
+
+            self.notifier = Notifier(cfg.notifications, cfg.source, failed)
         if cfg.monitor.shadow_model is not None:
             self.shadow, self.shadow_id, self.shadow_sha256 = self._load_model(cfg.monitor.shadow_model)
             log.info("monitor: shadow model %s runs beside %s, acting on nothing", self.shadow_id, self.model_id)
@@ -1275,6 +1303,8 @@ class MonitorService:
             pm.controller.close()
             if pm.printer is not None and pm.printer_id not in self._given:
                 pm.printer.close()
+        if self.notifier is not None:
+            self.notifier.close()
         for segmenter in (self.segmenter, self.shadow):
             if segmenter is not None:
                 segmenter.close()
