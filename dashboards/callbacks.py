@@ -7,7 +7,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dashboards.render import DISPLAY_PX, event_log, label_canvas, overlay_png, printer_view, trend_figure
+from dashboards.render import (
+    DISPLAY_PX,
+    event_log,
+    farm_table,
+    label_canvas,
+    overlay_png,
+    printer_view,
+    trend_figure,
+)
 from dashboards.state import (
     ControlLink,
     DashboardOptions,
@@ -101,6 +109,32 @@ def register(
         if services is not None:
             printer += services.describe(str(r.attrs.get("layerwatch/printer", "")))
         return last, value, f"{len(stored)} layers stored, record {live}{printer}"
+
+    @app.callback(Output("farm", "children"), Input("farm-tick", "n_intervals"))
+    def farm(_: int | None) -> Any:
+        """Every printer at a glance, each row a link to its newest build."""
+        return farm_table(records.farm(services))
+
+    @app.callback(
+        Output("record", "value", allow_duplicate=True),
+        Output("layer", "value", allow_duplicate=True),
+        Output("follow", "value", allow_duplicate=True),
+        Input("url", "search"),
+        prevent_initial_call="initial_duplicate",
+    )
+    def open_link(search: str | None) -> tuple[Any, Any, Any]:
+        """``?printer=P&record=NAME[&layer=K]`` (the farm view, a notification's link): that build, that layer."""
+        import urllib.parse
+
+        query = urllib.parse.parse_qs((search or "").lstrip("?"))
+        printer, name = (query.get(k, [""])[0] for k in ("printer", "record"))
+        path = records.find(printer, name) if name else None
+        if path is None:
+            raise PreventUpdate
+        layer = query.get("layer", [""])[0]
+        if layer.isdigit():
+            return records.record_id(path), int(layer), []
+        return records.record_id(path), no_update, ["live"]
 
     @app.callback(
         Output("layer", "value", allow_duplicate=True),

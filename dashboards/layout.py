@@ -108,6 +108,13 @@ def page(opts: DashboardOptions, can_control: bool) -> Any:
     return html.Div(
         [
             html.H2(opts.title),
+            dcc.Location(id="url", refresh=False),
+            html.Details(
+                [html.Summary("Printers"), html.Div(id="farm", className="log")],
+                open=True,
+                id="farm-box",
+            ),
+            dcc.Interval(id="farm-tick", interval=2000),
             html.Div(
                 [
                     dcc.Dropdown(id="record", placeholder="build record", clearable=False, style={"width": "60%"}),

@@ -123,6 +123,44 @@ def label_canvas(
     }  # fmt: skip
 
 
+def farm_table(rows: list[dict[str, Any]]) -> Any:
+    """The farm view: one row a printer, each a link to its newest build (the page opens it)."""
+    import urllib.parse
+
+    from dash import dcc, html
+
+    if not rows:
+        return html.P("no printer has a build record yet", className="muted")
+    head = ["printer", "state", "job", "layer", "severity", "last incident", "", "services"]
+    body = []
+    for row in rows:
+        query = urllib.parse.urlencode({"printer": row["printer"], "record": row["record"]})
+        inc = row.get("incident")
+        incident = f"{inc['action']} ({inc['rule']}) at layer {inc['layer']}" if inc else "none"
+        if inc:
+            query += f"&layer={inc['layer']}"
+        severity = row.get("severity", "")
+        cells = [
+            dcc.Link(row["printer"], href=f"?{query}", className="farm-link"),
+            row.get("error") or row.get("state", ""),
+            row.get("job", ""),
+            "" if row.get("layer") is None else str(row["layer"]),
+            severity,
+            incident,
+            html.Img(src=row["thumbnail"], className="thumb") if row.get("thumbnail") else "",
+            _services(row.get("services")),
+        ]
+        body.append(html.Tr([html.Td(c) for c in cells], className=f"lvl-{severity}", id=f"farm-{row['printer']}"))
+    return html.Table([html.Tr([html.Th(h) for h in head]), *body], className="farm")
+
+
+def _services(said: str | None) -> str:
+    """The services of a printer that are offline; "online" when the broker says none is; blank without a broker."""
+    if said is None:
+        return ""
+    return said or "online"
+
+
 def printer_view(actions: list[dict[str, Any]], telemetry: list[dict[str, Any]]) -> str:
     """What the printer is doing, as the monitor knows it: its own pause, resume or cancel (who asked, at
     which layer, why, in words) when that is newer than the last state the printer reported."""

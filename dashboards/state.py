@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from monitor.record import RecordError, RecordReader
 from printer_io.messages import MAX_STROKE_POINTS, MAX_STROKES, ActionMessage, LabelStroke
-from printer_io.vocabulary import ActionKind, ActionState, Verdict
+from printer_io.vocabulary import ActionKind, ActionState, Severity, Verdict
 
 log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -80,6 +80,7 @@ class Records:
         self.opts = opts
         self._readers: dict[Path, RecordReader] = {}
         self._ids: dict[str, Path] = {}
+        self._thumbs: dict[tuple[Path, int], str] = {}
         self._lock = threading.Lock()
 
     def paths(self) -> list[Path]:
@@ -107,6 +108,55 @@ class Records:
         if path is None:
             raise RecordError(f"{str(rid)[:40]!r} is not a record of this dashboard")
         return self.allowed(path)
+
+    def newest_per_printer(self) -> dict[str, Path]:
+        """Each printer's newest record (the folder a record is in names its printer)."""
+        out: dict[str, Path] = {}
+        for p in self.paths():  # newest first
+            out.setdefault(p.parent.name if self.opts.record is None else "record", p)
+        return dict(sorted(out.items()))
+
+    def find(self, printer: str, name: str) -> Path | None:
+        """The record of ``printer`` called ``name`` (a link from a notification or the farm view)."""
+        ours = (p for p in self.paths() if p.name == name and (self.opts.record or p.parent.name == printer))
+        return next(ours, None)
+
+    def farm(self, services: ServiceStatus | None) -> list[dict[str, Any]]:
+        """Every printer at a glance, from its newest record: state, job, layer, last severity, last incident."""
+        rows = []
+        for printer, path in self.newest_per_printer().items():
+            row: dict[str, Any] = {"printer": printer, "record": path.name, "id": self.record_id(path)}
+            try:
+                r = self.reader(path)
+                stored = r.stored_layers()
+                layers = r.layers()
+                last = int(stored.max()) if len(stored) else None
+                row |= {"job": str(r.attrs.get("layerwatch/job_id", "")), "state": r.state, "layer": last}
+                if last is not None and "severity" in (layers.dtype.names or ()):
+                    row["severity"] = str(Severity.from_index(int(layers[last]["severity"])))
+                incidents = [a for a in r.table("actions") if a["incident"] and a["state"] == "requested"]
+                if incidents:
+                    a = incidents[-1]
+                    row["incident"] = {"layer": int(a["layer"]), "action": a["action"], "rule": a["rule"]}
+                    row["thumbnail"] = self._thumbnail(path, r, int(a["layer"]))
+            except (RecordError, OSError, KeyError, RuntimeError, IndexError) as err:
+                self.drop(path)
+                row["error"] = f"cannot be read right now ({err})"
+            row["services"] = services.describe(printer).lstrip("; ") if services is not None else None
+            rows.append(row)
+        return rows
+
+    def _thumbnail(self, path: Path, r: RecordReader, layer: int) -> str:
+        from dashboards.render import overlay_png
+
+        key = (path, layer)
+        if key not in self._thumbs:
+            if layer not in {int(k) for k in r.stored_layers()}:
+                return ""
+            self._thumbs[key] = overlay_png(r.image(layer), r.mask(layer), [1, 2, 3, 4], 0.55, max_px=120)
+            while len(self._thumbs) > 256:
+                self._thumbs.pop(next(iter(self._thumbs)))
+        return self._thumbs[key]
 
     def actions(self, rid: str | None) -> list[dict[str, Any]]:
         """The record's action rows; none when there is no record or it cannot be read (the status says why)."""

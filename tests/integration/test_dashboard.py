@@ -372,3 +372,23 @@ def test_an_operator_paints_labels_on_a_layer_and_they_reach_the_record(rig: Rig
     mask = cv2.imread(str(out / "masks" / f"{rig.record.stem}-00002.png"), cv2.IMREAD_UNCHANGED)
     assert mask is not None
     assert mask[100, 100] == NO_DEFECT and mask[300, 340] == 2 and mask[450, 450] == UNLABELLED
+
+
+def test_the_farm_view_shows_the_printer_and_a_link_opens_its_layer(rig: Rig) -> None:
+    from playwright.sync_api import sync_playwright
+
+    rig.publish(*range(LAYERS))
+    pause = rig.wait_pause()
+    rig.wait_result(LAYERS - 1)
+    with sync_playwright() as p:
+        browser, page = _page(p, rig.readonly.url, None)
+        _wait_text(page, "#farm", rig.pid)
+        _wait_text(page, "#farm", f"pause ({pause.rule}) at layer {pause.layer}")
+        page.wait_for_selector("#farm img.thumb", timeout=15_000)  # the incident's evidence
+        page.screenshot(path=str(ARTIFACTS / "dashboard_farm.png"), full_page=True)
+        page.click(f"#farm-{rig.pid} a")  # one click to its build, at the incident's layer
+        _wait_text(page, "#layer-info", f"layer {pause.layer} ")
+        # a notification's link: that printer's record at that layer, on a fresh page
+        page.goto(f"{rig.readonly.url}?printer={rig.pid}&record={rig.record.name}&layer=2")
+        _wait_text(page, "#layer-info", "layer 2 ")
+        browser.close()
