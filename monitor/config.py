@@ -78,6 +78,20 @@ class MonitorSection(_Section):
     ood_check: bool = True
 
 
+class CameraSection(_Section):
+    """``[printers.<id>.camera]``: the camera ``layerwatch up`` runs for this printer (``layerwatch camera``)."""
+
+    source: Literal["opencv", "folder", "record", "simulator"] = "opencv"
+    device: str = Field(default="0", max_length=512)  # opencv: index, RTSP/HTTP URL or video file
+    path: Path | None = None  # folder or record sources
+    seed: int = 20261127  # simulator
+    size: int = Field(default=512, ge=16, le=8192)  # simulator
+    settle_s: float = Field(default=0.0, ge=0, le=60)
+    attempts: int = Field(default=3, ge=1, le=20)
+    retry_s: float = Field(default=0.5, ge=0, le=60)
+    encoding: Literal["png", "jpeg"] = "png"
+
+
 class PrinterSection(_Section):
     """``[printers.<id>]``: how to reach one printer. ``backend = "none"`` observes without acting.
 
@@ -96,6 +110,7 @@ class PrinterSection(_Section):
     # a frame of the plate before exposure (e.g. after recoating): the camera's fixed lighting, used
     # from a build's first layer instead of learning it from the first layers
     reference_image: Path | None = None
+    camera: CameraSection | None = None  # the camera `layerwatch up` runs for it; none: frames come from elsewhere
 
     @model_validator(mode="before")
     @classmethod

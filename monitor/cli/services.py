@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,32 @@ def cmd_camera(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from monitor.config import load_config
+    from monitor.supervise import Supervisor, parts_for
+
+    config = load_config(args.config)
+    if not config.printers:
+        raise CommandError(f"{args.config}: no [printers.<id>] table: nothing to run")
+    dashboard = None if args.no_dashboard else ["--host", args.host, "--port", str(args.port)]
+    if dashboard is not None and config.mqtt.url:
+        dashboard += ["--broker", config.mqtt.url]
+    if dashboard is not None and config.operators_file() is not None:
+        dashboard += ["--operators-file", str(config.operators_file())]
+    parts = parts_for(config, args.config.resolve(), dashboard)
+    logging.getLogger("layerwatch.up").setLevel(logging.INFO)
+    supervisor = Supervisor(parts, args.state_file)
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.stop())
+    names = ", ".join(p.name for p in parts)
+    print(f"up: {len(parts)} part(s): {names}; Ctrl-C stops them all")
+    try:
+        supervisor.run()
+    except KeyboardInterrupt:
+        supervisor.stop()
+        supervisor._shutdown()
+    return EXIT_OK
+
+
 def cmd_layer_event(args: argparse.Namespace) -> int:
     from printer_io.messages import LayerEvent
 
@@ -268,6 +295,14 @@ def register(sub: Any) -> None:
         "without it the page is read-only",
     )  # fmt: skip
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("up", help="run a whole site from its config: monitor, bridges, cameras, dashboard, supervised")
+    p.add_argument("--config", type=Path, required=True, help="TOML config with [printers.<id>] (and their cameras)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not run the dashboard")
+    p.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")
+    p.add_argument("--port", type=port, default=8050, help="dashboard port (default 8050)")
+    p.add_argument("--state-file", type=Path, default=None, help="write each part's pid, starts and exits here (JSON)")
+    p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("bridge", help="publish a printer's layer events on MQTT (OctoPrint, Moonraker, virtual)")
     mqtt_args(p)
