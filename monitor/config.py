@@ -191,6 +191,17 @@ class NotificationsSection(_Section):
     routes: tuple[NotificationRoute, ...] = ()
 
 
+class HomeAssistantSection(_Section):
+    """``[homeassistant]``: MQTT discovery (each printer a device: state, job, layer, last severity, last incident,
+    and a Pause button). A press becomes a pause request signed with ``operator``'s secret from the operators
+    file and goes through the same verification, controller and record as any operator's; give Home
+    Assistant's broker user alone the right to publish on ``<prefix>/<printer>/ha/pause``."""
+
+    enabled: bool = False
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    operator: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
 class PolicySection(_Section):
     file: Path | None = None
     rules: tuple[Rule, ...] = ()
@@ -204,6 +215,7 @@ class Config(_Section):
     policy: PolicySection = PolicySection()
     security: SecuritySection = SecuritySection()
     notifications: NotificationsSection = NotificationsSection()
+    homeassistant: HomeAssistantSection = HomeAssistantSection()
     source: Path | None = None
 
     def operators_file(self) -> Path | None:
@@ -232,7 +244,7 @@ class Config(_Section):
         return self.model_dump(mode="json", exclude={"source"})
 
 
-SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy", "security", "notifications")
+SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy", "security", "notifications", "homeassistant")
 
 
 def load_config(path: Path | None) -> Config:
@@ -252,7 +264,7 @@ def load_config(path: Path | None) -> Config:
     parts: dict[str, Any] = {"source": path}
     models: dict[str, type[BaseModel]] = {
         "mqtt": MqttConfig, "monitor": MonitorSection, "controller": ControllerLimits, "policy": PolicySection,
-        "security": SecuritySection, "notifications": NotificationsSection,
+        "security": SecuritySection, "notifications": NotificationsSection, "homeassistant": HomeAssistantSection,
     }  # fmt: skip
     for name, model in models.items():
         if name in data:

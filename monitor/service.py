@@ -32,7 +32,7 @@ from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, LayerMetrics, Metri
 from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
 from printer_io.bus import Link, MessageBus, open_link
-from printer_io.credentials import DUPLICATE, Verifier, load_operators
+from printer_io.credentials import DUPLICATE, Credential, Verifier, load_operators
 from printer_io.errors import PayloadError, PrinterError
 from printer_io.frames import decode_image
 from printer_io.messages import (
@@ -194,6 +194,7 @@ class PrinterMonitor:
         }  # fmt: skip
         self._operator_requests: set[str] = set()
         self._drift: DriftWatch | None = None
+        self.ha: Any = None  # monitor.homeassistant.HomeAssistant, where [homeassistant] is enabled
         self._dropped_seen = 0
         self._said: dict[str, tuple[float, int]] = {}
 
@@ -592,7 +593,20 @@ class PrinterMonitor:
         record_ms = self._store(build, meta, gray, outcome)
         self._publish_result(build, meta, outcome, received, {"decode": decode_ms, "record": record_ms})
         self._notify(build, gray, outcome)
+        if self.ha is not None:
+            self.ha.publish_state(self._ha_state(build, meta.layer, outcome))
         self._shadow(build, meta.layer, gray, part_ids, outcome)
+
+    def _ha_state(self, build: Build, layer: int, outcome: LayerOutcome) -> dict[str, Any]:
+        incidents = [a for a in build.record.table("actions") if a["incident"] and a["state"] == "requested"]
+        last = incidents[-1] if incidents else None
+        return {
+            "state": str(outcome.printer.state) if outcome.printer is not None else "unknown",
+            "job": build.job_id,
+            "layer": layer,
+            "severity": str(outcome.severity),
+            "incident": f"{last['action']} ({last['rule']}) at layer {last['layer']}" if last else "none",
+        }
 
     def _notify(self, build: Build, gray: np.ndarray, outcome: LayerOutcome) -> None:
         """Tell people of the actions taken on this layer ([notifications]), off the layer's path."""
@@ -1144,6 +1158,11 @@ class MonitorService:
         operators_file = config.operators_file()
         operators = load_operators(operators_file) if operators_file is not None else {}
         self.verifier = Verifier(operators, window_s=config.security.signature_window_s)
+        ha = config.homeassistant
+        # the operator Home Assistant's Pause button signs as (its secret stays in this process)
+        self._ha_operator = (
+            Credential(ha.operator, operators[ha.operator]) if ha.enabled and ha.operator in operators else None
+        )
         if not operators:
             log.warning(
                 "monitor: no operators file ([security] operators_file or LAYERWATCH_OPERATORS_FILE): operator "
@@ -1232,6 +1251,11 @@ class MonitorService:
                 link.subscribe(topics.layer, pm.on_layer)
                 self.monitors[pid] = pm
                 link.start()
+                if cfg.homeassistant.enabled:
+                    from monitor.homeassistant import HomeAssistant
+
+                    pm.ha = HomeAssistant(pm, cfg.homeassistant.discovery_prefix, self._ha_operator)
+                    pm.ha.start()
         except BaseException:
             self.close()
             raise
