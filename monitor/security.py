@@ -45,6 +45,17 @@ def _acl(prefix: str, printers: list[str]) -> str:
         f"topic write {prefix}/+/result",
         f"topic write {prefix}/+/event",
         f"topic readwrite {prefix}/+/status/#",
+        # Home Assistant's discovery, the state it shows and its Pause button ([homeassistant])
+        "topic write homeassistant/+/+/+/config",
+        f"topic write {prefix}/+/ha/state",
+        f"topic read {prefix}/+/ha/pause",
+        "",
+        "user homeassistant",
+        "topic read homeassistant/+/+/+/config",
+        "topic readwrite homeassistant/status",
+        f"topic read {prefix}/+/ha/state",
+        f"topic read {prefix}/+/status/#",
+        f"topic write {prefix}/+/ha/pause",
         "",
         "user dashboard",
         f"topic read {prefix}/#",
@@ -89,7 +100,8 @@ def broker_config(
         validate_printer_id(p)
     if (out / "passwd").exists():
         raise FileExistsError(f"{out / 'passwd'} exists: its passwords are in use; choose a new --out folder")
-    users = ["monitor", "dashboard", "operator"] + [f"{s}-{p}" for p in printers for s in SERVICES_PER_PRINTER]
+    users = ["monitor", "dashboard", "operator", "homeassistant"]
+    users += [f"{s}-{p}" for p in printers for s in SERVICES_PER_PRINTER]
     (out / "credentials").mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     hashes = []
