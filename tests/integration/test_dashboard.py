@@ -331,11 +331,11 @@ def test_an_operator_paints_labels_on_a_layer_and_they_reach_the_record(rig: Rig
                 "([mode, color]) => { const g = document.querySelector('#label-canvas .js-plotly-plot');"
                 " return g && g.layout.dragmode === mode && g.layout.newshape.line.color === color; }",
                 arg=[dragmode, color],
-                timeout=15_000,
+                timeout=30_000,
             )
 
         # a region of "no defect here" (the default label): a square around (100, 100) of the frame
-        page.get_by_text("region", exact=True).click()
+        page.check("#label-tool input[value='region']")
         pen("drawclosedpath", "#00bcd4")
         page.mouse.move(*at(40, 40))
         page.mouse.down()
@@ -343,7 +343,7 @@ def test_an_operator_paints_labels_on_a_layer_and_they_reach_the_record(rig: Rig
             page.mouse.move(*at(x, y), steps=8)
         page.mouse.up()
         # a porosity brush line across (300..380, 300)
-        page.get_by_text("brush", exact=True).click()
+        page.check("#label-tool input[value='brush']")
         page.click("#label-value")
         page.get_by_text("porosity", exact=True).last.click()
         pen("drawopenpath", CLASS_HEX[2])

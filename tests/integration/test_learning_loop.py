@@ -12,7 +12,9 @@ depend on this machine's speed.
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,17 @@ def _verdict(record: Path, verdict: str) -> None:
     with BuildRecord.open(record) as rec:
         rec.add_feedback(incident, verdict, "ana", "looked at the layer")
         rec.close("closed")
+
+
+@pytest.fixture(autouse=True)
+def _log_levels() -> Iterator[None]:
+    """`layerwatch replay`, run in this process, quiets the monitor's loggers as a command does: put them back
+    for the tests that follow (they read warnings from those loggers)."""
+    names = ("monitor", "printer_io")
+    levels = {n: logging.getLogger(n).level for n in names}
+    yield
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
 
 
 def test_operator_verdicts_teach_a_model_that_the_gate_lets_through(
