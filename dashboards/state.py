@@ -81,6 +81,7 @@ class Records:
         self._readers: dict[Path, RecordReader] = {}
         self._ids: dict[str, Path] = {}
         self._thumbs: dict[tuple[Path, int], str] = {}
+        self._farm_rows: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}  # by file change stamp
         self._lock = threading.Lock()
 
     def paths(self) -> list[Path]:
@@ -125,26 +126,40 @@ class Records:
         """Every printer at a glance, from its newest record: state, job, layer, last severity, last incident."""
         rows = []
         for printer, path in self.newest_per_printer().items():
-            row: dict[str, Any] = {"printer": printer, "record": path.name, "id": self.record_id(path)}
             try:
-                r = self.reader(path)
-                stored = r.stored_layers()
-                layers = r.layers()
-                last = int(stored.max()) if len(stored) else None
-                row |= {"job": str(r.attrs.get("layerwatch/job_id", "")), "state": r.state, "layer": last}
-                if last is not None and "severity" in (layers.dtype.names or ()):
-                    row["severity"] = str(Severity.from_index(int(layers[last]["severity"])))
-                incidents = [a for a in r.table("actions") if a["incident"] and a["state"] == "requested"]
-                if incidents:
-                    a = incidents[-1]
-                    row["incident"] = {"layer": int(a["layer"]), "action": a["action"], "rule": a["rule"]}
-                    row["thumbnail"] = self._thumbnail(path, r, int(a["layer"]))
-            except (RecordError, OSError, KeyError, RuntimeError, IndexError) as err:
-                self.drop(path)
-                row["error"] = f"cannot be read right now ({err})"
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = (0, 0)
+            cached = self._farm_rows.get(path)
+            if cached is not None and cached[0] == stamp and "error" not in cached[1]:
+                row = dict(cached[1])  # the record has not changed since: nothing to read
+            else:
+                row = self._farm_row(printer, path)
+                self._farm_rows[path] = (stamp, row)
             row["services"] = services.describe(printer).lstrip("; ") if services is not None else None
             rows.append(row)
         return rows
+
+    def _farm_row(self, printer: str, path: Path) -> dict[str, Any]:
+        row: dict[str, Any] = {"printer": printer, "record": path.name, "id": self.record_id(path)}
+        try:
+            r = self.reader(path)
+            stored = r.stored_layers()
+            layers = r.layers()
+            last = int(stored.max()) if len(stored) else None
+            row |= {"job": str(r.attrs.get("layerwatch/job_id", "")), "state": r.state, "layer": last}
+            if last is not None and "severity" in (layers.dtype.names or ()):
+                row["severity"] = str(Severity.from_index(int(layers[last]["severity"])))
+            incidents = [a for a in r.table("actions") if a["incident"] and a["state"] == "requested"]
+            if incidents:
+                a = incidents[-1]
+                row["incident"] = {"layer": int(a["layer"]), "action": a["action"], "rule": a["rule"]}
+                row["thumbnail"] = self._thumbnail(path, r, int(a["layer"]))
+        except (RecordError, OSError, KeyError, RuntimeError, IndexError) as err:
+            self.drop(path)
+            row["error"] = f"cannot be read right now ({err})"
+        return row
 
     def _thumbnail(self, path: Path, r: RecordReader, layer: int) -> str:
         from dashboards.render import overlay_png
