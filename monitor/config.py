@@ -90,6 +90,7 @@ class CameraSection(_Section):
     attempts: int = Field(default=3, ge=1, le=20)
     retry_s: float = Field(default=0.5, ge=0, le=60)
     encoding: Literal["png", "jpeg"] = "png"
+    view: Literal["melt", "recoat"] = "melt"  # recoat: a second camera, the powder before exposure
 
 
 class PrinterSection(_Section):
@@ -111,6 +112,7 @@ class PrinterSection(_Section):
     # from a build's first layer instead of learning it from the first layers
     reference_image: Path | None = None
     camera: CameraSection | None = None  # the camera `layerwatch up` runs for it; none: frames come from elsewhere
+    recoat_camera: CameraSection | None = None  # a second one for the after-recoat image (view "recoat")
 
     @model_validator(mode="before")
     @classmethod

@@ -403,6 +403,19 @@ class BuildRecord:
         d[-1] = record
         self._commit()
 
+    def append_recoat(self, layer: int, image: np.ndarray) -> None:
+        """The after-recoat image of ``layer`` (the powder spread for it, before exposure): Peregrine's
+        ``visible/1``. A record made without that dataset (before schema 3) ignores it."""
+        if RECOAT_IMAGES not in self._f:
+            return
+        if image.shape != (self.height, self.width):
+            raise RecordError(f"{self.path}: the after-recoat image of layer {layer} is not {self.width}x{self.height}")
+        d = self._f[RECOAT_IMAGES]
+        if d.shape[0] <= layer:
+            d.resize(layer + 1, axis=0)
+        d[layer] = image
+        self._commit()
+
     def set_illumination(self, illum: np.ndarray, from_layer: int) -> None:
         """The build's reference lighting, used on layer ``from_layer`` and after."""
         if ILLUMINATION not in self._f[LW] or illum.shape != (self.height, self.width):

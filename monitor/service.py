@@ -586,6 +586,9 @@ class PrinterMonitor:
         build = self._build_for(meta, frame)
         if build is None:
             return
+        if meta.view == "recoat":
+            self._recoat(build, meta, frame)
+            return
         gray = self._validate(build, meta, frame, received)
         if gray is None:
             return
@@ -607,6 +610,31 @@ class PrinterMonitor:
             "severity": str(outcome.severity),
             "incident": f"{last['action']} ({last['rule']}) at layer {last['layer']}" if last else "none",
         }
+
+    def _recoat(self, build: Build, meta: FrameMeta, frame: np.ndarray) -> None:
+        """An after-recoat frame: kept in the record (Peregrine's ``visible/1``), never judged; the first one is
+        the build's lighting reference (plain powder, nothing printed on it yet) unless there is one already."""
+        limit = _MAX_FIRST_LAYER if build.last_layer < 0 else build.last_layer + _MAX_LAYER_JUMP
+        if meta.layer > limit:
+            raise self._refused(
+                "layer_refused",
+                f"after-recoat frame of layer {meta.layer} is beyond what build {build.job_id} can have reached "
+                f"(at most layer {limit} now): refused, not stored",
+                max(build.last_layer, 0),
+                f"after-recoat layer {meta.layer} of build {build.job_id} is out of bounds (at most {limit})",
+                "layer",
+            )
+        gray = to_gray(frame, order="bgr")
+        if gray.shape != (build.record.height, build.record.width):
+            why = f"after-recoat frame of layer {meta.layer} has another size than the build's frames: ignored"
+            self._emit_event("warning", "frame_size", why, meta.layer)
+            return
+        build.record.append_recoat(meta.layer, gray)
+        if build.illum is None and self.service.config.monitor.reference_layers:
+            build.illum = illumination(to_gray_float(gray), build.roi_mask)
+            build.illum_frames.clear()
+            build.record.set_illumination(build.illum, meta.layer)
+            log.info("%s: reference lighting from the after-recoat frame of layer %d", self.printer_id, meta.layer)
 
     def _notify(self, build: Build, gray: np.ndarray, outcome: LayerOutcome) -> None:
         """Tell people of the actions taken on this layer ([notifications]), off the layer's path."""

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monitor.config import Config, PrinterSection
+from monitor.config import CameraSection, Config, PrinterSection
 
 __all__ = ["Part", "Supervisor", "parts_for"]
 
@@ -60,13 +60,13 @@ def _bridge_argv(pid: str, section: PrinterSection, config: Path) -> list[str] |
     return argv
 
 
-def _camera_argv(pid: str, section: PrinterSection, config: Path) -> list[str] | None:
-    cam = section.camera
+def _camera_argv(pid: str, cam: CameraSection | None, config: Path, view: str | None = None) -> list[str] | None:
     if cam is None:
         return None
     argv = ["camera", "--printer", pid, "--config", str(config), "--source", cam.source, "--device", cam.device]
     argv += ["--seed", str(cam.seed), "--size", str(cam.size), "--settle", str(cam.settle_s)]
     argv += ["--attempts", str(cam.attempts), "--retry", str(cam.retry_s), "--encoding", cam.encoding]
+    argv += ["--view", view or cam.view]
     if cam.path is not None:
         path = cam.path if cam.path.is_absolute() else config.parent / cam.path
         argv += ["--path", str(path)]
@@ -77,7 +77,11 @@ def parts_for(config: Config, path: Path, dashboard: list[str] | None) -> list[P
     """The parts of a site: monitor, bridges, cameras, dashboard (``dashboard``: its extra arguments, or None)."""
     parts = [Part("monitor", ["monitor", "--config", str(path)])]
     for pid, section in sorted(config.printers.items()):
-        for kind, argv in (("bridge", _bridge_argv(pid, section, path)), ("camera", _camera_argv(pid, section, path))):
+        for kind, argv in (
+            ("bridge", _bridge_argv(pid, section, path)),
+            ("camera", _camera_argv(pid, section.camera, path)),
+            ("recoat-camera", _camera_argv(pid, section.recoat_camera, path, view="recoat")),
+        ):
             if argv is not None:
                 parts.append(Part(f"{kind}:{pid}", argv))
     if dashboard is not None:

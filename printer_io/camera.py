@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -186,6 +186,7 @@ class CameraSettings:
     retry_s: float = 0.5
     encoding: Encoding = "png"
     jpeg_quality: int = 92
+    view: Literal["melt", "recoat"] = "melt"  # what this camera's frames show (a second camera: after recoat)
 
 
 class CameraNode:
@@ -263,6 +264,7 @@ class CameraNode:
                 source=self.source.name,
                 attempt=attempt,
                 quality=quality,
+                view=s.view,
             )
             try:
                 self.link.publish(self.topics.image, encode_frame(meta, data, part_ids))

@@ -144,6 +144,9 @@ class FrameMeta(Message):
     attempt: int = Field(default=1, ge=1, description="capture attempt that succeeded")
     quality: FrameQuality | None = None
     part_ids_bytes: int = Field(default=0, ge=0, description="length of the part-id PNG after the image bytes")
+    # "melt": the layer after exposure (judged); "recoat": the fresh powder spread for the layer, before it is
+    # exposed (Peregrine's second image: kept in the record, and the build's lighting reference)
+    view: Literal["melt", "recoat"] = "melt"
 
 
 def encode_frame(meta: FrameMeta, image_bytes: bytes, part_ids: bytes = b"") -> bytes:

@@ -158,7 +158,9 @@ def cmd_camera(args: argparse.Namespace) -> int:
         if args.path is None:
             raise CommandError(f"--source {args.source} needs --path (a folder of images or a .h5 record)")
         source = create_source(args.source, args.path)
-    settings = CameraSettings(settle_s=args.settle, attempts=args.attempts, retry_s=args.retry, encoding=args.encoding)
+    settings = CameraSettings(
+        settle_s=args.settle, attempts=args.attempts, retry_s=args.retry, encoding=args.encoding, view=args.view
+    )
     node = CameraNode(connect(args, "camera"), source, settings).start()
     print(f"camera: {args.source} source; one frame per layer event on {node.topics.layer}; Ctrl-C stops")
     try:
@@ -320,6 +322,10 @@ def register(sub: Any) -> None:
     p.add_argument("--attempts", type=positive_int, default=3, help="capture attempts per layer (default 3)")
     p.add_argument("--retry", type=float, default=0.5, help="seconds between attempts (default 0.5)")
     p.add_argument("--encoding", choices=("png", "jpeg"), default="png", help="png: lossless (default); jpeg: fast")
+    p.add_argument(
+        "--view", choices=("melt", "recoat"), default="melt",
+        help="melt: the layer after exposure, judged (default); recoat: the fresh powder before it (kept, lighting)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_camera)
 
     p = sub.add_parser("layer-event", help="publish one 'layer done' event (G-code hook for slicers and hosts)")

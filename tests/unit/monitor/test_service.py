@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import h5py
 import pytest
 
 from monitor.config import Config, MonitorSection, PrinterSection, SecuritySection
@@ -310,3 +311,28 @@ def test_a_broken_model_store_keeps_the_model_in_use_and_is_said_once(rig: Rig, 
         said = [e["message"] for e in r.table("events") if e["code"] == "model_not_switched"]
     assert len(said) == 1 and "not JSON" in said[0], said
     assert rig.monitor.model_id == before and rig.layer("b-job", 1).model == before
+
+
+def test_an_after_recoat_frame_is_kept_and_gives_the_builds_lighting(rig: Rig) -> None:
+    import numpy as np
+
+    from printer_io.frames import encode_image
+    from printer_io.messages import FrameMeta, encode_frame
+
+    h = w = 512
+    powder = np.clip(np.tile(np.linspace(60, 140, w), (h, 1)), 0, 255).astype(np.uint8)  # lit from the right
+    meta = FrameMeta(
+        printer=PID, job_id="rc-job", layer=0, z_mm=0.04, captured_at=0.0, encoding="png", width=w, height=h,
+        channels=1, bit_depth=8, view="recoat",
+    )  # fmt: skip
+    rig.bridge.publish(rig.topics.image, encode_frame(meta, encode_image(powder)))
+    results = [rig.layer("rc-job", k) for k in range(3)]
+    assert [r.layer for r in results] == [0, 1, 2]  # the recoat frame is no layer of its own
+    pm = rig.monitor.monitors[PID]
+    assert pm.build is not None and pm.build.illum is not None
+    with RecordReader(pm.build.record.path) as r:
+        seen = r.illumination()
+        assert seen is not None and seen[1] == 0  # the lighting from the powder, used from layer 0 on
+        assert results[0].judged  # judged at once: no first layers spent learning the lighting
+    with h5py.File(pm.build.record.path, "r", swmr=True) as f:
+        assert np.array_equal(f["slices/camera_data/visible/1"][0], powder)
