@@ -42,22 +42,14 @@ class Part:
     exits: list[int] = field(default_factory=list)
 
 
-def _flag(key: str) -> str:
-    from monitor.cli.common import option_flag
-
-    return option_flag(key)
-
-
 def _bridge_argv(pid: str, section: PrinterSection, config: Path) -> list[str] | None:
+    """The bridge reads the printer's backend and its settings from the config itself."""
     from printer_io.printer import backends
 
     b = backends().get(section.backend)
     if b is None or b.trigger is None:
         return None
-    argv = ["bridge", "--printer", pid, "--config", str(config), "--backend", section.backend]
-    for key, value in section.options.items():
-        argv += [_flag(key), str(value)]
-    return argv
+    return ["bridge", "--printer", pid, "--config", str(config)]
 
 
 def _camera_argv(pid: str, cam: CameraSection | None, config: Path, view: str | None = None) -> list[str] | None:

@@ -117,12 +117,14 @@ def printer_options(args: argparse.Namespace) -> dict[str, object]:
     return {f: v for f, v in given.items() if v is not None}
 
 
-def printer_args(p: argparse.ArgumentParser, *, triggers_only: bool = False) -> None:
-    """``--backend`` and every backend's settings as flags (printer_io.printer.backends declares them)."""
+def printer_args(p: argparse.ArgumentParser, *, triggers_only: bool = False, from_config: bool = False) -> None:
+    """``--backend`` and every backend's settings as flags (printer_io.printer.backends declares them);
+    ``from_config``: ``--backend`` may be left out when ``--config`` has the printer's ``[printers.<id>]``."""
     from printer_io.printer import backends
 
     chosen = {n: b for n, b in backends().items() if b.trigger is not None or not triggers_only}
-    p.add_argument("--backend", choices=sorted(chosen), required=True)
+    extra = "; default: the backend of [printers.<id>] in --config" if from_config else ""
+    p.add_argument("--backend", choices=sorted(chosen), required=not from_config, help=f"the printer's host{extra}")
     users: dict[str, dict[str, Any]] = {}  # setting -> backend -> its field
     for name, b in chosen.items():
         for field, info in b.options.model_fields.items():

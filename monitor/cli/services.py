@@ -122,10 +122,19 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from printer_io.bridge import Bridge
     from printer_io.printer import backend, backend_options
 
+    given: dict[str, object] = {}
+    if args.backend is None:  # the printer's table in the config says how to reach it
+        from monitor.config import load_config
+
+        section = load_config(args.config).printers.get(args.printer) if args.config is not None else None
+        if section is None or section.backend == "none":
+            raise CommandError(f"give --backend, or --config with a [printers.{args.printer}] table naming its backend")
+        args.backend = section.backend
+        given = dict(section.options)
     chosen = backend(args.backend)
     if chosen.trigger is None:
         raise CommandError(f"--backend {args.backend} reports no layer changes; use one with a layer trigger")
-    options = backend_options(args.backend, printer_options(args))
+    options = backend_options(args.backend, {**given, **printer_options(args)})  # flags win over the config
     link = connect(args, "bridge")
     bridge = Bridge(link, args.backend)
     link.start()
@@ -308,7 +317,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("bridge", help="publish a printer's layer events on MQTT (OctoPrint, Moonraker, virtual)")
     mqtt_args(p)
-    printer_args(p, triggers_only=True)
+    printer_args(p, triggers_only=True, from_config=True)
     p.set_defaults(func=cmd_bridge)
 
     p = sub.add_parser("camera", help="capture one frame per layer event and publish it on MQTT")

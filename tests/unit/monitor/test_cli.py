@@ -237,3 +237,14 @@ def test_a_bad_operators_file_stops_the_monitor_with_its_line(tmp_path: Path) ->
     config = tmp_path / "c.toml"
     config.write_text('[security]\noperators_file = "operators"\n[printers.p1]\nbackend = "none"\n')
     _one_line(run_cli("monitor", "--config", str(config)), 2, "operators:1: the secret of 'ana' has 9 characters")
+
+
+def test_bridge_takes_the_printer_from_the_config_or_says_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text('[printers.p1]\nbackend = "none"\n')
+    assert main(["bridge", "--printer", "p2", "--config", str(config)]) == 2
+    assert "give --backend, or --config with a [printers.p2] table naming its backend" in capsys.readouterr().err
+    assert main(["bridge", "--printer", "p1", "--config", str(config)]) == 2  # observed only: no host to ask
+    assert "[printers.p1]" in capsys.readouterr().err
