@@ -166,6 +166,7 @@ class ReplayOptions:
     printer: Printer | None = None  # a real backend; default: the embedded virtual printer
     skip_missing: bool = False
     progress: bool = True
+    threads: int | None = None  # the model's CPU threads (None: the engine's default)
 
 
 @dataclass
@@ -214,6 +215,7 @@ def _replay(source: ReplaySource, opts: ReplayOptions, tmp: Path) -> ReplayResul
             engine=opts.engine,
             model=opts.model,
             models_dir=opts.models_dir,
+            threads=opts.threads,
             mm_per_px=source.mm_per_px,
             layer_thickness_mm=source.thickness_mm,
         ),

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if getattr(args, "model", "unset") is None and args.command != "replay":  # replay: the model in use
+    if getattr(args, "model", "unset") is None and args.command not in ("replay", "backtest"):  # the model in use
         from segmentation.inference import DEFAULT_MODEL
 
         args.model = DEFAULT_MODEL

@@ -231,6 +231,34 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from monitor.backtest import backtest
+
+    builds: list[Path] = []
+    for item in args.builds:
+        if item.is_dir():
+            builds += sorted(p for p in item.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5")))
+        elif item.is_file():
+            builds.append(item)
+        else:
+            raise CommandError(f"{item}: no such build file or folder")
+    if not builds:
+        raise CommandError("no build file (*.h5) among the arguments")
+    if args.workers < 1:
+        raise CommandError(f"--workers {args.workers}: give 1 or more")
+    try:
+        rows = backtest(
+            builds, args.out, workers=args.workers, scheduler=args.scheduler, model=args.model, policy=args.policy,
+            models_dir=args.models, progress=sys.stderr.isatty(),
+        )  # fmt: skip
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    failed = [r for r in rows if r.get("error")]
+    for r in failed:
+        print(f"  {r.get('build')}: {r['error']}", file=sys.stderr)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
 def register(sub: Any) -> None:
     """Add this group's subcommands to the ``layerwatch`` parser."""
     p = sub.add_parser("record", help="summarise or validate a build record (HDF5)")
@@ -256,6 +284,16 @@ def register(sub: Any) -> None:
     p.add_argument("--api-key-file", type=Path, default=None)
     p.add_argument("--move-real-printer", action="store_true", help="confirm that a real backend may be paused")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("backtest", help="replay many builds as Dask tasks: a model or policy against every build")
+    p.add_argument("builds", type=Path, nargs="+", help="build files, or folders of them (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="writes OUT/<name>-replay.h5 and OUT/summary.csv")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.add_argument("--scheduler", default=None, help="an existing Dask scheduler's address instead (tcp://host:8786)")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: the model in use)")
+    p.add_argument("--policy", type=Path, default=None, help="policy file instead of the default")
+    p.add_argument("--models", type=Path, default=Path("models"), help="model store (default: models)")
+    p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("compare", help="compare two runs of a build: metrics, severities, actions, ground truth")
     p.add_argument("a", type=Path)
