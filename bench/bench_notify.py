@@ -14,46 +14,16 @@ import argparse
 import base64
 import json
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import httpx
-from peers import free_port
+from peers import WebhookReceiver
 
 from bench._common import machine, median_p95
-
-
-class _Receiver:
-    def __init__(self) -> None:
-        self.arrivals: list[float] = []
-        self.cond = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with outer.cond:
-                    outer.arrivals.append(time.time())
-                    outer.cond.notify_all()
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, n: int) -> float:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.arrivals) >= n, 30)
-            return self.arrivals[n - 1]
 
 
 def main() -> int:
@@ -71,7 +41,7 @@ def main() -> int:
     spec = scenario_spec(3, 512, 8, warp_start=2)
     layer = SimBuild(3, 512, 512, 8, spec=spec).layer(6)
     png = evidence_png(layer.image, layer.mask)
-    rx = _Receiver()
+    rx = WebhookReceiver()
     os.environ["LW_BENCH_NOTIFY"] = f"json://127.0.0.1:{rx.port}/hook"
     section = NotificationsSection(routes=(NotificationRoute(urls_env="LW_BENCH_NOTIFY"),))
     notifier = Notifier(section, None)
@@ -83,7 +53,7 @@ def main() -> int:
         )  # fmt: skip
         t = time.time()
         notifier.submit(Notice("bench", action, png, "job.h5", t))
-        notified.append(rx.wait(i + 1) - t)
+        notified.append(rx.wait(i + 1)[i][0] - t)
     notifier.close()
     body = json.dumps({
         "version": "1.0", "title": "LayerWatch bench: pause at layer 6", "message": "more than 1 mm²",
@@ -95,8 +65,8 @@ def main() -> int:
         for i in range(args.trials):
             t = time.time()
             client.post(f"http://127.0.0.1:{rx.port}/hook", content=body, headers={"Content-Type": "application/json"})
-            direct.append(rx.wait(args.trials + i + 1) - t)
-    rx.server.shutdown()
+            direct.append(rx.wait(args.trials + i + 1)[args.trials + i][0] - t)
+    rx.close()
     (nm, np95), (dm, dp95) = median_p95(notified), median_p95(direct)
     print(f"machine: {machine()}")
     print(f"evidence PNG {len(png) / 1e3:.0f} kB; {args.trials} notices")

@@ -611,19 +611,24 @@ class PrinterMonitor:
             "incident": f"{last['action']} ({last['rule']}) at layer {last['layer']}" if last else "none",
         }
 
+    def _bound(self, build: Build, layer: int, what: str) -> None:
+        """Refuse (PayloadError) a layer beyond what the build can have reached: one message must not make the
+        record grow to a forged layer number."""
+        limit = _MAX_FIRST_LAYER if build.last_layer < 0 else build.last_layer + _MAX_LAYER_JUMP
+        if layer > limit:
+            raise self._refused(
+                "layer_refused",
+                f"{what} {layer} is beyond what build {build.job_id} can have reached (at most layer {limit} now): "
+                "refused, not stored",
+                max(build.last_layer, 0),
+                f"{what} {layer} of build {build.job_id} is out of bounds (at most {limit})",
+                "layer",
+            )
+
     def _recoat(self, build: Build, meta: FrameMeta, frame: np.ndarray) -> None:
         """An after-recoat frame: kept in the record (Peregrine's ``visible/1``), never judged; the first one is
         the build's lighting reference (plain powder, nothing printed on it yet) unless there is one already."""
-        limit = _MAX_FIRST_LAYER if build.last_layer < 0 else build.last_layer + _MAX_LAYER_JUMP
-        if meta.layer > limit:
-            raise self._refused(
-                "layer_refused",
-                f"after-recoat frame of layer {meta.layer} is beyond what build {build.job_id} can have reached "
-                f"(at most layer {limit} now): refused, not stored",
-                max(build.last_layer, 0),
-                f"after-recoat layer {meta.layer} of build {build.job_id} is out of bounds (at most {limit})",
-                "layer",
-            )
+        self._bound(build, meta.layer, "after-recoat frame of layer")
         gray = to_gray(frame, order="bgr")
         if gray.shape != (build.record.height, build.record.width):
             why = f"after-recoat frame of layer {meta.layer} has another size than the build's frames: ignored"
@@ -678,16 +683,7 @@ class PrinterMonitor:
         """The frame as the gray the model sees, or None when the layer is already stored (its stored result
         is published again). Raises PayloadError for a layer out of bounds or a frame of another size."""
         layer = meta.layer
-        limit = _MAX_FIRST_LAYER if build.last_layer < 0 else build.last_layer + _MAX_LAYER_JUMP
-        if layer > limit:
-            raise self._refused(
-                "layer_refused",
-                f"layer {layer} is beyond what build {build.job_id} can have reached (at most layer {limit} now): "
-                "refused, not stored",
-                max(build.last_layer, 0),
-                f"layer {layer} of build {build.job_id} is out of bounds (at most {limit})",
-                "layer",
-            )
+        self._bound(build, layer, "layer")
         if build.record.is_stored(layer):
             self.counters["duplicates"] += 1
             log.info(

@@ -342,3 +342,42 @@ def launch_chromium(playwright: Any) -> Any:
     if not Path(CHROMIUM).exists():
         require("chromium", "apt-get install chromium (make test does it)")
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+
+
+class WebhookReceiver:
+    """A local webhook endpoint (what a farm's notification service would be): every POST's JSON body and the
+    time it arrived."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts: list[tuple[float, dict[str, Any]]] = []
+        self.cond = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer.cond:
+                    outer.posts.append((time.time(), json.loads(body or b"{}")))
+                    outer.cond.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, n: int, timeout: float = 60) -> list[tuple[float, dict[str, Any]]]:
+        """The first ``n`` posts, once they have come."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.posts) >= n, timeout), f"{len(self.posts)} posts"
+            return list(self.posts)
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -5,18 +5,14 @@ receiver that is down is said in the record and the monitor judges on."""
 from __future__ import annotations
 
 import base64
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from peers import Mosquitto, free_port
+from peers import Mosquitto, WebhookReceiver, free_port
 
 from monitor.config import Config, MonitorSection, NotificationRoute, NotificationsSection, PrinterSection
 from monitor.record import RecordReader
@@ -32,42 +28,9 @@ pytestmark = pytest.mark.integration
 LAYERS, WARP = 12, 3
 
 
-class Receiver:
-    """A webhook endpoint: every POST body (JSON), with the time it arrived."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[float, dict[str, Any]]] = []
-        self.cond = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with outer.cond:
-                    outer.posts.append((time.time(), json.loads(body or b"{}")))
-                    outer.cond.notify_all()
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, n: int, timeout: float = 60) -> list[tuple[float, dict[str, Any]]]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.posts) >= n, timeout), f"{len(self.posts)} posts"
-            return list(self.posts)
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
+def receiver() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver()
     yield r
     r.close()
 
@@ -112,7 +75,7 @@ def _run(broker: Mosquitto, tmp_path: Path, url: str, monkeypatch: pytest.Monkey
 
 
 def test_a_pause_reaches_the_webhook_with_its_evidence_and_link(
-    broker: Mosquitto, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    broker: Mosquitto, tmp_path: Path, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monitor, record = _run(broker, tmp_path, f"json://127.0.0.1:{receiver.port}/hook", monkeypatch)
     (_, post), *more = receiver.wait(1)
