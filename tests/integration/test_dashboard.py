@@ -225,7 +225,7 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: Rig) -> None:
         _wait_text(page, "#record-status", f"printer paused by rule {pause.rule} at layer {pause.layer}")
         page.screenshot(path=str(ARTIFACTS / "dashboard_read_only.png"), full_page=True)
         page.click("#jump")  # the build browser: jump to the incident
-        page.locator("#jump").get_by_text(f"pause ({pause.rule}) at layer {pause.layer}").click()
+        page.get_by_role("dialog").get_by_text(f"pause ({pause.rule}) at layer {pause.layer}").click()  # the menu
         _wait_text(page, "#layer-info", f"layer {pause.layer} ")
         page.wait_for_selector("#log img.thumb", timeout=15_000)  # the evidence thumbnail of the pause
         page.screenshot(path=str(ARTIFACTS / "dashboard_incident.png"), full_page=True)
