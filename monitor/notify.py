@@ -29,7 +29,7 @@ from monitor.settings import ConfigFileError
 from printer_io.messages import ActionMessage
 from printer_io.secrets import read_secret_file
 from printer_io.vocabulary import Severity
-from segmentation.classes import CLASS_BGR, DEFECT_CLASSES, LayerClass
+from segmentation.imageio import overlay
 
 __all__ = ["Notice", "Notifier", "evidence_png"]
 
@@ -40,14 +40,9 @@ _MAX_URLS = 32
 
 
 def evidence_png(gray: np.ndarray, mask: np.ndarray, max_px: int = 800) -> bytes:
-    """The layer with its part and defects tinted (PNG), at most ``max_px`` wide."""
-    g = gray if gray.dtype == np.uint8 else (gray // 256).astype(np.uint8)
-    bgr = cv2.cvtColor(g, cv2.COLOR_GRAY2BGR).astype(np.float32)
-    for c in (LayerClass.PART, *DEFECT_CLASSES):
-        sel = mask == c
-        if sel.any():
-            bgr[sel] = 0.45 * bgr[sel] + 0.55 * np.array(CLASS_BGR[c], np.float32)
-    out = bgr.astype(np.uint8)
+    """The layer with its part and defects tinted (PNG, the same overlay as ``layerwatch segment --overlay``),
+    at most ``max_px`` wide."""
+    out = cv2.cvtColor(overlay(gray, mask, alpha=0.55), cv2.COLOR_RGB2BGR)
     if out.shape[1] > max_px:
         size = (max_px, round(out.shape[0] * max_px / out.shape[1]))
         out = np.asarray(cv2.resize(out, size, interpolation=cv2.INTER_AREA), np.uint8)
