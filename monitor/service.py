@@ -195,6 +195,7 @@ class PrinterMonitor:
         self._operator_requests: set[str] = set()
         self._drift: DriftWatch | None = None
         self.ha: Any = None  # monitor.homeassistant.HomeAssistant, where [homeassistant] is enabled
+        self._ha_incident: tuple[str, dict[str, Any] | None] = ("", None)  # (job, its last incident) for HA
         self._dropped_seen = 0
         self._said: dict[str, tuple[float, int]] = {}
 
@@ -601,8 +602,13 @@ class PrinterMonitor:
         self._shadow(build, meta.layer, gray, part_ids, outcome)
 
     def _ha_state(self, build: Build, layer: int, outcome: LayerOutcome) -> dict[str, Any]:
-        incidents = [a for a in build.record.table("actions") if a["incident"] and a["state"] == "requested"]
-        last = incidents[-1] if incidents else None
+        if self._ha_incident[0] != build.job_id:  # a new (or continued) build: its last incident, read once
+            rows = [a for a in build.record.table("actions") if a["incident"] and a["state"] == "requested"]
+            self._ha_incident = (build.job_id, rows[-1] if rows else None)
+        for a in outcome.actions:  # then this layer's own requests keep it current
+            if a.incident and a.state == ActionState.REQUESTED:
+                self._ha_incident = (build.job_id, {"action": str(a.action), "rule": a.rule, "layer": a.layer})
+        last = self._ha_incident[1]
         return {
             "state": str(outcome.printer.state) if outcome.printer is not None else "unknown",
             "job": build.job_id,
