@@ -76,6 +76,22 @@ class MonitorSection(_Section):
     reference_layers: int = Field(default=3, ge=0, le=50)
     # frames unlike the model's training data are not judged automatically: a person reviews them
     ood_check: bool = True
+    # several monitor workers sharing the site's printers through the broker (monitor.workers, docs/deploy.md):
+    # the name of their group, the same in all of them; empty: this monitor judges all its printers itself
+    group: str = ""
+    worker_id: str = ""  # unique in the group; default: host name and process id
+    # a worker gone this long (after the broker noticed) has its printers taken over by the others
+    takeover_delay_s: int = Field(default=2, ge=1, le=3600)
+    # how often a worker looks for printers no one holds, and hands on one above its share
+    worker_check_s: float = Field(default=5.0, ge=0.2, le=3600)
+
+    @field_validator("group", "worker_id")
+    @classmethod
+    def _topic_level(cls, value: str) -> str:
+        try:
+            return validate_printer_id(value, "worker group or id") if value else value
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
 
 
 class CameraSection(_Section):

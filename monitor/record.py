@@ -321,6 +321,25 @@ class BuildRecord:
             "captured_at": float(row["captured_at"]),
         }
 
+    def layer_for_restart(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The stored frame, class ids and the printer's part ids (None where the frame had none) of ``layer``:
+        what a monitor that continues this build feeds its running state with (monitor.service)."""
+        f = self._f
+        samples = np.asarray(f[SAMPLE_IDS][layer]) if SAMPLE_IDS in f else None
+        return (
+            np.asarray(f[IMAGES][layer]),
+            class_mask(f, layer),
+            samples if samples is not None and samples.any() else None,
+        )
+
+    def illumination(self) -> np.ndarray | None:
+        """The build's reference lighting, once set."""
+        f = self._f
+        if f"{LW}/{ILLUMINATION}_from" not in f or int(f[f"{LW}/{ILLUMINATION}_from"][0]) < 0:
+            return None
+        illum = np.asarray(f[f"{LW}/{ILLUMINATION}"][...])
+        return illum if np.isfinite(illum).all() else None
+
     def append_layer(
         self,
         layer: int,

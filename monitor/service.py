@@ -198,6 +198,33 @@ class PrinterMonitor:
         self._ha_incident: tuple[str, dict[str, Any] | None] = ("", None)  # (job, its last incident) for HA
         self._dropped_seen = 0
         self._said: dict[str, tuple[float, int]] = {}
+        self.holder: Any = None  # monitor.workers.PrinterLock, where workers share the site
+        self.released = False
+
+    # ---- holding the printer (site workers) ---------------------------------------------------------
+    def owned(self, handler: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
+        """``handler``, run only while this process holds the printer (its ``holder``, where workers share
+        the site): a worker that took the printer over waits here until the previous one let go of it."""
+
+        def run(topic: str, payload: bytes) -> None:
+            if self.holder is not None and not self.holder.acquire(lambda: self.link.connected and not self.released):
+                raise PayloadError(f"{topic}: {self.printer_id} went to another worker; message left to it", "moved")
+            handler(topic, payload)
+
+        return run
+
+    def release(self) -> None:
+        """Let go of the printer: its record stays open ("writing") for the next holder, its lock is freed."""
+        with self.lock:
+            self.released = True
+            if self.build is not None:
+                self.controller.wait_idle(30)
+                self.build.record.close("writing")
+                build = self.build
+                log.info("%s: let go of build %s after layer %d", self.printer_id, build.job_id, build.last_layer)
+                self.build = None
+            if self.holder is not None:
+                self.holder.release()
 
     # ---- messages in ------------------------------------------------------------------------------
     def on_frame(self, topic: str, payload: bytes) -> None:
@@ -995,13 +1022,20 @@ class PrinterMonitor:
         return build
 
     def _replay_windows(self, build: Build) -> None:
-        """A monitor restarted mid-build rebuilds its rule windows and incidents from the record (no actions)."""
+        """A monitor restarted mid-build (or a worker taking the printer over) rebuilds from the record what the
+        next layers are judged with: the reference lighting, the metrics' memory of earlier layers (warping
+        confirmed across layers, part footprints), rule windows and incidents. Nothing is acted on again."""
         stored = build.record.stored_layers()
         if not len(stored):
             return
+        build.illum = build.record.illumination()
         metrics = build.record.table("metrics")
         parts = build.record.table("part_metrics")
         for layer in (int(n) for n in stored):
+            frame, mask, samples = build.record.layer_for_restart(layer)
+            if build.illum is None:
+                self._reference(build, frame, mask, layer)
+            build.metrics.compute(mask, part_ids=samples)
             rows = [p for p in parts if int(p["layer"]) == layer]
             build.policy.evaluate(layer, metrics[layer], rows)
         self.controller.restore_handled(int(n) for n in stored)
@@ -1185,6 +1219,8 @@ class MonitorService:
         self.shadow_sha256 = ""
         self._stop = threading.Event()
         self._idle: threading.Thread | None = None
+        self.policy: Policy | None = None
+        self.site: Any = None  # monitor.workers.SiteWorker, where workers share the site ([monitor] group)
         operators_file = config.operators_file()
         operators = load_operators(operators_file) if operators_file is not None else {}
         self.verifier = Verifier(operators, window_s=config.security.signature_window_s)
@@ -1247,7 +1283,7 @@ class MonitorService:
         self._tell_builds("info", "model_changed", f"model switched from {previous} to {model_id}")
 
     def _tell_builds(self, level: str, code: str, message: str) -> None:
-        for pm in self.monitors.values():
+        for pm in list(self.monitors.values()):
             with pm.lock:
                 if pm.build is not None:
                     pm.build.record.add_event(max(pm.build.last_layer, 0), level, code, message)
@@ -1269,23 +1305,15 @@ class MonitorService:
         if cfg.monitor.shadow_model is not None:
             self.shadow, self.shadow_id, self.shadow_sha256 = self._load_model(cfg.monitor.shadow_model)
             log.info("monitor: shadow model %s runs beside %s, acting on nothing", self.shadow_id, self.model_id)
-        policy = cfg.resolved_policy()
+        self.policy = cfg.resolved_policy()
         try:
-            for pid in self.printer_ids:
-                printer = self._given[pid] if pid in self._given else self._make_printer(pid)
-                topics = Topics(cfg.mqtt.prefix, pid)
-                link = open_link(self.bus, cfg.mqtt, service="monitor", topics=topics, version=__version__)
-                pm = PrinterMonitor(self, pid, link, printer, policy)
-                link.subscribe(topics.image, pm.on_frame)
-                link.subscribe(topics.action, pm.on_action)
-                link.subscribe(topics.layer, pm.on_layer)
-                self.monitors[pid] = pm
-                link.start()
-                if cfg.homeassistant.enabled:
-                    from monitor.homeassistant import HomeAssistant
+            if cfg.monitor.group:
+                from monitor.workers import SiteWorker
 
-                    pm.ha = HomeAssistant(pm, cfg.homeassistant.discovery_prefix, self._ha_operator)
-                    pm.ha.start()
+                self.site = SiteWorker(self).start()  # it takes printers as the broker hands them over
+            else:
+                for pid in self.printer_ids:
+                    self.open_printer(pid)
         except BaseException:
             self.close()
             raise
@@ -1297,6 +1325,46 @@ class MonitorService:
             "monitor: model %s (%s engine); printers %s", self.model_id, cfg.monitor.engine, ", ".join(self.printer_ids)
         )
         return self
+
+    def open_printer(self, pid: str, link: Link | None = None, holder: Any = None) -> PrinterMonitor:
+        """Start judging ``pid``: its printer backend, its link (``link``, else one on the configured broker or
+        bus), its handlers. A site worker (monitor.workers) passes an exclusive link of its own and the
+        printer's ``holder`` lock, which every handler takes before it touches the printer's records."""
+        cfg = self.config
+        assert self.policy is not None, "open_printer before start"
+        printer = self._given[pid] if pid in self._given else self._make_printer(pid)
+        topics = Topics(cfg.mqtt.prefix, pid)
+        if link is None:
+            link = open_link(self.bus, cfg.mqtt, service="monitor", topics=topics, version=__version__)
+        pm = PrinterMonitor(self, pid, link, printer, self.policy)
+        pm.holder = holder
+        handlers = ((topics.image, pm.on_frame), (topics.action, pm.on_action), (topics.layer, pm.on_layer))
+        for topic_filter, handler in handlers:
+            link.subscribe(topic_filter, pm.owned(handler))
+        self.monitors[pid] = pm
+        try:
+            link.start()
+        except BaseException:
+            self.release_printer(pid, publish_offline=False)
+            raise
+        if cfg.homeassistant.enabled:
+            from monitor.homeassistant import HomeAssistant
+
+            pm.ha = HomeAssistant(pm, cfg.homeassistant.discovery_prefix, self._ha_operator)
+            pm.ha.start()
+        return pm
+
+    def release_printer(self, pid: str, *, publish_offline: bool = True) -> None:
+        """Stop judging ``pid`` and let go of its record, which stays open for the next holder (a site worker
+        handing the printer to another, or losing it): the same as a restart, without the crash."""
+        pm = self.monitors.pop(pid, None)
+        if pm is None:
+            return
+        pm.link.close(publish_offline=publish_offline)  # the layer being judged finishes first
+        pm.release()
+        pm.controller.close()
+        if pm.printer is not None and pid not in self._given:
+            pm.printer.close()
 
     def _warn_if_anonymous(self) -> None:
         """Loudly, at start: a broker that lets anyone in lets anyone publish frames and layer events."""
@@ -1334,7 +1402,7 @@ class MonitorService:
                 self._follow_store()
             except Exception:  # the watcher must outlive a broken model store
                 log.exception("monitor: checking the model store failed")
-            for pm in self.monitors.values():
+            for pm in list(self.monitors.values()):
                 try:
                     if poll:
                         pm.check_printer()
@@ -1351,7 +1419,12 @@ class MonitorService:
 
     def close(self) -> None:
         self._stop.set()
-        for pm in self.monitors.values():
+        if self.site is not None:
+            # first out of the site's group: the printers it lets go now go to the other workers, not back to it
+            self.site.close()
+            for pid in list(self.monitors):
+                self.release_printer(pid)
+        for pm in list(self.monitors.values()):
             pm.link.close()
             pm.close_build("closed")
             pm.controller.close()

@@ -280,7 +280,10 @@ class EventMessage(Message):
 
 
 class StatusMessage(Message):
-    """Retained on ``<prefix>/<printer>/status`` by every service; the last will says ``offline``."""
+    """Retained on ``<prefix>/<printer>/status`` by every service; the last will says ``offline``.
+
+    ``worker``: the monitor worker that holds the printer (``layerwatch monitor --group``), where workers share a
+    site; ``hops``: how often a worker passed the printer on, taking no more than its share (monitor.workers)."""
 
     SCHEMA: ClassVar[str] = "layerwatch.status/1"
     service: str = Field(min_length=1, max_length=64)
@@ -288,3 +291,5 @@ class StatusMessage(Message):
     state: Literal["online", "offline"]
     time: float = Field(default_factory=time.time)
     version: str = ""
+    worker: str = Field(default="", max_length=64)
+    hops: int = Field(default=0, ge=0, le=1000)

@@ -136,9 +136,23 @@ class MqttLink:
         version: str = "",
         ephemeral: bool = False,
         anonymous: bool = False,
+        worker: str = "",
+        exclusive: bool = False,
+        will_delay_s: int = 0,
+        on_lost: Callable[[], None] | None = None,
+        clean: bool = False,
+        status_topic: str | None = None,
     ) -> None:
         """``ephemeral``: a short-lived command (``layerwatch control``, ``feedback``, ``layer-event``): a clean
-        session under a unique client id, and no retained status, so it leaves nothing behind at the broker."""
+        session under a unique client id, and no retained status, so it leaves nothing behind at the broker.
+
+        ``exclusive``: a session one holder at a time, which another may take over (a monitor worker's printer,
+        monitor.workers): no reconnecting by itself (two holders would take the session from each other in
+        turn); when the connection ends, ``on_lost`` runs (on a thread of its own). ``will_delay_s``: the broker
+        publishes the last will only after this long without the session, and never when another connection
+        took the session over. ``worker`` goes into the status messages. ``clean``: a session that ends with the
+        connection (a member of a shared subscription: the broker must not keep messages for it while it is gone),
+        with a status nonetheless, on ``status_topic`` where given."""
 
         self.config = config
         self.service = service
@@ -148,6 +162,12 @@ class MqttLink:
         suffix = f"-{uuid.uuid4().hex[:8]}" if ephemeral else ""
         self.client_id = client_id or f"layerwatch-{service}-{topics.printer}{suffix}"
         self.version = version
+        self.worker = worker
+        self.exclusive = exclusive
+        self.will_delay_s = will_delay_s
+        self.on_lost = on_lost
+        self.clean = ephemeral or clean
+        self.status_topic = status_topic or topics.status(service)
         self.host, self.port, self.tls = config.endpoint()
         self.rejected: Counter[str] = Counter()
         self.handled = 0
@@ -187,17 +207,22 @@ class MqttLink:
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else self.ephemeral,
+            clean_session=None if v5 else self.clean,
             manual_ack=True,
+            reconnect_on_failure=not self.exclusive,
         )
         username, password = (None, None) if self.anonymous else self.config.credentials()
         if username is not None or password is not None:
             client.username_pw_set(username, password)
         if self.tls or self.config.ca_file:
             self._configure_tls(client)
-        offline = StatusMessage(service=self.service, client_id=self.client_id, state="offline", version=self.version)
         if not self.ephemeral:
-            client.will_set(self.topics.status(self.service), offline.to_json(), qos=1, retain=True)
+            will = None
+            if v5 and self.will_delay_s:
+                will = Properties(PacketTypes.WILLMESSAGE)
+                will.WillDelayInterval = self.will_delay_s
+            offline = self._status("offline")
+            client.will_set(self.status_topic, offline, qos=1, retain=True, properties=will)
         client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -209,12 +234,12 @@ class MqttLink:
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 0 if self.ephemeral else self.config.session_expiry_s
+            props.SessionExpiryInterval = 0 if self.clean else self.config.session_expiry_s
         self._set_state("connecting", f"connecting to {self._where()} as {self.client_id}")
         try:
             if v5:
                 client.connect_async(
-                    self.host, self.port, self.config.keepalive_s, clean_start=self.ephemeral, properties=props
+                    self.host, self.port, self.config.keepalive_s, clean_start=self.clean, properties=props
                 )
             else:
                 client.connect_async(self.host, self.port, self.config.keepalive_s)
@@ -249,10 +274,7 @@ class MqttLink:
         client, self._client = self._client, None
         if client is not None:
             if publish_offline and not self.ephemeral and self._connected.is_set():
-                offline = StatusMessage(
-                    service=self.service, client_id=self.client_id, state="offline", version=self.version
-                )
-                info = client.publish(self.topics.status(self.service), offline.to_json(), qos=1, retain=True)
+                info = client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
                 info.wait_for_publish(2.0)
             client.disconnect()
             client.loop_stop()
@@ -311,8 +333,7 @@ class MqttLink:
         for index in range(len(self._handlers)):
             self._subscribe(client, index)
         if not self.ephemeral:
-            online = StatusMessage(service=self.service, client_id=self.client_id, state="online", version=self.version)
-            client.publish(self.topics.status(self.service), online.to_json(), qos=1, retain=True)
+            client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         resumed = bool(getattr(flags, "session_present", False))
         self._connected.set()
         self._ever_connected = True
@@ -321,10 +342,19 @@ class MqttLink:
             "connected", f"connected to {self._where()} ({'resumed' if resumed else 'new'} session {self.client_id})"
         )
 
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
+        return StatusMessage(
+            service=self.service, client_id=self.client_id, state=state, version=self.version, worker=self.worker
+        ).to_json()
+
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._connected.clear()
         if self._client is None:
             self._set_state("closed", "disconnected")
+        elif self.exclusive:
+            self._set_state("lost", f"lost the session {self.client_id} at {self._where()} ({rc}); not reconnecting")
+            if self.on_lost is not None and self._ever_connected:
+                threading.Thread(target=self.on_lost, name=f"lost-{self.client_id}", daemon=True).start()
         else:
             self._set_state("disconnected", f"lost the MQTT broker {self._where()} ({rc}); reconnecting with backoff")
 

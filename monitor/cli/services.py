@@ -59,6 +59,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.broker:
         config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"url": args.broker})})
+    if args.group or args.worker_id:
+        if not args.group and not config.monitor.group:
+            raise CommandError("--worker-id needs a group: --group NAME or [monitor] group")
+        given = {"group": args.group or config.monitor.group, "worker_id": args.worker_id or config.monitor.worker_id}
+        try:
+            section = type(config.monitor).model_validate({**config.monitor.model_dump(), **given})
+        except ValueError as err:
+            raise CommandError(f"--group/--worker-id: {err}") from err
+        config = config.model_copy(update={"monitor": section})
     if args.shadow_model is not None:
         if not args.shadow_model.is_file():
             raise CommandError(f"--shadow-model {args.shadow_model}: no such model checkpoint")
@@ -70,7 +79,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CommandError(str(err)) from err
     service.start()
-    print(f"monitor: judging {', '.join(service.printer_ids)}; records in {config.monitor.out_dir}; Ctrl-C stops")
+    if service.site is not None:
+        print(
+            f"monitor: worker {service.site.worker_id} of group {service.site.group}, sharing "
+            f"{', '.join(service.printer_ids)}; records in {config.monitor.out_dir}; Ctrl-C stops"
+        )
+    else:
+        print(f"monitor: judging {', '.join(service.printer_ids)}; records in {config.monitor.out_dir}; Ctrl-C stops")
     try:
         wait_for_stop()
     finally:
@@ -292,6 +307,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--shadow-model", type=Path, default=None, help="a candidate run beside the model in use, acting on nothing"
     )
+    p.add_argument(
+        "--group", default=None,
+        help="share the printers with the other workers of this group through the broker ([monitor] group)",
+    )  # fmt: skip
+    p.add_argument("--worker-id", default=None, help="this worker's id in the group (default: host name and pid)")
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("dashboard", help="the live dashboard: layers, overlays, trends, actions, operator controls")
