@@ -49,6 +49,7 @@ class Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     SCHEMA: ClassVar[str] = ""
+    READS: ClassVar[tuple[str, ...]] = ()  # earlier versions whose fields are a subset of this one's
 
     schema_: str = Field(alias="schema", default="")
 
@@ -78,7 +79,9 @@ class Message(BaseModel):
         if not isinstance(data, dict):
             raise PayloadError(f"{where}payload is {type(data).__name__}, expected a {cls.SCHEMA} object", "schema")
         schema = data.get("schema")
-        if schema != cls.SCHEMA:
+        if schema in cls.READS:
+            data = {**data, "schema": cls.SCHEMA}
+        elif schema != cls.SCHEMA:
             name = cls.SCHEMA.split("/")[0]
             reason = "version" if isinstance(schema, str) and schema.startswith(name + "/") else "schema"
             raise PayloadError(f"{where}field 'schema' is {schema!r}, expected {cls.SCHEMA!r}", reason)
@@ -285,7 +288,8 @@ class StatusMessage(Message):
     ``worker``: the monitor worker that holds the printer (``layerwatch monitor --group``), where workers share a
     site; ``hops``: how often a worker passed the printer on, taking no more than its share (monitor.workers)."""
 
-    SCHEMA: ClassVar[str] = "layerwatch.status/1"
+    SCHEMA: ClassVar[str] = "layerwatch.status/2"
+    READS: ClassVar[tuple[str, ...]] = ("layerwatch.status/1",)
     service: str = Field(min_length=1, max_length=64)
     client_id: str = Field(min_length=1, max_length=128)
     state: Literal["online", "offline"]
