@@ -212,14 +212,12 @@ class SiteWorker:
 
     def _held_elsewhere(self, pid: str, offered_by: str = "") -> bool:
         """Whether another live worker says it holds ``pid`` (its newest status), other than the one that offers
-        it now (the offer may come before its own status says so)."""
+        it now (the offer may come before its own status says so). A monitor outside any group (no worker id)
+        that is online holds its printers: a worker taking one would have the two take the session in turn."""
         seen = self.seen.get(pid)
-        return (
-            seen is not None
-            and seen.state == "online"
-            and seen.worker not in (self.worker_id, offered_by)
-            and self.workers.get(seen.worker, False)
-        )
+        if seen is None or seen.state != "online" or seen.worker in (self.worker_id, offered_by):
+            return False
+        return not seen.worker or self.workers.get(seen.worker, False)
 
     def _on_offer(self, topic: str, payload: bytes) -> None:
         """A printer without a holder, handed to this worker alone: take it, or pass it on above our share."""
