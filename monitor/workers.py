@@ -12,7 +12,8 @@ Which worker judges which printer is settled by the broker, with three MQTT 5 fe
 - **A shared subscription picks the heir.** Every worker subscribes to
   ``$share/<group>/<prefix>/+/status/monitor``: the broker delivers each ``offline`` status to exactly one live
   worker, which takes the printer unless it already holds more than its share (it passes it on, at most twice
-  round the group).
+  round the group, on ``<prefix>/_workers/<group>/offer/<printer>``, shared the same way, where workers also
+  offer printers no one holds).
 
 Frames themselves do not travel over the shared subscription: measured on Mosquitto 2.0.11, a shared
 subscription hands consecutive messages to different members (the layers of one printer would alternate between
@@ -47,12 +48,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor import __version__
+from monitor.record import RecordError, RecordReader
 from printer_io.messages import StatusMessage
 from printer_io.mqtt import MqttLink
 from printer_io.topics import Topics, validate_printer_id
 
 if TYPE_CHECKING:
-    from monitor.service import MonitorService
+    from monitor.service import MonitorService, PrinterMonitor
 
 __all__ = ["PrinterLock", "SiteWorker", "default_worker_id", "takes"]
 
@@ -128,6 +130,7 @@ class _Seen:
 
     state: str
     worker: str
+    time: float  # the publisher's: a connection's will carries the time of its online status
 
 
 class SiteWorker:
@@ -162,11 +165,17 @@ class SiteWorker:
         """``<prefix>/_workers/<group>/<worker>``: no printer id starts with ``_``, so no printer's topics."""
         return f"{self.prefix}/_workers/{self.group}/{worker}"
 
+    def offer_topic(self, pid: str) -> str:
+        """Where a worker offers the group a printer no one holds (not on the printer's status topic, which
+        dashboards and Home Assistant read as the monitor's availability)."""
+        return f"{self.prefix}/_workers/{self.group}/offer/{pid}"
+
     def start(self) -> SiteWorker:
         link = self.link
         link.subscribe(f"{self.prefix}/_workers/{self.group}/+", self._on_presence)
         link.subscribe(f"{self.prefix}/+/status/monitor", self._on_status)
         link.subscribe(f"$share/{self.group}/{self.prefix}/+/status/monitor", self._on_offer)
+        link.subscribe(f"$share/{self.group}/{self.offer_topic('+')}", self._on_offer)
         link.start()
         self._thread = threading.Thread(target=self._check, name="worker-check", daemon=True)
         self._thread.start()
@@ -199,7 +208,8 @@ class SiteWorker:
             self.workers[topic.rsplit("/", 1)[1]] = msg.state == "online"
 
     def _printer(self, topic: str) -> str | None:
-        pid = topic.split("/")[-3]
+        """The printer of a status topic (``<prefix>/<printer>/status/monitor``) or an offer topic."""
+        pid = topic.rsplit("/", 1)[1] if "/_workers/" in topic else topic.split("/")[-3]
         return pid if pid in self.printers else None
 
     def _on_status(self, topic: str, payload: bytes) -> None:
@@ -208,30 +218,37 @@ class SiteWorker:
             return
         msg = StatusMessage.from_json(payload, topic)
         with self._lock:
-            self.seen[pid] = _Seen(msg.state, msg.worker)
+            self.seen[pid] = _Seen(msg.state, msg.worker, msg.time)
 
-    def _held_elsewhere(self, pid: str, offered_by: str = "") -> bool:
-        """Whether another live worker says it holds ``pid`` (its newest status), other than the one that offers
-        it now (the offer may come before its own status says so). A monitor outside any group (no worker id)
-        that is online holds its printers: a worker taking one would have the two take the session in turn."""
+    def _held_elsewhere(self, pid: str, offer: StatusMessage | None = None) -> bool:
+        """Whether another live worker holds ``pid`` by its newest status. ``offer``: an ``offline`` on the
+        printer's status topic, which may be its holder letting go (its will, or a hand-on) before its own
+        status says so: not held then, unless the holder took the printer again after it."""
         seen = self.seen.get(pid)
-        if seen is None or seen.state != "online" or seen.worker in (self.worker_id, offered_by):
+        if seen is None or seen.state != "online" or seen.worker == self.worker_id:
+            return False
+        if offer is not None and seen.worker == offer.worker and offer.time >= seen.time:
             return False
         return not seen.worker or self.workers.get(seen.worker, False)
 
     def _on_offer(self, topic: str, payload: bytes) -> None:
-        """A printer without a holder, handed to this worker alone: take it, or pass it on above our share."""
+        """A printer without a holder, handed to this worker alone: take it, or pass it on above our share.
+
+        An offer from the offer topic is a worker's (a repair, or one passed on): one made before another
+        worker took the printer finds that worker holding it, and is dropped."""
         pid = self._printer(topic)
         msg = StatusMessage.from_json(payload, topic)
         if pid is None or msg.state != "offline":
             return
         with self._lock:
-            if self._closing or pid in self.service.monitors or self._held_elsewhere(pid, msg.worker):
+            held = self._held_elsewhere(pid, None if "/_workers/" in topic else msg)
+            if self._closing or pid in self.service.monitors or held:
                 return
-            if not takes(len(self.service.monitors), len(self.printers), self.live_workers(), msg.hops):
-                self._offer(pid, msg.hops + 1)
-                return
+            take = takes(len(self.service.monitors), len(self.printers), self.live_workers(), msg.hops)
+        if take:
             self._take(pid)
+        else:
+            self._offer(pid, msg.hops + 1)
 
     # ---- taking and letting go --------------------------------------------------------------------
     def _take(self, pid: str) -> None:
@@ -239,7 +256,7 @@ class SiteWorker:
         cfg = svc.config
         topics = Topics(self.prefix, pid)
         link = MqttLink(
-            cfg.mqtt,
+            cfg.mqtt.model_copy(update={"connect_timeout_s": min(cfg.mqtt.connect_timeout_s, 3.0)}),
             service="monitor",
             topics=topics,
             version=__version__,
@@ -254,7 +271,6 @@ class SiteWorker:
         except Exception as err:  # the broker or the printer refused: the check offers it again later
             log.error("monitor: worker %s cannot take printer %s: %s", self.worker_id, pid, err)
             return
-        self.seen[pid] = _Seen("online", self.worker_id)
         log.warning("monitor: worker %s took printer %s", self.worker_id, pid)
 
     def _lost(self, pid: str, link: MqttLink) -> None:
@@ -276,7 +292,21 @@ class SiteWorker:
             hops=hops,
         )
         with contextlib.suppress(Exception):  # no broker now: the next check offers it again
-            self.link.publish(Topics(self.prefix, pid).status("monitor"), offer.to_json())
+            self.link.publish(self.offer_topic(pid), offer.to_json())
+
+    def _between_builds(self, pid: str, pm: PrinterMonitor) -> bool:
+        """Whether ``pid`` is between builds: its build ended, or (none opened since this worker took it) the
+        newest record in its folder is not being written."""
+        if pm.build is not None:
+            return bool(pm.build.ended)
+        records = [r for r in (self.service.config.monitor.out_dir / pid).glob("*.h5") if ".crashed" not in r.name]
+        if not records:
+            return True
+        try:
+            with RecordReader(max(records, key=lambda r: r.stat().st_mtime)) as reader:
+                return reader.state != "writing"
+        except (RecordError, OSError):
+            return False
 
     def _check(self) -> None:
         """Offer printers no one holds; hand on one without a live build while above our share."""
@@ -291,25 +321,28 @@ class SiteWorker:
     def _check_once(self) -> None:
         if not self.link.connected:
             return
+        hand_on = None
         with self._lock:
             if self._closing:
                 return
-            mine = self.service.monitors
+            mine = dict(self.service.monitors)
+            live = sorted([w for w, up in self.workers.items() if up] + [self.worker_id])
+            offering = live[0] == self.worker_id  # one worker offers what no one holds: one offer a printer
             for pid in sorted(self.printers - set(mine)):
                 unheld = not self._held_elsewhere(pid)
                 self._unheld[pid] = self._unheld.get(pid, 0) + 1 if unheld else 0
-                if self._unheld[pid] >= 2:  # twice in a row: not a hand-over under way
+                if offering and self._unheld[pid] >= 2:  # twice in a row: not a hand-over under way
                     self._unheld[pid] = 0
                     self._offer(pid)
             share = math.ceil(len(self.printers) / self.live_workers())
-            idle = [pid for pid, pm in mine.items() if pm.build is None or pm.build.ended]
-            if len(mine) > share and idle:
-                pid = sorted(idle)[0]
-                log.warning(
-                    "monitor: worker %s holds %d printers, above its share of %d: hands on %s (no live build)",
-                    self.worker_id,
-                    len(mine),
-                    share,
-                    pid,
-                )
-                self.service.release_printer(pid, publish_offline=True)
+            if len(mine) > share:
+                hand_on = next((pid for pid, pm in sorted(mine.items()) if self._between_builds(pid, pm)), None)
+        if hand_on is not None:
+            log.warning(
+                "monitor: worker %s holds %d printers, above its share of %d: hands on %s (between builds)",
+                self.worker_id,
+                len(mine),
+                share,
+                hand_on,
+            )
+            self.service.release_printer(hand_on, publish_offline=True)

@@ -188,6 +188,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._broker_max_packet: int | None = None
         self._ever_connected = False
+        self._born = time.time()
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
@@ -221,7 +222,8 @@ class MqttLink:
             if v5 and self.will_delay_s:
                 will = Properties(PacketTypes.WILLMESSAGE)
                 will.WillDelayInterval = self.will_delay_s
-            offline = self._status("offline")
+            self._born = time.time()  # the will and the online status of a connection carry the same time
+            offline = self._status("offline", self._born)
             client.will_set(self.status_topic, offline, qos=1, retain=True, properties=will)
         client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
         client.on_connect = self._on_connect
@@ -333,7 +335,7 @@ class MqttLink:
         for index in range(len(self._handlers)):
             self._subscribe(client, index)
         if not self.ephemeral:
-            client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+            client.publish(self.status_topic, self._status("online", self._born), qos=1, retain=True)
         resumed = bool(getattr(flags, "session_present", False))
         self._connected.set()
         self._ever_connected = True
@@ -342,9 +344,14 @@ class MqttLink:
             "connected", f"connected to {self._where()} ({'resumed' if resumed else 'new'} session {self.client_id})"
         )
 
-    def _status(self, state: Literal["online", "offline"]) -> bytes:
+    def _status(self, state: Literal["online", "offline"], at: float | None = None) -> bytes:
         return StatusMessage(
-            service=self.service, client_id=self.client_id, state=state, version=self.version, worker=self.worker
+            service=self.service,
+            client_id=self.client_id,
+            state=state,
+            version=self.version,
+            worker=self.worker,
+            time=at or time.time(),
         ).to_json()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import Mosquitto, stop
+from peers import Mosquitto, mosquitto, stop
 
 from monitor.record import RecordReader, check_record
 from monitor.replay import ReplayOptions, run_replay
@@ -101,22 +101,57 @@ def _worker(config: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def test_two_workers_share_the_printers_and_one_takes_over_when_the_other_is_killed(
-    broker: Mosquitto, site: Site, tmp_path: Path
-) -> None:
-    records = tmp_path / "records"
+def _site_config(tmp_path: Path, url: str) -> Path:
     config = tmp_path / "site.toml"
     config.write_text(
-        f'[mqtt]\nurl = "{broker.url}"\n\n'
-        f'[monitor]\nout_dir = "{records}"\nmodels_dir = "{tmp_path / "models"}"\nworker_check_s = 0.5\n'
+        f'[mqtt]\nurl = "{url}"\n\n'
+        f'[monitor]\nout_dir = "{tmp_path / "records"}"\nmodels_dir = "{tmp_path / "models"}"\nworker_check_s = 0.5\n'
         "takeover_delay_s = 1\njob_switch_quiet_s = 0\n\n"
         + "".join(f'[printers.{pid}]\nbackend = "none"\n\n' for pid in PRINTERS)
     )
+    return config
+
+
+def _held_by_both(site: Site) -> bool:
+    return set(site.holders) == set(PRINTERS) and set(site.holders.values()) == {"wa", "wb"}
+
+
+def _as_one_monitor_decides(site: Site, tmp_path: Path) -> None:
+    """Every layer of every printer stored once in one record, each layer's published results agree, and the
+    decisions are those of one monitor replaying the same frames."""
+    paused = set()
+    for pid in PRINTERS:
+        # one record per build, no second one for a printer taken over (the copy a killed writer leaves aside is
+        # what a restart leaves too: monitor.record.recover)
+        (path,) = (p for p in (tmp_path / "records" / pid).glob("*.h5") if not p.name.endswith(".crashed.h5"))
+        assert check_record(path) == [], pid
+        with RecordReader(path) as r:
+            stored = [int(n) for n in np.flatnonzero(r.layers()["stored"])]
+            severity = [Severity.from_index(int(s)) for s in r.layers()["severity"]]
+            actions = [(int(a["layer"]), str(a["action"]), str(a["state"])) for a in r.table("actions")]
+        assert stored == list(range(LAYERS)), pid
+        for n in range(LAYERS):  # a layer published twice (redelivered to the new holder) says the same both times
+            assert {res.severity for res in site.results[pid, n]} == {severity[n]}, (pid, n)
+        requested = [a for a in actions if a[2] == "requested"]
+        assert len(requested) == len(set(requested)), f"{pid}: an action taken twice: {actions}"
+        alone = run_replay(ReplayOptions(source=path, out=tmp_path / f"alone-{pid}.h5", progress=False,
+                                         models_dir=tmp_path / "models"))  # fmt: skip
+        assert [r.severity for r in sorted(alone.results, key=lambda r: r.layer)] == severity, pid
+        assert [(a.layer, a.action) for a in alone.actions if a.state.value == "requested"] == [
+            (n, action) for n, action, _ in requested
+        ], pid
+        paused |= {pid for _, action, _ in requested if action == "pause"}
+    assert paused == {pid for pid, (_, warp) in PRINTERS.items() if warp is not None}
+
+
+def test_two_workers_share_the_printers_and_one_takes_over_when_the_other_is_killed(
+    broker: Mosquitto, site: Site, tmp_path: Path
+) -> None:
+    config = _site_config(tmp_path, broker.url)
     workers = {name: _worker(config, name, tmp_path / f"{name}.log") for name in ("wa", "wb")}
     try:
         # the broker hands the three printers out, both workers get some
-        site.wait("all printers held by both workers", lambda: set(site.holders) == set(PRINTERS)
-                  and set(site.holders.values()) == {"wa", "wb"})  # fmt: skip
+        site.wait("all printers held by both workers", lambda: _held_by_both(site))
         site.send(range(6))
         site.wait("layers 0-5 judged", lambda: site.judged(range(6)))
         victim = site.holders["w0"]
@@ -136,27 +171,29 @@ def test_two_workers_share_the_printers_and_one_takes_over_when_the_other_is_kil
     heir_log = (tmp_path / f"{heir}.log").read_text()
     for pid in lost:
         assert f"worker {heir} took printer {pid}" in heir_log
-    paused = set()
-    for pid in PRINTERS:
-        # one record per build, no second one for a printer taken over (the copy a killed writer leaves aside is
-        # what a restart leaves too: monitor.record.recover)
-        (path,) = (p for p in (records / pid).glob("*.h5") if not p.name.endswith(".crashed.h5"))
-        assert check_record(path) == [], pid
-        with RecordReader(path) as r:
-            stored = [int(n) for n in np.flatnonzero(r.layers()["stored"])]
-            severity = [Severity.from_index(int(s)) for s in r.layers()["severity"]]
-            actions = [(int(a["layer"]), str(a["action"]), str(a["state"])) for a in r.table("actions")]
-        assert stored == list(range(LAYERS)), pid
-        for n in range(LAYERS):  # a layer published twice (redelivered to the heir) says the same both times
-            assert {res.severity for res in site.results[pid, n]} == {severity[n]}, (pid, n)
-        requested = [a for a in actions if a[2] == "requested"]
-        assert len(requested) == len(set(requested)), f"{pid}: an action taken twice: {actions}"
-        # the decisions of one monitor replaying the same frames
-        alone = run_replay(ReplayOptions(source=path, out=tmp_path / f"alone-{pid}.h5", progress=False,
-                                         models_dir=tmp_path / "models"))  # fmt: skip
-        assert [r.severity for r in sorted(alone.results, key=lambda r: r.layer)] == severity, pid
-        assert [(a.layer, a.action) for a in alone.actions if a.state.value == "requested"] == [
-            (n, action) for n, action, _ in requested
-        ], pid
-        paused |= {pid for _, action, _ in requested if action == "pause"}
-    assert paused == {pid for pid, (_, warp) in PRINTERS.items() if warp is not None}
+    _as_one_monitor_decides(site, tmp_path)
+
+
+def test_after_a_broker_restart_the_workers_take_the_printers_again_and_no_layer_is_lost(tmp_path: Path) -> None:
+    (tmp_path / "broker").mkdir()
+    with mosquitto(tmp_path / "broker") as broker:
+        site = Site(broker)
+        config = _site_config(tmp_path, broker.url)
+        workers = {name: _worker(config, name, tmp_path / f"{name}.log") for name in ("wa", "wb")}
+        try:
+            site.wait("all printers held by both workers", lambda: _held_by_both(site))
+            site.send(range(6))
+            site.wait("layers 0-5 judged", lambda: site.judged(range(6)))
+            broker.restart()  # every printer's session ends; the broker keeps them (persistence)
+            assert site.link.wait_connected(30)
+            site.send(range(6, LAYERS))  # queued in the printers' sessions until a worker holds them again
+            site.wait("every layer judged after the restart", lambda: site.judged(range(LAYERS)))
+        finally:
+            for proc in workers.values():
+                if proc.poll() is None:
+                    stop(proc)
+            site.link.close()
+        logs = "".join((tmp_path / f"{name}.log").read_text() for name in workers)
+        for pid in PRINTERS:
+            assert f"lost printer {pid}" in logs and logs.count(f"took printer {pid}") >= 2, pid
+        _as_one_monitor_decides(site, tmp_path)
