@@ -332,6 +332,14 @@ class BuildRecord:
             samples if samples is not None and samples.any() else None,
         )
 
+    def shadow_masks(self) -> dict[int, np.ndarray]:
+        """The shadow model's masks by layer, for the layers it judged (empty without a shadow)."""
+        f = self._f
+        if not self.has_shadow:
+            return {}
+        judged = sorted({int(n) for n in f[f"{SHADOW}/layers"]["layer"][:]})
+        return {n: np.asarray(f[f"{SHADOW}/mask"][n]) for n in judged if n < f[f"{SHADOW}/mask"].shape[0]}
+
     def illumination(self) -> np.ndarray | None:
         """The build's reference lighting, once set."""
         f = self._f

@@ -1024,13 +1024,15 @@ class PrinterMonitor:
     def _replay_windows(self, build: Build) -> None:
         """A monitor restarted mid-build (or a worker taking the printer over) rebuilds from the record what the
         next layers are judged with: the reference lighting, the metrics' memory of earlier layers (warping
-        confirmed across layers, part footprints), rule windows and incidents. Nothing is acted on again."""
+        confirmed across layers, part footprints), rule windows and incidents, and the shadow model's own
+        memory and windows from its stored masks. Nothing is acted on again."""
         stored = build.record.stored_layers()
         if not len(stored):
             return
         build.illum = build.record.illumination()
         metrics = build.record.table("metrics")
         parts = build.record.table("part_metrics")
+        shadow = build.record.shadow_masks() if build.shadow_metrics is not None else {}
         for layer in (int(n) for n in stored):
             frame, mask, samples = build.record.layer_for_restart(layer)
             if build.illum is None:
@@ -1038,6 +1040,9 @@ class PrinterMonitor:
             build.metrics.compute(mask, part_ids=samples)
             rows = [p for p in parts if int(p["layer"]) == layer]
             build.policy.evaluate(layer, metrics[layer], rows)
+            if layer in shadow and build.shadow_metrics is not None and build.shadow_policy is not None:
+                m = build.shadow_metrics.compute(shadow[layer], part_ids=samples)  # the shadow's memory and windows
+                build.shadow_policy.evaluate(layer, m.values, m.parts)
         self.controller.restore_handled(int(n) for n in stored)
         self.controller.restore(build.record.table("actions"))
         build.last_layer = int(stored.max())

@@ -125,6 +125,46 @@ def test_a_growing_warp_pauses_the_printer_with_its_evidence_recorded(rig: Rig) 
     assert reference.name == f"drift-{rig.monitor.model_sha256[:12]}.json"
 
 
+def test_a_monitor_restarted_mid_build_decides_as_one_that_ran_through(rig: Rig, tmp_path: Path) -> None:
+    """The lighting reference, the metrics' memory of earlier layers (warping confirmed across layers) and
+    the rule windows come back from the record: the next layers are judged as without the restart."""
+    from monitor.replay import ReplayOptions, run_replay
+
+    before = [rig.layer("bus-job", k) for k in range(5)]
+    rig.monitor.release_printer(PID, publish_offline=False)  # lets go of the record as a crash would leave it
+    rig.monitor.open_printer(PID)
+    after = [rig.layer("bus-job", k) for k in range(5, 12)]
+    pm = rig.monitor.monitors[PID]
+    pm.controller.wait_idle(30)
+    rig.watch.wait_idle(30)
+    assert pm.build is not None
+    alone = run_replay(ReplayOptions(source=pm.build.record.path, out=tmp_path / "alone.h5", progress=False,
+                                     models_dir=tmp_path / "models"))  # fmt: skip
+    assert [r.severity for r in before + after] == [r.severity for r in sorted(alone.results, key=lambda r: r.layer)]
+    requested = [(a.layer, a.action) for a in rig.actions if a.state == ActionState.REQUESTED]
+    assert requested == [(a.layer, a.action) for a in alone.actions if a.state == ActionState.REQUESTED]
+    assert any(action == ActionKind.PAUSE for _, action in requested)
+
+
+@pytest.mark.shadow
+def test_the_shadow_model_goes_on_judging_after_a_restart_from_its_stored_masks(rig: Rig) -> None:
+    for k in range(4):
+        rig.layer("sh-job", k)
+    rig.monitor.monitors[PID].link.wait_idle(30)  # type: ignore[attr-defined]
+    rig.monitor.release_printer(PID, publish_offline=False)
+    pm = rig.monitor.open_printer(PID)
+    for k in range(4, 7):
+        rig.layer("sh-job", k)
+    assert isinstance(pm.link, BusLink) and pm.link.wait_idle(30)
+    assert pm.build is not None and pm.counters["shadow_failed"] == 0
+    with RecordReader(pm.build.record.path) as r:
+        shadow = r.shadow_layers()
+    assert sorted(shadow) == list(range(7))
+    # the shadow's porosity rule (it calls porosity everywhere) kept its window over the restart: it would
+    # have acted on the first layers after it, as on those before
+    assert shadow[4]["would_act"] == shadow[3]["would_act"], shadow
+
+
 def test_malformed_messages_are_counted_and_the_service_goes_on(rig: Rig) -> None:
     from hostile import malformed_messages
 
