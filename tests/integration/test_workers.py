@@ -174,7 +174,9 @@ def test_two_workers_share_the_printers_and_one_takes_over_when_the_other_is_kil
     _as_one_monitor_decides(site, tmp_path)
 
 
-def test_after_a_broker_restart_the_workers_take_the_printers_again_and_no_layer_is_lost(tmp_path: Path) -> None:
+def test_after_a_broker_restart_and_a_worker_stopped_the_printers_are_held_again_and_no_layer_is_lost(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "broker").mkdir()
     with mosquitto(tmp_path / "broker") as broker:
         site = Site(broker)
@@ -186,8 +188,16 @@ def test_after_a_broker_restart_the_workers_take_the_printers_again_and_no_layer
             site.wait("layers 0-5 judged", lambda: site.judged(range(6)))
             broker.restart()  # every printer's session ends; the broker keeps them (persistence)
             assert site.link.wait_connected(30)
-            site.send(range(6, LAYERS))  # queued in the printers' sessions until a worker holds them again
-            site.wait("every layer judged after the restart", lambda: site.judged(range(LAYERS)))
+            site.send(range(6, 10))  # queued in the printers' sessions until a worker holds them again
+            site.wait("layers 6-9 judged after the restart", lambda: site.judged(range(10)))
+            # a worker stopped for an upgrade hands its printers to the other mid-build
+            leaving = site.holders["w0"]
+            stop(workers[leaving])
+            staying = "wb" if leaving == "wa" else "wa"
+            site.wait("the other worker holds every printer", lambda: set(site.holders) == set(PRINTERS)
+                      and set(site.holders.values()) == {staying})  # fmt: skip
+            site.send(range(10, LAYERS))
+            site.wait("every layer judged", lambda: site.judged(range(LAYERS)))
         finally:
             for proc in workers.values():
                 if proc.poll() is None:
