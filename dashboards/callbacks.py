@@ -25,6 +25,7 @@ from dashboards.state import (
     send_request,
     strokes_from_shapes,
 )
+from monitor.labels import saved_label
 from monitor.record import RecordError
 from printer_io.vocabulary import Severity
 
@@ -319,9 +320,12 @@ def register(
                 if layer >= len(rows) or not rows[layer]["stored"]:
                     raise PreventUpdate
                 image = r.image(layer)
+                saved = saved_label(r, layer)  # what operators painted on this layer before, shown faded
             except (RecordError, OSError, KeyError, IndexError, RuntimeError):
                 raise PreventUpdate from None
-            return label_canvas(image, shapes, tool, int(label), float(width or 1)), shapes, [path, layer]
+            figure = label_canvas(image, shapes, tool, int(label), float(width or 1),
+                                  saved=saved[0] if saved is not None else None)  # fmt: skip
+            return figure, shapes, [path, layer]
 
         @app.callback(
             Output("label-shapes", "data", allow_duplicate=True),

@@ -79,12 +79,34 @@ LABEL_BY_COLOR = {hex_.lower(): value for value, _, hex_ in LABEL_CHOICES}
 assert len(LABEL_BY_COLOR) == len(LABEL_CHOICES), "every label needs a colour of its own"
 
 
+def saved_labels_png(saved: np.ndarray, max_px: int = DISPLAY_PX) -> bytes:
+    """Labels already saved on a layer ((H, W) label values, 255 none) as an RGBA PNG in their colours, clear
+    where nothing was labelled, at most ``max_px`` wide."""
+    h, w = saved.shape
+    if w > max_px:
+        saved = np.asarray(cv2.resize(saved, (max_px, round(h * max_px / w)), interpolation=cv2.INTER_NEAREST))
+    rgba = np.zeros((*saved.shape, 4), np.uint8)
+    for value, _, hex_ in LABEL_CHOICES:
+        if value == UNLABELLED:
+            continue
+        rgb = [int(hex_[i : i + 2], 16) for i in (1, 3, 5)]
+        rgba[saved == value] = (rgb[2], rgb[1], rgb[0], 255)  # OpenCV writes BGRA
+    return bytes(cv2.imencode(".png", rgba)[1].tobytes())
+
+
 def label_canvas(
-    image: np.ndarray, shapes: list[Any], tool: str, label: int, width_px: float, max_px: int = DISPLAY_PX
+    image: np.ndarray,
+    shapes: list[Any],
+    tool: str,
+    label: int,
+    width_px: float,
+    max_px: int = DISPLAY_PX,
+    saved: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The figure an operator draws labels on: the frame (gray, at most ``max_px`` wide) in frame-pixel
-    coordinates, the strokes drawn so far, and the pen: an open path (brush, ``width_px`` frame px wide) or
-    a closed path (region) in the label's colour."""
+    coordinates, the labels saved on it earlier (``saved``: (H, W) label values, faded, not editable), the
+    strokes drawn so far, and the pen: an open path (brush, ``width_px`` frame px wide) or a closed path
+    (region) in the label's colour."""
     gray = image if image.dtype == np.uint8 else (image // 256).astype(np.uint8)
     h, w = gray.shape[:2]
     shown = gray
@@ -94,16 +116,17 @@ def label_canvas(
     color = next((hex_ for value, _, hex_ in LABEL_CHOICES if value == label), LABEL_CHOICES[0][2])
     screen_width = max(1.0, width_px * min(max_px, w) / w)
     region = tool == "region"
+    place = {"xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": w, "sizey": h, "sizing": "stretch"}
+    images = [{"source": "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode(), **place,
+               "layer": "below"}]  # fmt: skip
+    if saved is not None and saved.shape == (h, w) and (saved != UNLABELLED).any():
+        png = base64.b64encode(saved_labels_png(saved, max_px)).decode()
+        images.append({"source": "data:image/png;base64," + png, **place, "layer": "above", "opacity": 0.35,
+                       "name": "saved labels"})  # fmt: skip
     return {
         "data": [],
         "layout": {
-            "images": [
-                {
-                    "source": "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode(),
-                    "xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": w, "sizey": h,
-                    "sizing": "stretch", "layer": "below",
-                }
-            ],
+            "images": images,
             "xaxis": {"range": [0, w], "visible": False, "fixedrange": True},
             "yaxis": {"range": [h, 0], "visible": False, "fixedrange": True},
             "margin": {"l": 0, "r": 0, "t": 0, "b": 0},

@@ -41,6 +41,7 @@ __all__ = [
     "export_labels",
     "labelled_layers",
     "layer_label",
+    "saved_label",
     "verdict_layers",
 ]
 
@@ -118,6 +119,15 @@ def _strokes(r: RecordReader) -> dict[int, list[dict[str, Any]]]:
         if int(row["label"]) in LABEL_VALUES:
             by_layer.setdefault(int(row["layer"]), []).append({**row, "points": points})
     return by_layer
+
+
+def saved_label(r: RecordReader, layer: int) -> tuple[np.ndarray, int] | None:
+    """What operators painted on ``layer`` so far (their strokes in order, 255 where none) and how many
+    strokes; None where no one did."""
+    strokes = _strokes(r).get(layer, [])
+    if not strokes:
+        return None
+    return draw_strokes(np.full(r.frame_size, UNLABELLED, np.uint8), strokes), len(strokes)
 
 
 def layer_label(

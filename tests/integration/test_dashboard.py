@@ -355,13 +355,21 @@ def test_an_operator_paints_labels_on_a_layer_and_they_reach_the_record(rig: Rig
         page.screenshot(path=str(ARTIFACTS / "dashboard_labels.png"), full_page=True)
         page.click("#btn-label-save")
         _wait_text(page, "#label-status", "2 label stroke(s) on layer 2")
+        deadline = time.monotonic() + 15
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(rows) < 2:
+            with RecordReader(rig.record) as r:
+                rows = r.table("labels")
+            time.sleep(0.2)
+        # stored: a fresh drawing on the layer shows them faded under the pen, where they are
+        page.click("#btn-label-clear")
+        page.wait_for_function(
+            "() => { const g = document.querySelector('#label-canvas .js-plotly-plot');"
+            " return g && g.layout.images.length === 2 && g.layout.shapes.length === 0; }",
+            timeout=30_000,
+        )
+        page.screenshot(path=str(ARTIFACTS / "dashboard_labels_saved.png"), full_page=True)
         browser.close()
-    deadline = time.monotonic() + 15
-    rows: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and len(rows) < 2:
-        with RecordReader(rig.record) as r:
-            rows = r.table("labels")
-        time.sleep(0.2)
     assert sorted((row["kind"], row["label"], row["operator"], row["layer"]) for row in rows) == [
         ("brush", 2, "ana", 2), ("region", NO_DEFECT, "ana", 2)
     ]  # fmt: skip

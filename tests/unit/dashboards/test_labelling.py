@@ -56,3 +56,18 @@ def test_where_the_shadow_disagrees_is_painted_and_said() -> None:
     line = _shadow_line({"id": "cand@abc"}, judged)
     assert "shadow cand@abc: severity critical, would have acted (warping-persists)" in line and "1.23%" in line
     assert "not run on this layer" in _shadow_line({"id": "cand@abc"}, None)
+
+
+def test_labels_saved_earlier_are_shown_faded_over_the_frame_in_their_colours() -> None:
+    saved = np.full((300, 600), 255, np.uint8)
+    saved[10:20, 10:20] = 2  # porosity
+    fig = label_canvas(np.zeros((300, 600), np.uint8), [], "brush", 2, 8, saved=saved)
+    below, above = fig["layout"]["images"]
+    assert below["layer"] == "below" and above["layer"] == "above" and 0 < above["opacity"] < 1
+    rgba = cv2.imdecode(np.frombuffer(base64.b64decode(above["source"].split(",", 1)[1]), np.uint8),
+                        cv2.IMREAD_UNCHANGED)  # fmt: skip
+    assert rgba.shape == (300, 600, 4) and rgba[15, 15, 3] == 255 and rgba[100, 100, 3] == 0
+    hex_ = CLASS_HEX[2]
+    assert tuple(rgba[15, 15, :3]) == tuple(int(hex_[i : i + 2], 16) for i in (5, 3, 1))  # BGR in the file
+    nothing = label_canvas(np.zeros((300, 600), np.uint8), [], "brush", 2, 8, saved=np.full((300, 600), 255, np.uint8))
+    assert len(nothing["layout"]["images"]) == 1

@@ -75,3 +75,23 @@ def test_a_verdict_labels_only_the_class_its_rule_watches(tmp_path: Path) -> Non
     assert (predicted == 4).any() and np.isin(predicted, [2, 3]).any()  # warping, and other defects beside it
     assert np.array_equal(label == NO_DEFECT, predicted == 4)  # the warping pixels, not the spatter or pores
     assert (label[predicted != 4] == UNLABELLED).all()
+
+
+def test_the_labels_saved_on_a_layer_are_painted_in_order_for_the_canvas(tmp_path: Path) -> None:
+    from monitor.labels import saved_label
+    from monitor.record import RecordReader
+
+    with BuildRecord.create(tmp_path / "b.h5", spec()) as rec:
+        for k in range(3):
+            append(rec, k)
+        rec.add_label(1, "ana", "region", NO_DEFECT, 1, [(0, 0), (20, 0), (20, 20), (0, 20)], at=1.0)
+        rec.add_label(1, "bo", "brush", 2, 3, [(5, 10), (15, 10)], at=2.0)  # later: painted over the region
+        rec.add_label(2, "ana", "brush", 9, 3, [(5, 10), (15, 10)], at=3.0)  # not a label value: skipped
+    with RecordReader(tmp_path / "b.h5") as r:
+        painted = saved_label(r, 1)
+        assert saved_label(r, 0) is None and saved_label(r, 2) is None
+        size = r.frame_size
+    assert painted is not None
+    label, strokes = painted
+    assert strokes == 2 and label.shape == size
+    assert label[2, 2] == NO_DEFECT and label[10, 10] == 2 and label[40, 40] == UNLABELLED
