@@ -33,7 +33,7 @@ from monitor.policy import Policy, PolicyEngine, RuleHit
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
 from printer_io.bus import Link, MessageBus, open_link
 from printer_io.credentials import DUPLICATE, Credential, Verifier, load_operators
-from printer_io.errors import PayloadError, PrinterError
+from printer_io.errors import ConfigError, PayloadError, PrinterError
 from printer_io.frames import decode_image
 from printer_io.messages import (
     ActionMessage,
@@ -1314,6 +1314,12 @@ class MonitorService:
         try:
             if cfg.monitor.group:
                 from monitor.workers import SiteWorker
+
+                if self.bus is not None or cfg.mqtt.protocol != "5":
+                    raise ConfigError(
+                        f"[monitor] group {cfg.monitor.group!r}: workers share printers through an MQTT 5 broker "
+                        "(shared subscriptions, delayed wills); set [mqtt] protocol = \"5\" or remove the group"
+                    )
 
                 self.site = SiteWorker(self).start()  # it takes printers as the broker hands them over
             else:

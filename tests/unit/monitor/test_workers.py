@@ -43,3 +43,23 @@ def test_worker_ids_and_groups_are_topic_levels() -> None:
     assert MonitorSection(group="site-1", worker_id="w.a").group == "site-1"
     with pytest.raises(ValueError, match="not usable in an MQTT topic"):
         MonitorSection(group="site/1")
+
+
+def test_a_group_needs_an_mqtt_5_broker_and_topic_level_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1"\nprotocol = "3.1.1"\n\n'
+        f'[monitor]\nout_dir = "{tmp_path / "records"}"\nmodels_dir = "{tmp_path / "models"}"\n\n'
+        '[printers.p1]\nbackend = "none"\n'
+    )
+    assert main(["monitor", "--config", str(config), "--group", "hall-1"]) == 2
+    err = capsys.readouterr().err
+    assert "[monitor] group 'hall-1'" in err and 'protocol = "5"' in err and "Traceback" not in err
+    assert main(["monitor", "--config", str(config), "--group", "hall/1"]) == 2
+    assert "not usable in an MQTT topic" in capsys.readouterr().err
+    assert main(["monitor", "--config", str(config), "--worker-id", "w1"]) == 2
+    assert "--worker-id needs a group" in capsys.readouterr().err
