@@ -178,7 +178,8 @@ def farm_table(rows: list[dict[str, Any]]) -> Any:
 
 
 def _services(said: str | None) -> str:
-    """The services of a printer that are offline; "online" when the broker says none is; blank without a broker."""
+    """The services of a printer that are offline; "online" when the broker says none is (or the worker that
+    judges it, where workers share the site); blank without a broker."""
     if said is None:
         return ""
     return said or "online"

@@ -40,6 +40,7 @@ class ServiceStatus:
         from printer_io.topics import Topics
 
         self.status: dict[tuple[str, str], tuple[str, float]] = {}
+        self.workers: dict[str, str] = {}  # printer -> the worker of a group that holds it (monitor --group)
         config = MqttConfig(url=broker, connect_timeout_s=5)
         # a unique, clean session: two dashboards on one broker must not take each other's connection over
         self.link = MqttLink(
@@ -53,6 +54,8 @@ class ServiceStatus:
         parts = topic.split("/")
         msg = StatusMessage.from_json(payload, topic)
         self.status[(parts[-3], parts[-1])] = (msg.state, msg.time)
+        if parts[-1] == "monitor":
+            self.workers[parts[-3]] = msg.worker if msg.state == "online" else ""
 
     def start(self) -> ServiceStatus:
         try:
@@ -62,12 +65,17 @@ class ServiceStatus:
         return self
 
     def describe(self, printer: str) -> str:
+        """The printer's services that are offline, or the worker that judges it where workers share the site;
+        empty when all is well."""
         down = [
             f"{svc} offline since {time.strftime('%H:%M:%S', time.localtime(t))}"
             for (p, svc), (state, t) in sorted(self.status.items())
             if p == printer and state == "offline"
         ]
-        return "; " + ", ".join(down) if down else ""
+        if down:
+            return "; " + ", ".join(down)
+        worker = self.workers.get(printer)
+        return f"; judged by worker {worker}" if worker else ""
 
     def close(self) -> None:
         self.link.close()

@@ -138,3 +138,23 @@ def test_requests_are_authenticated_then_checked_before_dash_parses_them(tmp_pat
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
     close_app(guarded)
     close_app(readonly)
+
+
+def test_the_farm_says_which_worker_judges_a_printer_and_which_services_are_down() -> None:
+    from dashboards.state import ServiceStatus
+    from printer_io.messages import StatusMessage
+
+    status = ServiceStatus("mqtt://127.0.0.1:1")  # not started: statuses are fed by hand
+
+    def say(printer: str, service: str, state: str, worker: str = "") -> None:
+        msg = StatusMessage(service=service, client_id="c", state=state, worker=worker)  # type: ignore[arg-type]
+        status._on_status(f"layerwatch/{printer}/status/{service}", msg.to_json())
+
+    say("p1", "monitor", "online", "judge-a")
+    say("p2", "monitor", "online")
+    assert status.describe("p1") == "; judged by worker judge-a" and status.describe("p2") == ""
+    say("p1", "camera", "offline")
+    assert status.describe("p1").startswith("; camera offline since")  # what is down comes first
+    say("p1", "camera", "online")
+    say("p1", "monitor", "offline", "judge-a")  # its worker died: no one judges it until another takes it
+    assert status.describe("p1").startswith("; monitor offline since")
