@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -144,16 +145,27 @@ def _as_one_monitor_decides(site: Site, tmp_path: Path) -> None:
     assert paused == {pid for pid, (_, warp) in PRINTERS.items() if warp is not None}
 
 
-def test_two_workers_share_the_printers_and_one_takes_over_when_the_other_is_killed(
-    broker: Mosquitto, site: Site, tmp_path: Path
-) -> None:
-    config = _site_config(tmp_path, broker.url)
+@contextmanager
+def _two_workers(site: Site, url: str, tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Workers "wa" and "wb" holding the three printers between them (the broker hands them out), layers 0-5
+    judged; stopped at the end."""
+    config = _site_config(tmp_path, url)
     workers = {name: _worker(config, name, tmp_path / f"{name}.log") for name in ("wa", "wb")}
     try:
-        # the broker hands the three printers out, both workers get some
         site.wait("all printers held by both workers", lambda: _held_by_both(site))
         site.send(range(6))
         site.wait("layers 0-5 judged", lambda: site.judged(range(6)))
+        yield workers
+    finally:
+        for proc in workers.values():
+            if proc.poll() is None:
+                stop(proc)
+
+
+def test_two_workers_share_the_printers_and_one_takes_over_when_the_other_is_killed(
+    broker: Mosquitto, site: Site, tmp_path: Path
+) -> None:
+    with _two_workers(site, broker.url, tmp_path) as workers:
         victim = site.holders["w0"]
         heir = "wb" if victim == "wa" else "wa"
         lost = [pid for pid, w in site.holders.items() if w == victim]
@@ -164,10 +176,6 @@ def test_two_workers_share_the_printers_and_one_takes_over_when_the_other_is_kil
         site.wait("the heir holds every printer", lambda: set(site.holders.values()) == {heir}
                   and set(site.holders) == set(PRINTERS))  # fmt: skip
         site.wait("every layer judged", lambda: site.judged(range(LAYERS)))
-    finally:
-        for proc in workers.values():
-            if proc.poll() is None:
-                stop(proc)
     heir_log = (tmp_path / f"{heir}.log").read_text()
     for pid in lost:
         assert f"worker {heir} took printer {pid}" in heir_log
@@ -180,30 +188,23 @@ def test_after_a_broker_restart_and_a_worker_stopped_the_printers_are_held_again
     (tmp_path / "broker").mkdir()
     with mosquitto(tmp_path / "broker") as broker:
         site = Site(broker)
-        config = _site_config(tmp_path, broker.url)
-        workers = {name: _worker(config, name, tmp_path / f"{name}.log") for name in ("wa", "wb")}
         try:
-            site.wait("all printers held by both workers", lambda: _held_by_both(site))
-            site.send(range(6))
-            site.wait("layers 0-5 judged", lambda: site.judged(range(6)))
-            broker.restart()  # every printer's session ends; the broker keeps them (persistence)
-            assert site.link.wait_connected(30)
-            site.send(range(6, 10))  # queued in the printers' sessions until a worker holds them again
-            site.wait("layers 6-9 judged after the restart", lambda: site.judged(range(10)))
-            # a worker stopped for an upgrade hands its printers to the other mid-build
-            leaving = site.holders["w0"]
-            stop(workers[leaving])
-            staying = "wb" if leaving == "wa" else "wa"
-            site.wait("the other worker holds every printer", lambda: set(site.holders) == set(PRINTERS)
-                      and set(site.holders.values()) == {staying})  # fmt: skip
-            site.send(range(10, LAYERS))
-            site.wait("every layer judged", lambda: site.judged(range(LAYERS)))
+            with _two_workers(site, broker.url, tmp_path) as workers:
+                broker.restart()  # every printer's session ends; the broker keeps them (persistence)
+                assert site.link.wait_connected(30)
+                site.send(range(6, 10))  # queued in the printers' sessions until a worker holds them again
+                site.wait("layers 6-9 judged after the restart", lambda: site.judged(range(10)))
+                # a worker stopped for an upgrade hands its printers to the other mid-build
+                leaving = site.holders["w0"]
+                stop(workers[leaving])
+                staying = "wb" if leaving == "wa" else "wa"
+                site.wait("the other worker holds every printer", lambda: set(site.holders) == set(PRINTERS)
+                          and set(site.holders.values()) == {staying})  # fmt: skip
+                site.send(range(10, LAYERS))
+                site.wait("every layer judged", lambda: site.judged(range(LAYERS)))
         finally:
-            for proc in workers.values():
-                if proc.poll() is None:
-                    stop(proc)
             site.link.close()
-        logs = "".join((tmp_path / f"{name}.log").read_text() for name in workers)
+        logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("wa", "wb"))
         for pid in PRINTERS:
             assert f"lost printer {pid}" in logs and logs.count(f"took printer {pid}") >= 2, pid
         _as_one_monitor_decides(site, tmp_path)
