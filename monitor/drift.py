@@ -5,9 +5,11 @@ Per printer and model, two references:
 - the model's own, from its calibration on the frames it was trained on (``ood`` in its metadata): the
   per-frame unfamiliarity score (:mod:`segmentation.ood`) is near its calibrated median on frames of
   the kind it knows; on most frames of a window it should stay well below the "unfamiliar" threshold;
-- the printer's, taken on the first ``reference_layers`` layers this model saw on this printer
-  (kept in ``<out_dir>/<printer>/drift-<model>.json``, so it outlives builds and restarts): frame
-  brightness and contrast, and the share of the plate each class takes.
+- the printer's, taken on the first ``reference_layers`` layers this model saw on this printer whose
+  frames it knows (unfamiliarity at most ``ood_share`` of its threshold; kept in
+  ``<out_dir>/<printer>/drift-<model>.json``, so it outlives builds and restarts): frame brightness and
+  contrast, and the share of the plate each class takes. Until it is taken, the window is judged by the
+  model's reference alone, so a printer that drifts from its first layers on is said too.
 
 Over a sliding window of recent layers (sound frames, in order; unfamiliar ones included), drift is:
 the median unfamiliarity above ``ood_share`` of the threshold; the median brightness or contrast
@@ -97,7 +99,9 @@ class DriftWatch:
     def add(self, layer: int, stats: dict[str, float]) -> DriftFinding | None:
         """One judged layer; a finding once the window drifts (then the window starts afresh)."""
         s = self.settings
-        if self.reference is None:
+        # the printer's reference is taken on frames the model knows: a printer that drifts from its first
+        # layers on must not make its drift the reference (the window below says so meanwhile)
+        if self.reference is None and not stats.get("ood", 0.0) > s.ood_share:
             self._seen.append(stats)
             if len(self._seen) >= s.reference_layers:
                 self.reference = {
@@ -107,7 +111,6 @@ class DriftWatch:
                 }
                 self._seen.clear()
                 self._save()
-            return None
         self._window.append((layer, stats))
         if len(self._window) > s.window:
             self._window.popleft()

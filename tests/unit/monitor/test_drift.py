@@ -61,3 +61,16 @@ def test_layer_stats_measure_the_plate_only() -> None:
     roi[:, 5:] = True
     s = layer_stats(gray, mask, roi, 0.2)
     assert abs(s["brightness"] - 100 / 255) < 1e-6 and s["share_part"] == 0.5 and s["ood"] == 0.2
+
+
+def test_a_printer_that_drifts_from_its_first_layers_is_said_and_sets_no_reference(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    settings = DriftSettings(reference_layers=30, window=10)
+    watch = DriftWatch.open(tmp_path / "drift.json", settings)
+    found = [watch.add(k, _stats(rng, ood=0.9)) for k in range(12)]  # a camera the model does not know
+    finding = next(f for f in found if f is not None)
+    assert found.index(finding) == 9 and "unlike the model's training frames" in finding.reasons[0]
+    assert watch.reference is None and not (tmp_path / "drift.json").exists()  # not its drift as the reference
+    for k in range(12, 42):  # the camera is fixed: the reference comes from the frames the model knows
+        assert watch.add(k, _stats(rng)) is None
+    assert watch.reference is not None and watch.reference["brightness"][0] > 0.35
