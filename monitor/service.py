@@ -1318,7 +1318,7 @@ class MonitorService:
                 if self.bus is not None or cfg.mqtt.protocol != "5":
                     raise ConfigError(
                         f"[monitor] group {cfg.monitor.group!r}: workers share printers through an MQTT 5 broker "
-                        "(shared subscriptions, delayed wills); set [mqtt] protocol = \"5\" or remove the group"
+                        '(shared subscriptions, delayed wills); set [mqtt] protocol = "5" or remove the group'
                     )
 
                 self.site = SiteWorker(self).start()  # it takes printers as the broker hands them over
