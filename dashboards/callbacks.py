@@ -12,6 +12,7 @@ from dashboards.render import (
     event_log,
     farm_table,
     label_canvas,
+    label_pen,
     overlay_png,
     printer_view,
     trend_figure,
@@ -286,34 +287,10 @@ def register(
 
             return send_request(link, records, ctx.triggered_id, path, incident, operators)
 
-        @app.callback(
-            Output("label-canvas", "figure"),
-            Output("label-shapes", "data"),
-            Output("label-for", "data"),
-            Input("layer", "value"),
-            Input("record", "value"),
-            Input("label-tool", "value"),
-            Input("label-value", "value"),
-            Input("label-width", "value"),
-            Input("btn-label-clear", "n_clicks"),
-            Input("label-saved", "data"),
-            State("label-shapes", "data"),
-            State("label-for", "data"),
-        )
-        def label_canvas_figure(
-            layer: int | None, path: str | None, tool: str, label: int, width: float, _c: int, _s: int,
-            shapes: list[Any] | None, shown: list[Any] | None,
-        ) -> tuple[Any, Any, Any]:  # fmt: skip
-            """The canvas for this layer; a new layer, a save or "clear" starts an empty drawing, a new pen keeps it.
-            The tick sets the record and layer again and again: the same ones leave the drawing alone."""
-            from dash import ctx
-
+        def fresh_canvas(path: str | None, layer: int | None, tool: str, label: int, width: float) -> tuple[Any, ...]:
+            """The canvas of ``layer`` with an empty drawing, the labels saved on it shown faded."""
             if not path or layer is None:
                 raise PreventUpdate
-            if ctx.triggered_id in ("layer", "record") and shown == [path, layer]:
-                raise PreventUpdate
-            keep = ctx.triggered_id in ("label-tool", "label-value", "label-width")
-            shapes = (shapes or []) if keep else []
             try:
                 r = records.reader(records.resolve(path))
                 rows = r.layers()
@@ -323,9 +300,71 @@ def register(
                 saved = saved_label(r, layer)  # what operators painted on this layer before, shown faded
             except (RecordError, OSError, KeyError, IndexError, RuntimeError):
                 raise PreventUpdate from None
-            figure = label_canvas(image, shapes, tool, int(label), float(width or 1),
+            figure = label_canvas(image, [], tool, int(label), float(width or 1),
                                   saved=saved[0] if saved is not None else None)  # fmt: skip
-            return figure, shapes, [path, layer]
+            return figure, [], [path, layer, int(image.shape[1])]
+
+        # Three callbacks draw on the canvas, because Dash lets a later call of a callback overtake an earlier
+        # one still on its way: the tick sets the record and layer every half second, and a call of the tick's
+        # (which leaves the same layer alone) must not swallow the operator's "clear" or change of pen.
+        @app.callback(
+            Output("label-canvas", "figure"),
+            Output("label-shapes", "data"),
+            Output("label-for", "data"),
+            Input("layer", "value"),
+            Input("record", "value"),
+            State("label-tool", "value"),
+            State("label-value", "value"),
+            State("label-width", "value"),
+            State("label-for", "data"),
+        )
+        def label_canvas_figure(
+            layer: int | None, path: str | None, tool: str, label: int, width: float, shown: list[Any] | None
+        ) -> tuple[Any, ...]:
+            """The canvas of a layer the page turned to; the same layer again leaves the drawing alone."""
+            if isinstance(shown, list) and shown[:2] == [path, layer]:
+                raise PreventUpdate
+            return fresh_canvas(path, layer, tool, label, width)
+
+        @app.callback(
+            Output("label-canvas", "figure", allow_duplicate=True),
+            Output("label-shapes", "data", allow_duplicate=True),
+            Output("label-for", "data", allow_duplicate=True),
+            Input("btn-label-clear", "n_clicks"),
+            Input("label-saved", "data"),
+            State("layer", "value"),
+            State("record", "value"),
+            State("label-tool", "value"),
+            State("label-value", "value"),
+            State("label-width", "value"),
+            prevent_initial_call=True,
+        )
+        def label_canvas_afresh(
+            _c: int, _s: int, layer: int | None, path: str | None, tool: str, label: int, width: float
+        ) -> tuple[Any, ...]:
+            """ "Clear drawing", or the strokes just saved: an empty drawing over what is saved."""
+            return fresh_canvas(path, layer, tool, label, width)
+
+        @app.callback(
+            Output("label-canvas", "figure", allow_duplicate=True),
+            Input("label-tool", "value"),
+            Input("label-value", "value"),
+            Input("label-width", "value"),
+            State("label-shapes", "data"),
+            State("label-for", "data"),
+            prevent_initial_call=True,
+        )
+        def label_pen_change(tool: str, label: int, width: float, shapes: list[Any] | None, shown: Any) -> Any:
+            """A new pen on the canvas as it is: the frame is not sent again, the strokes drawn so far stay."""
+            from dash import Patch
+
+            if not isinstance(shown, list) or len(shown) != 3:
+                raise PreventUpdate
+            patch = Patch()
+            for key, value in label_pen(tool, int(label), float(width or 1), int(shown[2])).items():
+                patch["layout"][key] = value
+            patch["layout"]["shapes"] = shapes or []
+            return patch
 
         @app.callback(
             Output("label-shapes", "data", allow_duplicate=True),

@@ -98,7 +98,7 @@ def page(opts: DashboardOptions, can_control: bool) -> Any:
             html.Div(id="label-status", className="status"),
             dcc.Store(id="label-shapes", data=[]),
             dcc.Store(id="label-saved", data=0),
-            dcc.Store(id="label-for", data=None),  # the record and layer the canvas shows
+            dcc.Store(id="label-for", data=None),  # the record, layer and frame width the canvas shows
         ]
 
     class_options = [

@@ -94,6 +94,22 @@ def saved_labels_png(saved: np.ndarray, max_px: int = DISPLAY_PX) -> bytes:
     return bytes(cv2.imencode(".png", rgba)[1].tobytes())
 
 
+def label_pen(tool: str, label: int, width_px: float, frame_width: int, max_px: int = DISPLAY_PX) -> dict[str, Any]:
+    """The canvas's pen (its layout's ``dragmode`` and ``newshape``): an open path (brush, ``width_px`` frame
+    px wide) or a closed path (region) in the label's colour, on a frame ``frame_width`` px wide."""
+    color = next((hex_ for value, _, hex_ in LABEL_CHOICES if value == label), LABEL_CHOICES[0][2])
+    region = tool == "region"
+    screen_width = max(1.0, width_px * min(max_px, frame_width) / max(frame_width, 1))
+    return {
+        "dragmode": "drawclosedpath" if region else "drawopenpath",
+        "newshape": {
+            "line": {"color": color, "width": 1 if region else screen_width},
+            "fillcolor": color if region else "rgba(0,0,0,0)",
+            "opacity": 0.5,
+        },
+    }
+
+
 def label_canvas(
     image: np.ndarray,
     shapes: list[Any],
@@ -113,9 +129,6 @@ def label_canvas(
     if w > max_px:
         shown = np.asarray(cv2.resize(gray, (max_px, round(h * max_px / w)), interpolation=cv2.INTER_AREA), np.uint8)
     _, buf = cv2.imencode(".png", shown)
-    color = next((hex_ for value, _, hex_ in LABEL_CHOICES if value == label), LABEL_CHOICES[0][2])
-    screen_width = max(1.0, width_px * min(max_px, w) / w)
-    region = tool == "region"
     place = {"xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": w, "sizey": h, "sizing": "stretch"}
     images = [{"source": "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode(), **place,
                "layer": "below"}]  # fmt: skip
@@ -134,12 +147,7 @@ def label_canvas(
             "autosize": False,
             "width": min(max_px, w),
             "height": round(min(max_px, w) * h / w),
-            "dragmode": "drawclosedpath" if region else "drawopenpath",
-            "newshape": {
-                "line": {"color": color, "width": 1 if region else screen_width},
-                "fillcolor": color if region else "rgba(0,0,0,0)",
-                "opacity": 0.5,
-            },
+            **label_pen(tool, label, width_px, w, max_px),
             "shapes": shapes,
             "uirevision": "labels",
         },
