@@ -321,16 +321,16 @@ class BuildRecord:
             "captured_at": float(row["captured_at"]),
         }
 
-    def layer_for_restart(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The stored frame, class ids and the printer's part ids (None where the frame had none) of ``layer``:
-        what a monitor that continues this build feeds its running state with (monitor.service)."""
+    def layer_for_restart(self, layer: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The stored class ids and the printer's part ids (None where the frame had none) of ``layer``: what a
+        monitor that continues this build feeds its running state with (monitor.service)."""
         f = self._f
         samples = np.asarray(f[SAMPLE_IDS][layer]) if SAMPLE_IDS in f else None
-        return (
-            np.asarray(f[IMAGES][layer]),
-            class_mask(f, layer),
-            samples if samples is not None and samples.any() else None,
-        )
+        return class_mask(f, layer), samples if samples is not None and samples.any() else None
+
+    def image(self, layer: int) -> np.ndarray:
+        """The stored frame of ``layer``."""
+        return np.asarray(self._f[IMAGES][layer])
 
     def shadow_masks(self) -> dict[int, np.ndarray]:
         """The shadow model's masks by layer, for the layers it judged (empty without a shadow)."""

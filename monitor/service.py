@@ -1034,9 +1034,9 @@ class PrinterMonitor:
         parts = build.record.table("part_metrics")
         shadow = build.record.shadow_masks() if build.shadow_metrics is not None else {}
         for layer in (int(n) for n in stored):
-            frame, mask, samples = build.record.layer_for_restart(layer)
-            if build.illum is None:
-                self._reference(build, frame, mask, layer)
+            mask, samples = build.record.layer_for_restart(layer)
+            if build.illum is None:  # the frames are read only until the lighting is known
+                self._reference(build, build.record.image(layer), mask, layer)
             build.metrics.compute(mask, part_ids=samples)
             rows = [p for p in parts if int(p["layer"]) == layer]
             build.policy.evaluate(layer, metrics[layer], rows)
