@@ -55,6 +55,7 @@ class Engine(Protocol):
     name: str
     stride: int
     in_channels: int
+    input_norm: str  # segmentation.preprocess.model_input
     meta: dict[str, Any]
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
@@ -81,6 +82,7 @@ class TorchEngine:
         model, self.meta = load_checkpoint(model_path)
         self.stride = model.spec.stride
         self.in_channels = model.spec.in_channels
+        self.input_norm = model.spec.input_norm
         self._device = torch.device(device)
         self._model = model.to(self._device)
 
@@ -127,6 +129,7 @@ class OnnxEngine:
         model_spec = ModelSpec(**{**spec, "decoder_channels": tuple(spec["decoder_channels"])})
         self.stride = model_spec.stride
         self.in_channels = model_spec.in_channels
+        self.input_norm = model_spec.input_norm
         self._input = self._session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -311,7 +314,7 @@ class Segmenter:
             gray = to_gray_float(img)
             if illumination is not None:
                 gray = flat_field(gray, illumination)
-            x = model_input(gray, engine.in_channels)
+            x = model_input(gray, engine.in_channels, engine.input_norm)
         except ValueError as err:
             raise ImageError(str(err)) from err
         probs, score = self._probs(engine, x)

@@ -27,6 +27,7 @@ class ModelSpec:
     refine: int = 0  # >0: full-resolution refinement head with this many channels
     in_channels: int = 1
     classes: int = NUM_CLASSES
+    input_norm: str = "linear"  # segmentation.preprocess.model_input: "linear" or "log"
 
     @property
     def stride(self) -> int:
@@ -48,6 +49,10 @@ ARCHITECTURES: dict[str, ModelSpec] = {
     # the same with an 8-channel full-resolution decoder stage: 1.7x faster to train on a CPU without
     # AVX-512, a little faster to run (docs/benchmarks.md)
     "unet-mnv3s-d5-lc8": ModelSpec("tu-mobilenetv3_small_100", 5, (64, 32, 24, 16, 8), in_channels=2),
+    # the same network on the log of the frame: gain and gamma of the camera no longer change its input
+    "unet-mnv3s-d5-lc8-log": ModelSpec(
+        "tu-mobilenetv3_small_100", 5, (64, 32, 24, 16, 8), in_channels=2, input_norm="log"
+    ),
 }
 DEFAULT_ARCH = "unet-mnv3s-d5-lc8"
 

@@ -40,7 +40,7 @@ def pooled_features(model: Any, frames: Iterable[np.ndarray]) -> np.ndarray:
     model.eval()
     with torch.inference_mode():
         for gray in frames:
-            x = model_input(gray.astype(np.float32), model.spec.in_channels)
+            x = model_input(gray.astype(np.float32), model.spec.in_channels, model.spec.input_norm)
             h, w = x.shape[1:]
             s = model.spec.stride
             x = np.pad(x, ((0, 0), (0, -h % s), (0, -w % s)), mode="reflect")
@@ -106,7 +106,7 @@ def calibrate(
 def _entropy_of(model: Any, gray: np.ndarray) -> float:
     import torch
 
-    x = model_input(gray.astype(np.float32), model.spec.in_channels)
+    x = model_input(gray.astype(np.float32), model.spec.in_channels, model.spec.input_norm)
     h, w = x.shape[1:]
     s = model.spec.stride
     x = np.pad(x, ((0, 0), (0, -h % s), (0, -w % s)), mode="reflect")

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["flat_field", "illumination", "local_contrast", "model_input", "normalize", "to_gray", "to_gray_float"]
+__all__ = [
+    "flat_field",
+    "illumination",
+    "local_contrast",
+    "log_gray",
+    "model_input",
+    "normalize",
+    "to_gray",
+    "to_gray_float",
+]
 
 # Floor for the per-frame standard deviation: an almost uniform frame (empty plate) must not have
 # its sensor noise amplified into structure.
@@ -75,6 +84,34 @@ def normalize(gray: np.ndarray) -> np.ndarray:
     return ((gray - mean) / std).astype(np.float32)
 
 
+# Offset of the log input: about 2.5 levels of an 8-bit frame, so that the sensor noise of the darkest
+# pixels is not stretched without end; above it, gain and gamma are exact shifts and scales.
+_LOG_EPS = 0.01
+# The log input's floors (it is relative: 0.05 is 5 % of the brightness): a flat frame's noise of 1 %
+# stays small, in the whole frame and in the local contrast.
+_LOG_MIN_STD = 0.05
+_LOG_LOCAL_MIN_STD = 0.025
+# Black walls and shadows sit at log(0.01) whatever the gamma: far outside the frame's spread, where
+# their exact distance would only change with the camera, they are cut at 8 spreads (a dark pit in
+# powder is about 7).
+_LOG_CLIP = 8.0
+
+
+def log_gray(gray: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1] -> log(gray + 0.01): a camera's gain becomes a shift and its gamma a
+    scale, which the per-frame normalisation removes exactly (:func:`model_input` with ``norm="log"``)."""
+    return np.log(np.maximum(gray, 0.0) + _LOG_EPS).astype(np.float32)
+
+
+def _robust_centre_spread(image: np.ndarray) -> tuple[float, float]:
+    """Median and spread (interquartile range / 1.349, the standard deviation of a normal distribution)
+    of a frame, from every 4th pixel of every 4th row. Black borders and saturated glints, which no gamma
+    or gain moves in the log domain, must not set the scale as they would a standard deviation."""
+    sample = image[::4, ::4]
+    p25, p50, p75 = np.percentile(sample, (25, 50, 75))
+    return float(p50), float(p75 - p25) / 1.349
+
+
 # Scale of the local-contrast channel: a few scan-track periods, far below a part's size, so the
 # channel keeps texture and outlines and drops broad lighting.
 _LOCAL_SIGMA = 6.0
@@ -85,7 +122,7 @@ _LOCAL_MIN_SHARE = 0.3
 _LOCAL_MIN_STD = 0.01
 
 
-def local_contrast(gray: np.ndarray) -> np.ndarray:
+def local_contrast(gray: np.ndarray, min_std: float = _LOCAL_MIN_STD, spread: float | None = None) -> np.ndarray:
     """(H, W) float32 in [0, 1] -> (H, W) float32: each pixel against its neighbourhood's mean and
     spread (Gaussian window of sigma 6 px, spread floored at 0.3 of the frame's, at least 0.01),
     clipped to +-5. Illumination gradients vanish here; gain and contrast changes too."""
@@ -94,22 +131,30 @@ def local_contrast(gray: np.ndarray) -> np.ndarray:
     mean = cv2.GaussianBlur(gray, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
     diff = gray - mean
     var = cv2.GaussianBlur(diff * diff, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
-    floor = max(_LOCAL_MIN_SHARE * float(gray.std()), _LOCAL_MIN_STD)
+    floor = max(_LOCAL_MIN_SHARE * (float(gray.std()) if spread is None else spread), min_std)
     out = diff / np.sqrt(np.maximum(var, floor * floor))
     return np.clip(out, -5.0, 5.0).astype(np.float32)
 
 
-def model_input(gray: np.ndarray, channels: int) -> np.ndarray:
+def model_input(gray: np.ndarray, channels: int, norm: str = "linear") -> np.ndarray:
     """(H, W) float32 in [0, 1] -> (channels, H, W) float32 network input for the whole frame.
 
     Channel 0 is :func:`normalize`; a second channel, where the model has one, is
-    :func:`local_contrast`. Computed on the whole frame before any tiling.
+    :func:`local_contrast`. Computed on the whole frame before any tiling. ``norm="log"`` computes
+    both on :func:`log_gray`: the input no longer changes with the camera's gain, exposure or gamma
+    (``linear``, the first models' input, is invariant to gain and contrast only).
     """
-    if channels == 1:
-        return normalize(gray)[None]
-    if channels == 2:
-        return np.stack([normalize(gray), local_contrast(gray)])
-    raise ValueError(f"models with {channels} input channels are not supported (1 or 2)")
+    if channels not in (1, 2):
+        raise ValueError(f"models with {channels} input channels are not supported (1 or 2)")
+    if norm == "linear":
+        first = normalize(gray)
+        return first[None] if channels == 1 else np.stack([first, local_contrast(gray)])
+    if norm != "log":
+        raise ValueError(f"input normalisation {norm!r} is not supported ('linear' or 'log')")
+    base = log_gray(gray)
+    centre, spread = _robust_centre_spread(base)
+    first = np.clip((base - centre) / max(spread, _LOG_MIN_STD), -_LOG_CLIP, _LOG_CLIP).astype(np.float32)
+    return first[None] if channels == 1 else np.stack([first, local_contrast(base, _LOG_LOCAL_MIN_STD, spread)])
 
 
 # The reference illumination is estimated on a coarse grid: lighting varies over a frame's width,

@@ -36,7 +36,7 @@ import numpy as np
 from segmentation.augment import random_lighting
 from segmentation.classes import CLASS_LOSS_WEIGHTS, CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, NUM_CLASSES, UNLABELLED
 from segmentation.metrics import Evaluation, scores
-from segmentation.model import ARCHITECTURES, DEFAULT_ARCH, create_model, save_checkpoint
+from segmentation.model import ARCHITECTURES, DEFAULT_ARCH, ModelSpec, create_model, save_checkpoint
 from segmentation.preprocess import model_input, to_gray_float
 from segmentation.resources import data_dir
 from segmentation.simulator import SimBuild, simulate_dataset, simulate_scenarios
@@ -282,13 +282,13 @@ def _large_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray] | None:
 
 # ---- batches ----------------------------------------------------------------------------------------
 def _sample(
-    rng: np.random.Generator, gray: np.ndarray, mask: np.ndarray, crop: int, channels: int, lighting: float
+    rng: np.random.Generator, gray: np.ndarray, mask: np.ndarray, crop: int, spec: ModelSpec, lighting: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """One training crop: lighting change on the whole frame, input channels, crop, rotation, flip."""
     g = gray.astype(np.float32)
     if lighting > 0 and rng.random() < 0.8:
         g = random_lighting(g, rng, lighting)
-    x = model_input(g, channels)
+    x = model_input(g, spec.in_channels, spec.input_norm)
     h, w = g.shape
     if h < crop or w < crop:
         ph, pw = max(0, crop - h), max(0, crop - w)
@@ -341,8 +341,8 @@ class _Sources:
     large: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    xb = np.empty((cfg.batch, channels, cfg.crop, cfg.crop), np.float32)
+def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    xb = np.empty((cfg.batch, spec.in_channels, cfg.crop, cfg.crop), np.float32)
     yb = np.empty((cfg.batch, cfg.crop, cfg.crop), np.int64)
     n_comp = src.composite[0].shape[0]
     for j in range(cfg.batch):
@@ -356,7 +356,7 @@ def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, channels: 
             pool = src.large if src.large is not None and rng.random() < cfg.large_share else src.sim
             i = int(rng.integers(pool[0].shape[0]))
             g, m = pool[0][i], pool[1][i]
-        xb[j], yb[j] = _sample(rng, g, m, cfg.crop, channels, cfg.lighting)
+        xb[j], yb[j] = _sample(rng, g, m, cfg.crop, spec, cfg.lighting)
     return xb, yb
 
 
@@ -390,7 +390,7 @@ def partial_label_loss(logits: Any, y: Any, weights: Any) -> Any:
     return ce + dice[1:].mean()
 
 
-def evaluate_arrays(model: Any, gray: np.ndarray, y: np.ndarray, channels: int, batch: int = 4) -> Evaluation:
+def evaluate_arrays(model: Any, gray: np.ndarray, y: np.ndarray, spec: ModelSpec, batch: int = 4) -> Evaluation:
     """Whole-frame evaluation of a torch model on gray frames (N, H, W) and their masks."""
     import torch
 
@@ -398,7 +398,9 @@ def evaluate_arrays(model: Any, gray: np.ndarray, y: np.ndarray, channels: int, 
     model.eval()
     with torch.inference_mode():
         for i in range(0, gray.shape[0], batch):
-            x = np.stack([model_input(g.astype(np.float32), channels) for g in gray[i : i + batch]])
+            x = np.stack(
+                [model_input(g.astype(np.float32), spec.in_channels, spec.input_norm) for g in gray[i : i + batch]]
+            )
             pred = model(torch.from_numpy(x)).argmax(1).numpy().astype(np.uint8)
             for t, p in zip(y[i : i + batch], pred, strict=True):
                 ev.add(t, p)
@@ -415,7 +417,7 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
     cfg.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
 
-    channels = ARCHITECTURES[cfg.arch].in_channels
+    spec = ARCHITECTURES[cfg.arch]
     sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz")
     if cfg.scenario_layers:
         scen = build_set(
@@ -468,7 +470,7 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
         loss_sum = 0.0
         for _ in bar:
-            xb, yb = _batch(rng, src, cfg, channels)
+            xb, yb = _batch(rng, src, cfg, spec)
             xt, yt = torch.from_numpy(xb), torch.from_numpy(yb)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 logits = model(xt).float()
@@ -479,7 +481,7 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
             sched.step()
             loss_sum += loss.item()
             bar.set_postfix(loss=f"{loss_sum / (bar.n + 1):.3f}")
-        ev = evaluate_arrays(model, x_va, y_va, channels)
+        ev = evaluate_arrays(model, x_va, y_va, spec)
         cls = scores(ev.cm)
         defect_iou = float(np.mean([cls[c].iou for c in DEFECT_CLASSES]))
         minutes = elapsed0 + (time.monotonic() - t_start) / 60
@@ -493,7 +495,7 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
         history.append(row)
         large_text = ""
         if large_val is not None:
-            large_cls = scores(evaluate_arrays(model, large_val[0], large_val[1], channels, batch=1).cm)
+            large_cls = scores(evaluate_arrays(model, large_val[0], large_val[1], spec, batch=1).cm)
             row["iou_large"] = {s.name: round(s.iou, 4) for s in large_cls}
             large_text = f"; {cfg.large_frame} px: " + " ".join(f"{s.name} {s.iou:.3f}" for s in large_cls)
         echo(

@@ -58,6 +58,34 @@ def test_engines_agree(tiny_checkpoint: Path, frame: np.ndarray, tmp_path: Path)
     assert (tmp_path / "m.onnx").is_file()  # exported beside the checkpoint
 
 
+def test_the_input_normalisation_travels_with_the_model(
+    tiny_checkpoint: Path, frame: np.ndarray, tmp_path: Path
+) -> None:
+    """A checkpoint says how its input is normalised; both engines follow it, and a checkpoint made
+    before the log input existed keeps the linear one."""
+    import torch
+
+    from segmentation.model import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(tiny_checkpoint)
+    assert meta["spec"]["input_norm"] == "linear"
+    old = torch.load(tiny_checkpoint, weights_only=True)
+    del old["meta"]["spec"]["input_norm"]
+    torch.save(old, tmp_path / "old.pt")
+    assert create_engine("torch", tmp_path / "old.pt").input_norm == "linear"
+    save_checkpoint(tmp_path / "log.pt", model, "unet-mnv3s-d5-lc8-log")
+    for name in ("torch", "onnx"):
+        assert create_engine(name, tmp_path / "log.pt").input_norm == "log"
+    darker = np.rint(255 * (frame.astype(np.float32) / 255) ** 1.6).astype(np.uint8)  # another camera's gamma
+    probs, moved = {}, {}
+    for path in (tiny_checkpoint, tmp_path / "log.pt"):
+        with Segmenter(path, engine="onnx") as seg:
+            probs[path.name] = seg.segment(frame).probs
+            moved[path.name] = np.abs(seg.segment(darker).probs - probs[path.name]).mean()
+    assert np.abs(probs["log.pt"] - probs["tiny.pt"]).mean() > 1e-3  # the same weights see another input
+    assert moved["log.pt"] < moved["tiny.pt"]  # which moves less under a gamma, even untrained
+
+
 def test_onnx_is_reexported_when_the_checkpoint_changes(tiny_checkpoint: Path, tmp_path: Path) -> None:
     import torch
 

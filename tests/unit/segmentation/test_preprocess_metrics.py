@@ -35,6 +35,26 @@ def test_normalize_is_scale_invariant_and_floors_flat_frames(rng: np.random.Gene
     assert np.abs(normalize(flat)).max() < 0.1  # noise is not blown up
 
 
+def test_log_input_does_not_change_with_the_cameras_gain_or_gamma(rng: np.random.Generator) -> None:
+    frame = (0.55 + 0.12 * rng.normal(size=(128, 128))).clip(0.05, 0.95).astype(np.float32)
+    frame[40:52, 40:52] = 0.12  # a dark pit
+    frame[:, :16] = 0.0  # a black chamber wall: no gain or gamma moves it, it must not set the scale
+    frame[100:104, 100:104] = 1.0  # a saturated glint
+    moved = {}
+    for norm in ("log", "linear"):
+        base = model_input(frame, 2, norm)
+        changed = (frame**1.6, frame**0.6)  # another camera's gamma, both ways
+        moved[norm] = max(np.abs(model_input(f.astype(np.float32), 2, norm) - base).mean() for f in changed)
+    assert moved["log"] < 0.04
+    assert moved["linear"] > 3 * moved["log"]  # the linear input moves several times as much
+    gain = np.abs(model_input(frame * 0.6, 2, "log") - model_input(frame, 2, "log")).mean()
+    assert gain < 0.02
+    flat = np.full((64, 64), 0.3, np.float32) + rng.normal(0, 0.003, (64, 64)).astype(np.float32)
+    assert np.abs(model_input(flat, 2, "log")).max() < 2.0  # 1 % noise is not blown up into structure
+    with pytest.raises(ValueError, match="'linear' or 'log'"):
+        model_input(frame, 2, "rank")
+
+
 def test_confusion_and_scores() -> None:
     t = np.array([[0, 1], [2, 2]], np.uint8)
     p = np.array([[0, 1], [2, 0]], np.uint8)
