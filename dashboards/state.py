@@ -40,6 +40,7 @@ class ServiceStatus:
         from printer_io.topics import Topics
 
         self.status: dict[tuple[str, str], tuple[str, float]] = {}
+        self._seen_going: dict[tuple[str, str], bool] = {}  # offline seen happen here (its time is the receipt's)
         self.workers: dict[str, str] = {}  # printer -> the worker of a group that holds it (monitor --group)
         config = MqttConfig(url=broker, connect_timeout_s=5)
         # a unique, clean session: two dashboards on one broker must not take each other's connection over
@@ -53,7 +54,13 @@ class ServiceStatus:
 
         parts = topic.split("/")
         msg = StatusMessage.from_json(payload, topic)
-        self.status[(parts[-3], parts[-1])] = (msg.state, msg.time)
+        key = (parts[-3], parts[-1])
+        # a last will carries the time its connection was made, not the time it died: a service seen online
+        # here and then offline went down when the message came; one found offline is dated by its message
+        seen_online = self.status.get(key, ("", 0.0))[0] == "online"
+        went = msg.state == "offline" and seen_online
+        self.status[key] = (msg.state, time.time() if went else msg.time)
+        self._seen_going[key] = went
         if parts[-1] == "monitor":
             self.workers[parts[-3]] = msg.worker if msg.state == "online" else ""
 
@@ -69,6 +76,8 @@ class ServiceStatus:
         empty when all is well."""
         down = [
             f"{svc} offline since {time.strftime('%H:%M:%S', time.localtime(t))}"
+            if self._seen_going.get((p, svc))
+            else f"{svc} offline (its last status is of {time.strftime('%H:%M:%S', time.localtime(t))})"
             for (p, svc), (state, t) in sorted(self.status.items())
             if p == printer and state == "offline"
         ]

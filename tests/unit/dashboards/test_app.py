@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +147,20 @@ def test_the_farm_says_which_worker_judges_a_printer_and_which_services_are_down
 
     status = ServiceStatus("mqtt://127.0.0.1:1")  # not started: statuses are fed by hand
 
-    def say(printer: str, service: str, state: str, worker: str = "") -> None:
+    def say(printer: str, service: str, state: str, worker: str = "", at: float | None = None) -> None:
         msg = StatusMessage(service=service, client_id="c", state=state, worker=worker)  # type: ignore[arg-type]
+        if at is not None:
+            msg = msg.model_copy(update={"time": at})
         status._on_status(f"layerwatch/{printer}/status/{service}", msg.to_json())
 
     say("p1", "monitor", "online", "judge-a")
     say("p2", "monitor", "online")
     assert status.describe("p1") == "; judged by worker judge-a" and status.describe("p2") == ""
-    say("p1", "camera", "offline")
-    assert status.describe("p1").startswith("; camera offline since")  # what is down comes first
+    connected = time.time() - 7200  # a last will is dated when its connection was made, hours before it fired
+    say("p1", "camera", "offline", at=connected)  # found offline (retained): dated by its message
+    stamp = time.strftime("%H:%M:%S", time.localtime(connected))
+    assert status.describe("p1") == f"; camera offline (its last status is of {stamp})"  # what is down comes first
     say("p1", "camera", "online")
-    say("p1", "monitor", "offline", "judge-a")  # its worker died: no one judges it until another takes it
-    assert status.describe("p1").startswith("; monitor offline since")
+    say("p1", "monitor", "offline", "judge-a", at=connected)  # seen dying: its worker no longer judges it
+    down = status.describe("p1")
+    assert down.startswith("; monitor offline since") and stamp not in down  # when it went, not when it connected
