@@ -95,6 +95,9 @@ class TrainConfig:
     real_share: float = 0.2  # share of a batch taken from the real frames
     composite_share: float = 0.3  # share of a batch taken from the composites
     lighting: float = 1.0  # strength of the random lighting changes (0: none)
+    # >0: each crop is also seen under a second random lighting change, and the two predictions are pulled
+    # together with this weight (symmetric KL per pixel): the masks should not move with the lamp or camera
+    consistency: float = 0.0
     init: Path | None = None  # start from these weights (a checkpoint of the same architecture)
     # layers rendered at large_frame px (real cameras are mostly 1024 px and up; the simulator's parts
     # grow with the frame), drawn for large_share of the simulated crops
@@ -119,6 +122,8 @@ class TrainConfig:
         for name in ("real_share", "composite_share", "large_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be between 0 and 1")
+        if self.consistency < 0:
+            raise ValueError(f"consistency={self.consistency}: must be 0 or more")
         if self.real_share + self.composite_share > 1:
             raise ValueError("real_share + composite_share must not exceed 1")
 
@@ -282,13 +287,24 @@ def _large_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray] | None:
 
 # ---- batches ----------------------------------------------------------------------------------------
 def _sample(
-    rng: np.random.Generator, gray: np.ndarray, mask: np.ndarray, crop: int, spec: ModelSpec, lighting: float
+    rng: np.random.Generator,
+    gray: np.ndarray,
+    mask: np.ndarray,
+    crop: int,
+    spec: ModelSpec,
+    lighting: float,
+    paired: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One training crop: lighting change on the whole frame, input channels, crop, rotation, flip."""
-    g = gray.astype(np.float32)
+    """One training crop: lighting change on the whole frame, input channels, crop, rotation, flip.
+    ``paired``: the channels of a second view under another lighting change follow, cut and turned alike."""
+    source = gray.astype(np.float32)
+    g = source
     if lighting > 0 and rng.random() < 0.8:
         g = random_lighting(g, rng, lighting)
     x = model_input(g, spec.in_channels, spec.input_norm)
+    if paired:
+        other = random_lighting(source, rng, max(lighting, 1.0))
+        x = np.concatenate([x, model_input(other, spec.in_channels, spec.input_norm)])
     h, w = g.shape
     if h < crop or w < crop:
         ph, pw = max(0, crop - h), max(0, crop - w)
@@ -342,7 +358,8 @@ class _Sources:
 
 
 def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    xb = np.empty((cfg.batch, spec.in_channels, cfg.crop, cfg.crop), np.float32)
+    paired = cfg.consistency > 0
+    xb = np.empty((cfg.batch, spec.in_channels * (2 if paired else 1), cfg.crop, cfg.crop), np.float32)
     yb = np.empty((cfg.batch, cfg.crop, cfg.crop), np.int64)
     n_comp = src.composite[0].shape[0]
     for j in range(cfg.batch):
@@ -356,8 +373,18 @@ def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: Mode
             pool = src.large if src.large is not None and rng.random() < cfg.large_share else src.sim
             i = int(rng.integers(pool[0].shape[0]))
             g, m = pool[0][i], pool[1][i]
-        xb[j], yb[j] = _sample(rng, g, m, cfg.crop, spec, cfg.lighting)
+        xb[j], yb[j] = _sample(rng, g, m, cfg.crop, spec, cfg.lighting, paired)
     return xb, yb
+
+
+def consistency_loss(logits_a: Any, logits_b: Any) -> Any:
+    """Symmetric KL divergence between two predictions of the same pixels, averaged over pixels."""
+    import torch.nn.functional as F
+
+    la, lb = F.log_softmax(logits_a, 1), F.log_softmax(logits_b, 1)
+    kl_ab = (la.exp() * (la - lb)).sum(1)
+    kl_ba = (lb.exp() * (lb - la)).sum(1)
+    return 0.5 * (kl_ab + kl_ba).mean()
 
 
 def partial_label_loss(logits: Any, y: Any, weights: Any) -> Any:
@@ -472,9 +499,16 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
         for _ in bar:
             xb, yb = _batch(rng, src, cfg, spec)
             xt, yt = torch.from_numpy(xb), torch.from_numpy(yb)
+            if cfg.consistency > 0:  # both views in one batch: (2N, C, H, W)
+                xt = torch.cat([xt[:, : spec.in_channels], xt[:, spec.in_channels :]])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 logits = model(xt).float()
-            loss = partial_label_loss(logits, yt, weights)
+            if cfg.consistency > 0:
+                a, b = logits.chunk(2)
+                loss = 0.5 * (partial_label_loss(a, yt, weights) + partial_label_loss(b, yt, weights))
+                loss = loss + cfg.consistency * consistency_loss(a, b)
+            else:
+                loss = partial_label_loss(logits, yt, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

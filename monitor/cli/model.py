@@ -144,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             real_share=args.real_share,
             composite_share=args.composite_share,
             init=args.init,
+            consistency=args.consistency,
             large_layers=args.large_layers,
             large_frame=args.large_frame,
             large_share=args.large_share,
@@ -345,6 +346,12 @@ def register(sub: Any) -> None:
     p.add_argument("--real-share", type=float, default=0.2, help="share of each batch from the real frames")
     p.add_argument("--composite-share", type=float, default=0.3, help="share of each batch from the composites")
     p.add_argument("--init", type=Path, default=None, help="start from these weights (same architecture)")
+    p.add_argument(
+        "--consistency",
+        type=float,
+        default=0.0,
+        help="weight of the lighting-consistency loss: each crop is also seen under another lighting (default 0)",
+    )
     p.add_argument(
         "--large-layers", type=int, default=0, help="simulated layers rendered at --large-frame px (default 0)"
     )

@@ -48,6 +48,10 @@ def test_train_writes_checkpoints_and_resumes(tmp_path: Path) -> None:
         assert out.mask.shape == (64, 80)
         assert seg.model_meta["train_config"]["epochs"] == "3"
 
+    # the same run with the lighting-consistency loss: both views go through the network
+    paired = train(replace(cfg, out=tmp_path.parent / "paired", epochs=1, consistency=1.0), echo=lines.append)
+    assert len(paired["history"]) == 1 and np.isfinite(paired["history"][0]["loss"])
+
 
 def test_bad_config_values_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="arch='nope'"):
@@ -56,3 +60,29 @@ def test_bad_config_values_are_refused(tmp_path: Path) -> None:
         TrainConfig(out=tmp_path, crop=600)
     with pytest.raises(ValueError, match="epochs=0"):
         TrainConfig(out=tmp_path, epochs=0)
+
+
+def test_consistency_sees_each_crop_under_two_lightings_and_pulls_them_together(tmp_path: Path) -> None:
+    import torch
+
+    from segmentation.model import ARCHITECTURES
+    from segmentation.train import _sample, consistency_loss
+
+    spec = ARCHITECTURES["unet-mnv3s-d5-lc8"]
+    gray = np.full((96, 96), 0.4, np.float32)
+    gray[10:30, 50:70] = 0.9  # a bright part off-centre: the two views must be cut and turned alike
+    mask = (gray > 0.5).astype(np.uint8)
+    x, y = _sample(np.random.default_rng(3), gray, mask, 64, spec, 1.0, paired=True)
+    assert x.shape == (4, 64, 64) and y.shape == (64, 64)
+    one, two = x[0], x[2]
+    assert not np.allclose(one, two)  # another lighting
+    assert np.corrcoef(one.ravel(), two.ravel())[0, 1] > 0.8  # of the same crop
+    assert np.corrcoef(one.ravel(), y.ravel().astype(np.float32))[0, 1] > 0.8  # and the label goes with it
+
+    a = torch.randn(2, 5, 8, 8)
+    assert float(consistency_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+    b = a + torch.randn(2, 5, 8, 8)
+    assert float(consistency_loss(a, b)) > 0.01
+    assert float(consistency_loss(a, b)) == pytest.approx(float(consistency_loss(b, a)), rel=1e-5)
+    with pytest.raises(ValueError, match="consistency=-1"):
+        TrainConfig(out=tmp_path, consistency=-1)
