@@ -147,14 +147,17 @@ def model_input(gray: np.ndarray, channels: int, norm: str = "linear") -> np.nda
     if channels not in (1, 2):
         raise ValueError(f"models with {channels} input channels are not supported (1 or 2)")
     if norm == "linear":
-        first = normalize(gray)
-        return first[None] if channels == 1 else np.stack([first, local_contrast(gray)])
-    if norm != "log":
+        base, first, local_min, spread = gray, normalize(gray), _LOCAL_MIN_STD, None
+    elif norm == "log":
+        base = log_gray(gray)
+        centre, spread = _robust_centre_spread(base)
+        first = np.clip((base - centre) / max(spread, _LOG_MIN_STD), -_LOG_CLIP, _LOG_CLIP).astype(np.float32)
+        local_min = _LOG_LOCAL_MIN_STD
+    else:
         raise ValueError(f"input normalisation {norm!r} is not supported ('linear' or 'log')")
-    base = log_gray(gray)
-    centre, spread = _robust_centre_spread(base)
-    first = np.clip((base - centre) / max(spread, _LOG_MIN_STD), -_LOG_CLIP, _LOG_CLIP).astype(np.float32)
-    return first[None] if channels == 1 else np.stack([first, local_contrast(base, _LOG_LOCAL_MIN_STD, spread)])
+    if channels == 1:
+        return first[None]
+    return np.stack([first, local_contrast(base, local_min, spread)])
 
 
 # The reference illumination is estimated on a coarse grid: lighting varies over a frame's width,
