@@ -200,10 +200,10 @@ def register(
         if not path or layer is None:
             raise PreventUpdate
         try:
-            r = records.reader(records.resolve(path))
-            rows = r.layers()
-            if layer >= len(rows) or not rows[layer]["stored"]:
+            found = records.stored_layer(path, layer)
+            if found is None:
                 return no_update, f"layer {layer}: frame missing in the record"
+            r, rows = found
             roi = r.json_attr("roi") if "layerwatch/roi" in r.attrs else None
             mask = r.mask(layer)
             shadow_model = r.shadow_model
@@ -292,10 +292,10 @@ def register(
             if not path or layer is None:
                 raise PreventUpdate
             try:
-                r = records.reader(records.resolve(path))
-                rows = r.layers()
-                if layer >= len(rows) or not rows[layer]["stored"]:
+                found = records.stored_layer(path, layer)
+                if found is None:
                     raise PreventUpdate
+                r = found[0]
                 image = r.image(layer)
                 saved = saved_label(r, layer)  # what operators painted on this layer before, shown faded
             except (RecordError, OSError, KeyError, IndexError, RuntimeError):

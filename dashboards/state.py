@@ -39,8 +39,8 @@ class ServiceStatus:
         from printer_io.mqtt import MqttConfig, MqttLink
         from printer_io.topics import Topics
 
-        self.status: dict[tuple[str, str], tuple[str, float]] = {}
-        self._seen_going: dict[tuple[str, str], bool] = {}  # offline seen happen here (its time is the receipt's)
+        # (printer, service) -> (state, time, whether this dashboard saw it go offline: then the time is the receipt's)
+        self.status: dict[tuple[str, str], tuple[str, float, bool]] = {}
         self.workers: dict[str, str] = {}  # printer -> the worker of a group that holds it (monitor --group)
         config = MqttConfig(url=broker, connect_timeout_s=5)
         # a unique, clean session: two dashboards on one broker must not take each other's connection over
@@ -57,10 +57,9 @@ class ServiceStatus:
         key = (parts[-3], parts[-1])
         # a last will carries the time its connection was made, not the time it died: a service seen online
         # here and then offline went down when the message came; one found offline is dated by its message
-        seen_online = self.status.get(key, ("", 0.0))[0] == "online"
+        seen_online = self.status.get(key, ("", 0.0, False))[0] == "online"
         went = msg.state == "offline" and seen_online
-        self.status[key] = (msg.state, time.time() if went else msg.time)
-        self._seen_going[key] = went
+        self.status[key] = (msg.state, time.time() if went else msg.time, went)
         if parts[-1] == "monitor":
             self.workers[parts[-3]] = msg.worker if msg.state == "online" else ""
 
@@ -76,9 +75,9 @@ class ServiceStatus:
         empty when all is well."""
         down = [
             f"{svc} offline since {time.strftime('%H:%M:%S', time.localtime(t))}"
-            if self._seen_going.get((p, svc))
+            if went
             else f"{svc} offline (its last status is of {time.strftime('%H:%M:%S', time.localtime(t))})"
-            for (p, svc), (state, t) in sorted(self.status.items())
+            for (p, svc), (state, t, went) in sorted(self.status.items())
             if p == printer and state == "offline"
         ]
         if down:
@@ -249,6 +248,13 @@ class Records:
                     r = RecordReader(path)
                     self._readers[path] = r
             return r
+
+    def stored_layer(self, rid: str, layer: int) -> tuple[RecordReader, Any] | None:
+        """The reader of the record the page calls ``rid`` and its layer table, or None where ``layer`` has no
+        stored frame (yet). Raises what :meth:`resolve` and :meth:`reader` raise for a record that cannot be read."""
+        r = self.reader(self.resolve(rid))
+        rows = r.layers()
+        return (r, rows) if layer < len(rows) and rows[layer]["stored"] else None
 
 
 class ControlLink:
