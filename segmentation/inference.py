@@ -126,7 +126,10 @@ class OnnxEngine:
         self.meta = json.loads(props.get("layerwatch_meta", "{}"))
         self.meta["sha256"] = sha
         spec = self.meta.get("spec", {})
-        model_spec = ModelSpec(**{**spec, "decoder_channels": tuple(spec["decoder_channels"])})
+        try:
+            model_spec = ModelSpec(**{**spec, "decoder_channels": tuple(spec["decoder_channels"])})
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelError(f"{onnx_file}: its model description is not valid ({type(err).__name__}: {err})") from err
         self.stride = model_spec.stride
         self.in_channels = model_spec.in_channels
         self.input_norm = model_spec.input_norm

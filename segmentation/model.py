@@ -29,6 +29,10 @@ class ModelSpec:
     classes: int = NUM_CLASSES
     input_norm: str = "linear"  # segmentation.preprocess.model_input: "linear" or "log"
 
+    def __post_init__(self) -> None:
+        if self.input_norm not in ("linear", "log"):  # a checkpoint's metadata is input like any other
+            raise ValueError(f"input_norm={self.input_norm!r}: expected 'linear' or 'log'")
+
     @property
     def stride(self) -> int:
         """Input height and width must be multiples of this."""

@@ -73,6 +73,10 @@ def test_the_input_normalisation_travels_with_the_model(
     del old["meta"]["spec"]["input_norm"]
     torch.save(old, tmp_path / "old.pt")
     assert create_engine("torch", tmp_path / "old.pt").input_norm == "linear"
+    old["meta"]["spec"]["input_norm"] = "rank"  # a normalisation this code does not know: the model is refused
+    torch.save(old, tmp_path / "odd.pt")
+    with pytest.raises(ModelError, match="input_norm='rank'"):
+        create_engine("torch", tmp_path / "odd.pt")
     save_checkpoint(tmp_path / "log.pt", model, "unet-mnv3s-d5-lc8-log")
     for name in ("torch", "onnx"):
         assert create_engine(name, tmp_path / "log.pt").input_norm == "log"
