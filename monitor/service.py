@@ -226,6 +226,26 @@ class PrinterMonitor:
             if self.holder is not None:
                 self.holder.release()
 
+    def between_builds(self) -> bool:
+        """Whether the printer is between builds: its build ended, or (none opened since it was taken) the newest
+        record in its folder is not being written.
+
+        Read under the printer's lock, as every other read of its records: HDF5 refuses to open a file for
+        writing while the same process has it open to read, so a read beside the frame handler would cost the
+        layer it is opening the record for."""
+        with self.lock:
+            if self.build is not None:
+                return bool(self.build.ended)
+            folder = self.service.config.monitor.out_dir / self.printer_id
+            records = [r for r in folder.glob("*.h5") if not r.name.endswith((".creating.h5", ".crashed.h5"))]
+            if not records:
+                return True
+            try:
+                with RecordReader(max(records, key=lambda r: r.stat().st_mtime)) as reader:
+                    return reader.state != "writing"
+            except (RecordError, OSError):
+                return False
+
     # ---- messages in ------------------------------------------------------------------------------
     def on_frame(self, topic: str, payload: bytes) -> None:
         received = time.time()

@@ -48,13 +48,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor import __version__
-from monitor.record import RecordError, RecordReader
 from printer_io.messages import StatusMessage
 from printer_io.mqtt import MqttLink
 from printer_io.topics import Topics, validate_printer_id
 
 if TYPE_CHECKING:
-    from monitor.service import MonitorService, PrinterMonitor
+    from monitor.service import MonitorService
 
 __all__ = ["PrinterLock", "SiteWorker", "default_worker_id", "takes"]
 
@@ -294,20 +293,6 @@ class SiteWorker:
         with contextlib.suppress(Exception):  # no broker now: the next check offers it again
             self.link.publish(self.offer_topic(pid), offer.to_json())
 
-    def _between_builds(self, pid: str, pm: PrinterMonitor) -> bool:
-        """Whether ``pid`` is between builds: its build ended, or (none opened since this worker took it) the
-        newest record in its folder is not being written."""
-        if pm.build is not None:
-            return bool(pm.build.ended)
-        records = [r for r in (self.service.config.monitor.out_dir / pid).glob("*.h5") if ".crashed" not in r.name]
-        if not records:
-            return True
-        try:
-            with RecordReader(max(records, key=lambda r: r.stat().st_mtime)) as reader:
-                return reader.state != "writing"
-        except (RecordError, OSError):
-            return False
-
     def _check(self) -> None:
         """Offer printers no one holds; hand on one without a live build while above our share."""
         period = self.service.config.monitor.worker_check_s
@@ -335,8 +320,8 @@ class SiteWorker:
                     self._unheld[pid] = 0
                     self._offer(pid)
             share = math.ceil(len(self.printers) / self.live_workers())
-            if len(mine) > share:
-                hand_on = next((pid for pid, pm in sorted(mine.items()) if self._between_builds(pid, pm)), None)
+        if len(mine) > share:  # outside our lock: each printer's own lock is taken to read its records
+            hand_on = next((pid for pid, pm in sorted(mine.items()) if pm.between_builds()), None)
         if hand_on is not None:
             log.warning(
                 "monitor: worker %s holds %d printers, above its share of %d: hands on %s (between builds)",

@@ -146,6 +146,32 @@ def test_a_monitor_restarted_mid_build_decides_as_one_that_ran_through(rig: Rig,
     assert any(action == ActionKind.PAUSE for _, action in requested)
 
 
+def test_whether_a_printer_is_between_builds_is_read_under_its_lock(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site worker above its share asks each printer it holds whether it is between builds, while frames are
+    handled. The newest record is read under the printer's lock: HDF5 refuses to open a file for writing while the
+    process has it open to read, and a read beside the handler cost the layer it was opening the record for."""
+    import monitor.service as service
+
+    rig.layer("bus-job", 0)
+    rig.monitor.release_printer(PID, publish_offline=False)  # taken over: its record is left "writing"
+    pm = rig.monitor.open_printer(PID)
+    reads: list[bool] = []
+    real = service.RecordReader
+
+    def reader(path: Path) -> RecordReader:
+        reads.append(pm.lock._is_owned())  # type: ignore[attr-defined]
+        return real(path)
+
+    monkeypatch.setattr(service, "RecordReader", reader)
+    assert not pm.between_builds()  # no build opened since the take, and the newest record is being written
+    assert reads == [True]
+    assert rig.layer("bus-job", 1).layer == 1
+    assert not pm.between_builds()  # its live build
+    pm.close_build("closed")
+    assert pm.between_builds()
+    assert reads and all(reads)
+
+
 @pytest.mark.shadow
 def test_the_shadow_model_goes_on_judging_after_a_restart_from_its_stored_masks(rig: Rig) -> None:
     for k in range(4):
