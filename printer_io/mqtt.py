@@ -188,6 +188,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._broker_max_packet: int | None = None
         self._ever_connected = False
+        self._closed_early: str | None = None  # the broker closed the connection before ever accepting it: why
         self._born = time.time()
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -356,6 +357,8 @@ class MqttLink:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._connected.clear()
+        if self._client is not None and not self._ever_connected:  # not our own close
+            self._closed_early = str(rc)
         if self._client is None:
             self._set_state("closed", "disconnected")
         elif self.exclusive:
@@ -363,7 +366,11 @@ class MqttLink:
             if self.on_lost is not None and self._ever_connected:
                 threading.Thread(target=self.on_lost, name=f"lost-{self.client_id}", daemon=True).start()
         else:
-            self._set_state("disconnected", f"lost the MQTT broker {self._where()} ({rc}); reconnecting with backoff")
+            where = self._where()
+            if self._ever_connected:
+                self._set_state("disconnected", f"lost the MQTT broker {where} ({rc}); reconnecting with backoff")
+            else:
+                self._set_state("disconnected", f"MQTT broker {where} closed the connection before accepting it ({rc})")
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self._set_state("unreachable", f"MQTT broker {self._where()} unreachable; retrying with backoff")
@@ -529,6 +536,11 @@ class MqttLink:
             return f"TLS handshake with {where} failed ({err.reason or err}): check [mqtt] ca_file, cert_file, key_file"
         except OSError as err:
             return f"no MQTT broker answers at {where} ({err.strerror or err}): start the broker or fix [mqtt] url"
+        if self._closed_early is not None:
+            return (
+                f"MQTT broker {where} closed the connection before accepting it ({self._closed_early}): it may be "
+                "shutting down or restarting (see its log), or its listener speaks TLS and the URL says mqtt://"
+            )
         return (
             f"no MQTT connection to {where} within {self.config.connect_timeout_s:g} s (the port is open): "
             "is it an MQTT broker, and does its listener speak TLS only if the URL says mqtts://?"
