@@ -5,6 +5,7 @@ by a single monitor."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from peers import Mosquitto, mosquitto, stop
 from monitor.record import RecordReader, check_record
 from monitor.replay import ReplayOptions, run_replay
 from printer_io.frames import QualityChecker, encode_image
-from printer_io.messages import FrameMeta, ResultMessage, StatusMessage, encode_frame
+from printer_io.messages import FrameMeta, LayerEvent, ResultMessage, StatusMessage, encode_frame
 from printer_io.mqtt import MqttConfig, MqttLink
 from printer_io.topics import Topics
 from printer_io.vocabulary import Severity
@@ -33,6 +34,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LAYERWATCH = str(Path(sys.executable).parent / "layerwatch")
 LAYERS, SIZE = 14, 256
 PRINTERS = {"w0": (3, 4), "w1": (4, None), "w2": (5, 5)}  # printer -> (seed, warp onset)
+
+
+@functools.cache
+def _build(pid: str) -> SimBuild:
+    seed, warp = PRINTERS[pid]
+    return SimBuild(seed, SIZE, SIZE, LAYERS, spec=scenario_spec(seed, SIZE, LAYERS, warp_start=warp))
 
 
 class Site:
@@ -46,16 +53,15 @@ class Site:
         self.link.subscribe("layerwatch/+/result", self._result)
         self.link.subscribe("layerwatch/+/status/monitor", self._status)
         self.link.start()
-        self.frames: dict[tuple[str, int], bytes] = {}
-        quality = QualityChecker()
-        for pid, (seed, warp) in PRINTERS.items():
-            sim = SimBuild(seed, SIZE, SIZE, LAYERS, spec=scenario_spec(seed, SIZE, LAYERS, warp_start=warp))
-            for n in range(LAYERS):
-                img = sim.layer(n).image
-                meta = FrameMeta(printer=pid, job_id=f"job-{pid}", layer=n, z_mm=0.04 * (n + 1),
-                                 captured_at=time.time(), encoding="png", width=SIZE, height=SIZE, channels=1,
-                                 bit_depth=8, source="simulator", quality=quality.check(img))  # fmt: skip
-                self.frames[pid, n] = encode_frame(meta, encode_image(img))
+        self.frames = {(pid, n): self.frame(pid, f"job-{pid}", n) for pid in PRINTERS for n in range(LAYERS)}
+
+    @staticmethod
+    def frame(pid: str, job: str, n: int) -> bytes:
+        img = _build(pid).layer(n).image
+        meta = FrameMeta(printer=pid, job_id=job, layer=n, z_mm=0.04 * (n + 1), captured_at=time.time(),
+                         encoding="png", width=SIZE, height=SIZE, channels=1, bit_depth=8, source="simulator",
+                         quality=QualityChecker().check(img))  # fmt: skip
+        return encode_frame(meta, encode_image(img))
 
     def _result(self, topic: str, payload: bytes) -> None:
         res = ResultMessage.from_json(payload, topic)
@@ -208,3 +214,46 @@ def test_after_a_broker_restart_and_a_worker_stopped_the_printers_are_held_again
         for pid in PRINTERS:
             assert f"lost printer {pid}" in logs and logs.count(f"took printer {pid}") >= 2, pid
         _as_one_monitor_decides(site, tmp_path)
+
+
+def test_a_worker_that_joins_gets_a_printer_between_builds_never_one_in_the_middle_of_a_build(
+    broker: Mosquitto, site: Site, tmp_path: Path
+) -> None:
+    """One worker holds the three printers; w1's build ends; a second worker joins. The first hands on w1 (it
+    holds more than its share of two, and w1 is between builds) and keeps w0 and w2, whose builds go on."""
+    config = _site_config(tmp_path, broker.url)
+    workers = {"wa": _worker(config, "wa", tmp_path / "wa.log")}
+    try:
+        site.wait("wa holds every printer", lambda: site.holders == dict.fromkeys(PRINTERS, "wa"))
+        site.send(range(3))
+        site.wait("layers 0-2 judged", lambda: site.judged(range(3)))
+        end = LayerEvent(printer="w1", job_id="job-w1", layer=2, z_mm=0.12, source="test", end=True, outcome="done")
+        site.link.publish(Topics("layerwatch", "w1").layer, end.to_json(), wait_s=5)
+        workers["wb"] = _worker(config, "wb", tmp_path / "wb.log")
+        site.wait("wb holds w1, wa the printers in the middle of a build",
+                  lambda: site.holders == {"w0": "wa", "w1": "wb", "w2": "wa"})  # fmt: skip
+        for n in range(3, 6):  # the builds in progress go on with wa
+            for pid in ("w0", "w2"):
+                site.link.publish(Topics("layerwatch", pid).image, site.frames[pid, n], wait_s=5)
+        next_job = Site.frame("w1", "job-w1-next", 0)  # w1's next build starts with its new holder
+        site.link.publish(Topics("layerwatch", "w1").image, next_job, wait_s=5)
+        going_on = [(pid, n) for pid in ("w0", "w2") for n in range(6)]
+
+        def judged() -> bool:
+            next_judged = any(r.job_id == "job-w1-next" for r in site.results.get(("w1", 0), []))
+            return next_judged and all(k in site.results for k in going_on)
+
+        site.wait("the builds in progress and the next build judged", judged)
+        assert site.holders == {"w0": "wa", "w1": "wb", "w2": "wa"}
+        logs = {name: (tmp_path / f"{name}.log").read_text() for name in workers}  # before the stop hands all on
+    finally:
+        for proc in workers.values():
+            if proc.poll() is None:
+                stop(proc)
+    assert "above its share of 2: hands on w1 (between builds)" in logs["wa"]
+    assert "took printer w0" not in logs["wb"] and "took printer w2" not in logs["wb"]
+    for pid in ("w0", "w2"):  # one record each, every layer stored once, by the one worker that held it
+        (path,) = (tmp_path / "records" / pid).glob("*.h5")
+        with RecordReader(path) as r:
+            assert [int(n) for n in np.flatnonzero(r.layers()["stored"])] == list(range(6)), pid
+    assert sorted(p.name for p in (tmp_path / "records" / "w1").glob("*.h5")) == ["job-w1-next.h5", "job-w1.h5"]
