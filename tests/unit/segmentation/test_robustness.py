@@ -161,3 +161,32 @@ def test_warping_stays_only_where_a_part_can_lift() -> None:
     assert (out[5:15, 80:100] == C.PART).all()
     assert (out == C.PART).sum() == (m == C.PART).sum() + 180
     assert warping_geometry(np.zeros((4, 4), np.uint8)).sum() == 0
+
+
+def test_warping_that_looks_like_the_part_around_it_is_part() -> None:
+    """With the frame: a lifted corner that casts a shadow or catches the light stays warping; a patch of a
+    uniformly lit part (noisy, or saturated) called warping is part."""
+    from segmentation.classes import LayerClass as C
+    from segmentation.geometry import warping_geometry
+
+    rng = np.random.default_rng(0)
+    m = np.zeros((120, 200), np.uint8)
+    gray = np.clip(0.3 + 0.02 * rng.standard_normal(m.shape), 0, 1).astype(np.float32)
+    m[20:100, 20:90] = C.PART
+    gray[20:100, 20:90] += 0.4  # a bright part
+    m[20:45, 20:45] = C.WARPING  # a patch of it, lit like the rest: part
+    m[80:100, 70:90] = C.WARPING  # a lifted corner in its own shadow: warping
+    gray[80:100, 70:90] = 0.45
+    m[20:100, 110:180] = C.PART
+    gray[20:100, 110:180] = 1.0  # a saturated part
+    m[20:40, 110:140] = C.WARPING  # saturated like it: part
+    m[80:100, 160:180] = C.WARPING  # a rim lifting into shadow, darker than the saturated part: warping
+    gray[80:100, 160:180] = 0.8
+    out = warping_geometry(m, gray)
+    assert (out[20:45, 20:45] == C.PART).all()
+    assert (out[20:40, 110:140] == C.PART).all()
+    assert (out[80:100, 70:90] == C.WARPING).all()
+    assert (out[80:100, 160:180] == C.WARPING).all()
+    assert (warping_geometry(m) == C.WARPING).sum() == (m == C.WARPING).sum()  # without the frame: as before
+    with pytest.raises(ValueError, match="gray is"):
+        warping_geometry(m, gray[:10])
