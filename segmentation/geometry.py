@@ -28,6 +28,7 @@ _LIKE_PART_SPREAD = 1.0
 _RING_PX = 8
 _MIN_RING_PX = 20
 _SPREAD_FLOOR = 1.0 / 255  # of the [0, 1] gray: an 8-bit step (a saturated part has no spread at all)
+_MAX_COMPONENTS = 256  # the largest ones are judged: a frame of countless specks costs no more than this
 
 
 def warping_geometry(mask: np.ndarray, gray: np.ndarray | None = None) -> np.ndarray:
@@ -74,10 +75,10 @@ def _like_part_to_part(out: np.ndarray, gray: np.ndarray) -> None:
     if gray.shape != out.shape:
         raise ValueError(f"gray is {gray.shape}, the mask {out.shape}")
     part = out == LayerClass.PART
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(warp.view(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(warp.view(np.uint8), connectivity=8)
     h, w = out.shape
     kernel = np.ones((2 * _RING_PX + 1,) * 2, np.uint8)
-    for i in range(1, n):
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:_MAX_COMPONENTS] + 1:
         x, y, bw, bh = (int(v) for v in stats[i, :4])
         r0, r1, c0, c1 = (
             max(y - _RING_PX, 0),

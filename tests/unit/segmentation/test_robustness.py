@@ -190,3 +190,15 @@ def test_warping_that_looks_like_the_part_around_it_is_part() -> None:
     assert (warping_geometry(m) == C.WARPING).sum() == (m == C.WARPING).sum()  # without the frame: as before
     with pytest.raises(ValueError, match="gray is"):
         warping_geometry(m, gray[:10])
+
+
+def test_a_frame_of_countless_warping_specks_has_its_largest_patches_judged_first() -> None:
+    from segmentation.classes import LayerClass as C
+    from segmentation.geometry import warping_geometry
+
+    m = np.full((200, 200), C.PART, np.uint8)
+    gray = np.full(m.shape, 0.8, np.float32)
+    m[2:60:2, 2:160:8] = C.WARPING  # 580 one-pixel specks above, the first labels
+    m[150:190, 20:80] = C.WARPING  # a patch lit like its part, the last label
+    out = warping_geometry(m, gray)
+    assert (out[150:190, 20:80] == C.PART).all()
