@@ -325,7 +325,7 @@ class Segmenter:
         if roi is not None:
             mask[~roi] = 0
         if self.geometry:
-            mask = warping_geometry(mask, gray)
+            mask = warping_geometry(mask)
         return Segmentation(mask, probs, self._ood(engine, score, probs))
 
     @staticmethod
