@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from monitor.record import RecordError, RecordReader
+from monitor.record import RecordError, RecordReader, build_records, is_build_record
 from printer_io.messages import MAX_STROKE_POINTS, MAX_STROKES, ActionMessage, LabelStroke
 from printer_io.vocabulary import ActionKind, ActionState, Severity, Verdict
 
@@ -106,8 +106,7 @@ class Records:
         root = self.opts.records
         if root is None or not root.is_dir():
             return []
-        files = [p for p in root.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5"))]
-        return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+        return sorted(build_records(root, recursive=True), key=lambda p: p.stat().st_mtime, reverse=True)
 
     def record_id(self, path: Path) -> str:
         """The id the page knows a record by: the browser names records by these ids, never by paths."""
@@ -223,8 +222,7 @@ class Records:
             root = self.opts.records
             ok = (
                 root is not None
-                and chosen.suffix == ".h5"
-                and not chosen.name.endswith((".creating.h5", ".crashed.h5"))
+                and is_build_record(chosen)
                 and chosen.resolve().is_relative_to(root.resolve())
                 and chosen.is_relative_to(root)
                 and chosen.is_file()

@@ -48,11 +48,13 @@ __all__ = [
     "BuildRecord",
     "RecordError",
     "RecordReader",
+    "build_records",
     "check_layout",
     "check_record",
     "class_mask",
     "class_sources",
     "images_path",
+    "is_build_record",
     "layer_class",
     "recover",
     "set_attrs",
@@ -977,6 +979,21 @@ def check_record(path: Path) -> list[str]:
         if stored.size and stored.max() >= z:
             problems.append(f"layer {int(stored.max())} is marked stored but /{images} has only {z} slices")
     return problems
+
+
+# files a writer leaves beside a record: one being created, the original a recovery kept
+_SIDE_FILES = (".creating.h5", ".crashed.h5")
+
+
+def is_build_record(path: Path) -> bool:
+    """Whether ``path`` is named as a build record (``*.h5``, not a file left beside one)."""
+    return path.suffix == ".h5" and not path.name.endswith(_SIDE_FILES)
+
+
+def build_records(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The build records in ``folder`` (and below it where ``recursive``), sorted by path."""
+    found = folder.rglob("*.h5") if recursive else folder.glob("*.h5")
+    return sorted(p for p in found if is_build_record(p))
 
 
 def recover(path: Path) -> Path:

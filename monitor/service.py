@@ -30,7 +30,7 @@ from monitor.controller import Controller, job_key
 from monitor.drift import DriftSettings, DriftWatch, layer_stats
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, LayerMetrics, MetricsComputer
 from monitor.policy import Policy, PolicyEngine, RuleHit
-from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec
+from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec, build_records
 from printer_io.bus import Link, MessageBus, open_link
 from printer_io.credentials import DUPLICATE, Credential, Verifier, load_operators
 from printer_io.errors import ConfigError, PayloadError, PrinterError
@@ -236,8 +236,7 @@ class PrinterMonitor:
         with self.lock:
             if self.build is not None:
                 return bool(self.build.ended)
-            folder = self.service.config.monitor.out_dir / self.printer_id
-            records = [r for r in folder.glob("*.h5") if not r.name.endswith((".creating.h5", ".crashed.h5"))]
+            records = build_records(self.service.config.monitor.out_dir / self.printer_id)
             if not records:
                 return True
             try:
@@ -389,9 +388,7 @@ class PrinterMonitor:
                 check(_RecordView(build.job_id, rec.table, {int(k) for k in rec.stored_layers()}, rec.frame_size))
                 write(rec)
                 return rec.path.name
-            for path in sorted((self.service.config.monitor.out_dir / self.printer_id).glob("*.h5")):
-                if path.name.endswith((".creating.h5", ".crashed.h5")):
-                    continue
+            for path in build_records(self.service.config.monitor.out_dir / self.printer_id):
                 try:
                     with RecordReader(path) as reader:
                         job = str(reader.attrs.get("layerwatch/job_id", ""))

@@ -202,9 +202,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _records(folder: Path) -> list[Path]:
+    from monitor.record import build_records
+
     if not folder.is_dir():
         raise CommandError(f"--records {folder}: not a folder of build records")
-    return sorted(p for p in folder.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5")))
+    return build_records(folder, recursive=True)
 
 
 def _merge(images: Path, masks: Path, into: Path) -> None:

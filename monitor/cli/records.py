@@ -220,10 +220,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_labels(args: argparse.Namespace) -> int:
     from monitor.labels import export_labels
+    from monitor.record import build_records
 
     if not args.records.is_dir():
         raise CommandError(f"--records {args.records}: not a folder of build records")
-    records = sorted(p for p in args.records.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5")))
+    records = build_records(args.records, recursive=True)
     counts = export_labels(records, args.out)
     done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items()) if k != "layers") or "none"
     print(f"{counts['layers']} labelled layer(s) from {len(records)} record(s) "
@@ -233,11 +234,12 @@ def cmd_labels(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from monitor.backtest import backtest
+    from monitor.record import build_records
 
     builds: list[Path] = []
     for item in args.builds:
         if item.is_dir():
-            builds += sorted(p for p in item.rglob("*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5")))
+            builds += build_records(item, recursive=True)
         elif item.is_file():
             builds.append(item)
         else:
