@@ -981,8 +981,9 @@ def check_record(path: Path) -> list[str]:
     return problems
 
 
-# files a writer leaves beside a record: one being created, the original a recovery kept
-_SIDE_FILES = (".creating.h5", ".crashed.h5")
+# files a writer leaves beside a record: one being created, a recovery's copy in progress (left by a
+# crash during the recovery), the original a recovery kept
+_SIDE_FILES = (".creating.h5", ".recovering.h5", ".crashed.h5")
 
 
 def is_build_record(path: Path) -> bool:
@@ -1000,7 +1001,10 @@ def recover(path: Path) -> Path:
     """Rewrite a record left open by a crashed writer so that any tool (and a new writer) can open it.
 
     Reads it with SWMR (which a crash does not prevent), copies every group, dataset and attribute
-    into a new file and puts it in place; the original is kept as ``NAME.crashed.h5``.
+    into ``NAME.recovering.h5``, writes it to disk and puts it in place; the original is kept as
+    ``NAME.crashed.h5`` (a second link to it, made before the copy replaces it, so that ``NAME`` names
+    one whole record at every moment: a crash during a recovery leaves the original or the copy there,
+    never nothing, and the recovery can simply be run again).
     """
     src = _open_for_reading(path)
     tmp = path.with_suffix(".recovering.h5")
@@ -1009,6 +1013,10 @@ def recover(path: Path) -> Path:
             dst.attrs[key] = value
         for name in src:
             src.copy(src[name], dst, name=name)
-    path.replace(path.with_suffix(".crashed.h5"))
+        dst.flush()
+        os.fsync(dst.id.get_vfd_handle())
+    kept = path.with_suffix(".crashed.h5")
+    kept.unlink(missing_ok=True)  # an earlier recovery's original
+    os.link(path, kept)
     tmp.replace(path)
     return path

@@ -99,13 +99,13 @@ def record_stem(job_id: str) -> str:
     """The file name (without ``.h5``) of a job's record, one job to one name.
 
     A plain job id is its own name. Any other (characters a file name must not hold, long, or ending like
-    our temporary and crashed files, or like a hashed name) becomes its safe characters plus a hash of the
-    whole id: "a/b" and "a_b" no longer share a record, and job "victim.creating" no longer names the
-    temporary file of job "victim". A reprint of a job adds ``~2``, ``~3``... (no job id holds ``~``)."""
+    our temporary, recovering and crashed files, or like a hashed name) becomes its safe characters plus
+    a hash of the whole id: "a/b" and "a_b" no longer share a record, and job "victim.creating" no longer
+    names the temporary file of job "victim". A reprint of a job adds ``~2``, ``~3``... (no job id holds ``~``)."""
     if (
         _PLAIN_JOB.fullmatch(job_id)
         and not _HASHED_STEM.fullmatch(job_id)
-        and not job_id.endswith((".creating", ".crashed", ".h5"))
+        and not job_id.endswith((".creating", ".recovering", ".crashed", ".h5"))
         and job_id not in (".", "..")
     ):
         return job_id

@@ -747,7 +747,7 @@ def test_job_ids_never_share_or_delete_each_others_records_and_a_reprint_gets_it
     config, topics, observer, printer = virtual_setup
     config = _monitor(config, job_switch_quiet_s=0)
     frames = Frames(broker, topics, None, "x")
-    jobs = ["victim.creating", "victim", "a/b", "a_b", "part.gcode", "../escape", "part.gcode"]
+    jobs = ["victim.creating", "victim.recovering", "victim", "a/b", "a_b", "part.gcode", "../escape", "part.gcode"]
     with MonitorService(config, printers={topics.printer: printer}).start():
         for n, job in enumerate(jobs):
             for layer in (0, 1):

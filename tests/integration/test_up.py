@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from peers import REPO, Mosquitto
 
-from monitor.record import RecordError, RecordReader
+from monitor.record import RecordError, RecordReader, build_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LAYERWATCH = str(REPO / ".venv" / "bin" / "layerwatch")
 
 
 def _stored(records: Path) -> int:
-    paths = [p for p in records.glob("p1/*.h5") if not p.name.endswith((".creating.h5", ".crashed.h5"))]
+    paths = build_records(records / "p1")
     if not paths:
         return 0
     try:

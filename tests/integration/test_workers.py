@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from peers import Mosquitto, mosquitto, stop
 
-from monitor.record import RecordReader, check_record
+from monitor.record import RecordReader, build_records, check_record
 from monitor.replay import ReplayOptions, run_replay
 from printer_io.frames import QualityChecker, encode_image
 from printer_io.messages import FrameMeta, LayerEvent, ResultMessage, StatusMessage, encode_frame
@@ -130,7 +130,7 @@ def _as_one_monitor_decides(site: Site, tmp_path: Path) -> None:
     for pid in PRINTERS:
         # one record per build, no second one for a printer taken over (the copy a killed writer leaves aside is
         # what a restart leaves too: monitor.record.recover)
-        (path,) = (p for p in (tmp_path / "records" / pid).glob("*.h5") if not p.name.endswith(".crashed.h5"))
+        (path,) = build_records(tmp_path / "records" / pid)
         assert check_record(path) == [], pid
         with RecordReader(path) as r:
             stored = [int(n) for n in np.flatnonzero(r.layers()["stored"])]

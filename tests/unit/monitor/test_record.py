@@ -13,7 +13,15 @@ import h5py
 import numpy as np
 import pytest
 
-from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec, check_record, recover
+from monitor.record import (
+    BuildRecord,
+    RecordError,
+    RecordReader,
+    RecordSpec,
+    build_records,
+    check_record,
+    recover,
+)
 
 CLASSES = ("powder", "part", "porosity", "spatter", "warping")
 METRICS = ("porosity_fraction", "warping_area_mm2")
@@ -123,6 +131,42 @@ def test_reopen_appends_to_the_same_build(tmp_path: Path) -> None:
         append(rec, 1)
     with RecordReader(path) as r:
         assert list(r.stored_layers()) == [0, 1]
+
+
+def test_a_recovery_cut_off_anywhere_leaves_the_record_whole_and_can_be_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's name never stands empty during a recovery, its side files are never listed as builds, and a
+    second recovery replaces the first one's kept original."""
+    path = tmp_path / "b.h5"
+    with BuildRecord.create(path, spec()) as rec:
+        for n in range(3):
+            append(rec, n)
+    (tmp_path / "b.recovering.h5").write_bytes(b"half a copy")  # a recovery killed while copying
+    (tmp_path / "b.crashed.h5").write_bytes(b"an earlier recovery's original")
+    assert build_records(tmp_path) == [path]
+
+    replace = Path.replace
+
+    def cut_off(self: Path, target: Path) -> Path:
+        if Path(target) == path:
+            raise OSError("killed before the copy took the record's place")
+        return replace(self, target)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "replace", cut_off)
+        with pytest.raises(OSError):
+            recover(path)
+    with RecordReader(path) as r:  # the original, still in place
+        assert r.stored_layers().tolist() == [0, 1, 2]
+    assert build_records(tmp_path) == [path]
+
+    recover(path)  # run again
+    with h5py.File(path, "r") as f:
+        assert f["layerwatch/layers"]["stored"][:3].all()
+    with RecordReader(tmp_path / "b.crashed.h5") as r:
+        assert r.stored_layers().tolist() == [0, 1, 2]
+    assert not (tmp_path / "b.recovering.h5").exists() and build_records(tmp_path) == [path]
 
 
 def test_not_a_record(tmp_path: Path) -> None:
