@@ -235,6 +235,9 @@ class Records:
         path = self.allowed(path)
         with self._lock:
             r = self._readers.get(path)
+            if r is not None and r.stale():  # recovered after a crash, or continued since it was closed
+                r.close()
+                r = None
             if r is None:
                 r = RecordReader(path)
                 self._readers[path] = r

@@ -639,13 +639,18 @@ def check_layout(f: h5py.File, path: Path) -> None:
 
 def _open_for_reading(path: Path) -> h5py.File:
     """A closed record opens plainly; one being written (or left by a crashed writer) with SWMR. Never try
-    SWMR on a damaged file: HDF5's SWMR reader retries bad metadata for minutes instead of failing."""
+    SWMR on a damaged file: HDF5's SWMR reader retries bad metadata for minutes instead of failing.
+
+    Without HDF5's file lock: a reader that holds a record open (the dashboard keeps its readers) would
+    otherwise stop a restarted monitor, or the worker taking a printer over, from opening the build again
+    for writing, and every later layer of that build would be refused. Writers still lock each other out,
+    and a writer's mark in the file tells a reader to read with SWMR."""
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", locking=False)
     except OSError as err:
         if "already open for write" not in str(err):
             raise
-        return h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
+        return h5py.File(path, "r", libver=("v110", "v110"), swmr=True, locking=False)
 
 
 def open_build_file(path: Path) -> h5py.File:
@@ -736,6 +741,20 @@ class RecordReader:
             self._f.close()
             raise
         self._images = images_path(self._f)
+        self._opened = os.fstat(self._f.id.get_vfd_handle())
+
+    def stale(self) -> bool:
+        """Whether this reader no longer sees the record its path names: the file was replaced (a recovery after
+        a crash puts a rewritten copy in its place) or, where the record was closed when this reader opened it
+        (read plainly, not refreshed), it has been written since (a restarted monitor continued it, a label was
+        stored). A reader kept open (the dashboard's) is opened anew when stale."""
+        try:
+            now = self.path.stat()
+        except OSError:
+            return True
+        if (now.st_dev, now.st_ino) != (self._opened.st_dev, self._opened.st_ino):
+            return True
+        return not self._f.swmr_mode and now.st_mtime_ns != self._opened.st_mtime_ns
 
     def close(self) -> None:
         self._f.close()

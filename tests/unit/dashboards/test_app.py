@@ -51,9 +51,9 @@ def test_the_metric_that_fired_is_plotted_with_its_threshold() -> None:
     assert any(sh.get("y0") == 0.5 for sh in fig["layout"]["shapes"])
 
 
-def test_a_reader_that_failed_is_reopened_on_the_next_request(tmp_path: Path) -> None:
+def test_a_reader_that_failed_or_whose_record_was_replaced_is_reopened_on_the_next_request(tmp_path: Path) -> None:
     from dashboards.state import DashboardOptions, Records
-    from monitor.record import BuildRecord, RecordSpec
+    from monitor.record import BuildRecord, RecordSpec, recover
 
     path = tmp_path / "r.h5"
     spec = RecordSpec(
@@ -68,6 +68,9 @@ def test_a_reader_that_failed_is_reopened_on_the_next_request(tmp_path: Path) ->
     records.drop(path)  # what every callback does after a read error
     second = records.reader(path)
     assert second is not first and second.state == "closed"
+    recover(path)  # after a crash the record is rewritten under its name: the reader kept open reads the old file
+    third = records.reader(path)
+    assert third is not second and third.state == "closed"
 
 
 def test_only_the_records_the_dashboard_lists_are_ever_opened(tmp_path: Path) -> None:

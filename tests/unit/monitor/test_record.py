@@ -133,6 +133,40 @@ def test_reopen_appends_to_the_same_build(tmp_path: Path) -> None:
         assert list(r.stored_layers()) == [0, 1]
 
 
+CONTINUE = """
+import sys
+sys.path.insert(0, {here!r})
+from pathlib import Path
+from test_record import append
+from monitor.record import BuildRecord
+with BuildRecord.open(Path({path!r})) as rec:
+    append(rec, 1)
+"""
+
+
+def test_a_reader_held_open_does_not_stop_a_restarted_writer_and_knows_it_must_reopen(tmp_path: Path) -> None:
+    """The dashboard keeps its readers open. HDF5's file lock let such a reader stop a restarted monitor (or the
+    worker taking the printer over) from continuing the build: every later layer was refused. The reader sees
+    that the record was continued, or replaced by a recovery, and opens it anew."""
+    path = tmp_path / "b.h5"
+    with BuildRecord.create(path, spec()) as rec:
+        append(rec, 0)
+    held = RecordReader(path)  # the build was let go of ("closed" here; "writing" after a crash reads the same)
+    assert not held.stale()
+    here = str(Path(__file__).resolve().parent)
+    writer = subprocess.run(
+        [sys.executable, "-c", CONTINUE.format(here=here, path=str(path))], capture_output=True, text=True, timeout=60
+    )
+    assert writer.returncode == 0, writer.stderr
+    assert held.stale() and held.stored_layers().tolist() == [0]  # what it read when it opened
+    held.close()
+    held = RecordReader(path)
+    assert not held.stale() and held.stored_layers().tolist() == [0, 1]
+    recover(path)  # a new file under the same name
+    assert held.stale()
+    held.close()
+
+
 def test_a_recovery_cut_off_anywhere_leaves_the_record_whole_and_can_be_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
