@@ -168,20 +168,48 @@ def _two_workers(site: Site, url: str, tmp_path: Path) -> Iterator[dict[str, sub
                 stop(proc)
 
 
+# the dashboard's own reader cache, reading every record of the site, as a page open on each printer would
+DASHBOARD = """
+import sys, time
+from pathlib import Path
+from dashboards.state import DashboardOptions, Records
+from monitor.record import RecordError, build_records
+root = Path(sys.argv[1])
+records = Records(DashboardOptions(records=root))
+print("watching", flush=True)
+while True:
+    for path in build_records(root, recursive=True):
+        try:
+            records.reader(path).layers()
+        except (RecordError, OSError, KeyError):
+            records.drop(path)
+    time.sleep(0.2)
+"""
+
+
 def test_two_workers_share_the_printers_and_one_takes_over_when_the_other_is_killed(
     broker: Mosquitto, site: Site, tmp_path: Path
 ) -> None:
+    """With a dashboard reading every record throughout: a reader held open once kept the heir from continuing
+    the victim's builds (HDF5's file lock), and every later layer of them was refused."""
     with _two_workers(site, broker.url, tmp_path) as workers:
-        victim = site.holders["w0"]
-        heir = "wb" if victim == "wa" else "wa"
-        lost = [pid for pid, w in site.holders.items() if w == victim]
-        site.send(range(6, 10))  # in flight and queued at the victim when it dies
-        workers[victim].send_signal(signal.SIGKILL)
-        workers[victim].wait(10)
-        site.send(range(10, LAYERS))
-        site.wait("the heir holds every printer", lambda: set(site.holders.values()) == {heir}
-                  and set(site.holders) == set(PRINTERS))  # fmt: skip
-        site.wait("every layer judged", lambda: site.judged(range(LAYERS)))
+        dashboard = subprocess.Popen(
+            [sys.executable, "-c", DASHBOARD, str(tmp_path / "records")], stdout=subprocess.PIPE
+        )
+        try:
+            assert dashboard.stdout is not None and dashboard.stdout.readline().strip() == b"watching"
+            victim = site.holders["w0"]
+            heir = "wb" if victim == "wa" else "wa"
+            lost = [pid for pid, w in site.holders.items() if w == victim]
+            site.send(range(6, 10))  # in flight and queued at the victim when it dies
+            workers[victim].send_signal(signal.SIGKILL)
+            workers[victim].wait(10)
+            site.send(range(10, LAYERS))
+            site.wait("the heir holds every printer", lambda: set(site.holders.values()) == {heir}
+                      and set(site.holders) == set(PRINTERS))  # fmt: skip
+            site.wait("every layer judged", lambda: site.judged(range(LAYERS)))
+        finally:
+            stop(dashboard)
     heir_log = (tmp_path / f"{heir}.log").read_text()
     for pid in lost:
         assert f"worker {heir} took printer {pid}" in heir_log
