@@ -646,11 +646,22 @@ def _open_for_reading(path: Path) -> h5py.File:
     for writing, and every later layer of that build would be refused. Writers still lock each other out,
     and a writer's mark in the file tells a reader to read with SWMR."""
     try:
-        return h5py.File(path, "r", locking=False)
+        return _unlocked(path)
     except OSError as err:
         if "already open for write" not in str(err):
             raise
-        return h5py.File(path, "r", libver=("v110", "v110"), swmr=True, locking=False)
+        return _unlocked(path, libver=("v110", "v110"), swmr=True)
+
+
+def _unlocked(path: Path, **kwargs: Any) -> h5py.File:
+    """``path`` opened to read without a file lock, unless this process already has it open (the monitor
+    reading a record it writes), where HDF5 shares that handle and wants the same locking setting."""
+    try:
+        return h5py.File(path, "r", locking=False, **kwargs)
+    except OSError as err:
+        if "file locking flag values don't match" not in str(err):
+            raise
+        return h5py.File(path, "r", **kwargs)
 
 
 def open_build_file(path: Path) -> h5py.File:
