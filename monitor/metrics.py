@@ -22,8 +22,7 @@ Metrics (``METRIC_NAMES``), per layer:
   3 layers already showed "warping": fixtures and the plate do not lift), ``warping_outside_area_mm2``
   (warping outside the footprint the parts had 3 to 8 layers earlier, next to a part),
   ``warping_confirmed_area_mm2`` (persistent warping components that
-  stand outside that footprint, or lie along a part's outline, at least 40 % of their own boundary within
-  2 px of it, and cover less than half of that part) and
+  stand outside that footprint, or lie at a part's outline and cover less than half of that part) and
   ``warping_confirmed_growth_mm2`` (its change since the previous layer).
 
 Per part (``PART_METRIC_NAMES``): ``area_mm2``, ``porosity_fraction``, ``pore_count``, ``spatter_count``
@@ -81,12 +80,6 @@ _PERSIST_MIN = 2
 _INITIAL_LAYERS = 3  # warping in a build's first layers is never confirmed (fixtures, the plate)
 _FOOTPRINT_LAYERS = 8  # the parts' footprint is taken from 3 to this many layers back
 _OUTSIDE_MIN_PX = 4  # pixels outside the earlier footprint that make a warping component stand out
-# a lifted edge or corner lies along the part's edge: at least this share of a warping component's own
-# boundary runs on the part's outline, within _EDGE_REACH_PX of it (a quarter disc at a corner: 0.56, a band
-# along an edge: about 0.5; the reach lets a rim the network calls part lie between); a bright or dark patch
-# painted on the part's surface borders the part, not the powder
-_EDGE_SHARE = 0.4
-_EDGE_REACH_PX = 2
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
@@ -275,12 +268,7 @@ class MetricsComputer:
                 owner = counts[1:].argmax(axis=1)
             part_area = np.bincount(ids.ravel().astype(np.int64))
             share = np.where(owner > 0, areas / np.maximum(part_area[np.minimum(owner, part_area.size - 1)], 1), 1.0)
-            border = persistent & ~_erode(persistent)  # 8-connected components: each one's own boundary
-            on_outline = np.bincount(
-                flat, weights=(border & _dilate(outline, _EDGE_REACH_PX)).ravel(), minlength=n + 1
-            )[1:]
-            edge_share = on_outline / np.maximum(np.bincount(flat, weights=border.ravel(), minlength=n + 1)[1:], 1)
-            keep = (n_out >= _OUTSIDE_MIN_PX) | (at_edge & (share < 0.5) & (edge_share >= _EDGE_SHARE))
+            keep = (n_out >= _OUTSIDE_MIN_PX) | (at_edge & (share < 0.5))
             confirmed_px = float(areas[keep].sum())
         v["warping_confirmed_area_mm2"] = confirmed_px * self.px_mm2
         v["warping_confirmed_growth_mm2"] = v["warping_confirmed_area_mm2"] - self._prev_confirmed_mm2

@@ -149,20 +149,6 @@ def test_warping_inside_the_part_at_its_edge_is_confirmed_without_standing_out()
     assert v["warping_confirmed_area_mm2"] == pytest.approx(2.25)
 
 
-def test_a_patch_painted_on_the_part_that_touches_its_edge_is_not_a_lifted_edge() -> None:
-    """The replayed builds' false pauses: the network paints a persistent patch of the part's surface warping
-    (a light or shadow on it) that reaches the outline at one place. It borders the part, not the powder."""
-    mc = MetricsComputer(mm_per_px=0.1)
-    for k in range(8):
-        m = square_layer(pores=0)
-        if k >= 3:
-            m[60:90, 80:120] = C.WARPING  # 12 mm² inside the part...
-            m[50:60, 95:100] = C.WARPING  # ...joined to its edge by a neck
-        v = mc.compute(m).values
-    assert v["warping_persistent_area_mm2"] > 12  # it persists, at the edge, on less than half of the part
-    assert v["warping_confirmed_area_mm2"] == 0
-
-
 def test_every_metric_has_a_unit_by_its_name() -> None:
     from monitor.metrics import METRIC_NAMES, metric_unit
 
