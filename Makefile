@@ -66,6 +66,7 @@ bench-io: $(STAMP) peers
 bench-monitor: $(STAMP) peers
 	$(BIN)/python bench/bench_e2e.py
 	$(BIN)/python bench/bench_record.py
+	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/eval_policy.py
 	$(BIN)/python bench/bench_replay.py
 	$(BIN)/python bench/bench_dashboard.py

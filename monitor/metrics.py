@@ -236,7 +236,8 @@ class MetricsComputer:
         # persistent: warping on at least 2 of the last 3 layers at the same place (within 2 px), this one
         # included; a misreading flickers, a lifted edge stays (and may be missed on one layer)
         persistent = np.zeros_like(warp)
-        if len(self._warps) == _PERSIST_LAYERS - 1:
+        some = bool(warp.any())  # most layers have none: nothing below needs computing then
+        if some and len(self._warps) == _PERSIST_LAYERS - 1:
             seen = np.zeros(warp.shape, np.uint8)
             for earlier in self._warps:
                 seen += _dilate(earlier, 2)
@@ -246,7 +247,7 @@ class MetricsComputer:
         if self._initial_warp is not None:
             persistent &= ~self._initial_warp
         outside = np.zeros_like(warp)
-        if len(self._regions) > 2:
+        if some and len(self._regions) > 2:
             footprint = np.zeros_like(warp)
             for r in list(self._regions)[:-2]:  # 3 to 8 layers ago: before a growing warp's latest rim
                 footprint |= r
@@ -256,16 +257,22 @@ class MetricsComputer:
         confirmed_px = 0.0
         if persistent.any():
             labels, n, areas, _ = _label(persistent)
-            flat = labels.ravel()
-            n_out = np.bincount(flat, weights=outside.ravel(), minlength=n + 1)[1:]
-            at_edge = np.bincount(flat, weights=_dilate(outline, 2).ravel(), minlength=n + 1)[1:] > 0
+            # per component sums over its own pixels only (a few hundred, not the whole frame)
+            at = np.flatnonzero(persistent)
+            flat = labels.ravel()[at]
+
+            def per_component(where: np.ndarray) -> np.ndarray:
+                return np.bincount(flat, weights=where.ravel()[at], minlength=n + 1)[1:]
+
+            n_out = per_component(outside)
+            at_edge = per_component(_dilate(outline, 2)) > 0
             # the part each component lies on (most pixels), and that part's area
             owner = np.zeros(n, dtype=np.int64)
-            on_part = ids.ravel() > 0
-            if on_part.any():
-                pairs = flat[on_part] * (int(ids.max()) + 1) + ids.ravel()[on_part].astype(np.int64)
-                counts = np.bincount(pairs, minlength=(n + 1) * (int(ids.max()) + 1)).reshape(n + 1, -1)
-                owner = counts[1:].argmax(axis=1)
+            on = ids.ravel()[at].astype(np.int64)
+            if on.any():
+                counts = np.bincount(flat * (int(on.max()) + 1) + on, minlength=(n + 1) * (int(on.max()) + 1))
+                owner = counts.reshape(n + 1, -1)[1:, 1:].argmax(axis=1) + 1
+                owner[counts.reshape(n + 1, -1)[1:, 1:].max(axis=1) == 0] = 0
             part_area = np.bincount(ids.ravel().astype(np.int64))
             share = np.where(owner > 0, areas / np.maximum(part_area[np.minimum(owner, part_area.size - 1)], 1), 1.0)
             keep = (n_out >= _OUTSIDE_MIN_PX) | (at_edge & (share < 0.5))
