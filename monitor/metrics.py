@@ -269,10 +269,11 @@ class MetricsComputer:
             # the part each component lies on (most pixels), and that part's area
             owner = np.zeros(n, dtype=np.int64)
             on = ids.ravel()[at].astype(np.int64)
-            if on.any():
-                counts = np.bincount(flat * (int(on.max()) + 1) + on, minlength=(n + 1) * (int(on.max()) + 1))
-                owner = counts.reshape(n + 1, -1)[1:, 1:].argmax(axis=1) + 1
-                owner[counts.reshape(n + 1, -1)[1:, 1:].max(axis=1) == 0] = 0
+            on_part = on > 0
+            if on_part.any():
+                width = int(on.max()) + 1
+                pairs = flat[on_part] * width + on[on_part]
+                owner = np.bincount(pairs, minlength=(n + 1) * width).reshape(n + 1, -1)[1:].argmax(axis=1)
             part_area = np.bincount(ids.ravel().astype(np.int64))
             share = np.where(owner > 0, areas / np.maximum(part_area[np.minimum(owner, part_area.size - 1)], 1), 1.0)
             keep = (n_out >= _OUTSIDE_MIN_PX) | (at_edge & (share < 0.5))
