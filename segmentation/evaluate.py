@@ -14,7 +14,8 @@ from segmentation.errors import ImageError
 from segmentation.imageio import DEFAULT_MAX_PIXELS, iter_image_paths, read_image
 from segmentation.inference import Segmenter
 from segmentation.metrics import Evaluation
-from segmentation.simulator import simulate_dataset
+from segmentation.roi import propose_roi
+from segmentation.simulator import dataset_layers
 
 __all__ = ["TEST_SEED_STREAM", "evaluate_dirs", "evaluate_simulated", "format_report", "read_mask"]
 
@@ -63,11 +64,24 @@ def evaluate_dirs(
     return ev, problems
 
 
-def evaluate_simulated(seg: Segmenter, count: int = 64, size: int = 512, seed: int = TEST_SEED_STREAM) -> Evaluation:
-    """Score on ``count`` freshly simulated layers of held-out builds."""
+def evaluate_simulated(
+    seg: Segmenter, count: int = 64, size: int = 512, seed: int = TEST_SEED_STREAM, plate: bool = False
+) -> Evaluation:
+    """Score on ``count`` freshly simulated layers of held-out builds.
+
+    ``plate``: judge only the build plate proposed from each build's first layer, as the monitor does
+    when no outline is configured (outside it the mask is powder); the truth is the whole frame's.
+    """
     ev = Evaluation.empty()
-    for layer in simulate_dataset(seed, count, size, size):
-        ev.add(layer.mask, seg.segment(layer.image).mask)
+    rois: dict[int, np.ndarray] = {}
+    for build, k in dataset_layers(seed, count, size, size):
+        roi = None
+        if plate:
+            if build.seed not in rois:
+                rois[build.seed] = propose_roi([build.layer(0).image]).mask((size, size))
+            roi = rois[build.seed]
+        layer = build.layer(k)
+        ev.add(layer.mask, seg.segment(layer.image, roi=roi).mask)
     return ev
 
 

@@ -8,9 +8,12 @@ How the proposal works: chamber walls, rails and the plate's own edge are long s
 parallel to the frame's borders. Their edges show up as peaks in the column (row) profile of the
 horizontal (vertical) gradient, averaged along the other axis. The strongest such edge in the outer
 quarter of each side, where it stands well above the profile's typical level, bounds the plate on
-that side; a side without one keeps the frame's border. Left and right are found separately in the
-upper and lower third (walls lean under perspective), so the polygon is a trapezoid, pulled in by a
-small margin.
+that side; a side without one keeps the frame's border. It must also stand above every edge in the
+frame's central half, where a plate has no hardware: recoater streaks and the borders of unevenly
+spread bands are long straight lines across the whole plate too, and one of them in the outer quarter
+would otherwise cut that quarter off (nothing there judged until an operator corrects the outline).
+Left and right are found separately in the upper and lower third (walls lean under perspective), so
+the polygon is a trapezoid, pulled in by a small margin.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ Point = tuple[float, float]
 
 # An edge bounds the plate when its profile peak is this many times the profile's median.
 _EDGE_RATIO = 3.0
+# ... and this many times the strongest edge in the profile's central half (streaks and bands cross it).
+_CENTRAL_RATIO = 1.1
 # Only the outer part of each side is searched (a share of the frame's width or height).
 _SEARCH = 0.25
 # The polygon is pulled in by this share of the frame beyond the found edge.
@@ -88,7 +93,9 @@ def _edges(profile: np.ndarray, lo: int, hi: int) -> int | None:
         return None
     i = int(np.argmax(seg))
     typical = float(np.median(profile)) + 1e-6
-    return lo + i if seg[i] > _EDGE_RATIO * typical else None
+    n = profile.size
+    central = float(profile[n // 4 : n - n // 4].max(initial=0.0))
+    return lo + i if seg[i] > _EDGE_RATIO * typical and seg[i] > _CENTRAL_RATIO * central else None
 
 
 def propose_roi(frames: Sequence[np.ndarray]) -> Roi:

@@ -33,6 +33,7 @@ frame, as a camera would. Chamber hardware occludes: its pixels are background (
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,6 +51,7 @@ __all__ = [
     "SimBuild",
     "SimLayer",
     "WarpSpec",
+    "dataset_layers",
     "scenario_spec",
     "simulate_dataset",
     "simulate_scenarios",
@@ -918,20 +920,28 @@ def simulate_dataset(
     Three of every four layers come from the upper part of a build, where warping has had time to
     grow; the others from anywhere, so that early layers and layers without parts are seen too.
     """
-    out: list[SimLayer] = []
+    return [build.layer(k) for build, k in dataset_layers(seed, count, height, width, layers_per_build)]
+
+
+def dataset_layers(
+    seed: int, count: int, height: int = 512, width: int = 512, layers_per_build: int = 4
+) -> Iterator[tuple[SimBuild, int]]:
+    """The builds and layer indices :func:`simulate_dataset` renders, without rendering them (a caller
+    that needs a build's other layers, e.g. its first for the plate, renders them itself)."""
+    n = 0
     b = 0
     n_layers = 40
-    while len(out) < count:
+    while n < count:
         build_seed = seed * 100_003 + b
         build = SimBuild(build_seed, height, width, n_layers)
         rng = _rng(build_seed, 9)
         upper = rng.choice(np.arange(8, n_layers), size=layers_per_build, replace=False)
         ks = [int(k) if i % 4 else int(rng.integers(0, n_layers)) for i, k in enumerate(upper)]
         for k in ks:
-            if len(out) < count:
-                out.append(build.layer(k))
+            if n < count:
+                n += 1
+                yield build, k
         b += 1
-    return out
 
 
 def simulate_scenarios(seed: int, count: int, size: int = 512, n_layers: int = 30) -> list[SimLayer]:

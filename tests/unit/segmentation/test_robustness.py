@@ -55,6 +55,23 @@ def test_the_plate_is_proposed_between_walls_and_rails() -> None:
     assert not mask[:, :30].any() and not mask[:18].any() and mask[200, 180]
 
 
+def test_recoater_streaks_across_the_plate_do_not_cut_it() -> None:
+    # streaks run across the whole plate, in the outer quarters as in the middle; the walls still bound it
+    img = _chamber()
+    for row, level in ((70, 0.4), (150, 0.42), (230, 0.4), (330, 0.43)):
+        img[row : row + 2, 30:-24] = level
+    roi = propose_roi([img])
+    ys = [p[1] for p in roi.points]
+    xs = [p[0] for p in roi.points]
+    assert 18 <= min(ys) <= 32 and max(ys) >= 390  # no cut at row 70 nor at row 330
+    assert 30 <= min(xs) <= 45 and 320 <= max(xs) <= 336
+    # without the walls and rail, the streaks alone leave the whole frame
+    plain = np.full((400, 360), 0.5, np.float32) + 0.02 * np.random.default_rng(2).normal(size=(400, 360))
+    for row in (60, 200, 340):
+        plain[row : row + 2] = 0.4
+    assert propose_roi([plain.astype(np.float32)]).mask((400, 360)).mean() > 0.97
+
+
 def test_a_plain_frame_keeps_the_whole_frame() -> None:
     roi = propose_roi([np.full((100, 120), 0.5, np.float32)])
     assert roi.mask((100, 120)).mean() > 0.99
