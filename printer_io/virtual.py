@@ -109,6 +109,9 @@ class VirtualPrinter:
         self._stop = threading.Event()
         self._epoch = time.time()
         self._vtime = 0.0
+        #: While this returns True, a printing job's clock stands still (a pause still completes):
+        #: ``layerwatch demo`` keeps its printer in step with a monitor that a busy machine slows down.
+        self.hold: Callable[[], bool] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> VirtualPrinter:
@@ -215,6 +218,9 @@ class VirtualPrinter:
         last = time.monotonic()
         while not self._stop.wait(0.01):
             now = time.monotonic()
+            if self.hold is not None and self._state == PrinterState.PRINTING and self.hold():
+                last = now
+                continue
             self.advance(now - last)
             last = now
 

@@ -56,6 +56,20 @@ def test_demo_pauses_on_the_growing_warp_and_writes_the_record(tmp_path: Path) -
         assert [a["state"] for a in r.table("actions") if a["action"] == "pause"] == ["requested", "confirmed"]
 
 
+def test_a_printer_faster_than_the_monitor_waits_for_its_verdicts(tmp_path: Path) -> None:
+    # 0.05 s a layer is faster than any machine judges a frame: without the hold the job finished before
+    # the verdicts came and the pause was refused ("cannot pause while finished")
+    result = subprocess.run(
+        [LAYERWATCH, "demo", "--out", str(tmp_path), "--layer-time", "0.05", "--headless", "--layers", "14",
+         "--warp-start", "5"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "the monitor is two layers behind the printer" in result.stdout
+    assert ">>> printer PAUSED" in result.stdout, result.stdout
+    assert "pause failed" not in result.stdout
+
+
 def test_demo_runs_on_the_in_process_broker_where_mosquitto_is_missing(tmp_path: Path) -> None:
     result = _demo(tmp_path, "--layers", "6", "--scenario", "clean", "--broker-impl", "amqtt", headless=False)
     assert result.returncode == 0, result.stderr

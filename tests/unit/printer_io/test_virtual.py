@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from printer_io.errors import ConfigError, PrinterCommandRefused
@@ -71,6 +74,25 @@ def test_realtime_pause_is_confirmed_by_polling() -> None:
         assert outcome.acknowledged_s is not None and outcome.acknowledged_s <= outcome.paused_s
         assert outcome.paused_s >= 0.09
         assert p.status().state == PrinterState.PAUSED
+
+
+def test_a_held_printer_waits_but_still_pauses() -> None:
+    held = threading.Event()
+    held.set()
+    with VirtualPrinter("rt", layers=100, layer_time_s=0.05, pause_delay_s=0.05) as p:
+        p.hold = held.is_set
+        p.start_job()
+        time.sleep(0.4)  # eight layers' time
+        status = p.status()
+        assert status.job is not None and status.job.layer == 0 and status.state == PrinterState.PRINTING
+        held.clear()
+        deadline = time.monotonic() + 5
+        while p.status().job.layer < 3 and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.01)
+        assert p.status().job.layer >= 3  # type: ignore[union-attr]
+        held.set()
+        outcome = p.pause(timeout_s=5)  # a pause completes while the printer is held
+        assert outcome.paused_s is not None and p.status().state == PrinterState.PAUSED
 
 
 def test_commands_the_state_does_not_allow_are_refused() -> None:
