@@ -162,4 +162,13 @@ class DriftWatch:
             log.warning("drift: cannot keep the reference in %s (%s); taken again after a restart", self.path, err)
 
     def describe(self) -> dict[str, Any]:
-        return {"reference": self.reference, "window": len(self._window), "toward_reference": len(self._seen)}
+        return {
+            "reference": self.reference,
+            "window": len(self._window),
+            "window_layers": [layer for layer, _ in self._window],
+            "toward_reference": len(self._seen),
+        }
+
+    def window_stats(self) -> list[tuple[int, dict[str, float]]]:
+        """The window's layers and what was measured on each, oldest first."""
+        return list(self._window)

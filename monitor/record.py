@@ -323,6 +323,10 @@ class BuildRecord:
             "captured_at": float(row["captured_at"]),
         }
 
+    def layer_rows(self) -> np.ndarray:
+        """The ``layers`` table (one row per layer index: stored, arrival time, frame quality, judged)."""
+        return np.asarray(self._f[f"{LW}/layers"][:])
+
     def layer_for_restart(self, layer: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The stored class ids and the printer's part ids (None where the frame had none) of ``layer``: what a
         monitor that continues this build feeds its running state with (monitor.service)."""

@@ -815,7 +815,9 @@ class PrinterMonitor:
             given_part_ids=part_ids,
         )
 
-    def _watch_drift(self, layer: int, gray: np.ndarray, mask: np.ndarray, roi: np.ndarray | None, ood: float) -> None:
+    def _watch_drift(
+        self, layer: int, gray: np.ndarray, mask: np.ndarray, roi: np.ndarray | None, ood: float, say: bool = True
+    ) -> None:
         """This printer's frames and class areas against the model's and the printer's reference (monitor.drift)."""
         cfg = self.service.config.monitor
         if not cfg.drift_reference_layers:
@@ -826,7 +828,7 @@ class PrinterMonitor:
             settings = DriftSettings(reference_layers=cfg.drift_reference_layers, window=cfg.drift_window)
             self._drift = DriftWatch.open(path, settings)
         finding = self._drift.add(layer, layer_stats(gray, mask, roi, ood))
-        if finding is not None:
+        if finding is not None and say:
             self.counters["drift"] += 1
             self._emit_event("warning", "drift", finding.message(self.printer_id, cfg.drift_window), layer)
 
@@ -1063,6 +1065,28 @@ class PrinterMonitor:
         self.controller.restore_handled(int(n) for n in stored)
         self.controller.restore(build.record.table("actions"))
         build.last_layer = int(stored.max())
+        self._restore_drift(build, stored, metrics)
+
+    def _restore_drift(self, build: Build, stored: np.ndarray, metrics: list[dict[str, Any]]) -> None:
+        """A restarted monitor (or a worker taking the printer over) refills the drift window with the build's
+        last sound layers, which the process before it had watched: otherwise a camera drifting around a
+        crash is said a whole window later. Nothing is said again while refilling (a finding the refilled
+        window holds was said before, and the window starts afresh as it did then)."""
+        cfg = self.service.config.monitor
+        if self._drift is not None or not cfg.drift_reference_layers:
+            return  # this process has watched the layers itself
+        rows = build.record.layer_rows()
+        sound: list[int] = []
+        latest = -1
+        for layer in sorted((int(n) for n in stored), key=lambda n: float(rows[n]["stored_at"])):
+            late, latest = layer < latest, max(latest, layer)  # stored but never judged, as on arrival
+            if not late and not any(rows[layer][k] for k in ("blurry", "frozen", "too_dark", "too_bright")):
+                sound.append(layer)
+        for layer in sound[-cfg.drift_window :]:
+            mask, _ = build.record.layer_for_restart(layer)
+            ood = float(metrics[layer].get("ood_score", float("nan"))) if layer < len(metrics) else float("nan")
+            gray = build.record.image(layer)
+            self._watch_drift(layer, gray, mask, build.roi_mask, ood, say=False)
 
     def _spec(self, job_id: str, h: int, w: int, dtype: str, roi: Roi | None) -> RecordSpec:
         svc = self.service

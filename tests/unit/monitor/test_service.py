@@ -146,6 +146,25 @@ def test_a_monitor_restarted_mid_build_decides_as_one_that_ran_through(rig: Rig,
     assert any(action == ActionKind.PAUSE for _, action in requested)
 
 
+def test_a_restarted_monitor_refills_the_drift_window_from_the_record(rig: Rig) -> None:
+    for k in range(6):
+        rig.layer("bus-job", k)
+    live = rig.monitor.monitors[PID]._drift
+    assert live is not None
+    before = dict(live.window_stats())
+    rig.monitor.release_printer(PID, publish_offline=False)
+    rig.monitor.open_printer(PID)
+    rig.layer("bus-job", 6)
+    heir = rig.monitor.monitors[PID]._drift
+    assert heir is not None and heir is not live
+    # without the refill the window would hold layer 6 alone and a drift would wait 4 more layers
+    assert heir.describe()["window_layers"] == [3, 4, 5, 6]
+    for layer, stats in heir.window_stats()[:3]:  # measured again from the stored frame and mask: the same
+        assert stats.keys() == before[layer].keys()
+        for key, value in stats.items():
+            assert value == pytest.approx(before[layer][key], rel=1e-5, abs=1e-6), (layer, key)
+
+
 def test_whether_a_printer_is_between_builds_is_read_under_its_lock(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """A site worker above its share asks each printer it holds whether it is between builds, while frames are
     handled. The newest record is read under the printer's lock: HDF5 refuses to open a file for writing while the
