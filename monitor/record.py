@@ -179,6 +179,8 @@ class BuildRecord:
         self.part_metric_names = tuple(json.loads(file.attrs["layerwatch/part_metric_names"]))
         self._images = images_path(file)
         self.height, self.width = file[self._images].shape[1:]
+        #: opened for writing without HDF5's file lock, which a program reading the file held
+        self.shared_with_reader = False
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -252,14 +254,24 @@ class BuildRecord:
 
     @classmethod
     def open(cls, path: Path, *, fsync: bool = False) -> BuildRecord:
-        """Open an existing record to append (a monitor restarted mid-build); a crashed one is recovered first."""
+        """Open an existing record to append (a monitor restarted mid-build); a crashed one is recovered first.
+
+        A stock tool holding the file open to read (HDFView, plain h5py) keeps HDF5's shared file lock and
+        would stop the build from being continued: every later layer refused while the printer goes on.
+        When only readers hold it (a shared lock is free to take; a writer's is exclusive), the record is
+        opened without the lock and ``shared_with`` says so: the tool's view stops at what it read."""
+        shared = False
         try:
             f = h5py.File(path, "r+", libver=("v110", "v110"))
         except OSError as err:
-            if "already open for write" not in str(err) and "file close degree" not in str(err):
+            if _held_by_readers_only(path, err):
+                f = h5py.File(path, "r+", libver=("v110", "v110"), locking=False)
+                shared = True
+            elif "already open for write" not in str(err) and "file close degree" not in str(err):
                 raise RecordError(f"cannot open build record {path} for writing: {err}") from err
-            recover(path)
-            f = h5py.File(path, "r+", libver=("v110", "v110"))
+            else:
+                recover(path)
+                f = h5py.File(path, "r+", libver=("v110", "v110"))
         schema = f.attrs.get("layerwatch/schema_version")
         if schema not in WRITABLE_SCHEMAS:
             f.close()
@@ -274,7 +286,9 @@ class BuildRecord:
         if ILLUMINATION not in f[LW]:
             _create_illumination(f[LW], *f[images_path(f)].shape[1:])
         f.swmr_mode = True
-        return cls(path, f, fsync)
+        record = cls(path, f, fsync)
+        record.shared_with_reader = shared
+        return record
 
     def close(self, state: str = "closed") -> None:
         if self._f.id.valid:
@@ -655,6 +669,28 @@ def _open_for_reading(path: Path) -> h5py.File:
         if "already open for write" not in str(err):
             raise
         return _unlocked(path, libver=("v110", "v110"), swmr=True)
+
+
+def _held_by_readers_only(path: Path, err: OSError) -> bool:
+    """Whether ``err`` is HDF5 failing to lock ``path`` for writing while only readers hold its lock (HDF5
+    takes a shared flock to read, an exclusive one to write; an SWMR writer holds none once started)."""
+    if "unable to lock file" not in str(err):
+        return False
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False  # an exclusive lock: another writer is opening or holds it
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _unlocked(path: Path, **kwargs: Any) -> h5py.File:

@@ -1028,6 +1028,14 @@ class PrinterMonitor:
         self.build = build
         self.last_record = record.path
         self._reference_image(build)
+        if record.shared_with_reader:
+            self._emit_event(
+                "warning",
+                "record_shared",
+                f"{record.path} is held open by another program reading it (HDF5's file lock); the build goes on "
+                "without the lock, and that program shows the record as it was: reopen it there to see later layers",
+                meta.layer,
+            )
         if roi is not None and roi.source == "proposed" and not resumed:
             self._emit_event(
                 "info",

@@ -167,6 +167,30 @@ def test_a_reader_held_open_does_not_stop_a_restarted_writer_and_knows_it_must_r
     held.close()
 
 
+def test_a_stock_tool_reading_the_record_does_not_stop_the_build_from_going_on(tmp_path: Path) -> None:
+    """HDFView or plain h5py take HDF5's shared file lock to read; a monitor that must continue the build needs
+    it exclusive. Only readers hold it: the build goes on without the lock and says so."""
+    path = tmp_path / "b.h5"
+    with BuildRecord.create(path, spec()) as rec:
+        append(rec, 0)
+    here = str(Path(__file__).resolve().parent)
+    tool = h5py.File(path, "r")  # default locking, as a stock tool opens it
+    try:
+        writer = subprocess.run(
+            [sys.executable, "-c", CONTINUE.format(here=here, path=str(path)) + "    print(rec.shared_with_reader)\n"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert writer.returncode == 0, writer.stderr
+        assert writer.stdout.strip() == "True"
+    finally:
+        tool.close()
+    assert check_record(path) == []
+    with RecordReader(path) as r:
+        assert r.stored_layers().tolist() == [0, 1]
+    with BuildRecord.open(path) as rec:  # nobody holds it: the lock as usual
+        assert not rec.shared_with_reader
+
+
 def test_a_recovery_cut_off_anywhere_leaves_the_record_whole_and_can_be_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
