@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/eval_heldout.py [--count 64] [--size 512] [--engine onnx] [--json OUT]
     .venv/bin/python bench/eval_heldout.py --simulator-rev 80fa4bf   # the same seeds, an earlier simulator
-    .venv/bin/python bench/eval_heldout.py --plate   # as the monitor judges: the plate proposed from layer 0
+    .venv/bin/python bench/eval_heldout.py --plate --reference 3  # as the monitor judges (plate, lighting)
 
 Targets (data/models/MODEL_CARD.md): IoU part >= 0.95; porosity, spatter, warping >= 0.85 each; pore object
 recall >= 0.90. The script prints the figures and whether each target is met; it never trains.
@@ -64,9 +64,16 @@ def main() -> int:
         action="store_true",
         help="judge only the build plate proposed from each build's first layer, as the monitor does",
     )
+    ap.add_argument(
+        "--reference",
+        type=int,
+        default=0,
+        metavar="N",
+        help="divide layers N on by the lighting of the first N layers' powder, as the monitor does (3)",
+    )
     args = ap.parse_args()
-    if args.plate and args.simulator_rev:
-        ap.error("--plate and --simulator-rev do not go together (the earlier simulator had no chamber)")
+    if (args.plate or args.reference) and args.simulator_rev:
+        ap.error("--plate and --reference do not go with --simulator-rev (the earlier simulator had no chamber)")
     t = time.perf_counter()
     with Segmenter(args.model, engine=args.engine) as seg:
         if args.simulator_rev:
@@ -76,12 +83,15 @@ def main() -> int:
             ):
                 ev.add(layer.mask, seg.segment(layer.image).mask)
         else:
-            ev = evaluate_simulated(seg, args.count, args.size, args.seed, plate=args.plate)
+            ev = evaluate_simulated(
+                seg, args.count, args.size, args.seed, plate=args.plate, reference_layers=args.reference
+            )
     report = ev.to_dict()
     print(f"machine: {machine()}")
     print(
         f"held-out set: {args.count} layers at {args.size}x{args.size}, seed stream {args.seed}, engine {args.engine}"
         + (", judged on the plate proposed from each build's first layer" if args.plate else ", the whole frame")
+        + (f", lighting of the first {args.reference} layers removed" if args.reference else "")
     )
     print(format_report(report))
     ok = True

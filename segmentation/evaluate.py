@@ -9,13 +9,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segmentation.classes import CLASS_NAMES, NUM_CLASSES
+from segmentation.classes import CLASS_NAMES, NUM_CLASSES, LayerClass
 from segmentation.errors import ImageError
 from segmentation.imageio import DEFAULT_MAX_PIXELS, iter_image_paths, read_image
 from segmentation.inference import Segmenter
 from segmentation.metrics import Evaluation
+from segmentation.preprocess import illumination, to_gray_float
 from segmentation.roi import propose_roi
-from segmentation.simulator import dataset_layers
+from segmentation.simulator import SimBuild, dataset_layers
 
 __all__ = ["TEST_SEED_STREAM", "evaluate_dirs", "evaluate_simulated", "format_report", "read_mask"]
 
@@ -65,24 +66,45 @@ def evaluate_dirs(
 
 
 def evaluate_simulated(
-    seg: Segmenter, count: int = 64, size: int = 512, seed: int = TEST_SEED_STREAM, plate: bool = False
+    seg: Segmenter,
+    count: int = 64,
+    size: int = 512,
+    seed: int = TEST_SEED_STREAM,
+    plate: bool = False,
+    reference_layers: int = 0,
 ) -> Evaluation:
     """Score on ``count`` freshly simulated layers of held-out builds.
 
     ``plate``: judge only the build plate proposed from each build's first layer, as the monitor does
     when no outline is configured (outside it the mask is powder); the truth is the whole frame's.
+    ``reference_layers``: divide layers from that one on by the lighting of the plain powder of the
+    build's first layers, as the monitor does (``[monitor] reference_layers``).
     """
     ev = Evaluation.empty()
-    rois: dict[int, np.ndarray] = {}
+    builds: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
     for build, k in dataset_layers(seed, count, size, size):
-        roi = None
-        if plate:
-            if build.seed not in rois:
-                rois[build.seed] = propose_roi([build.layer(0).image]).mask((size, size))
-            roi = rois[build.seed]
+        if build.seed not in builds:
+            roi = propose_roi([build.layer(0).image]).mask((size, size)) if plate else None
+            builds[build.seed] = roi, _reference_lighting(seg, build, roi, reference_layers)
+        roi, illum = builds[build.seed]
         layer = build.layer(k)
-        ev.add(layer.mask, seg.segment(layer.image, roi=roi).mask)
+        ev.add(
+            layer.mask, seg.segment(layer.image, roi=roi, illumination=illum if k >= reference_layers else None).mask
+        )
     return ev
+
+
+def _reference_lighting(seg: Segmenter, build: SimBuild, roi: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The lighting the monitor would take from the plain powder of ``build``'s first ``n`` layers."""
+    frames = []
+    for k in range(min(n, build.n_layers)):
+        image = build.layer(k).image
+        weight = seg.segment(image, roi=roi).mask == LayerClass.POWDER
+        if roi is not None:
+            weight &= roi
+        if weight.mean() >= 0.2:
+            frames.append(illumination(to_gray_float(image), weight))
+    return np.mean(frames, axis=0).astype(np.float32) if n and len(frames) == n else None
 
 
 def _f(v: float) -> str:

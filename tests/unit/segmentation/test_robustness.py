@@ -178,3 +178,23 @@ def test_warping_stays_only_where_a_part_can_lift() -> None:
     assert (out[5:15, 80:100] == C.PART).all()
     assert (out == C.PART).sum() == (m == C.PART).sum() + 180
     assert warping_geometry(np.zeros((4, 4), np.uint8)).sum() == 0
+
+
+def test_the_held_out_score_as_the_monitor_judges_masks_outside_the_plate(tiny_checkpoint: Path) -> None:
+    """``evaluate_simulated(plate=..., reference_layers=...)`` scores the same layers as the plain score, with
+    the plate proposed from each build's first layer (outside it the prediction is powder) and the build's
+    lighting removed from its later layers, as the monitor does."""
+    from segmentation.evaluate import evaluate_simulated
+    from segmentation.inference import Segmenter
+    from segmentation.simulator import dataset_layers, simulate_dataset
+
+    layers = simulate_dataset(41, 6, 96, 96)
+    again = [b.layer(k) for b, k in dataset_layers(41, 6, 96, 96)]
+    assert all(
+        np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) for a, b in zip(layers, again, strict=True)
+    )
+    with Segmenter(tiny_checkpoint, engine="torch") as seg:
+        plain = evaluate_simulated(seg, count=6, size=96, seed=41)
+        judged = evaluate_simulated(seg, count=6, size=96, seed=41, plate=True, reference_layers=3)
+    assert plain.cm.sum() == judged.cm.sum() == 6 * 96 * 96
+    assert (plain.cm.sum(axis=1) == judged.cm.sum(axis=1)).all()  # the same truth
