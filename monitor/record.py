@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +264,13 @@ class BuildRecord:
         opened without the lock and ``shared_with`` says so: the tool's view stops at what it read."""
         shared = False
         try:
-            f = h5py.File(path, "r+", libver=("v110", "v110"))
+            try:
+                f = h5py.File(path, "r+", libver=("v110", "v110"))
+            except OSError as err:
+                # a reader in this process (the demo's dashboard): HDF5 will not open it again to write
+                if "already open for read-only" not in str(err) or not _let_go_of_readers(path):
+                    raise
+                f = h5py.File(path, "r+", libver=("v110", "v110"))
         except OSError as err:
             if _held_by_readers_only(path, err):
                 f = h5py.File(path, "r+", libver=("v110", "v110"), locking=False)
@@ -774,11 +782,36 @@ def class_mask(f: h5py.File, layer: int) -> np.ndarray:
     return out
 
 
+_READERS: weakref.WeakSet[RecordReader] = weakref.WeakSet()
+_READERS_LOCK = threading.Lock()
+
+
+def _let_go_of_readers(path: Path) -> bool:
+    """Close this process's readers of ``path`` (they read as stale and are opened anew): HDF5 will not open a
+    file for writing that the same process has open to read. Whether there was one."""
+    try:
+        target = path.stat()
+    except OSError:
+        return False
+    found = False
+    with _READERS_LOCK:
+        readers = list(_READERS)
+    for reader in readers:
+        if reader._released or not reader._f.id.valid:
+            continue
+        if (reader._opened.st_dev, reader._opened.st_ino) == (target.st_dev, target.st_ino):
+            reader._released = True
+            reader._f.close()
+            found = True
+    return found
+
+
 class RecordReader:
     """Reads a record, also while it is being written (SWMR); :meth:`refresh` sees new layers."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._released = False  # closed so that this process could write the file (stale from then on)
         try:
             self._f = _open_for_reading(path)
         except OSError as err:
@@ -793,12 +826,17 @@ class RecordReader:
             raise
         self._images = images_path(self._f)
         self._opened = os.fstat(self._f.id.get_vfd_handle())
+        with _READERS_LOCK:
+            _READERS.add(self)
 
     def stale(self) -> bool:
         """Whether this reader no longer sees the record its path names: the file was replaced (a recovery after
         a crash puts a rewritten copy in its place) or, where the record was closed when this reader opened it
         (read plainly, not refreshed), it has been written since (a restarted monitor continued it, a label was
-        stored). A reader kept open (the dashboard's) is opened anew when stale."""
+        stored), or this process closed it to write the file. A reader kept open (the dashboard's) is opened
+        anew when stale."""
+        if self._released:
+            return True
         try:
             now = self.path.stat()
         except OSError:

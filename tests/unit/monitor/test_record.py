@@ -191,6 +191,25 @@ def test_a_stock_tool_reading_the_record_does_not_stop_the_build_from_going_on(t
         assert not rec.shared_with_reader
 
 
+def test_a_reader_in_the_writers_own_process_is_let_go_of_and_reads_as_stale(tmp_path: Path) -> None:
+    """The demo runs the dashboard in the monitor's process: HDF5 will not open for writing a file the process
+    has open to read, so labelling a closed build the page showed was refused. The reader is closed instead
+    and reads as stale (the dashboard opens it anew)."""
+    path, other = tmp_path / "b.h5", tmp_path / "c.h5"
+    for p in (path, other):
+        with BuildRecord.create(p, spec()) as rec:
+            append(rec, 0)
+    held, bystander = RecordReader(path), RecordReader(other)
+    assert not held.stale()
+    with BuildRecord.open(path) as rec:
+        append(rec, 1)
+    assert held.stale() and not bystander.stale()  # only the readers of that file
+    held.close()
+    bystander.close()
+    with RecordReader(path) as r:
+        assert r.stored_layers().tolist() == [0, 1]
+
+
 def test_a_recovery_cut_off_anywhere_leaves_the_record_whole_and_can_be_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
