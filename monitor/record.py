@@ -25,6 +25,7 @@ This module depends on nothing else of LayerWatch: the monitor and the dashboard
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -261,7 +262,7 @@ class BuildRecord:
         A stock tool holding the file open to read (HDFView, plain h5py) keeps HDF5's shared file lock and
         would stop the build from being continued: every later layer refused while the printer goes on.
         When only readers hold it (a shared lock is free to take; a writer's is exclusive), the record is
-        opened without the lock and ``shared_with`` says so: the tool's view stops at what it read."""
+        opened without the lock and ``shared_with_reader`` says so: the tool's view stops at what it read."""
         shared = False
         try:
             try:
@@ -684,8 +685,6 @@ def _held_by_readers_only(path: Path, err: OSError) -> bool:
     takes a shared flock to read, an exclusive one to write; an SWMR writer holds none once started)."""
     if "unable to lock file" not in str(err):
         return False
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
