@@ -82,6 +82,14 @@ _FOOTPRINT_LAYERS = 8  # the parts' footprint is taken from 3 to this many layer
 _OUTSIDE_MIN_PX = 4  # pixels outside the earlier footprint that make a warping component stand out
 
 
+def _ids_present(ids: np.ndarray) -> list[int]:
+    """The non-zero ids in ``ids``, ascending (a count per id where they are small, as a frame's usually are)."""
+    top = int(ids.max()) if ids.size else 0
+    if top < 1 << 16:
+        return [int(p) for p in np.flatnonzero(np.bincount(ids.ravel(), minlength=1)) if p]
+    return [int(p) for p in np.unique(ids) if p]
+
+
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """8-connected components: (labels int32, count, areas px per label from 1, centroids (x, y) from 1)."""
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
@@ -121,10 +129,12 @@ class PartTracker:
     _previous: np.ndarray | None = None
     _next_id: int = 1
     seen: set[int] = field(default_factory=set)
+    last_ids: list[int] = field(default_factory=list)  # the ids of the last labelled layer, ascending
 
     def label(self, region: np.ndarray) -> np.ndarray:
         labels, n, areas, _ = _label(region)
         out = np.zeros(region.shape, dtype=np.uint32)
+        self.last_ids = []
         if n == 0:
             self._previous = out
             return out
@@ -152,6 +162,7 @@ class PartTracker:
             self.seen.add(pid)
             out[pixels] = pid
         self._previous = out
+        self.last_ids = sorted(used)
         return out
 
 
@@ -188,7 +199,7 @@ class MetricsComputer:
             region = region | (ids > 0)
         region_px = float(region.sum())
         v: dict[str, float] = {}
-        pid_list = [int(p) for p in np.unique(ids) if p]
+        pid_list = self.tracker.last_ids if part_ids is None else _ids_present(ids)
         v["part_count"] = float(len(pid_list))
         v["part_area_mm2"] = region_px * self.px_mm2
         for c, m in of_class.items():

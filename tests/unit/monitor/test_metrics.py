@@ -71,6 +71,9 @@ def test_supplied_part_ids_are_used() -> None:
     r = mc.compute(m, part_ids=ids)
     assert [int(p["part_id"]) for p in r.parts] == [7, 9]
     assert r.parts[0]["pore_count"] == 1 and r.parts[1]["pore_count"] == 0
+    ids[50:150, 100:150] = 70_000  # ids beyond a small count (a frame may number its parts so)
+    r = mc.compute(m, part_ids=ids)
+    assert [int(p["part_id"]) for p in r.parts] == [7, 70_000] and r.values["part_count"] == 2
 
 
 def test_an_empty_plate() -> None:
