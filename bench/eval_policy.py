@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--records", type=Path, default=None, help="keep the builds and replay records here")
     ap.add_argument("--rejudge", type=Path, default=None, help="judge kept records (of --records) with --policy")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--reference", type=int, default=3, help="[monitor] reference_layers of the replays (0: off)")
     args = ap.parse_args()
     first, count = args.seeds
     rows: list[dict[str, Any]] = []
@@ -121,7 +122,14 @@ def main() -> int:
                 else:
                     row = write_build(build, seed, args.layers, warped)
                     res = run_replay(
-                        ReplayOptions(source=build, out=replay, model=args.model, policy=args.policy, progress=False)
+                        ReplayOptions(
+                            source=build,
+                            out=replay,
+                            model=args.model,
+                            policy=args.policy,
+                            progress=False,
+                            reference_layers=args.reference,
+                        )
                     )
                     fp = res.first_pause
                     pause = fp.layer if fp is not None else None
@@ -141,7 +149,10 @@ def main() -> int:
     caught = [r for r in warped_rows if r["verdict"] == "caught"]
     delays = [r["pause"] - r["onset"] for r in caught]
     print(f"machine: {machine()}")
-    print(f"model {args.model}, policy {args.policy}, {count} seeds from {first}, {args.layers} layers at 512x512")
+    print(
+        f"model {args.model}, policy {args.policy}, {count} seeds from {first}, {args.layers} layers at 512x512, "
+        f"reference lighting from {args.reference} layers"
+    )
     print(f"clean builds: {sum(r['verdict'] == 'false pause' for r in clean)} of {len(clean)} paused (false pauses)")
     for v in ("caught", "late", "missed", "paused before onset"):
         print(f"warped builds {v}: {sum(r['verdict'] == v for r in warped_rows)} of {len(warped_rows)}")

@@ -167,6 +167,7 @@ class ReplayOptions:
     skip_missing: bool = False
     progress: bool = True
     threads: int | None = None  # the model's CPU threads (None: the engine's default)
+    reference_layers: int = 3  # [monitor] reference_layers: the build's lighting from its first layers (0: off)
 
 
 @dataclass
@@ -216,6 +217,7 @@ def _replay(source: ReplaySource, opts: ReplayOptions, tmp: Path) -> ReplayResul
             model=opts.model,
             models_dir=opts.models_dir,
             threads=opts.threads,
+            reference_layers=opts.reference_layers,
             mm_per_px=source.mm_per_px,
             layer_thickness_mm=source.thickness_mm,
         ),

@@ -143,6 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         engine=args.engine,
         printer=printer,
         skip_missing=args.skip_missing,
+        reference_layers=args.reference_layers,
         progress=sys.stderr.isatty(),  # a bar on a terminal; in logs, the summary lines only
     )
     try:
@@ -281,6 +282,14 @@ def register(sub: Any) -> None:
     p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--broker", default=None, help="MQTT broker URL (default: start a local one)")
     p.add_argument("--skip-missing", action="store_true", help="replay a record whose some layers are missing")
+    p.add_argument(
+        "--reference-layers",
+        type=int,
+        choices=range(0, 51),
+        metavar="N",
+        default=3,
+        help="the build's lighting from its first N layers' powder, as [monitor] reference_layers (0: off)",
+    )
     p.add_argument("--printer-backend", choices=("virtual", "octoprint", "moonraker"), default="virtual")
     p.add_argument("--url", default="http://127.0.0.1:5000", help="real printer URL (with --printer-backend)")
     p.add_argument("--api-key-file", type=Path, default=None)

@@ -55,6 +55,16 @@ def test_replaying_twice_decides_the_same(replayed: ReplayResult, tmp_path: Path
     assert report["a"]["iou"]["warping"] > 0.5
 
 
+def test_the_reference_lighting_is_a_replay_option(replayed: ReplayResult, tmp_path: Path) -> None:
+    with RecordReader(replayed.record) as r:
+        lighting = r.illumination()
+        assert lighting is not None and lighting[1] == 3  # the default: from the first 3 layers, used from layer 3
+    off = run_replay(ReplayOptions(source=SAMPLE, out=tmp_path / "off.h5", progress=False, reference_layers=0))
+    with RecordReader(off.record) as r:
+        assert r.illumination() is None
+    assert len(off.results) == 12
+
+
 def test_a_policy_that_only_notifies_is_a_difference_compare_reports(replayed: ReplayResult, tmp_path: Path) -> None:
     policy = tmp_path / "notify.toml"
     policy.write_text(
