@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from monitor.cli import model, operator, records, services
 from monitor.cli.common import EXIT_PARTIAL, EXIT_USAGE, CommandError, RefusedError
@@ -19,8 +20,16 @@ from monitor.cli.common import EXIT_PARTIAL, EXIT_USAGE, CommandError, RefusedEr
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument said in one line (the usage is one ``--help`` away), as every other
+    foreseeable mistake is; subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="layerwatch",
         description="In-situ layer monitoring for additive manufacturing.",
     )

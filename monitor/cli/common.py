@@ -33,6 +33,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def reference_layers(text: str) -> int:
+    """``[monitor] reference_layers`` on a command line: 0 (off) to 50."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of layers (0-50)") from None
+    if not 0 <= value <= 50:
+        raise argparse.ArgumentTypeError(f"{value} layers: use 0 (off) to 50")
+    return value
+
+
 def port(text: str) -> int:
     try:
         value = int(text)

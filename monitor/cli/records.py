@@ -14,6 +14,7 @@ from monitor.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
     CommandError,
+    reference_layers,
 )
 
 
@@ -284,8 +285,7 @@ def register(sub: Any) -> None:
     p.add_argument("--skip-missing", action="store_true", help="replay a record whose some layers are missing")
     p.add_argument(
         "--reference-layers",
-        type=int,
-        choices=range(0, 51),
+        type=reference_layers,
         metavar="N",
         default=3,
         help="the build's lighting from its first N layers' powder, as [monitor] reference_layers (0: off)",

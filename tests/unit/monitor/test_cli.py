@@ -171,6 +171,15 @@ def test_bad_arguments_exit_2_without_traceback(tmp_path: Path) -> None:
     assert r.returncode == 2 and "invalid choice: 'tensorrt'" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("train", "--out", str(tmp_path), "--arch", "unet-huge")
     assert r.returncode == 2 and "unet-huge" in r.stderr and "Traceback" not in r.stderr
+    # one line, naming the argument and where the usage is (not the usage itself)
+    for args, words in (
+        (("replay", "b.h5", "--reference-layers", "99"), "argument --reference-layers: 99 layers: use 0 (off) to 50"),
+        (("replay",), "the following arguments are required: record"),
+        (("nosuch",), "invalid choice: 'nosuch'"),
+    ):
+        r = run_cli(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
+        assert r.stderr.rstrip().endswith("--help)")
 
 
 def _one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
