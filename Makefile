@@ -58,6 +58,8 @@ test: lint peers
 bench: $(STAMP)
 	$(BIN)/python bench/bench_inference.py
 	$(BIN)/python bench/eval_heldout.py
+	$(BIN)/python bench/eval_heldout.py --plate --reference 3
+	$(BIN)/python bench/eval_roi.py
 
 bench-io: $(STAMP) peers
 	$(BIN)/python bench/bench_mqtt_transport.py
