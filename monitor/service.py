@@ -50,8 +50,8 @@ from printer_io.mqtt import anonymous_allowed
 from printer_io.printer import ACTIVE_STATES, Printer, PrinterState, PrinterStatus, create_printer
 from printer_io.topics import Topics
 from printer_io.vocabulary import Severity
-from segmentation.classes import CLASS_NAMES, LayerClass
-from segmentation.preprocess import illumination, to_gray, to_gray_float
+from segmentation.classes import CLASS_NAMES
+from segmentation.preprocess import illumination, powder_lighting, to_gray, to_gray_float
 from segmentation.roi import Roi, propose_roi
 
 __all__ = ["MonitorService", "PrinterMonitor"]
@@ -605,13 +605,10 @@ class PrinterMonitor:
         n = self.service.config.monitor.reference_layers
         if n == 0 or build.illum is not None:
             return
-        gray = to_gray_float(frame)
-        weight = mask == LayerClass.POWDER
-        if build.roi_mask is not None:
-            weight &= build.roi_mask
-        if weight.mean() < 0.2:
+        lighting = powder_lighting(to_gray_float(frame), mask, build.roi_mask)
+        if lighting is None:
             return  # too little plain powder to see the lighting by
-        build.illum_frames.append(illumination(gray, weight))
+        build.illum_frames.append(lighting)
         if len(build.illum_frames) >= n:
             build.illum = np.mean(build.illum_frames, axis=0).astype(np.float32)
             build.illum_frames.clear()

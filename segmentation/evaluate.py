@@ -9,12 +9,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segmentation.classes import CLASS_NAMES, NUM_CLASSES, LayerClass
+from segmentation.classes import CLASS_NAMES, NUM_CLASSES
 from segmentation.errors import ImageError
 from segmentation.imageio import DEFAULT_MAX_PIXELS, iter_image_paths, read_image
 from segmentation.inference import Segmenter
 from segmentation.metrics import Evaluation
-from segmentation.preprocess import illumination, to_gray_float
+from segmentation.preprocess import powder_lighting, to_gray_float
 from segmentation.roi import propose_roi
 from segmentation.simulator import SimBuild, dataset_layers
 
@@ -77,34 +77,36 @@ def evaluate_simulated(
 
     ``plate``: judge only the build plate proposed from each build's first layer, as the monitor does
     when no outline is configured (outside it the mask is powder); the truth is the whole frame's.
-    ``reference_layers``: divide layers from that one on by the lighting of the plain powder of the
-    build's first layers, as the monitor does (``[monitor] reference_layers``).
+    ``reference_layers``: divide the later layers by the lighting of the plain powder of the build's first
+    that many layers showing it, as the monitor does (``[monitor] reference_layers``).
     """
     ev = Evaluation.empty()
-    builds: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
+    builds: dict[int, tuple[np.ndarray | None, np.ndarray | None, int]] = {}
     for build, k in dataset_layers(seed, count, size, size):
         if build.seed not in builds:
             roi = propose_roi([build.layer(0).image]).mask((size, size)) if plate else None
-            builds[build.seed] = roi, _reference_lighting(seg, build, roi, reference_layers)
-        roi, illum = builds[build.seed]
+            builds[build.seed] = (roi, *_reference_lighting(seg, build, roi, reference_layers))
+        roi, illum, first = builds[build.seed]
         layer = build.layer(k)
-        ev.add(
-            layer.mask, seg.segment(layer.image, roi=roi, illumination=illum if k >= reference_layers else None).mask
-        )
+        ev.add(layer.mask, seg.segment(layer.image, roi=roi, illumination=illum if k >= first else None).mask)
     return ev
 
 
-def _reference_lighting(seg: Segmenter, build: SimBuild, roi: np.ndarray | None, n: int) -> np.ndarray | None:
-    """The lighting the monitor would take from the plain powder of ``build``'s first ``n`` layers."""
+def _reference_lighting(
+    seg: Segmenter, build: SimBuild, roi: np.ndarray | None, n: int
+) -> tuple[np.ndarray | None, int]:
+    """The lighting the monitor would take from ``build`` (``monitor.service``): the mean of the first ``n``
+    layers that show it on their plain powder, and the layer it is used from (the next); (None, 0) if the
+    build never gives it."""
     frames = []
-    for k in range(min(n, build.n_layers)):
+    for k in range(build.n_layers if n else 0):
         image = build.layer(k).image
-        weight = seg.segment(image, roi=roi).mask == LayerClass.POWDER
-        if roi is not None:
-            weight &= roi
-        if weight.mean() >= 0.2:
-            frames.append(illumination(to_gray_float(image), weight))
-    return np.mean(frames, axis=0).astype(np.float32) if n and len(frames) == n else None
+        lighting = powder_lighting(to_gray_float(image), seg.segment(image, roi=roi).mask, roi)
+        if lighting is not None:
+            frames.append(lighting)
+        if len(frames) == n:
+            return np.mean(frames, axis=0).astype(np.float32), k + 1
+    return None, 0
 
 
 def _f(v: float) -> str:

@@ -11,6 +11,7 @@ __all__ = [
     "log_gray",
     "model_input",
     "normalize",
+    "powder_lighting",
     "to_gray",
     "to_gray_float",
 ]
@@ -182,6 +183,24 @@ def illumination(gray: np.ndarray, weight: np.ndarray | None = None) -> np.ndarr
     fallback = float((gray * wt).sum() / max(float(wt.sum()), 1.0))
     coarse = np.where(den > 1e-3, num / np.maximum(den, 1e-6), fallback).astype(np.float32)
     return np.asarray(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+
+
+# A frame shows its lighting when at least this share of it is plain powder (inside the plate).
+_MIN_POWDER_SHARE = 0.2
+
+
+def powder_lighting(gray: np.ndarray, mask: np.ndarray, roi: np.ndarray | None = None) -> np.ndarray | None:
+    """The lighting one layer shows on its plain powder: ``gray`` (H, W) float32 in [0, 1], ``mask`` its class
+    ids, ``roi`` the build plate (or None). None where too little of the frame is plain powder to see it by.
+    A build's reference lighting is the mean of its first layers' (the monitor's ``reference_layers``)."""
+    from segmentation.classes import LayerClass
+
+    weight = mask == LayerClass.POWDER
+    if roi is not None:
+        weight &= roi
+    if weight.mean() < _MIN_POWDER_SHARE:
+        return None
+    return illumination(gray, weight)
 
 
 def flat_field(gray: np.ndarray, illum: np.ndarray) -> np.ndarray:
