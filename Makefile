@@ -60,6 +60,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/eval_heldout.py
 	$(BIN)/python bench/eval_heldout.py --plate --reference 3
 	$(BIN)/python bench/eval_roi.py
+	$(BIN)/python bench/eval_lighting.py
+	$(BIN)/python bench/eval_lighting.py --plate --reference 3
 
 bench-io: $(STAMP) peers
 	$(BIN)/python bench/bench_mqtt_transport.py

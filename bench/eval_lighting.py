@@ -7,7 +7,15 @@ IoU between the mask of the changed frame and the mask of the unchanged frame is
 over all layers (pixels summed), and their mean over the five classes. Target (data/models/MODEL_CARD.md): mean IoU
 >= 0.9 for every change.
 
+``--plate --reference 3`` judges as the monitor does: a camera's lighting is the same on every layer of a
+build, so each change goes through the build's first layers too, the plate is proposed from its first
+(changed) frame and the later layers are divided by the lighting of the first three (``[monitor]
+reference_layers``); the unchanged frames are judged the same way. The model alone is the default.
+``--seed`` renders another stream (the held-out one by default; a second stream shows how much 24 layers
+move the figures).
+
     .venv/bin/python bench/eval_lighting.py [--layers 24] [--size 512] [--model M] [--json F]
+    .venv/bin/python bench/eval_lighting.py --plate --reference 3 [--seed 7100001]
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +35,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import machine
 from segmentation.augment import LIGHTING_TRANSFORMS, apply
 from segmentation.classes import CLASS_NAMES, NUM_CLASSES
-from segmentation.evaluate import TEST_SEED_STREAM
+from segmentation.evaluate import TEST_SEED_STREAM, reference_lighting
 from segmentation.inference import DEFAULT_MODEL, Segmenter
 from segmentation.preprocess import to_gray_float
-from segmentation.simulator import simulate_dataset
+from segmentation.roi import propose_roi
+from segmentation.simulator import dataset_layers
+
+Change = Callable[[np.ndarray], np.ndarray]
+
+
+def _masks(seg: Segmenter, args: argparse.Namespace, change: Change | None) -> list[np.ndarray]:
+    """Masks of the evaluated layers, every frame of each build (its first layers too) through ``change``."""
+    out = []
+    builds: dict[int, tuple[np.ndarray | None, np.ndarray | None, int]] = {}
+    size = args.size
+    for build, k in dataset_layers(args.seed, args.layers, size, size):
+        if build.seed not in builds:
+            roi = None
+            if args.plate:
+                first = to_gray_float(build.layer(0).image)
+                roi = propose_roi([first if change is None else change(first)]).mask((size, size))
+            builds[build.seed] = (roi, *reference_lighting(seg, build, roi, args.reference, change))
+        roi, illum, first_judged = builds[build.seed]
+        gray = to_gray_float(build.layer(k).image)
+        if change is not None:
+            gray = change(gray)
+        out.append(seg.segment(gray, roi=roi, illumination=illum if k >= first_judged else None).mask)
+    return out
 
 
 def main() -> int:
@@ -37,23 +70,29 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--seed", type=int, default=TEST_SEED_STREAM, help="seed stream of the builds")
+    ap.add_argument("--plate", action="store_true", help="judge only the plate proposed from the first frame")
+    ap.add_argument(
+        "--reference", type=int, default=0, metavar="N", help="divide by the lighting of the first N layers"
+    )
     args = ap.parse_args()
-    layers = simulate_dataset(TEST_SEED_STREAM, args.layers, args.size, args.size)
-    grays = [to_gray_float(la.image) for la in layers]
     inter = np.zeros((len(LIGHTING_TRANSFORMS), NUM_CLASSES))
     union = np.zeros((len(LIGHTING_TRANSFORMS), NUM_CLASSES))
     with Segmenter(args.model) as seg:
-        base = [seg.segment(g).mask for g in grays]
+        base = _masks(seg, args, None)
         for t, (_, fn) in enumerate(LIGHTING_TRANSFORMS):
-            for g, m0 in zip(grays, base, strict=True):
-                m1 = seg.segment(apply(g, fn)).mask
+            changed = _masks(seg, args, partial(apply, fn=fn))
+            for m0, m1 in zip(base, changed, strict=True):
                 for c in range(NUM_CLASSES):
                     a, b = m0 == c, m1 == c
                     inter[t, c] += float((a & b).sum())
                     union[t, c] += float((a | b).sum())
     iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     print(f"machine: {machine()}")
-    print(f"model {args.model}: {args.layers} held-out simulated layers at {args.size}x{args.size}")
+    judged = ["plate proposed from the first frame"] if args.plate else []
+    judged += [f"lighting of the first {args.reference} layers removed"] if args.reference else []
+    how = f" as the monitor judges ({', '.join(judged)})" if judged else " (the model alone)"
+    print(f"model {args.model}: {args.layers} simulated layers at {args.size}x{args.size} of stream {args.seed}{how}")
     print(f"{'change':26s} " + " ".join(f"{n:>9s}" for n in CLASS_NAMES) + "      mean")
     rows: dict[str, dict[str, Any]] = {}
     means: list[float] = []
@@ -66,7 +105,19 @@ def main() -> int:
     print(f"worst mean IoU {worst:.3f} (target >= 0.9: {'met' if worst >= 0.9 else 'not met'})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), "layers": args.layers, "changes": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "layers": args.layers,
+                    "seed": args.seed,
+                    "plate": args.plate,
+                    "reference": args.reference,
+                    "changes": rows,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

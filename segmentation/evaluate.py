@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ from segmentation.preprocess import powder_lighting, to_gray_float
 from segmentation.roi import propose_roi
 from segmentation.simulator import SimBuild, dataset_layers
 
-__all__ = ["TEST_SEED_STREAM", "evaluate_dirs", "evaluate_simulated", "format_report", "read_mask"]
+__all__ = [
+    "TEST_SEED_STREAM",
+    "evaluate_dirs",
+    "evaluate_simulated",
+    "format_report",
+    "read_mask",
+    "reference_lighting",
+]
 
 #: Seed stream of the held-out test set; training uses streams 1 (train) and 2 (validation) with
 #: chunk offsets below 1000, so these builds were never seen in training.
@@ -85,23 +93,30 @@ def evaluate_simulated(
     for build, k in dataset_layers(seed, count, size, size):
         if build.seed not in builds:
             roi = propose_roi([build.layer(0).image]).mask((size, size)) if plate else None
-            builds[build.seed] = (roi, *_reference_lighting(seg, build, roi, reference_layers))
+            builds[build.seed] = (roi, *reference_lighting(seg, build, roi, reference_layers))
         roi, illum, first = builds[build.seed]
         layer = build.layer(k)
         ev.add(layer.mask, seg.segment(layer.image, roi=roi, illumination=illum if k >= first else None).mask)
     return ev
 
 
-def _reference_lighting(
-    seg: Segmenter, build: SimBuild, roi: np.ndarray | None, n: int
+def reference_lighting(
+    seg: Segmenter,
+    build: SimBuild,
+    roi: np.ndarray | None,
+    n: int,
+    change: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray | None, int]:
     """The lighting the monitor would take from ``build`` (``monitor.service``): the mean of the first ``n``
     layers that show it on their plain powder, and the layer it is used from (the next); (None, 0) if the
-    build never gives it."""
+    build never gives it. ``change``: a function of the (H, W) float32 frame that every layer goes through
+    first (a camera's own lighting, ``bench/eval_lighting.py``)."""
     frames = []
     for k in range(build.n_layers if n else 0):
-        image = build.layer(k).image
-        lighting = powder_lighting(to_gray_float(image), seg.segment(image, roi=roi).mask, roi)
+        gray = to_gray_float(build.layer(k).image)
+        if change is not None:
+            gray = change(gray)
+        lighting = powder_lighting(gray, seg.segment(gray, roi=roi).mask, roi)
         if lighting is not None:
             frames.append(lighting)
         if len(frames) == n:

@@ -3,13 +3,17 @@ reference lighting, partial labels and the out-of-distribution score."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
 
 from segmentation.augment import LIGHTING_TRANSFORMS, apply, random_lighting
 from segmentation.classes import NO_DEFECT, UNLABELLED
+from segmentation.inference import Segmenter
 from segmentation.preprocess import flat_field, illumination
 from segmentation.roi import Roi, polygon_mask, propose_roi
 
@@ -198,3 +202,39 @@ def test_the_held_out_score_as_the_monitor_judges_masks_outside_the_plate(tiny_c
         judged = evaluate_simulated(seg, count=6, size=96, seed=41, plate=True, reference_layers=3)
     assert plain.cm.sum() == judged.cm.sum() == 6 * 96 * 96
     assert (plain.cm.sum(axis=1) == judged.cm.sum(axis=1)).all()  # the same truth
+
+
+class _AllPowder:
+    """A segmenter that calls every pixel plain powder: the reference then depends on the frames alone."""
+
+    def segment(self, image: np.ndarray, *, roi: np.ndarray | None = None) -> SimpleNamespace:
+        return SimpleNamespace(mask=np.zeros(np.asarray(image).shape[:2], np.uint8))
+
+
+def test_a_cameras_fixed_lighting_goes_through_the_reference_and_out_again() -> None:
+    """``reference_lighting(..., change)`` (bench/eval_lighting.py --reference): a camera's lighting is on every
+    layer of a build, the first ones too, so the reference taken under it removes it from the later layers."""
+    from segmentation.evaluate import reference_lighting
+    from segmentation.preprocess import to_gray_float
+    from segmentation.simulator import SimBuild
+
+    build = SimBuild(77, 128, 128, 8)
+    seg = cast(Segmenter, _AllPowder())
+    for name, fn in LIGHTING_TRANSFORMS:
+        if not name.startswith(("gradient", "vignetting", "falloff")):
+            continue
+        change = partial(apply, fn=fn)
+        plain, first = reference_lighting(seg, build, None, 3)
+        lit, first_lit = reference_lighting(seg, build, None, 3, change)
+        assert plain is not None and lit is not None and first == first_lit == 3
+        gray = to_gray_float(build.layer(5).image)
+        changed = change(gray)
+        before = float(np.abs(_level(changed) - _level(gray)).mean())
+        after = float(np.abs(_level(flat_field(changed, lit)) - _level(flat_field(gray, plain))).mean())
+        assert before > 0.05, name
+        assert after < 0.25 * before, (name, before, after)
+
+
+def _level(gray: np.ndarray) -> np.ndarray:
+    """A frame relative to its mean: a global gain, which the model's input removes, does not count."""
+    return gray / float(gray.mean())
