@@ -15,7 +15,7 @@ reference_layers``); the unchanged frames are judged the same way. The model alo
 move the figures).
 
     .venv/bin/python bench/eval_lighting.py [--layers 24] [--size 512] [--model M] [--json F]
-    .venv/bin/python bench/eval_lighting.py --plate --reference 3 [--seed 7100001]
+    .venv/bin/python bench/eval_lighting.py --plate --reference 3 [--seed 4242001]
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ def main() -> int:
         "--reference", type=int, default=0, metavar="N", help="divide by the lighting of the first N layers"
     )
     args = ap.parse_args()
+    if args.reference < 0 or args.layers < 1:
+        print(
+            f"eval_lighting: --reference {args.reference} --layers {args.layers}: "
+            "expected --reference >= 0 and --layers >= 1",
+            file=sys.stderr,
+        )
+        return 2
     inter = np.zeros((len(LIGHTING_TRANSFORMS), NUM_CLASSES))
     union = np.zeros((len(LIGHTING_TRANSFORMS), NUM_CLASSES))
     with Segmenter(args.model) as seg:
