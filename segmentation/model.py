@@ -27,11 +27,11 @@ class ModelSpec:
     refine: int = 0  # >0: full-resolution refinement head with this many channels
     in_channels: int = 1
     classes: int = NUM_CLASSES
-    input_norm: str = "linear"  # segmentation.preprocess.model_input: "linear", "rank" or "log"
+    input_norm: str = "linear"  # segmentation.preprocess.model_input: "linear" or "log"
 
     def __post_init__(self) -> None:
-        if self.input_norm not in ("linear", "rank", "log"):  # a checkpoint's metadata is input like any other
-            raise ValueError(f"input_norm={self.input_norm!r}: expected 'linear', 'rank' or 'log'")
+        if self.input_norm not in ("linear", "log"):  # a checkpoint's metadata is input like any other
+            raise ValueError(f"input_norm={self.input_norm!r}: expected 'linear' or 'log'")
 
     @property
     def stride(self) -> int:
@@ -56,10 +56,6 @@ ARCHITECTURES: dict[str, ModelSpec] = {
     # the same network on the log of the frame: gain and gamma of the camera no longer change its input
     "unet-mnv3s-d5-lc8-log": ModelSpec(
         "tu-mobilenetv3_small_100", 5, (64, 32, 24, 16, 8), in_channels=2, input_norm="log"
-    ),
-    # the same network on the frame's ranks: no tone curve of the camera changes its input
-    "unet-mnv3s-d5-lc8-rank": ModelSpec(
-        "tu-mobilenetv3_small_100", 5, (64, 32, 24, 16, 8), in_channels=2, input_norm="rank"
     ),
 }
 DEFAULT_ARCH = "unet-mnv3s-d5-lc8"

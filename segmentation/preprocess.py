@@ -12,7 +12,6 @@ __all__ = [
     "model_input",
     "normalize",
     "powder_lighting",
-    "rank_gray",
     "to_gray",
     "to_gray_float",
 ]
@@ -105,31 +104,6 @@ def log_gray(gray: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(gray, 0.0) + _LOG_EPS).astype(np.float32)
 
 
-# The rank input: 12-bit histogram of the frame; its equalisation never stretches a band of brightness
-# narrower than 0.1 of the full scale to more than its share of the pixels (a slope limit, as in CLAHE),
-# so that the sensor noise of a near-uniform frame is not blown up to the full range.
-_RANK_BINS = 4096
-_RANK_MIN_WIDTH = 0.1
-
-
-def rank_gray(gray: np.ndarray) -> np.ndarray:
-    """(H, W) float32 in [0, 1] -> (H, W) float32 in [0, 1]: each pixel's rank among the frame's pixels
-    (a contrast-limited histogram equalisation). Any monotone change of the camera's response (gain,
-    gamma, offset, contrast) leaves the ranks, and so this input, unchanged up to the slope limit and
-    to pixels it saturates (:func:`model_input` with ``norm="rank"``)."""
-    q = np.clip(gray * (_RANK_BINS - 1) + 0.5, 0, _RANK_BINS - 1).astype(np.int32)
-    hist = np.bincount(q.ravel(), minlength=_RANK_BINS).astype(np.float64)
-    n = float(hist.sum())
-    cap = n / _RANK_BINS / _RANK_MIN_WIDTH
-    for _ in range(4):  # the excess is spread evenly, which may lift other bins over the cap a little
-        excess = float(np.maximum(hist - cap, 0.0).sum())
-        if excess <= 0.0:
-            break
-        hist = np.minimum(hist, cap) + excess / _RANK_BINS
-    lut = ((np.cumsum(hist) - 0.5 * hist) / n).astype(np.float32)
-    return lut[q]
-
-
 def _robust_centre_spread(image: np.ndarray) -> tuple[float, float]:
     """Median and spread (interquartile range / 1.349, the standard deviation of a normal distribution)
     of a frame, from every 4th pixel of every 4th row. Black borders and saturated glints, which no gamma
@@ -169,23 +143,19 @@ def model_input(gray: np.ndarray, channels: int, norm: str = "linear") -> np.nda
     Channel 0 is :func:`normalize`; a second channel, where the model has one, is
     :func:`local_contrast`. Computed on the whole frame before any tiling. ``norm="log"`` computes
     both on :func:`log_gray`: the input no longer changes with the camera's gain, exposure or gamma
-    (``linear``, the first models' input, is invariant to gain and contrast only); ``norm="rank"`` on
-    :func:`rank_gray`, unchanged by any monotone tone curve.
+    (``linear``, the first models' input, is invariant to gain and contrast only).
     """
     if channels not in (1, 2):
         raise ValueError(f"models with {channels} input channels are not supported (1 or 2)")
     if norm == "linear":
         base, first, local_min, spread = gray, normalize(gray), _LOCAL_MIN_STD, None
-    elif norm == "rank":
-        base = rank_gray(gray)
-        first, local_min, spread = normalize(base), _LOCAL_MIN_STD, None
     elif norm == "log":
         base = log_gray(gray)
         centre, spread = _robust_centre_spread(base)
         first = np.clip((base - centre) / max(spread, _LOG_MIN_STD), -_LOG_CLIP, _LOG_CLIP).astype(np.float32)
         local_min = _LOG_LOCAL_MIN_STD
     else:
-        raise ValueError(f"input normalisation {norm!r} is not supported ('linear', 'rank' or 'log')")
+        raise ValueError(f"input normalisation {norm!r} is not supported ('linear' or 'log')")
     if channels == 1:
         return first[None]
     return np.stack([first, local_contrast(base, local_min, spread)])
