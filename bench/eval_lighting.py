@@ -36,32 +36,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import machine
 from segmentation.augment import LIGHTING_TRANSFORMS, apply
 from segmentation.classes import CLASS_NAMES, NUM_CLASSES
-from segmentation.evaluate import TEST_SEED_STREAM, reference_lighting
+from segmentation.evaluate import TEST_SEED_STREAM, as_the_monitor
 from segmentation.inference import DEFAULT_MODEL, Segmenter
 from segmentation.preprocess import to_gray_float
-from segmentation.roi import propose_roi
-from segmentation.simulator import dataset_layers
+from segmentation.simulator import SimBuild, dataset_layers
 
 Change = Callable[[np.ndarray], np.ndarray]
+Rendered = dict[tuple[int, int], np.ndarray]
 
 
-def _masks(seg: Segmenter, args: argparse.Namespace, change: Change | None) -> list[np.ndarray]:
-    """Masks of the evaluated layers, every frame of each build (its first layers too) through ``change``."""
+def _masks(seg: Segmenter, args: argparse.Namespace, change: Change | None, rendered: Rendered) -> list[np.ndarray]:
+    """Masks of the evaluated layers, every frame of each build (its first layers too) through ``change``;
+    ``rendered`` keeps the frames rendered so far, for the next change."""
     out = []
     builds: dict[int, tuple[np.ndarray | None, np.ndarray | None, int]] = {}
-    size = args.size
-    for build, k in dataset_layers(args.seed, args.layers, size, size):
+    for build, k in dataset_layers(args.seed, args.layers, args.size, args.size):
+
+        def frame(j: int, build: SimBuild = build) -> np.ndarray:
+            key = (build.seed, j)
+            if key not in rendered:
+                rendered[key] = to_gray_float(build.layer(j).image)
+            return rendered[key] if change is None else change(rendered[key])
+
         if build.seed not in builds:
-            roi = None
-            if args.plate:
-                first = to_gray_float(build.layer(0).image)
-                roi = propose_roi([first if change is None else change(first)]).mask((size, size))
-            builds[build.seed] = (roi, *reference_lighting(seg, build, roi, args.reference, change))
-        roi, illum, first_judged = builds[build.seed]
-        gray = to_gray_float(build.layer(k).image)
-        if change is not None:
-            gray = change(gray)
-        out.append(seg.segment(gray, roi=roi, illumination=illum if k >= first_judged else None).mask)
+            builds[build.seed] = as_the_monitor(seg, frame, build.n_layers, args.plate, args.reference)
+        roi, illum, first = builds[build.seed]
+        out.append(seg.segment(frame(k), roi=roi, illumination=illum if k >= first else None).mask)
     return out
 
 
@@ -87,9 +87,10 @@ def main() -> int:
     inter = np.zeros((len(LIGHTING_TRANSFORMS), NUM_CLASSES))
     union = np.zeros((len(LIGHTING_TRANSFORMS), NUM_CLASSES))
     with Segmenter(args.model) as seg:
-        base = _masks(seg, args, None)
+        rendered: Rendered = {}
+        base = _masks(seg, args, None, rendered)
         for t, (_, fn) in enumerate(LIGHTING_TRANSFORMS):
-            changed = _masks(seg, args, partial(apply, fn=fn))
+            changed = _masks(seg, args, partial(apply, fn=fn), rendered)
             for m0, m1 in zip(base, changed, strict=True):
                 for c in range(NUM_CLASSES):
                     a, b = m0 == c, m1 == c

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -21,11 +22,11 @@ from segmentation.simulator import SimBuild, dataset_layers
 
 __all__ = [
     "TEST_SEED_STREAM",
+    "as_the_monitor",
     "evaluate_dirs",
     "evaluate_simulated",
     "format_report",
     "read_mask",
-    "reference_lighting",
 ]
 
 #: Seed stream of the held-out test set; training uses streams 1 (train) and 2 (validation) with
@@ -92,36 +93,43 @@ def evaluate_simulated(
     builds: dict[int, tuple[np.ndarray | None, np.ndarray | None, int]] = {}
     for build, k in dataset_layers(seed, count, size, size):
         if build.seed not in builds:
-            roi = propose_roi([build.layer(0).image]).mask((size, size)) if plate else None
-            builds[build.seed] = (roi, *reference_lighting(seg, build, roi, reference_layers))
+            builds[build.seed] = as_the_monitor(seg, _frames(build), build.n_layers, plate, reference_layers)
         roi, illum, first = builds[build.seed]
         layer = build.layer(k)
         ev.add(layer.mask, seg.segment(layer.image, roi=roi, illumination=illum if k >= first else None).mask)
     return ev
 
 
-def reference_lighting(
-    seg: Segmenter,
-    build: SimBuild,
-    roi: np.ndarray | None,
-    n: int,
-    change: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray | None, int]:
-    """The lighting the monitor would take from ``build`` (``monitor.service``): the mean of the first ``n``
-    layers that show it on their plain powder, and the layer it is used from (the next); (None, 0) if the
-    build never gives it. ``change``: a function of the (H, W) float32 frame that every layer goes through
-    first (a camera's own lighting, ``bench/eval_lighting.py``)."""
+def _frames(build: SimBuild) -> Callable[[int], np.ndarray]:
+    """Layer k of ``build`` as an (H, W) float32 frame, each rendered once (the first layers serve twice)."""
+
+    @functools.cache
+    def frame(k: int) -> np.ndarray:
+        return to_gray_float(build.layer(k).image)
+
+    return frame
+
+
+def as_the_monitor(
+    seg: Segmenter, frame: Callable[[int], np.ndarray], n_layers: int, plate: bool = False, reference_layers: int = 0
+) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """What the monitor (``monitor.service``) takes from a build's first layers, ``frame(k)`` being layer k as an
+    (H, W) float32 frame: the plate proposed from layer 0 if ``plate`` (else None), the reference lighting (the
+    mean of the first ``reference_layers`` layers that show it on their plain powder; None if the build never
+    gives it) and the layer it is used from (the next; 0 without one)."""
+    roi = None
+    if plate:
+        first = frame(0)
+        roi = propose_roi([first]).mask(first.shape[:2])
     frames = []
-    for k in range(build.n_layers if n else 0):
-        gray = to_gray_float(build.layer(k).image)
-        if change is not None:
-            gray = change(gray)
+    for k in range(n_layers if reference_layers else 0):
+        gray = frame(k)
         lighting = powder_lighting(gray, seg.segment(gray, roi=roi).mask, roi)
         if lighting is not None:
             frames.append(lighting)
-        if len(frames) == n:
-            return np.mean(frames, axis=0).astype(np.float32), k + 1
-    return None, 0
+        if len(frames) == reference_layers:
+            return roi, np.mean(frames, axis=0).astype(np.float32), k + 1
+    return roi, None, 0
 
 
 def _f(v: float) -> str:

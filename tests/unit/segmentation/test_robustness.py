@@ -212,21 +212,26 @@ class _AllPowder:
 
 
 def test_a_cameras_fixed_lighting_goes_through_the_reference_and_out_again() -> None:
-    """``reference_lighting(..., change)`` (bench/eval_lighting.py --reference): a camera's lighting is on every
-    layer of a build, the first ones too, so the reference taken under it removes it from the later layers."""
-    from segmentation.evaluate import reference_lighting
+    """``as_the_monitor`` with every frame changed (bench/eval_lighting.py --reference): a camera's lighting is on
+    every layer of a build, the first ones too, so the reference taken under it removes it from the later layers."""
+    from segmentation.evaluate import as_the_monitor
     from segmentation.preprocess import to_gray_float
     from segmentation.simulator import SimBuild
 
     build = SimBuild(77, 128, 128, 8)
     seg = cast(Segmenter, _AllPowder())
+
+    def frame(k: int) -> np.ndarray:
+        return to_gray_float(build.layer(k).image)
+
+    _, plain, first = as_the_monitor(seg, frame, 8, reference_layers=3)
+    assert plain is not None and first == 3
     for name, fn in LIGHTING_TRANSFORMS:
         if not name.startswith(("gradient", "vignetting", "falloff")):
             continue
         change = partial(apply, fn=fn)
-        plain, first = reference_lighting(seg, build, None, 3)
-        lit, first_lit = reference_lighting(seg, build, None, 3, change)
-        assert plain is not None and lit is not None and first == first_lit == 3
+        _, lit, first_lit = as_the_monitor(seg, lambda k, change=change: change(frame(k)), 8, reference_layers=3)
+        assert lit is not None and first_lit == 3
         gray = to_gray_float(build.layer(5).image)
         changed = change(gray)
         before = float(np.abs(_level(changed) - _level(gray)).mean())
