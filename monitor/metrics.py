@@ -22,8 +22,9 @@ Metrics (``METRIC_NAMES``), per layer:
   3 layers already showed "warping": fixtures and the plate do not lift), ``warping_outside_area_mm2``
   (warping outside the footprint the parts had 3 to 8 layers earlier, next to a part),
   ``warping_confirmed_area_mm2`` (persistent warping components that
-  stand outside that footprint, or lie at a part's outline and cover less than half of that part) and
-  ``warping_confirmed_growth_mm2`` (its change since the previous layer).
+  stand outside that footprint, or lie at a part's outline and cover less than half of that part; and
+  persistent porosity standing outside that footprint: a lifted corner seen dark, since pores lie inside a
+  part) and ``warping_confirmed_growth_mm2`` (its change since the previous layer).
 
 Per part (``PART_METRIC_NAMES``): ``area_mm2``, ``porosity_fraction``, ``pore_count``, ``spatter_count``
 (particles within ``spatter_reach_px`` of the part), ``warping_area_mm2``, ``warping_edge_mm``.
@@ -182,9 +183,11 @@ class MetricsComputer:
         self._prev_warp: np.ndarray | None = None
         self._prev_stable_mm2 = 0.0
         self._warps: deque[np.ndarray] = deque(maxlen=_PERSIST_LAYERS - 1)  # the previous layers' warping
+        self._pores: deque[np.ndarray] = deque(maxlen=_PERSIST_LAYERS - 1)  # and porosity
         self._regions: deque[np.ndarray] = deque(maxlen=_FOOTPRINT_LAYERS)  # the previous layers' part regions
         self._prev_confirmed_mm2 = 0.0
         self._initial_warp: np.ndarray | None = None  # warping seen in the build's first layers
+        self._initial_pores: np.ndarray | None = None  # and porosity
         self._layers_seen = 0
 
     def compute(self, mask: np.ndarray, part_ids: np.ndarray | None = None) -> LayerMetrics:
@@ -231,52 +234,60 @@ class MetricsComputer:
         v["warping_stable_area_mm2"] = float(stable.sum()) * self.px_mm2 if stable is not None else 0.0
         v["warping_stable_growth_mm2"] = v["warping_stable_area_mm2"] - self._prev_stable_mm2
         self._prev_warp, self._prev_stable_mm2 = warp, v["warping_stable_area_mm2"]
-        self._geometry(v, warp, region, outline, ids)
+        self._geometry(v, warp, pores, region, outline, ids)
         parts = self._per_part(ids, pid_list, pores, pore_labels, spatter_xy, warp, edge)
         return LayerMetrics(v, parts, ids)
 
     def _geometry(
-        self, v: dict[str, float], warp: np.ndarray, region: np.ndarray, outline: np.ndarray, ids: np.ndarray
+        self,
+        v: dict[str, float],
+        warp: np.ndarray,
+        pores: np.ndarray,
+        region: np.ndarray,
+        outline: np.ndarray,
+        ids: np.ndarray,
     ) -> None:
         """Warping judged by where it stands and whether it stays (see the module docstring)."""
-        shape_ok = all(w.shape == warp.shape for w in (*self._warps, *self._regions))
-        if not shape_ok or (self._initial_warp is not None and self._initial_warp.shape != warp.shape):
+        history = (*self._warps, *self._pores, *self._regions)
+        initial = (self._initial_warp, self._initial_pores)
+        if any(w.shape != warp.shape for w in history) or any(i is not None and i.shape != warp.shape for i in initial):
             self._warps.clear()
+            self._pores.clear()
             self._regions.clear()
-            self._initial_warp, self._layers_seen = None, 0
+            self._initial_warp, self._initial_pores, self._layers_seen = None, None, 0
         # persistent: warping on at least 2 of the last 3 layers at the same place (within 2 px), this one
-        # included; a misreading flickers, a lifted edge stays (and may be missed on one layer)
-        persistent = np.zeros_like(warp)
-        some = bool(warp.any())  # most layers have none: nothing below needs computing then
-        if some and len(self._warps) == _PERSIST_LAYERS - 1:
-            seen = np.zeros(warp.shape, np.uint8)
-            for earlier in self._warps:
-                seen += _dilate(earlier, 2)
-            persistent = warp & (seen >= _PERSIST_MIN - 1)
-        # what was "warping" in the build's first layers is a fixture or a misreading of the plate, not a
-        # part that lifted: parts lift after stress has built up over layers
-        if self._initial_warp is not None:
-            persistent &= ~self._initial_warp
+        # included; a misreading flickers, a lifted edge stays (and may be missed on one layer). What was
+        # "warping" in the build's first layers is a fixture or a misreading of the plate, not a part that
+        # lifted: parts lift after stress has built up over layers
+        persistent = self._persistent(warp, self._warps, self._initial_warp)
+        # a lifted corner seen dark (its shadow, a dark rim) is often read as porosity: porosity that stays
+        # at the same place and stands out of the parts' earlier outline is no pore (pores lie inside a part)
+        dark = self._persistent(pores, self._pores, self._initial_pores)
         outside = np.zeros_like(warp)
-        if some and len(self._regions) > 2:
+        dark_outside = np.zeros_like(warp)
+        if (persistent.any() or dark.any() or warp.any()) and len(self._regions) > 2:
             footprint = np.zeros_like(warp)
             for r in list(self._regions)[:-2]:  # 3 to 8 layers ago: before a growing warp's latest rim
                 footprint |= r
-            outside = warp & ~_dilate(footprint, 1) & _dilate(region & ~warp, 3)
+            beyond = ~_dilate(footprint, 1)
+            outside = warp & beyond & _dilate(region & ~warp, 3)
+            dark_outside = dark & beyond & _dilate(region & ~warp & ~pores, 3)
         v["warping_persistent_area_mm2"] = float(persistent.sum()) * self.px_mm2
         v["warping_outside_area_mm2"] = float(outside.sum()) * self.px_mm2
         confirmed_px = 0.0
-        if persistent.any():
-            labels, n, areas, _ = _label(persistent)
+        candidates = persistent | dark
+        if candidates.any():
+            labels, n, areas, _ = _label(candidates)
             # per component sums over its own pixels only (a few hundred, not the whole frame)
-            at = np.flatnonzero(persistent)
+            at = np.flatnonzero(candidates)
             flat = labels.ravel()[at]
 
             def per_component(where: np.ndarray) -> np.ndarray:
                 return np.bincount(flat, weights=where.ravel()[at], minlength=n + 1)[1:]
 
-            n_out = per_component(outside)
-            at_edge = per_component(_dilate(outline, 2)) > 0
+            n_out = per_component(outside | dark_outside)
+            # the "at the outline" branch is for warping only: a pore at a part's edge is a pore
+            at_edge = (per_component(_dilate(outline, 2)) > 0) & (per_component(persistent) > 0)
             # the part each component lies on (most pixels), and that part's area
             owner = np.zeros(n, dtype=np.int64)
             on = ids.ravel()[at].astype(np.int64)
@@ -293,11 +304,25 @@ class MetricsComputer:
         v["warping_confirmed_growth_mm2"] = v["warping_confirmed_area_mm2"] - self._prev_confirmed_mm2
         self._prev_confirmed_mm2 = v["warping_confirmed_area_mm2"]
         self._warps.append(warp)
+        self._pores.append(pores)
         self._regions.append(region)
         self._layers_seen += 1
         if self._layers_seen <= _INITIAL_LAYERS:
-            grown = _dilate(warp, 3)
+            grown, grown_pores = _dilate(warp, 3), _dilate(pores, 3)
             self._initial_warp = grown if self._initial_warp is None else (self._initial_warp | grown)
+            self._initial_pores = grown_pores if self._initial_pores is None else (self._initial_pores | grown_pores)
+
+    @staticmethod
+    def _persistent(now: np.ndarray, earlier: deque[np.ndarray], initial: np.ndarray | None) -> np.ndarray:
+        """Pixels of ``now`` also seen, within 2 px, on at least _PERSIST_MIN - 1 of the earlier layers (once
+        _PERSIST_LAYERS - 1 of them are known), outside ``initial``."""
+        if not now.any() or len(earlier) < _PERSIST_LAYERS - 1:
+            return np.zeros_like(now)
+        seen = np.zeros(now.shape, np.uint8)
+        for e in earlier:
+            seen += _dilate(e, 2)
+        persistent = now & (seen >= _PERSIST_MIN - 1)
+        return persistent & ~initial if initial is not None else persistent
 
     def _per_part(
         self,

@@ -152,6 +152,43 @@ def test_warping_inside_the_part_at_its_edge_is_confirmed_without_standing_out()
     assert v["warping_confirmed_area_mm2"] == pytest.approx(2.25)
 
 
+def test_a_dark_corner_read_as_porosity_that_stays_and_stands_out_is_confirmed_warping() -> None:
+    """A lifted corner seen dark is often read as porosity; standing out of the part's earlier outline and
+    staying, it is a lift: pores lie inside a part."""
+    mc = MetricsComputer(mm_per_px=0.1)
+    confirmed = []
+    for k in range(10):
+        m = square_layer(pores=0)
+        if k >= 4:
+            size, outside = 6 + 2 * (k - 4), 2 + (k - 4) // 2
+            m[150 - size : 150 + outside, 150 - size : 150 + outside] = C.POROSITY
+        v = mc.compute(m).values
+        confirmed.append(v["warping_confirmed_area_mm2"])
+    assert confirmed[:5] == [0.0] * 5  # seen on 2 of the last 3 layers at least
+    assert all(b > a > 0 for a, b in itertools.pairwise(confirmed[5:]))
+    assert v["warping_area_mm2"] == 0 and v["pore_count"] == 1  # the class shares are the model's, unchanged
+
+
+def test_pores_that_stay_inside_the_part_or_flicker_outside_it_are_not_warping() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    for k in range(10):
+        m = square_layer(pores=3)  # the same three pores on every layer, inside the part
+        m[140:150, 140:150] = C.POROSITY  # a pore at the corner, inside the outline, on every layer
+        if k % 2:
+            m[147:153, 147:153] = C.POROSITY  # dark spatter over the corner, every other layer
+        v = mc.compute(m).values
+        assert v["warping_confirmed_area_mm2"] == 0
+
+
+def test_dark_pixels_at_the_corner_from_the_first_layers_are_a_fixture() -> None:
+    mc = MetricsComputer(mm_per_px=0.1)
+    for _ in range(8):
+        m = square_layer(pores=0)
+        m[140:155, 140:155] = C.POROSITY
+        v = mc.compute(m).values
+    assert v["warping_confirmed_area_mm2"] == 0
+
+
 def test_every_metric_has_a_unit_by_its_name() -> None:
     from monitor.metrics import METRIC_NAMES, metric_unit
 
