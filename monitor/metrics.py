@@ -265,7 +265,7 @@ class MetricsComputer:
         dark = self._persistent(pores, self._pores, self._initial_pores)
         outside = np.zeros_like(warp)
         dark_outside = np.zeros_like(warp)
-        if (persistent.any() or dark.any() or warp.any()) and len(self._regions) > 2:
+        if (warp.any() or dark.any()) and len(self._regions) > 2:  # persistent warping is part of warp
             footprint = np.zeros_like(warp)
             for r in list(self._regions)[:-2]:  # 3 to 8 layers ago: before a growing warp's latest rim
                 footprint |= r
