@@ -4,7 +4,12 @@ Prints, per frame size, the median and p95 latency of a whole ``Segmenter.segmen
 (normalisation, tiling, network, softmax, argmax) for each engine and the ratio torch/ONNX.
 2048x2048 frames are tiled (1024 px tiles, 128 px overlap).
 
+``--onnx-baseline OLD.onnx`` also times the network alone (one ONNX Runtime call on a 1024x1024
+input) in that graph and in the shipped one, alternating in rounds, and prints the ratio: how a change
+of the exported graph (e.g. an earlier ``export-onnx``, kept aside) moved the latency on this machine.
+
     .venv/bin/python bench/bench_inference.py [--repeat N] [--threads T] [--sizes 512,1024,2048]
+        [--onnx-baseline OLD.onnx]
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ def main() -> int:
     ap.add_argument("--sizes", default="512,1024,2048")
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--onnx-baseline", type=Path, default=None, help="another export of the network to compare")
     args = ap.parse_args()
+    if args.onnx_baseline is not None and not args.onnx_baseline.is_file():
+        print(f"error: --onnx-baseline {args.onnx_baseline}: no such file", file=sys.stderr)
+        return 2
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {machine()}; threads {args.threads}; model {args.model.name}")
     rows = []
@@ -80,9 +89,45 @@ def main() -> int:
         )
     for seg in segs.values():
         seg.close()
+    report: dict[str, Any] = {"machine": machine(), "rows": rows}
+    if args.onnx_baseline is not None:
+        report["graphs"] = compare_graphs(args.onnx_baseline, args.model.with_suffix(".onnx"), args.threads)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def compare_graphs(baseline: Path, current: Path, threads: int, rounds: int = 8, per_round: int = 5) -> dict[str, Any]:
+    """Network-only latency of two ONNX files on one 1024x1024 input, alternating in rounds (the machine's
+    drift hits both alike); prints and returns median, p95 and baseline/current."""
+    import onnxruntime as ort
+
+    def session(path: Path) -> Any:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    sessions = {"baseline": session(baseline), "current": session(current)}
+    name = sessions["current"].get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 2, 1024, 1024)).astype(np.float32)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        s.run(None, {name: x})  # warm-up
+    for _ in range(rounds):
+        for k, s in sessions.items():
+
+            def call(s: Any = s) -> None:
+                s.run(None, {name: x})
+
+            times[k] += timeit(call, per_round, warmup=0)
+    out: dict[str, Any] = {}
+    for k, t in times.items():
+        med, p95 = median_p95(t)
+        out[k] = {"file": str(baseline if k == "baseline" else current), "median_ms": med * 1000, "p95_ms": p95 * 1000}
+        print(f"network alone, {k} graph ({out[k]['file']}): median {med * 1000:.0f} ms p95 {p95 * 1000:.0f} ms")
+    out["baseline_over_current"] = out["baseline"]["median_ms"] / out["current"]["median_ms"]
+    print(f"baseline/current {out['baseline_over_current']:.2f}x")
+    return out
 
 
 if __name__ == "__main__":

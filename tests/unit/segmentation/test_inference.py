@@ -58,6 +58,32 @@ def test_engines_agree(tiny_checkpoint: Path, frame: np.ndarray, tmp_path: Path)
     assert (tmp_path / "m.onnx").is_file()  # exported beside the checkpoint
 
 
+def test_the_exported_decoder_upsamples_by_a_constant_factor(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The graph's upsampling has constant scales (ONNX Runtime keeps its blocked layout through it) and
+    gives the network's values at sizes that are not multiples of its stride, and across tiles."""
+    import onnx
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    rng = np.random.default_rng(3)
+    with (
+        Segmenter(model, engine="torch", tile=256, overlap=32) as a,
+        Segmenter(model, engine="onnx", tile=256, overlap=32) as b,
+    ):
+        for shape in ((97, 61), (130, 257), (300, 420)):  # the last one is tiled
+            x = rng.random(shape).astype(np.float32)
+            assert np.abs(a.segment(x).probs - b.segment(x).probs).max() < 1e-3, shape
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    constants = {init.name for init in graph.initializer} | {
+        out for node in graph.node if node.op_type == "Constant" for out in node.output
+    }
+    resizes = [node for node in graph.node if node.op_type == "Resize"]
+    assert resizes
+    for node in resizes:
+        scales, sizes = node.input[2], node.input[3] if len(node.input) > 3 else ""
+        assert scales in constants and not sizes, node.name
+
+
 def test_the_input_normalisation_travels_with_the_model(
     tiny_checkpoint: Path, frame: np.ndarray, tmp_path: Path
 ) -> None:
@@ -172,3 +198,11 @@ def test_exported_graph_is_softmax_and_score_of_the_network(tiny_checkpoint: Pat
         logits, ref_score = model.forward_with_ood(x)
     assert torch.allclose(probs, logits.softmax(1), atol=1e-6)
     assert torch.equal(score, ref_score) and score.shape == (2,)
+
+
+def test_the_shipped_onnx_is_the_export_of_the_shipped_checkpoint() -> None:
+    """Else the first use re-exports it into the installed package (which may be read-only)."""
+    from segmentation.inference import _ONNX_FORMAT, DEFAULT_MODEL, _onnx_source_sha
+    from segmentation.model import file_sha256
+
+    assert _onnx_source_sha(DEFAULT_MODEL.with_suffix(".onnx")) == f"{file_sha256(DEFAULT_MODEL)}/{_ONNX_FORMAT}"
