@@ -27,10 +27,18 @@ from dashboards.state import (
     strokes_from_shapes,
 )
 from monitor.labels import saved_label
-from monitor.record import RecordError
+from monitor.record import RecordError, action_boxes
 from printer_io.vocabulary import Severity
 
 log = logging.getLogger(__name__)
+
+
+def _evidence_line(acted: list[dict[str, Any]], boxes: list[tuple[int, int, int, int]]) -> str:
+    """What the white rectangles on the frame are: where the rules that acted on this layer measured."""
+    if not boxes:
+        return ""
+    rules = sorted({f"{a['rule']} ({a['action']})" for a in acted if a["state"] == "requested" and a["rule"]})
+    return f"  outlined in white: where {', '.join(rules) or 'the rules that acted'} measured on this layer"
 
 
 def _shadow_line(model: dict[str, str], judged: dict[str, Any] | None) -> str:
@@ -210,7 +218,11 @@ def register(
             shadow = r.shadow_layers().get(layer) if shadow_model else None
             shadow_mask = r.shadow_mask(layer) if shadow and diff else None
             highlight = shadow_mask != mask if shadow_mask is not None else None
-            src = overlay_png(r.image(layer), mask, sorted(classes or []), float(opacity), roi=roi, highlight=highlight)
+            acted = r.table_at("actions", layer)
+            boxes = action_boxes(acted, layer=layer)
+            src = overlay_png(
+                r.image(layer), mask, sorted(classes or []), float(opacity), roi=roi, highlight=highlight, boxes=boxes
+            )
             row = rows[layer]
             m = r.metrics()[layer]
         except (RecordError, OSError, KeyError, IndexError, RuntimeError) as err:
@@ -236,6 +248,7 @@ def register(
                 else ""
             )
             + (_shadow_line(shadow_model, shadow) if shadow_model else "")
+            + _evidence_line(acted, boxes)
         )
         return src, info
 

@@ -7,14 +7,16 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
 from monitor.metrics import metric_unit
-from monitor.record import RecordReader
+from monitor.record import RecordReader, action_boxes
 from segmentation.classes import CLASS_BGR, CLASS_HEX, CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, UNLABELLED, LayerClass
+from segmentation.imageio import draw_boxes
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,12 @@ def overlay_png(
     max_px: int = DISPLAY_PX,
     roi: dict[str, Any] | None = None,
     highlight: np.ndarray | None = None,
+    boxes: Sequence[Sequence[int]] = (),
 ) -> str:
     """A data URL of the frame with the chosen classes tinted, at most ``max_px`` wide, and the build
     plate's outline (``roi``: the record's ``{"points", "source"}``) drawn on it; ``highlight`` (H, W) bool
-    pixels (where a shadow model disagrees) in cyan."""
+    pixels (where a shadow model disagrees) in cyan; ``boxes`` ((x, y, width, height) frame px: where a rule
+    that acted on this layer measured) outlined in white."""
     gray = image if image.dtype == np.uint8 else (image // 256).astype(np.uint8)
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
     for c in classes:
@@ -62,6 +66,7 @@ def overlay_png(
         pts = np.round(np.asarray(roi["points"], np.float64) * scale).astype(np.int32)
         color = ROI_BGR.get(str(roi.get("source")), ROI_BGR["proposed"])
         cv2.polylines(out, [pts], True, color, 2 if max_px >= 320 else 1)
+    draw_boxes(out, boxes, scale, width=2 if max_px >= 320 else 1)
     _, buf = cv2.imencode(".png", out)
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
@@ -341,7 +346,8 @@ def event_log(events: list[dict[str, Any]], actions: list[dict[str, Any]], reade
                 text += f": {detail['reason']}"
             if reader is not None and int(a["layer"]) in stored:
                 layer_img, layer_mask = reader.image(int(a["layer"])), reader.mask(int(a["layer"]))
-                src = overlay_png(layer_img, layer_mask, [1, 2, 3, 4], 0.55, max_px=160)
+                boxes = action_boxes([a], request_id=a["request_id"])
+                src = overlay_png(layer_img, layer_mask, [1, 2, 3, 4], 0.55, max_px=160, boxes=boxes)
                 thumb = html.Img(src=src, className="thumb", title=f"evidence: layer {a['layer']}")
         rows.append((a["time"], a["layer"], a["state"], text, thumb))
     rows.sort(key=lambda r: r[0], reverse=True)

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.policy import GcodeAction, RuleHit
+from monitor.policy import Box, GcodeAction, RuleHit
 from printer_io.errors import PauseNotConfirmed, PrinterError, UnsupportedOperation
 from printer_io.messages import ActionMessage
 from printer_io.printer import Printer, PrinterState
@@ -37,6 +38,8 @@ __all__ = ["Controller", "ControllerLimits", "Incident", "bounded_id", "job_key"
 log = logging.getLogger(__name__)
 
 EmitAction = Callable[[ActionMessage], None]
+Locate = Callable[[RuleHit], tuple[Box, ...]]
+_WHERE_KEPT = 256  # requests whose evidence rectangles are remembered (the record keeps them all)
 EmitEvent = Callable[[str, str, str, int], None]  # level, code, message, layer
 
 
@@ -123,6 +126,8 @@ class Controller:
         self.job_id = ""
         self.model = ""
         self._state = _BuildState()
+        self._locate: Locate | None = None
+        self._where: OrderedDict[str, tuple[Box, ...]] = OrderedDict()
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name=f"controller-{printer_id}", daemon=True)
         self._worker.start()
@@ -130,6 +135,7 @@ class Controller:
     def new_build(self, job_id: str, model: str) -> None:
         self.job_id, self.model = job_id, model
         self._state = _BuildState()
+        self._where.clear()
 
     @property
     def incidents(self) -> list[Incident]:
@@ -138,6 +144,10 @@ class Controller:
     def close(self, timeout: float = 60) -> None:
         self._work.put(None)
         self._worker.join(timeout)
+
+    def where(self, request_id: str) -> tuple[Box, ...]:
+        """The rectangles of the frame that made the rule of request ``request_id`` hold (empty if unknown)."""
+        return self._where.get(request_id, ())
 
     def wait_idle(self, timeout: float = 60) -> None:
         done = threading.Event()
@@ -151,13 +161,17 @@ class Controller:
         hits: Sequence[RuleHit],
         metrics: Mapping[str, float],
         printer_state: PrinterState | None = None,
+        locate: Locate | None = None,
     ) -> list[ActionMessage]:
-        """Decide on one layer's rule hits; returns the actions requested (outcomes follow asynchronously)."""
+        """Decide on one layer's rule hits; returns the actions requested (outcomes follow asynchronously).
+        ``locate``: where on the frame a hit was measured, asked only for the hits that lead to an action
+        (:meth:`where` gives it back by request id: the evidence the record and the notices show)."""
         st = self._state
         if layer in st.handled:
             log.info("%s: layer %d already handled; no action (redelivered message)", self.printer_id, layer)
             return []
         st.handled.add(layer)
+        self._locate = locate
         try:
             self._note_operator_resume(printer_state, layer, metrics)
             out: list[ActionMessage] = []
@@ -242,11 +256,16 @@ class Controller:
         metrics: Mapping[str, float],
         **extra: Any,
     ) -> ActionMessage:
+        request_id = bounded_id(job_key(self.job_id), hit.layer, hit.key, action)
+        if request_id not in self._where:
+            self._where[request_id] = self._where_of(hit)
+            while len(self._where) > _WHERE_KEPT:
+                self._where.popitem(last=False)
         return ActionMessage(
             printer=self.printer_id,
             action=action,
             state=state,
-            request_id=bounded_id(job_key(self.job_id), hit.layer, hit.key, action),
+            request_id=request_id,
             job_id=self.job_id,
             layer=hit.layer,
             reason=hit.describe(),
@@ -257,6 +276,16 @@ class Controller:
             model=self.model,
             **extra,
         )
+
+    def _where_of(self, hit: RuleHit) -> tuple[Box, ...]:
+        """The hit's evidence rectangles; a failure to find them never stands in the way of the action."""
+        if self._locate is None:
+            return ()
+        try:
+            return self._locate(hit)
+        except Exception:
+            log.exception("%s: could not locate the evidence of %s at layer %d", self.printer_id, hit.key, hit.layer)
+            return ()
 
     def _stop(
         self, kind: ActionKind, hit: RuleHit, inc: Incident, metrics: Mapping[str, float]

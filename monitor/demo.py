@@ -293,7 +293,7 @@ def _dashboard(opts: DemoOptions, config: Config) -> object | None:
 
 def _evidence(record: Path, watch: Watch, out: Path) -> Path | None:
     """Overlay of the layer whose judgement paused the printer, from the build record."""
-    from monitor.record import RecordReader
+    from monitor.record import RecordReader, action_boxes
     from segmentation.imageio import write_overlay
 
     pause = next((a for a in watch.actions if a.action == "pause" and a.state.value == "requested"), None)
@@ -303,7 +303,9 @@ def _evidence(record: Path, watch: Watch, out: Path) -> Path | None:
         if pause.layer not in set(int(n) for n in r.stored_layers()):
             return None
         path = out / f"evidence_layer_{pause.layer:04d}.png"
-        write_overlay(path, r.image(pause.layer), r.mask(pause.layer))
+        write_overlay(
+            path, r.image(pause.layer), r.mask(pause.layer), action_boxes(r.table("actions"), pause.request_id)
+        )
     return path
 
 

@@ -120,6 +120,9 @@ class LayerMetrics:
     values: dict[str, float]
     parts: list[dict[str, float]]  # one dict per part: part_id plus PART_METRIC_NAMES
     part_ids: np.ndarray  # (H, W) uint32, 0 where no part
+    # (H, W) bool: the pixels of ``warping_confirmed_area_mm2`` (whatever class the model gave them: a lifted
+    # corner seen dark is porosity in the mask), None when there are none
+    confirmed: np.ndarray | None = None
 
 
 @dataclass
@@ -234,9 +237,9 @@ class MetricsComputer:
         v["warping_stable_area_mm2"] = float(stable.sum()) * self.px_mm2 if stable is not None else 0.0
         v["warping_stable_growth_mm2"] = v["warping_stable_area_mm2"] - self._prev_stable_mm2
         self._prev_warp, self._prev_stable_mm2 = warp, v["warping_stable_area_mm2"]
-        self._geometry(v, warp, pores, region, outline, ids)
+        confirmed = self._geometry(v, warp, pores, region, outline, ids)
         parts = self._per_part(ids, pid_list, pores, pore_labels, spatter_xy, warp, edge)
-        return LayerMetrics(v, parts, ids)
+        return LayerMetrics(v, parts, ids, confirmed)
 
     def _geometry(
         self,
@@ -246,8 +249,9 @@ class MetricsComputer:
         region: np.ndarray,
         outline: np.ndarray,
         ids: np.ndarray,
-    ) -> None:
-        """Warping judged by where it stands and whether it stays (see the module docstring)."""
+    ) -> np.ndarray | None:
+        """Warping judged by where it stands and whether it stays (see the module docstring); returns the
+        confirmed pixels (None when there are none)."""
         history = (*self._warps, *self._pores, *self._regions)
         initial = (self._initial_warp, self._initial_pores)
         if any(w.shape != warp.shape for w in history) or any(i is not None and i.shape != warp.shape for i in initial):
@@ -275,6 +279,7 @@ class MetricsComputer:
         v["warping_persistent_area_mm2"] = float(persistent.sum()) * self.px_mm2
         v["warping_outside_area_mm2"] = float(outside.sum()) * self.px_mm2
         confirmed_px = 0.0
+        confirmed: np.ndarray | None = None
         candidates = persistent | dark
         if candidates.any():
             labels, n, areas, _ = _label(candidates)
@@ -300,6 +305,8 @@ class MetricsComputer:
             share = np.where(owner > 0, areas / np.maximum(part_area[np.minimum(owner, part_area.size - 1)], 1), 1.0)
             keep = (n_out >= _OUTSIDE_MIN_PX) | (at_edge & (share < 0.5))
             confirmed_px = float(areas[keep].sum())
+            if keep.any():
+                confirmed = np.concatenate(([False], keep))[labels]
         v["warping_confirmed_area_mm2"] = confirmed_px * self.px_mm2
         v["warping_confirmed_growth_mm2"] = v["warping_confirmed_area_mm2"] - self._prev_confirmed_mm2
         self._prev_confirmed_mm2 = v["warping_confirmed_area_mm2"]
@@ -311,6 +318,7 @@ class MetricsComputer:
             grown, grown_pores = _dilate(warp, 3), _dilate(pores, 3)
             self._initial_warp = grown if self._initial_warp is None else (self._initial_warp | grown)
             self._initial_pores = grown_pores if self._initial_pores is None else (self._initial_pores | grown_pores)
+        return confirmed
 
     @staticmethod
     def _persistent(now: np.ndarray, earlier: deque[np.ndarray], initial: np.ndarray | None) -> np.ndarray:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from monitor.settings import ConfigFileError
 from printer_io.messages import ActionMessage
 from printer_io.secrets import read_secret_file
 from printer_io.vocabulary import Severity
-from segmentation.imageio import overlay
+from segmentation.imageio import draw_boxes, overlay
 
 __all__ = ["Notice", "Notifier", "evidence_png"]
 
@@ -39,13 +39,17 @@ _QUEUE = 64  # notices waiting at most; beyond, the oldest waiting is dropped (a
 _MAX_URLS = 32
 
 
-def evidence_png(gray: np.ndarray, mask: np.ndarray, max_px: int = 800) -> bytes:
+def evidence_png(gray: np.ndarray, mask: np.ndarray, boxes: Sequence[Sequence[int]] = (), max_px: int = 800) -> bytes:
     """The layer with its part and defects tinted (PNG, the same overlay as ``layerwatch segment --overlay``),
-    at most ``max_px`` wide."""
+    at most ``max_px`` wide, with ``boxes`` ((x, y, width, height) frame px: where the rules that acted
+    measured) outlined."""
     out = cv2.cvtColor(overlay(gray, mask, alpha=0.55), cv2.COLOR_RGB2BGR)
+    scale = 1.0
     if out.shape[1] > max_px:
-        size = (max_px, round(out.shape[0] * max_px / out.shape[1]))
+        scale = max_px / out.shape[1]
+        size = (max_px, round(out.shape[0] * scale))
         out = np.asarray(cv2.resize(out, size, interpolation=cv2.INTER_AREA), np.uint8)
+    draw_boxes(out, boxes, scale, width=2)
     ok, buf = cv2.imencode(".png", out)
     return buf.tobytes() if ok else b""
 

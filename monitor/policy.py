@@ -18,15 +18,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import cv2
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES
+from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, LayerMetrics
 from monitor.settings import ConfigFileError, section
 from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, LayerClass
 from segmentation.resources import data_dir
 
-__all__ = ["DEFAULT_POLICY", "Policy", "PolicyEngine", "Rule", "RuleHit", "Severity", "load_policy", "watched_class"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "Box",
+    "Policy",
+    "PolicyEngine",
+    "Rule",
+    "RuleHit",
+    "Severity",
+    "evidence_boxes",
+    "load_policy",
+    "watched_class",
+]
 
 DEFAULT_POLICY = data_dir() / "config" / "policy.toml"
 
@@ -134,6 +147,49 @@ def load_policy(path: Path) -> Policy:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigFileError(f"policy file {path} is not valid TOML: {err}") from err
     return section(Policy, data, "policy", str(path))
+
+
+#: a rectangle on the frame, camera pixels: (x, y, width, height)
+Box = tuple[int, int, int, int]
+_BOXES = 8  # evidence boxes per hit at most, the largest first
+_BOX_MARGIN_PX = 4
+
+
+def evidence_boxes(
+    rule: Rule, part_id: int, mask: np.ndarray, metrics: LayerMetrics, limit: int = _BOXES
+) -> tuple[Box, ...]:
+    """Where on the frame a hit of ``rule`` was measured: rectangles around the largest connected regions of
+    the pixels its metric counts (confirmed warping, or its class's pixels within its region or part),
+    ``limit`` at most, each with a margin of 4 px. Empty for metrics of no class (part counts and areas)
+    except a part's own area, boxed whole."""
+    h, w = mask.shape
+    ids = metrics.part_ids
+    if rule.metric.startswith("warping_confirmed"):
+        where = metrics.confirmed if metrics.confirmed is not None else np.zeros((h, w), bool)
+    elif (cls := watched_class(rule.metric)) is not None:
+        where = mask == cls
+        if rule.region == "part":
+            where &= ids > 0
+        elif part_id:
+            own = ids == part_id
+            if cls == LayerClass.SPATTER:  # particles near the part count for it (the metrics' reach)
+                own = cv2.dilate(own.view(np.uint8), np.ones((25, 25), np.uint8)) > 0
+            where &= own
+    elif part_id:
+        where = ids == part_id
+    else:
+        return ()
+    if not where.any():
+        return ()
+    _, _, stats, _ = cv2.connectedComponentsWithStats(where.view(np.uint8), connectivity=8)
+    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:limit] + 1
+    m = _BOX_MARGIN_PX
+    out: list[Box] = []
+    for i in order:
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        x0, y0 = max(0, x - m), max(0, y - m)
+        out.append((x0, y0, min(w, x + bw + m) - x0, min(h, y + bh + m) - y0))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

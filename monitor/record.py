@@ -51,6 +51,7 @@ __all__ = [
     "BuildRecord",
     "RecordError",
     "RecordReader",
+    "action_boxes",
     "build_records",
     "check_layout",
     "check_record",
@@ -991,6 +992,51 @@ class RecordReader:
         data = self._f[f"{LW}/{name}"][:]
         fields = data.dtype.names or ()
         return [{k: _py(row[k]) for k in fields} for row in data]
+
+    def table_at(self, name: str, layer: int) -> list[dict[str, Any]]:
+        """The rows of ``name`` (a table with a ``layer`` column) about ``layer``: only their layer column is read
+        whole, not every row's text (an action row holds up to 8 KB)."""
+        if name in OPTIONAL_TABLES and name not in self._f[LW]:
+            return []
+        d = self._f[f"{LW}/{name}"]
+        at = np.flatnonzero(d.fields("layer")[:] == layer)
+        if not len(at):
+            return []
+        data = d[at.tolist()]
+        fields = data.dtype.names or ()
+        return [{k: _py(row[k]) for k in fields} for row in data]
+
+
+_MAX_BOXES = 64
+
+
+def action_boxes(
+    actions: Sequence[Mapping[str, Any]], request_id: str | None = None, layer: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """The evidence rectangles ((x, y, width, height) camera px) kept in the ``detail`` of ``actions`` rows:
+    of one request, or of every pause, cancel and other action a rule took at ``layer``. What is not a list
+    of four whole numbers from 0 to 65535 is skipped (a record is a file like any other)."""
+    out: list[tuple[int, int, int, int]] = []
+    for row in actions:
+        if (request_id is not None and row.get("request_id") != request_id) or (
+            layer is not None and (row.get("layer") != layer or row.get("rule") in ("", "operator"))
+        ):
+            continue
+        try:
+            where = json.loads(row.get("detail") or "{}").get("where") or []
+        except (ValueError, AttributeError, RecursionError):
+            continue
+        for box in where if isinstance(where, list) else []:
+            if (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(type(v) is int and 0 <= v <= 0xFFFF for v in box)
+                and tuple(box) not in out
+            ):
+                out.append((box[0], box[1], box[2], box[3]))
+        if len(out) >= _MAX_BOXES:
+            return out[:_MAX_BOXES]
+    return out
 
 
 def _py(value: Any) -> Any:

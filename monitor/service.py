@@ -29,7 +29,7 @@ from monitor.config import Config
 from monitor.controller import Controller, job_key
 from monitor.drift import DriftSettings, DriftWatch, layer_stats
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, LayerMetrics, MetricsComputer
-from monitor.policy import Policy, PolicyEngine, RuleHit
+from monitor.policy import Box, Policy, PolicyEngine, RuleHit, evidence_boxes
 from monitor.record import BuildRecord, RecordError, RecordReader, RecordSpec, build_records
 from printer_io.bus import Link, MessageBus, open_link
 from printer_io.credentials import DUPLICATE, Credential, Verifier, load_operators
@@ -698,7 +698,9 @@ class PrinterMonitor:
         evidence = b""
         for action in outcome.actions:
             if action.state == ActionState.REQUESTED and notifier.wants(self.printer_id, action):
-                evidence = evidence or evidence_png(gray, outcome.mask)
+                if not evidence:  # one image for the layer: every rectangle of its actions
+                    boxes = [b for a in outcome.actions for b in self.controller.where(a.request_id)]
+                    evidence = evidence_png(gray, outcome.mask, boxes)
                 notifier.submit(Notice(self.printer_id, action, evidence, build.record.path.name, action.time))
 
     def _shadow(
@@ -798,7 +800,16 @@ class PrinterMonitor:
         state = self._printer_state()
         if state is not None and state.state in ACTIVE_STATES:
             build.printer_was_active = True
-        actions = self.controller.on_layer(layer, hits, m.values, state.state if state else None) if judged else []
+        mask = result.mask
+
+        def locate(hit: RuleHit) -> tuple[Box, ...]:
+            return evidence_boxes(hit.rule, hit.part_id, mask, m)
+
+        actions = (
+            self.controller.on_layer(layer, hits, m.values, state.state if state else None, locate=locate)
+            if judged
+            else []
+        )
         return LayerOutcome(
             mask=result.mask,
             metrics=m,
@@ -1137,7 +1148,7 @@ class PrinterMonitor:
     # ---- messages out -----------------------------------------------------------------------------
     def _record_action(self, msg: ActionMessage) -> None:
         if self.build is not None:
-            detail = {
+            detail: dict[str, Any] = {
                 "reason": msg.reason,
                 "metrics": msg.metrics,
                 "model": msg.model,
@@ -1146,6 +1157,9 @@ class PrinterMonitor:
                 "severity": msg.severity,
                 "operator": msg.operator,
             }
+            where = self.controller.where(msg.request_id)
+            if where:  # the rectangles of the frame the rule measured (x, y, width, height in camera px)
+                detail["where"] = [list(b) for b in where]
             self.build.record.add_action(
                 msg.layer or 0, msg.request_id, msg.action, msg.state.value, msg.rule, msg.incident, detail, at=msg.time
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -21,6 +21,7 @@ from segmentation.errors import ImageError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "draw_boxes",
     "iter_image_paths",
     "overlay",
     "read_image",
@@ -140,8 +141,9 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
         raise ImageError(f"{path}: could not write the mask (check the folder is writable)")
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 RGB: the image in gray with every non-powder class tinted by its colour."""
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, boxes: Sequence[Sequence[int]] = ()) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the image in gray with every non-powder class tinted by its colour, and
+    ``boxes`` ((x, y, width, height) px: where a rule that acted measured its metric) outlined."""
     from segmentation.preprocess import to_gray_float
 
     gray = to_gray_float(image)
@@ -150,12 +152,23 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     rgb = np.repeat((g * 255)[..., None], 3, axis=2)
     color = CLASS_COLORS[mask].astype(np.float32)
     tint = (mask > 0)[..., None]
-    out = np.where(tint, (1 - alpha) * rgb + alpha * color, rgb)
-    return out.astype(np.uint8)
+    out = np.where(tint, (1 - alpha) * rgb + alpha * color, rgb).astype(np.uint8)
+    draw_boxes(out, boxes, width=max(1, round(max(out.shape[:2]) / 400)))
+    return out
 
 
-def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
-    """Write the :func:`overlay` of ``mask`` on ``image`` as an RGB PNG."""
+def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[int]], scale: float = 1.0, width: int = 1) -> None:
+    """Outline ``boxes`` ((x, y, width, height) px of the full frame, times ``scale``) on ``image`` (H, W, 3)
+    in place: white inside black, seen on bright powder and on dark parts alike."""
+    for box in boxes:
+        x, y, w, h = (float(v) * scale for v in box[:4])
+        p0, p1 = (round(x), round(y)), (round(x + w) - 1, round(y + h) - 1)
+        cv2.rectangle(image, p0, p1, (0, 0, 0), 2 * width + 1)
+        cv2.rectangle(image, p0, p1, (255, 255, 255), width)
+
+
+def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, boxes: Sequence[Sequence[int]] = ()) -> None:
+    """Write the :func:`overlay` of ``mask`` on ``image`` (``boxes`` outlined) as an RGB PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(overlay(image, mask), cv2.COLOR_RGB2BGR)):
+    if not cv2.imwrite(str(path), cv2.cvtColor(overlay(image, mask, boxes=boxes), cv2.COLOR_RGB2BGR)):
         raise ImageError(f"{path}: could not write the overlay (check the folder is writable)")

@@ -21,7 +21,7 @@ import pytest
 from peers import REPO, Mosquitto, free_port, launch_chromium
 
 from monitor.config import Config, MonitorSection, PrinterSection
-from monitor.record import RecordReader
+from monitor.record import RecordReader, action_boxes
 from monitor.service import MonitorService
 from printer_io.credentials import Credential
 from printer_io.frames import QualityChecker, encode_image
@@ -227,9 +227,14 @@ def test_read_only_mode_shows_no_controls_and_refuses_them(rig: Rig) -> None:
         page.click("#jump")  # the build browser: jump to the incident
         page.get_by_role("dialog").get_by_text(f"pause ({pause.rule}) at layer {pause.layer}").click()  # the menu
         _wait_text(page, "#layer-info", f"layer {pause.layer} ")
+        _wait_text(page, "#layer-info", f"outlined in white: where {pause.rule} (pause) measured")
         page.wait_for_selector("#log img.thumb", timeout=15_000)  # the evidence thumbnail of the pause
         page.screenshot(path=str(ARTIFACTS / "dashboard_incident.png"), full_page=True)
         browser.close()
+    with RecordReader(rig.record) as r:  # where the rule measured: the rectangles the page outlines
+        boxes = action_boxes(r.table("actions"), request_id=pause.request_id)
+        height, width = r.image(pause.layer).shape[:2]
+    assert boxes and all(x + w <= width and y + h <= height for x, y, w, h in boxes)  # and >= 0 (action_boxes)
     # a forged control request to the read-only server: there is no such callback to run
     body = {
         "output": "control-status.children",

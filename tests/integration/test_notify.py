@@ -15,7 +15,7 @@ import pytest
 from peers import Mosquitto, WebhookReceiver, free_port
 
 from monitor.config import Config, MonitorSection, NotificationRoute, NotificationsSection, PrinterSection
-from monitor.record import RecordReader
+from monitor.record import RecordReader, action_boxes
 from monitor.service import MonitorService
 from printer_io.frames import QualityChecker, encode_image
 from printer_io.messages import FrameMeta, encode_frame
@@ -87,6 +87,10 @@ def test_a_pause_reaches_the_webhook_with_its_evidence_and_link(
     (attachment,) = post["attachments"]
     png = cv2.imdecode(np.frombuffer(base64.b64decode(attachment["base64"]), np.uint8), cv2.IMREAD_COLOR)
     assert png is not None and png.shape[:2] == (512, 512)
+    with RecordReader(record) as r:  # the rectangles the record keeps for the pause are outlined on the image
+        (pause,) = [a for a in r.table("actions") if a["action"] == "pause" and a["state"] == "requested"]
+        boxes = action_boxes([pause], request_id=pause["request_id"])
+    assert boxes and all(tuple(png[y, x]) == (255, 255, 255) for x, y, _, _ in boxes)
     notifier = monitor.notifier
     assert notifier is not None and notifier.sent == 1 and notifier.failed == 0
     print(f"decision -> webhook: {1000 * notifier.latencies_s[0]:.0f} ms")

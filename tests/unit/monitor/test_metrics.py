@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, MetricsComputer
+from monitor.policy import Rule, evidence_boxes
 from segmentation.classes import LayerClass as C
 
 
@@ -187,6 +188,35 @@ def test_dark_pixels_at_the_corner_from_the_first_layers_are_a_fixture() -> None
         m[140:155, 140:155] = C.POROSITY
         v = mc.compute(m).values
     assert v["warping_confirmed_area_mm2"] == 0
+
+
+def test_the_evidence_of_a_rule_is_boxed_where_its_metric_was_measured() -> None:
+    """A dark lifted corner is porosity in the mask: the box of a confirmed-warping rule is around it all the
+    same (the pixels that made the metric), and not around the pores inside the part."""
+    mc = MetricsComputer(mm_per_px=0.1)
+    for k in range(8):
+        m = square_layer(pores=2, spatter=3)
+        if k >= 4:
+            size, outside = 6 + 2 * (k - 4), 2 + (k - 4) // 2
+            m[150 - size : 150 + outside, 150 - size : 150 + outside] = C.POROSITY
+        lm = mc.compute(m)
+    assert lm.values["warping_confirmed_area_mm2"] > 0 and lm.confirmed is not None
+    assert lm.confirmed.sum() * 0.01 == pytest.approx(lm.values["warping_confirmed_area_mm2"])
+    assert (m[lm.confirmed] == C.POROSITY).all()
+
+    def boxes(metric: str, region: str = "anywhere", part_id: int = 0) -> tuple[tuple[int, int, int, int], ...]:
+        return evidence_boxes(Rule(name="r", metric=metric, above=0, region=region), part_id, m, lm)
+
+    ((x, y, w, h),) = boxes("warping_confirmed_area_mm2")
+    assert (x, y, x + w, y + h) == (150 - 12 - 4, 150 - 12 - 4, 150 + 3 + 4, 150 + 3 + 4)  # the corner, 4 px margin
+    pores = boxes("porosity_fraction", "part")
+    assert len(pores) == 3 and pores[0] == (x, y, w, h)  # the largest first: the corner is porosity too
+    assert sorted(pores[1:]) == [(76, 66, 12, 12), (76, 86, 12, 12)]
+    assert len(boxes("spatter_count")) == 3 and boxes("part_count") == ()
+    part = int(lm.parts[0]["part_id"])
+    assert boxes("area_mm2", "each_part", part) == ((46, 46, 111, 111),)  # the part itself, with its corner
+    assert boxes("spatter_count", "each_part", part) == ()  # the particles are beyond its reach
+    assert MetricsComputer(mm_per_px=0.1).compute(square_layer()).confirmed is None
 
 
 def test_every_metric_has_a_unit_by_its_name() -> None:

@@ -194,6 +194,41 @@ def test_a_failing_controller_takes_no_action_and_says_so() -> None:
     c.close()
 
 
+def test_the_evidence_is_located_for_the_actions_only_and_kept_by_request() -> None:
+    sink = Sink()
+    c = controller(None, sink)
+    engine = PolicyEngine(Policy(rules=(rule(k=1, n=1, actions=[{"type": "pause"}]),)))
+    asked = []
+
+    def locate(hit: object) -> tuple[tuple[int, int, int, int], ...]:
+        asked.append(hit)
+        return ((10, 20, 30, 40),)
+
+    for layer in range(3):
+        c.on_layer(layer, hits_for(engine, layer, 1.0), {"warping_growth_mm": 1.0}, locate=locate)
+    c.wait_idle()
+    assert len(asked) == 1  # one pause per incident: the later hits are not located
+    assert {m.request_id for m in sink.actions} == {"job-1:0:r:pause"}
+    assert c.where("job-1:0:r:pause") == ((10, 20, 30, 40),) and c.where("job-1:1:r:pause") == ()
+    c.new_build("job-2", "m")
+    assert c.where("job-1:0:r:pause") == ()
+    c.close()
+
+
+def test_evidence_that_cannot_be_located_never_stops_the_pause() -> None:
+    sink = Sink()
+    c = controller(None, sink)
+    engine = PolicyEngine(Policy(rules=(rule(k=1, n=1, actions=[{"type": "pause"}]),)))
+
+    def locate(hit: object) -> tuple[tuple[int, int, int, int], ...]:
+        raise ValueError("a bug in the evidence")
+
+    out = c.on_layer(0, hits_for(engine, 0, 1.0), {"warping_growth_mm": 1.0}, locate=locate)
+    assert [m.action for m in out] == ["pause"] and c.where(out[0].request_id) == ()
+    assert not any(code == "controller_failed" for _, code, _, _ in sink.events)
+    c.close()
+
+
 def test_after_a_resume_another_rule_on_the_same_defect_needs_growth_too() -> None:
     printer = VirtualPrinter("v", layers=100, layer_time_s=1, realtime=False).start()
     printer.start_job()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from monitor.record import (
     RecordError,
     RecordReader,
     RecordSpec,
+    action_boxes,
     build_records,
     check_record,
     recover,
@@ -83,6 +85,37 @@ def test_layout_attributes_and_round_trip(tmp_path: Path) -> None:
         assert r.json_attr("model") == {"id": "m", "sha256": "abc"}
         assert r.state == "closed"
         assert len(r.part_metrics()) == 3
+
+
+def test_evidence_rectangles_are_read_back_by_layer_and_request_and_odd_ones_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "b.h5"
+    good = {"reason": "r", "where": [[1, 2, 3, 4], [5, 6, 7, 8]]}
+    odd = [
+        '{"where": [[1, 2, 3]]}',  # three numbers
+        '{"where": [[1.5, 2, 3, 4], [-1, 0, 1, 1], [0, 0, 70000, 1], ["a", 0, 1, 1], [true, 0, 1, 1]]}',
+        '{"where": {"x": 1}}',
+        "[1, 2, 3, 4]",  # not an object
+        "{not json",
+        "[" * 5000 + "]" * 5000,  # nested too deeply
+    ]
+    with BuildRecord.create(path, spec()) as rec:
+        for n in range(3):
+            append(rec, n)
+            rec.add_action(n, f"job-1:{n}:r:notify", "notify", "confirmed", "r", "inc", {"reason": "x"})
+        rec.add_action(2, "job-1:2:r:pause", "pause", "requested", "r", "inc", good)
+        rec.add_action(2, "job-1:2:r:pause", "pause", "confirmed", "r", "inc", good)  # the same rectangles again
+        rec.add_action(2, "op-1", "pause", "requested", "operator", "", {"where": [[9, 9, 9, 9]]})
+    with RecordReader(path) as r:
+        at2 = r.table_at("actions", 2)
+        assert [a["request_id"] for a in at2] == ["job-1:2:r:notify", "job-1:2:r:pause", "job-1:2:r:pause", "op-1"]
+        assert r.table_at("actions", 7) == [] and r.table_at("labels", 2) == []
+        assert action_boxes(at2, layer=2) == [(1, 2, 3, 4), (5, 6, 7, 8)]  # an operator's pause has none
+        assert action_boxes(r.table("actions"), request_id="job-1:2:r:pause") == [(1, 2, 3, 4), (5, 6, 7, 8)]
+        assert action_boxes(r.table("actions"), layer=1) == []
+    rows = [{"layer": 0, "rule": "r", "request_id": "x", "detail": d} for d in odd]
+    assert action_boxes(rows, layer=0) == []
+    many = [{"layer": 0, "rule": "r", "detail": json.dumps({"where": [[i, 0, 1, 1] for i in range(100)]})}]
+    assert len(action_boxes(many, layer=0)) == 64
 
 
 def test_late_layers_fill_their_row_and_gaps_stay_unstored(tmp_path: Path) -> None:
