@@ -13,7 +13,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-__all__ = ["LIGHTING_TRANSFORMS", "random_lighting"]
+__all__ = ["LIGHTING_TRANSFORMS", "random_lighting", "random_tone"]
 
 
 def _grid(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -106,4 +106,16 @@ def random_lighting(g: np.ndarray, rng: np.random.Generator, strength: float = 1
         out = np.asarray(cv2.GaussianBlur(out, (0, 0), float(rng.uniform(0.4, 1.2))), dtype=np.float32)
     if rng.random() < 0.3:
         out = out + rng.normal(0, float(rng.uniform(0.002, 0.02)), out.shape).astype(np.float32)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def random_tone(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another camera's tone curve on the same frame: a gamma (0.55 to 1.8) and, each half of the time, a
+    contrast and a gain change; nothing moves in space. (H, W) float32 in [0, 1] -> same shape."""
+    out = g.astype(np.float32)
+    if rng.random() < 0.5:
+        out = _contrast(out, float(np.exp(rng.uniform(-0.5, 0.3))))
+    if rng.random() < 0.5:
+        out = _gain(out, float(np.exp(rng.uniform(-0.5, 0.35))))
+    out = _gamma(np.clip(out, 0, 1), float(np.exp(rng.uniform(-0.6, 0.6))))
     return np.clip(out, 0, 1).astype(np.float32)

@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segmentation.augment import random_lighting
+from segmentation.augment import random_lighting, random_tone
 from segmentation.classes import CLASS_LOSS_WEIGHTS, CLASS_NAMES, DEFECT_CLASSES, NO_DEFECT, NUM_CLASSES, UNLABELLED
 from segmentation.metrics import Evaluation, scores
 from segmentation.model import ARCHITECTURES, DEFAULT_ARCH, ModelSpec, create_model, save_checkpoint
@@ -98,6 +98,9 @@ class TrainConfig:
     # >0: each crop is also seen under a second random lighting change, and the two predictions are pulled
     # together with this weight (symmetric KL per pixel): the masks should not move with the lamp or camera
     consistency: float = 0.0
+    # the second view differs from the first by a tone change only (gamma, contrast, gain: what the lighting
+    # check fails on), instead of another random lighting
+    consistency_tone: bool = False
     init: Path | None = None  # start from these weights (a checkpoint of the same architecture)
     # layers rendered at large_frame px (real cameras are mostly 1024 px and up; the simulator's parts
     # grow with the frame), drawn for large_share of the simulated crops
@@ -294,16 +297,18 @@ def _sample(
     spec: ModelSpec,
     lighting: float,
     paired: bool = False,
+    tone: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One training crop: lighting change on the whole frame, input channels, crop, rotation, flip.
-    ``paired``: the channels of a second view under another lighting change follow, cut and turned alike."""
+    ``paired``: the channels of a second view under another lighting change follow, cut and turned alike
+    (``tone``: the first view under another tone curve)."""
     source = gray.astype(np.float32)
     g = source
     if lighting > 0 and rng.random() < 0.8:
         g = random_lighting(g, rng, lighting)
     x = model_input(g, spec.in_channels, spec.input_norm)
     if paired:
-        other = random_lighting(source, rng, max(lighting, 1.0))
+        other = random_tone(g, rng) if tone else random_lighting(source, rng, max(lighting, 1.0))
         x = np.concatenate([x, model_input(other, spec.in_channels, spec.input_norm)])
     h, w = g.shape
     if h < crop or w < crop:
@@ -373,7 +378,7 @@ def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: Mode
             pool = src.large if src.large is not None and rng.random() < cfg.large_share else src.sim
             i = int(rng.integers(pool[0].shape[0]))
             g, m = pool[0][i], pool[1][i]
-        xb[j], yb[j] = _sample(rng, g, m, cfg.crop, spec, cfg.lighting, paired)
+        xb[j], yb[j] = _sample(rng, g, m, cfg.crop, spec, cfg.lighting, paired, cfg.consistency_tone)
     return xb, yb
 
 

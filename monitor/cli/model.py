@@ -145,6 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             composite_share=args.composite_share,
             init=args.init,
             consistency=args.consistency,
+            consistency_tone=args.consistency_tone,
             large_layers=args.large_layers,
             large_frame=args.large_frame,
             large_share=args.large_share,
@@ -353,6 +354,11 @@ def register(sub: Any) -> None:
         type=float,
         default=0.0,
         help="weight of the lighting-consistency loss: each crop is also seen under another lighting (default 0)",
+    )
+    p.add_argument(
+        "--consistency-tone",
+        action="store_true",
+        help="with --consistency: the second view differs by a tone curve only (gamma, contrast, gain)",
     )
     p.add_argument(
         "--large-layers", type=int, default=0, help="simulated layers rendered at --large-frame px (default 0)"

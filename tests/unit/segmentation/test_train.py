@@ -79,6 +79,18 @@ def test_consistency_sees_each_crop_under_two_lightings_and_pulls_them_together(
     assert np.corrcoef(one.ravel(), two.ravel())[0, 1] > 0.8  # of the same crop
     assert np.corrcoef(one.ravel(), y.ravel().astype(np.float32))[0, 1] > 0.8  # and the label goes with it
 
+    # tone only: the second view is the first under another tone curve, nothing moved in space
+    g = np.random.default_rng(4).random((96, 96)).astype(np.float32) * 0.5 + 0.25
+    x, _ = _sample(np.random.default_rng(3), g, mask, 64, spec, 1.0, paired=True, tone=True)
+    from segmentation.augment import random_tone
+
+    for seed in range(20):
+        toned = random_tone(g, np.random.default_rng(seed))
+        order = np.argsort(g.ravel(), kind="stable")
+        assert (np.diff(toned.ravel()[order]) >= -1e-6).all()  # a monotone curve: the pixels keep their order
+        assert toned.min() >= 0 and toned.max() <= 1
+    assert not np.allclose(x[0], x[2]) and np.corrcoef(x[0].ravel(), x[2].ravel())[0, 1] > 0.9
+
     a = torch.randn(2, 5, 8, 8)
     assert float(consistency_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
     b = a + torch.randn(2, 5, 8, 8)
