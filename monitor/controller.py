@@ -184,6 +184,8 @@ class Controller:
                 "critical", "controller_failed", f"controller failed at layer {layer}: {err}; no action taken", layer
             )
             return []
+        finally:
+            self._locate = None  # it holds the layer's mask
 
     def _note_operator_resume(self, state: PrinterState | None, layer: int, metrics: Mapping[str, float]) -> None:
         """The printer prints again after our pause: the operator looked and resumed. What they saw is the

@@ -40,7 +40,7 @@ import numpy as np
 
 from segmentation.classes import DEFECT_CLASSES, LayerClass
 
-__all__ = ["METRIC_NAMES", "PART_METRIC_NAMES", "LayerMetrics", "MetricsComputer", "PartTracker"]
+__all__ = ["METRIC_NAMES", "PART_METRIC_NAMES", "SPATTER_REACH_PX", "LayerMetrics", "MetricsComputer", "PartTracker"]
 
 #: every defect class has its share of the plate and of the parts; the named ones below have more
 DEFECTS = DEFECT_CLASSES
@@ -81,6 +81,7 @@ _PERSIST_MIN = 2
 _INITIAL_LAYERS = 3  # warping in a build's first layers is never confirmed (fixtures, the plate)
 _FOOTPRINT_LAYERS = 8  # the parts' footprint is taken from 3 to this many layers back
 _OUTSIDE_MIN_PX = 4  # pixels outside the earlier footprint that make a warping component stand out
+SPATTER_REACH_PX = 12  # a spatter particle this close to a part counts for that part
 
 
 def _ids_present(ids: np.ndarray) -> list[int]:
@@ -173,7 +174,9 @@ class PartTracker:
 class MetricsComputer:
     """Stateful per build: remembers the previous layer for growth figures and part ids."""
 
-    def __init__(self, mm_per_px: float, *, min_part_mm2: float = 2.0, spatter_reach_px: int = 12) -> None:
+    def __init__(
+        self, mm_per_px: float, *, min_part_mm2: float = 2.0, spatter_reach_px: int = SPATTER_REACH_PX
+    ) -> None:
         if mm_per_px <= 0:
             raise ValueError(f"mm_per_px must be > 0, got {mm_per_px}")
         self.mm_per_px = mm_per_px

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, LayerMetrics
+from monitor.metrics import METRIC_NAMES, PART_METRIC_NAMES, SPATTER_REACH_PX, LayerMetrics
 from monitor.settings import ConfigFileError, section
 from printer_io.vocabulary import Severity
 from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, LayerClass
@@ -173,7 +173,8 @@ def evidence_boxes(
         elif part_id:
             own = ids == part_id
             if cls == LayerClass.SPATTER:  # particles near the part count for it (the metrics' reach)
-                own = cv2.dilate(own.view(np.uint8), np.ones((25, 25), np.uint8)) > 0
+                reach = 2 * SPATTER_REACH_PX + 1
+                own = cv2.dilate(own.view(np.uint8), np.ones((reach, reach), np.uint8)) > 0
             where &= own
     elif part_id:
         where = ids == part_id
