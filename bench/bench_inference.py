@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine, median_p95, timeit
-from segmentation.inference import DEFAULT_MODEL, Segmenter
+from segmentation.inference import DEFAULT_MODEL, Segmenter, onnx_session
 from segmentation.preprocess import illumination, to_gray_float
 from segmentation.roi import propose_roi
 from segmentation.simulator import SimBuild
@@ -100,14 +100,7 @@ def main() -> int:
 def compare_graphs(baseline: Path, current: Path, threads: int, rounds: int = 8, per_round: int = 5) -> dict[str, Any]:
     """Network-only latency of two ONNX files on one 1024x1024 input, alternating in rounds (the machine's
     drift hits both alike); prints and returns median, p95 and baseline/current."""
-    import onnxruntime as ort
-
-    def session(path: Path) -> Any:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-    sessions = {"baseline": session(baseline), "current": session(current)}
+    sessions = {"baseline": onnx_session(baseline, threads), "current": onnx_session(current, threads)}
     name = sessions["current"].get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((1, 2, 1024, 1024)).astype(np.float32)
     times: dict[str, list[float]] = {k: [] for k in sessions}

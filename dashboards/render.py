@@ -346,7 +346,7 @@ def event_log(events: list[dict[str, Any]], actions: list[dict[str, Any]], reade
                 text += f": {detail['reason']}"
             if reader is not None and int(a["layer"]) in stored:
                 layer_img, layer_mask = reader.image(int(a["layer"])), reader.mask(int(a["layer"]))
-                boxes = action_boxes([a], request_id=a["request_id"])
+                boxes = action_boxes([a])
                 src = overlay_png(layer_img, layer_mask, [1, 2, 3, 4], 0.55, max_px=160, boxes=boxes)
                 thumb = html.Img(src=src, className="thumb", title=f"evidence: layer {a['layer']}")
         rows.append((a["time"], a["layer"], a["state"], text, thumb))

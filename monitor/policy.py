@@ -165,7 +165,9 @@ def evidence_boxes(
     h, w = mask.shape
     ids = metrics.part_ids
     if rule.metric.startswith("warping_confirmed"):
-        where = metrics.confirmed if metrics.confirmed is not None else np.zeros((h, w), bool)
+        if metrics.confirmed is None:
+            return ()
+        where = metrics.confirmed
     elif (cls := watched_class(rule.metric)) is not None:
         where = mask == cls
         if rule.region == "part":

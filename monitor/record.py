@@ -447,9 +447,7 @@ class BuildRecord:
 
     def table(self, name: str) -> list[dict[str, Any]]:
         """Rows of a table written so far (``metrics``, ``part_metrics``, ``actions``, ...) as dicts."""
-        data = self._f[f"{LW}/{name}"][:]
-        fields = data.dtype.names or ()
-        return [{k: _py(row[k]) for k in fields} for row in data]
+        return _rows(self._f[f"{LW}/{name}"][:])
 
     def _append(self, table: str, row: tuple[Any, ...]) -> None:
         d = self._f[f"{LW}/{table}"]
@@ -989,9 +987,7 @@ class RecordReader:
         record was made without is empty."""
         if name in OPTIONAL_TABLES and name not in self._f[LW]:
             return []
-        data = self._f[f"{LW}/{name}"][:]
-        fields = data.dtype.names or ()
-        return [{k: _py(row[k]) for k in fields} for row in data]
+        return _rows(self._f[f"{LW}/{name}"][:])
 
     def table_at(self, name: str, layer: int) -> list[dict[str, Any]]:
         """The rows of ``name`` (a table with a ``layer`` column) about ``layer``: only their layer column is read
@@ -1000,11 +996,7 @@ class RecordReader:
             return []
         d = self._f[f"{LW}/{name}"]
         at = np.flatnonzero(d.fields("layer")[:] == layer)
-        if not len(at):
-            return []
-        data = d[at.tolist()]
-        fields = data.dtype.names or ()
-        return [{k: _py(row[k]) for k in fields} for row in data]
+        return _rows(d[at.tolist()]) if len(at) else []
 
 
 _MAX_BOXES = 64
@@ -1037,6 +1029,12 @@ def action_boxes(
         if len(out) >= _MAX_BOXES:
             return out[:_MAX_BOXES]
     return out
+
+
+def _rows(data: np.ndarray) -> list[dict[str, Any]]:
+    """Table rows (a structured array) as dicts of Python values."""
+    fields = data.dtype.names or ()
+    return [{k: _py(row[k]) for k in fields} for row in data]
 
 
 def _py(value: Any) -> Any:

@@ -103,7 +103,7 @@ class OnnxEngine:
     name = "onnx"
 
     def __init__(self, model_path: Path, threads: int | None = None, onnx_path: Path | None = None) -> None:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (missing: fail here, before any export)
 
         from segmentation.model import ModelSpec, file_sha256
 
@@ -114,12 +114,8 @@ class OnnxEngine:
         if not onnx_file.is_file() or _onnx_source_sha(onnx_file) != f"{sha}/{_ONNX_FORMAT}":
             log.info("exporting %s to ONNX at %s", model_path, onnx_file)
             export_onnx(model_path, onnx_file)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = _threads(threads)
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"])
+            self._session = onnx_session(onnx_file, threads)
         except Exception as err:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{onnx_file}: ONNX Runtime cannot load it ({err})") from err
         props = self._session.get_modelmeta().custom_metadata_map
@@ -141,6 +137,18 @@ class OnnxEngine:
 
     def close(self) -> None:
         self._session = None
+
+
+def onnx_session(onnx_file: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session of ``onnx_file`` as the engine runs it (``threads`` intra-op threads, one
+    inter-op thread, warnings off); raises what ONNX Runtime raises."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = _threads(threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"])
 
 
 # Bumped when the exported graph changes shape or meaning (3: softmax probabilities as output;

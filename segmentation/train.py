@@ -127,6 +127,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be between 0 and 1")
         if self.consistency < 0:
             raise ValueError(f"consistency={self.consistency}: must be 0 or more")
+        if self.consistency_tone and not self.consistency:
+            raise ValueError("consistency_tone needs a consistency weight above 0 (--consistency W)")
         if self.real_share + self.composite_share > 1:
             raise ValueError("real_share + composite_share must not exceed 1")
 

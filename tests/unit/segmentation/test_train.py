@@ -98,3 +98,5 @@ def test_consistency_sees_each_crop_under_two_lightings_and_pulls_them_together(
     assert float(consistency_loss(a, b)) == pytest.approx(float(consistency_loss(b, a)), rel=1e-5)
     with pytest.raises(ValueError, match="consistency=-1"):
         TrainConfig(out=tmp_path, consistency=-1)
+    with pytest.raises(ValueError, match="consistency_tone needs a consistency weight"):
+        TrainConfig(out=tmp_path, consistency_tone=True)
