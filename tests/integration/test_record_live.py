@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitor.record import BuildRecord, RecordReader, RecordSpec
+from monitor.record import BuildRecord, RecordReader, RecordSpec, action_boxes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LAYERS, SIZE = 100, 1024
@@ -34,6 +34,7 @@ def _read_all(r: RecordReader) -> int:
         last = int(stored.max())
         r.image(last)
         r.mask(last)
+        action_boxes(r.table_at("actions", last), layer=last)  # the dashboard's evidence of the layer shown
     return len(stored)
 
 
@@ -99,7 +100,11 @@ def test_readers_never_fail_on_a_live_record_with_actions_and_events_on_every_la
 
             def act(k: int = k) -> None:  # the controller's thread
                 with lock:
-                    detail = {"reason": "warping grows", "metrics": {n: k * 0.1 for n in metric_names}}
+                    detail = {
+                        "reason": "warping grows",
+                        "metrics": {n: k * 0.1 for n in metric_names},
+                        "where": [[k, k, 10, 10]],
+                    }
                     rec.add_action(k, f"long-job:{k}:rule:pause", "pause", "requested", "rule", f"inc-{k}", detail)
                     rec.add_feedback(f"inc-{k}", "false_alarm", "ana", "ünïcode note ✓ " * 3)
 
@@ -117,5 +122,7 @@ def test_readers_never_fail_on_a_live_record_with_actions_and_events_on_every_la
     with RecordReader(path) as r:
         actions = r.table("actions")
         assert len(actions) == LAYERS and actions[-1]["incident"] == f"inc-{LAYERS - 1}"
+        last = LAYERS - 1
+        assert action_boxes(r.table_at("actions", last), layer=last) == [(last, last, 10, 10)]
         assert r.table("feedback")[0]["note"].startswith("ünïcode note ✓")
         assert len(r.table("events")) == LAYERS
