@@ -4,12 +4,16 @@ Prints, per frame size, the median and p95 latency of a whole ``Segmenter.segmen
 (normalisation, tiling, network, softmax, argmax) for each engine and the ratio torch/ONNX.
 2048x2048 frames are tiled (1024 px tiles, 128 px overlap).
 
+``--stages`` also times each stage of the monitor's 1024x1024 call (gray and reference lighting, input
+channels, network, mask, warping geometry, out-of-distribution score), each call's stages one after
+the other as the Segmenter runs them: where the time beside the network goes.
+
 ``--onnx-baseline OLD.onnx`` also times the network alone (one ONNX Runtime call on a 1024x1024
 input) in that graph and in the shipped one, alternating in rounds, and prints the ratio: how a change
 of the exported graph (e.g. an earlier ``export-onnx``, kept aside) moved the latency on this machine.
 
     .venv/bin/python bench/bench_inference.py [--repeat N] [--threads T] [--sizes 512,1024,2048]
-        [--onnx-baseline OLD.onnx]
+        [--onnx-baseline OLD.onnx] [--stages]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--onnx-baseline", type=Path, default=None, help="another export of the network to compare")
+    ap.add_argument("--stages", action="store_true", help="also time each stage of the 1024x1024 monitor call")
     args = ap.parse_args()
     if args.onnx_baseline is not None and not args.onnx_baseline.is_file():
         print(f"error: --onnx-baseline {args.onnx_baseline}: no such file", file=sys.stderr)
@@ -90,11 +96,56 @@ def main() -> int:
     for seg in segs.values():
         seg.close()
     report: dict[str, Any] = {"machine": machine(), "rows": rows}
+    if args.stages:
+        report["stages"] = time_stages(args.model, args.threads, args.repeat)
     if args.onnx_baseline is not None:
         report["graphs"] = compare_graphs(args.onnx_baseline, args.model.with_suffix(".onnx"), args.threads)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def time_stages(model: Path, threads: int, repeat: int, size: int = 1024) -> dict[str, Any]:
+    """Median and p95 of each stage of ``Segmenter.segment`` with plate and reference lighting (the
+    monitor's call), run in the Segmenter's order on one simulated frame; prints and returns them."""
+    import segmentation.inference as inference
+    from segmentation.geometry import warping_geometry
+    from segmentation.preprocess import flat_field, model_input
+
+    frame = SimBuild(99, size, size, 12).layer(10).image
+    roi = propose_roi([frame]).mask(frame.shape[:2])
+    illum = illumination(to_gray_float(frame), roi)
+    seg = Segmenter(model, engine="onnx", threads=threads).start()
+    engine = seg._engine
+    assert engine is not None
+    times: dict[str, list[float]] = {}
+    for i in range(repeat + 1):  # the first call warms up
+        t = [time.perf_counter()]
+        x = model_input(flat_field(to_gray_float(frame), illum), engine.in_channels, engine.input_norm)
+        t.append(time.perf_counter())
+        probs, score = seg._probs(engine, x)
+        t.append(time.perf_counter())
+        mask = inference._argmax(probs)
+        mask[~roi] = 0
+        t.append(time.perf_counter())
+        mask = warping_geometry(mask)
+        t.append(time.perf_counter())
+        seg._ood(engine, score, probs)
+        t.append(time.perf_counter())
+        if i:
+            for name, a, b in zip(("input", "network", "mask", "geometry", "ood"), t, t[1:], strict=False):
+                times.setdefault(name, []).append(b - a)
+    seg.close()
+    out: dict[str, Any] = {}
+    for name, samples in times.items():
+        med, p95 = median_p95(samples)
+        out[name] = {"median_ms": med * 1000, "p95_ms": p95 * 1000}
+    print(
+        f"stages of the {size}x{size} monitor call (median / p95 ms): "
+        + ", ".join(f"{k} {v['median_ms']:.1f} / {v['p95_ms']:.1f}" for k, v in out.items()),
+        flush=True,
+    )
+    return out
 
 
 def compare_graphs(baseline: Path, current: Path, threads: int, rounds: int = 8, per_round: int = 5) -> dict[str, Any]:

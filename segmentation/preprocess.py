@@ -127,14 +127,23 @@ def local_contrast(gray: np.ndarray, min_std: float = _LOCAL_MIN_STD, spread: fl
     """(H, W) float32 in [0, 1] -> (H, W) float32: each pixel against its neighbourhood's mean and
     spread (Gaussian window of sigma 6 px, spread floored at 0.3 of the frame's, at least 0.01),
     clipped to +-5. Illumination gradients vanish here; gain and contrast changes too."""
+    floor = max(_LOCAL_MIN_SHARE * (float(gray.std()) if spread is None else spread), min_std)
+    return _local_contrast_into(gray, floor, np.empty(gray.shape, np.float32))
+
+
+def _local_contrast_into(gray: np.ndarray, floor: float, out: np.ndarray) -> np.ndarray:
+    """:func:`local_contrast` with the spread's floor given, written into ``out`` (H, W) float32: two
+    frame-sized buffers instead of six (a few ms less on a 1024x1024 frame, the same values)."""
     import cv2
 
-    mean = cv2.GaussianBlur(gray, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
-    diff = gray - mean
-    var = cv2.GaussianBlur(diff * diff, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
-    floor = max(_LOCAL_MIN_SHARE * (float(gray.std()) if spread is None else spread), min_std)
-    out = diff / np.sqrt(np.maximum(var, floor * floor))
-    return np.clip(out, -5.0, 5.0).astype(np.float32)
+    buf = cv2.GaussianBlur(gray, (0, 0), _LOCAL_SIGMA, borderType=cv2.BORDER_REFLECT)
+    diff = np.subtract(gray, buf, out=out)
+    np.multiply(diff, diff, out=buf)
+    var = cv2.GaussianBlur(buf, (0, 0), _LOCAL_SIGMA, dst=buf, borderType=cv2.BORDER_REFLECT)
+    np.maximum(var, floor * floor, out=var)
+    np.sqrt(var, out=var)
+    np.divide(diff, var, out=diff)
+    return np.clip(diff, -5.0, 5.0, out=diff)
 
 
 def model_input(gray: np.ndarray, channels: int, norm: str = "linear") -> np.ndarray:
@@ -147,6 +156,13 @@ def model_input(gray: np.ndarray, channels: int, norm: str = "linear") -> np.nda
     """
     if channels not in (1, 2):
         raise ValueError(f"models with {channels} input channels are not supported (1 or 2)")
+    if norm == "linear" and channels == 2:  # the shipped model's input, written in place
+        out = np.empty((2, *gray.shape), np.float32)
+        mean, std = float(gray.mean()), float(gray.std())
+        np.subtract(gray, mean, out=out[0])
+        out[0] /= max(std, _MIN_STD)  # normalize()
+        _local_contrast_into(gray, max(_LOCAL_MIN_SHARE * std, _LOCAL_MIN_STD), out[1])
+        return out
     if norm == "linear":
         base, first, local_min, spread = gray, normalize(gray), _LOCAL_MIN_STD, None
     elif norm == "log":

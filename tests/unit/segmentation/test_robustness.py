@@ -184,6 +184,57 @@ def test_warping_stays_only_where_a_part_can_lift() -> None:
     assert warping_geometry(np.zeros((4, 4), np.uint8)).sum() == 0
 
 
+def _warping_geometry_whole_frame(mask: np.ndarray) -> np.ndarray:
+    """The rule of segmentation.geometry written plainly over the whole frame: the reference the
+    boxed implementation must equal."""
+    import cv2
+
+    from segmentation.classes import LayerClass as C
+
+    out = mask.copy()
+    warp = mask == C.WARPING
+    solid = (mask == C.PART) | (mask == C.POROSITY)
+    near = cv2.dilate(solid.view(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    n, labels = cv2.connectedComponents(warp.view(np.uint8), connectivity=8)
+    touching = np.bincount(labels[near & warp], minlength=n) > 0
+    touching[0] = True
+    out[~touching[labels]] = C.POWDER
+    warp = out == C.WARPING
+    n, labels = cv2.connectedComponents((warp | solid).view(np.uint8), connectivity=8)
+    whole = np.bincount(labels[warp], minlength=n) >= 0.85 * np.bincount(labels.ravel(), minlength=n)
+    whole[0] = False
+    out[whole[labels] & warp] = C.PART
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_warping_geometry_equals_the_rule_over_the_whole_frame(seed: int) -> None:
+    """Only the box around the warping is read pixel by pixel: the result is the whole-frame rule's, for
+    warping at the frame's edges, objects reaching out of the box, parts painted warping almost whole."""
+    import cv2
+
+    from segmentation.classes import LayerClass as C
+    from segmentation.geometry import warping_geometry
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(40, 300, size=2)
+    m = np.zeros((h, w), np.uint8)
+    for _ in range(rng.integers(1, 12)):  # parts, some with pores
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        m[y : y + rng.integers(3, 80), x : x + rng.integers(3, 80)] = C.PART
+    m[(rng.random((h, w)) < 0.01) & (m == C.PART)] = C.POROSITY
+    blobs = (rng.random((h, w)) < 0.002 * (seed % 4 + 1)).astype(np.uint8)
+    blobs = cv2.dilate(blobs, np.ones((int(rng.integers(1, 9)),) * 2, np.uint8)) > 0
+    m[blobs] = C.WARPING
+    m[rng.random((h, w)) < 0.002] = C.SPATTER
+    expected = _warping_geometry_whole_frame(m)
+    got = warping_geometry(m)
+    assert (m == C.WARPING).any()
+    assert got.dtype == np.uint8 and got is not m
+    assert np.array_equal(got, expected)
+    assert (got[m == C.WARPING] == C.POWDER).any()  # the masks exercise the rule, not only the copy
+
+
 def test_the_held_out_score_as_the_monitor_judges_masks_outside_the_plate(tiny_checkpoint: Path) -> None:
     """``evaluate_simulated(plate=..., reference_layers=...)`` scores the same layers as the plain score, with
     the plate proposed from each build's first layer (outside it the prediction is powder) and the build's
