@@ -55,10 +55,12 @@ peers: mosquitto $(PEERS)/octoprint/.installed $(PEERS)/moonraker/.installed
 test: lint peers
 	LAYERWATCH_REQUIRE_PEERS=1 $(BIN)/python -m pytest
 
+# eval_heldout.py exits 1 while a target is not met: the figures after it are still measured ('-')
 bench: $(STAMP)
 	$(BIN)/python bench/bench_inference.py
-	$(BIN)/python bench/eval_heldout.py
-	$(BIN)/python bench/eval_heldout.py --plate --reference 3
+	-$(BIN)/python bench/eval_heldout.py
+	-$(BIN)/python bench/eval_heldout.py --plate --reference 3
+	$(BIN)/python bench/eval_fit.py
 	$(BIN)/python bench/eval_roi.py
 	$(BIN)/python bench/eval_lighting.py
 	$(BIN)/python bench/eval_lighting.py --plate --reference 3

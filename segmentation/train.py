@@ -177,12 +177,11 @@ def load_labelled(folder: Path, max_side: int = 1024) -> LabelledSet:
 
 
 def _simulate_chunk(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    stream, start, count, frame = args
-    # chunks are whole builds (4 layers each) so that the set does not depend on the chunking
+    stream, seed, count, frame = args  # a chunk of set_chunks(stream, ...)
     if stream == SCENARIO_SEED_STREAM:
-        layers = simulate_scenarios(stream * 1000 + start, count, frame)
+        layers = simulate_scenarios(seed, count, frame)
     else:
-        layers = simulate_dataset(stream * 1000 + start, count, frame, frame)
+        layers = simulate_dataset(seed, count, frame, frame)
     x = np.stack([to_gray_float(la.image).astype(np.float16) for la in layers])
     y = np.stack([la.mask for la in layers])
     return x, y
@@ -218,13 +217,23 @@ def _save(cache: Path | None, x: np.ndarray, y: np.ndarray) -> None:
     tmp.replace(cache)
 
 
+# layers per job of build_set, each job's builds seeded apart from the others'
+_CHUNK = 16
+
+
+def set_chunks(stream: int, count: int) -> list[tuple[int, int]]:
+    """How :func:`build_set` draws ``count`` layers of a seed stream: (seed, layers) per chunk, each chunk the
+    first layers of :func:`segmentation.simulator.simulate_dataset` (or ``simulate_scenarios``) from that seed.
+    ``bench/eval_fit.py`` renders a training set's first layers again by it."""
+    return [(stream * 1000 + i // _CHUNK, min(_CHUNK, count - i)) for i in range(0, count, _CHUNK)]
+
+
 def build_set(stream: int, count: int, frame: int, workers: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """Simulate ``count`` frames: (N, H, W) float16 gray in [0, 1] and (N, H, W) uint8 masks."""
     hit = _cached(cache, (count, frame, frame))
     if hit is not None:
         return hit
-    chunk = 16
-    jobs = [(stream, i // chunk, min(chunk, count - i), frame) for i in range(0, count, chunk)]
+    jobs = [(stream, seed, n, frame) for seed, n in set_chunks(stream, count)]
     from tqdm import tqdm
 
     xs, ys = [], []

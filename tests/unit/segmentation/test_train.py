@@ -100,3 +100,20 @@ def test_consistency_sees_each_crop_under_two_lightings_and_pulls_them_together(
         TrainConfig(out=tmp_path, consistency=-1)
     with pytest.raises(ValueError, match="consistency_tone needs a consistency weight"):
         TrainConfig(out=tmp_path, consistency_tone=True)
+
+
+def test_a_training_set_is_its_chunks_rendered_again() -> None:
+    """bench/eval_fit.py scores the model on the layers it was trained on by rendering ``set_chunks`` again:
+    they must be exactly the frames ``build_set`` trains on."""
+    from segmentation.preprocess import to_gray_float
+    from segmentation.simulator import simulate_dataset
+    from segmentation.train import TRAIN_SEED_STREAM, build_set, set_chunks
+
+    x, y = build_set(TRAIN_SEED_STREAM, 20, 64, 1, None)
+    chunks = set_chunks(TRAIN_SEED_STREAM, 20)
+    assert chunks == [(1000, 16), (1001, 4)]
+    again = [la for seed, n in chunks for la in simulate_dataset(seed, n, 64, 64)]
+    assert len(again) == len(x) == 20
+    for gray, mask, layer in zip(x, y, again, strict=True):
+        assert np.array_equal(gray, to_gray_float(layer.image).astype(np.float16))
+        assert np.array_equal(mask, layer.mask)
