@@ -108,6 +108,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if not args.model.is_file():
+        print(f"error: --model {args.model}: no such file (the shipped model is {DEFAULT_MODEL})", file=sys.stderr)
+        return 2
     print(f"machine: {machine()}; model {args.model}")
     rows: list[dict[str, Any]] = []
     with Segmenter(args.model, threads=args.threads) as seg:

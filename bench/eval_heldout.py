@@ -72,6 +72,9 @@ def main() -> int:
         help="divide layers N on by the lighting of the first N layers' powder, as the monitor does (3)",
     )
     args = ap.parse_args()
+    if not args.model.is_file():
+        print(f"error: --model {args.model}: no such file (the shipped model is {DEFAULT_MODEL})", file=sys.stderr)
+        return 2
     if (args.plate or args.reference) and args.simulator_rev:
         ap.error("--plate and --reference do not go with --simulator-rev (the earlier simulator had no chamber)")
     t = time.perf_counter()
