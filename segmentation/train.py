@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +68,16 @@ LARGE_VAL_SEED_STREAM = 6
 DEFAULT_REAL_DIR = data_dir() / "realdata"  # in a checkout; a wheel does not carry training data
 
 _NO_DEFECT_WEIGHT = 1.0
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` where this CPU computes bf16 natively, else ``fp32``; others unchanged."""
+    if precision != "auto":
+        return precision
+    from segmentation.hardware import cpu_info
+
+    return "bf16" if cpu_info().bf16 else "fp32"
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,15 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0: no limit; otherwise stop (after an epoch) when exceeded
     threads: int = 2
     workers: int = 2
-    # fp32, or bf16 autocast: 2x faster on CPUs with AMX/AVX-512 BF16, 30x slower on those without
-    precision: str = "fp32"
+    # auto: bf16 autocast where the CPU has AVX-512 BF16 or AMX (about 2x faster there), fp32 elsewhere (bf16
+    # is emulated and 30x slower without them); bf16 or fp32 to force one
+    precision: str = "auto"
+    # >0: a campaign of this many hours of training, over as many resumed runs as it takes: the learning rate
+    # follows a cosine over the training time (not over a step count measured on another machine), and the
+    # run ends when the hours are spent; epochs is then only a cap
+    hours: float = 0.0
+    # where batches are made: "thread" (ahead of the optimiser, beside it) or "inline"
+    loader: str = "thread"
     scenario_layers: int = 800  # layers of scenario builds (box and cylinder, slow and fast warps, clean)
     real_dir: Path | None = DEFAULT_REAL_DIR  # images/ + masks/; None: simulated layers only
     composite_layers: int = 480  # simulated layers drawn over real clean frames
@@ -111,8 +129,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch={self.arch!r}: valid names are {', '.join(sorted(ARCHITECTURES))}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision={self.precision!r}: valid values are bf16, fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: valid values are {', '.join(PRECISIONS)}")
+        if self.loader not in ("thread", "inline"):
+            raise ValueError(f"loader={self.loader!r}: valid values are thread, inline")
+        if self.hours < 0:
+            raise ValueError(f"hours={self.hours}: must be 0 (off) or more")
         if self.crop > self.frame:
             raise ValueError(f"crop={self.crop} is larger than frame={self.frame}")
         for name in ("train_layers", "val_layers", "batch", "epochs", "steps_per_epoch"):
@@ -393,6 +415,144 @@ def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: Mode
     return xb, yb
 
 
+def _epoch_batches(
+    src: _Sources, cfg: TrainConfig, spec: ModelSpec, epoch0: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every batch from ``epoch0`` on, in order: epoch e's are drawn from ``default_rng([seed, e])``, so a
+    resumed run sees the batches an uninterrupted one would have; masks as uint8 (the loss widens them)."""
+    for epoch in range(epoch0, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        for _ in range(cfg.steps_per_epoch):
+            xb, yb = _batch(rng, src, cfg, spec)
+            yield xb, yb.astype(np.uint8)
+
+
+class BatchStream:
+    """The training batches of a run, made inline or by a thread a few batches ahead of the optimiser.
+
+    Making a batch (lighting change, input channels and crop of 12 frames) takes about 0.15 s on these cores,
+    a quarter of a bf16 step; OpenCV and NumPy release the GIL while they work, so a thread overlaps it with
+    the network's step instead of adding it. (A forked process deadlocks in OpenCV's thread pool once the
+    parent has used it; a spawned one would copy gigabytes of cached frames.) The thread makes exactly the
+    batches the inline stream makes, in the same order.
+    """
+
+    def __init__(self, src: _Sources, cfg: TrainConfig, spec: ModelSpec, epoch0: int = 0, ahead: int = 3) -> None:
+        import queue
+        import threading
+
+        self._items = _epoch_batches(src, cfg, spec, epoch0)
+        self._thread: threading.Thread | None = None
+        if cfg.loader == "inline":
+            return
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="batches", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        import queue
+
+        try:
+            for item in self._items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.5)
+                        break
+                    except queue.Full:  # the optimiser is behind: look at the stop flag again
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as err:  # raised again in the optimiser's thread
+            self._queue.put(err)
+            return
+        self._queue.put(None)
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next (x (N, C, crop, crop) float32, y (N, crop, crop) uint8) batch."""
+        if self._thread is None:
+            return next(self._items)
+        item = self._queue.get()
+        if item is None:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"making a training batch failed: {type(item).__name__}: {item}") from item
+        return item
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def train_step(
+    model: Any, opt: Any, xb: np.ndarray, yb: np.ndarray, weights: Any, cfg: TrainConfig, precision: str
+) -> float:
+    """One optimiser step on a batch from :class:`BatchStream`; returns the loss. ``precision``: resolved."""
+    import torch
+
+    in_ch = model.spec.in_channels
+    xt, yt = torch.from_numpy(xb), torch.from_numpy(yb).long()
+    if cfg.consistency > 0:  # both views in one batch: (2N, C, H, W)
+        xt = torch.cat([xt[:, :in_ch], xt[:, in_ch:]])
+    xt = xt.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(xt).float()
+    if cfg.consistency > 0:
+        a, b = logits.chunk(2)
+        loss = 0.5 * (partial_label_loss(a, yt, weights) + partial_label_loss(b, yt, weights))
+        loss = loss + cfg.consistency * consistency_loss(a, b)
+    else:
+        loss = partial_label_loss(logits, yt, weights)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.item())
+
+
+def campaign_lr(base: float, minutes: float, hours: float) -> float:
+    """The learning rate of a campaign of ``hours`` after ``minutes`` of training: a warm-up over its first 1 %
+    then a cosine down to 2 % of ``base``."""
+    t = min(1.0, minutes / (hours * 60))
+    warm = min(1.0, t / 0.01)
+    return base * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _compact_optimiser(state: dict[str, Any]) -> dict[str, Any]:
+    """AdamW's moments as bf16 (half the size of the model's fp32 weights each, instead of the same): a
+    campaign's resumable checkpoint is committed to git once a session. The moments only steer the next
+    steps; bf16 keeps their range (fp16 would flush the second moment's small values to 0)."""
+    import torch
+
+    out = dict(state)
+    out["state"] = {
+        k: {
+            n: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and v.dim() else v)
+            for n, v in st.items()
+        }
+        for k, st in state["state"].items()
+    }
+    return out
+
+
+def _widen_optimiser(state: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    out = dict(state)
+    out["state"] = {
+        k: {n: (v.float() if torch.is_tensor(v) and v.dtype == torch.bfloat16 else v) for n, v in st.items()}
+        for k, st in state["state"].items()
+    }
+    return out
+
+
 def consistency_loss(logits_a: Any, logits_b: Any) -> Any:
     """Symmetric KL divergence between two predictions of the same pixels, averaged over pixels."""
     import torch.nn.functional as F
@@ -450,15 +610,24 @@ def evaluate_arrays(model: Any, gray: np.ndarray, y: np.ndarray, spec: ModelSpec
     return ev
 
 
-def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) training; returns the best validation summary."""
+def train(
+    cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = print, resume_from: Path | None = None
+) -> dict[str, Any]:
+    """Run (or resume) training; returns the best validation summary.
+
+    ``resume``: continue from ``OUT/last.pt``, or from ``resume_from`` (a ``last.pt`` kept elsewhere, e.g. a
+    campaign's checkpoint committed to the repository) where OUT has none yet.
+    """
     import torch
-    from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
+    precision = resolve_precision(cfg.precision)
+    from segmentation.hardware import cpu_info
+
+    echo(f"training on {cpu_info().describe()}: {precision}, channels-last, batches made {cfg.loader}")
 
     spec = ARCHITECTURES[cfg.arch]
     sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz")
@@ -491,89 +660,101 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] = 
         same = {k: v for k, v in init_model.state_dict().items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(same, strict=False)
         echo(f"starting from the weights of {cfg.init} ({len(same)} of {len(own)} tensors match)")
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     total = cfg.epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    sched = (
+        None if cfg.hours else torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    )
     weights = torch.tensor(CLASS_LOSS_WEIGHTS, dtype=torch.float32)
     epoch0, best, history = 0, -1.0, []
     last = cfg.out / "last.pt"
-    if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+    source = last if last.is_file() or resume_from is None else resume_from
+    if resume and source.is_file():
+        state = torch.load(source, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
+        opt.load_state_dict(_widen_optimiser(state["opt"]))
+        if sched is not None and state.get("sched") is not None:
+            sched.load_state_dict(state["sched"])
         epoch0, best, history = state["epoch"], state["best"], state["history"]
-        echo(f"resumed from {last} at epoch {epoch0}")
+        echo(f"resumed from {source} at epoch {epoch0}")
+    elif resume:
+        echo(f"nothing to resume in {source}: starting a new run")
     elapsed0 = history[-1]["minutes"] if history else 0.0
+    if cfg.hours and elapsed0 >= cfg.hours * 60:
+        echo(f"the campaign's {cfg.hours:g} h are spent ({elapsed0 / 60:.1f} h): nothing to train")
 
     extra_cfg = {k: str(v) for k, v in asdict(cfg).items()}
-    for epoch in range(epoch0, cfg.epochs):
-        rng = np.random.default_rng([cfg.seed, epoch])
-        model.train()
-        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
-        loss_sum = 0.0
-        for _ in bar:
-            xb, yb = _batch(rng, src, cfg, spec)
-            xt, yt = torch.from_numpy(xb), torch.from_numpy(yb)
-            if cfg.consistency > 0:  # both views in one batch: (2N, C, H, W)
-                xt = torch.cat([xt[:, : spec.in_channels], xt[:, spec.in_channels :]])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                logits = model(xt).float()
-            if cfg.consistency > 0:
-                a, b = logits.chunk(2)
-                loss = 0.5 * (partial_label_loss(a, yt, weights) + partial_label_loss(b, yt, weights))
-                loss = loss + cfg.consistency * consistency_loss(a, b)
-            else:
-                loss = partial_label_loss(logits, yt, weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item()
-            bar.set_postfix(loss=f"{loss_sum / (bar.n + 1):.3f}")
-        ev = evaluate_arrays(model, x_va, y_va, spec)
-        cls = scores(ev.cm)
-        defect_iou = float(np.mean([cls[c].iou for c in DEFECT_CLASSES]))
-        minutes = elapsed0 + (time.monotonic() - t_start) / 60
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / cfg.steps_per_epoch,
-            "iou": {s.name: round(s.iou, 4) for s in cls},
-            "pore_recall": round(ev.pore_recall, 4),
-            "minutes": round(minutes, 2),
-        }
-        history.append(row)
-        large_text = ""
-        if large_val is not None:
-            large_cls = scores(evaluate_arrays(model, large_val[0], large_val[1], spec, batch=1).cm)
-            row["iou_large"] = {s.name: round(s.iou, 4) for s in large_cls}
-            large_text = f"; {cfg.large_frame} px: " + " ".join(f"{s.name} {s.iou:.3f}" for s in large_cls)
-        echo(
-            f"epoch {epoch + 1}: loss {row['loss']:.3f} IoU "
-            + " ".join(f"{s.name} {s.iou:.3f}" for s in cls)
-            + f" pore-recall {ev.pore_recall:.3f} ({minutes:.1f} min){large_text}"
-        )
-        extra = {"train_config": extra_cfg, "val": row}
-        if defect_iou > best:
-            best = defect_iou
-            save_checkpoint(cfg.out / "best.pt", model, cfg.arch, extra)
-        save_checkpoint(cfg.out / "final.pt", model, cfg.arch, extra)
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "sched": sched.state_dict(),
+    from tqdm import tqdm
+
+    with BatchStream(src, cfg, spec, epoch0) as batches:
+        for epoch in range(epoch0, cfg.epochs):
+            if cfg.hours and elapsed0 + (time.monotonic() - t_start) / 60 >= cfg.hours * 60:
+                break
+            model.train()
+            bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
+            loss_sum = 0.0
+            t_epoch = time.monotonic()
+            for _ in bar:
+                if cfg.hours:
+                    lr = campaign_lr(cfg.lr, elapsed0 + (time.monotonic() - t_start) / 60, cfg.hours)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                xb, yb = batches.next()
+                loss_sum += train_step(model, opt, xb, yb, weights, cfg, precision)
+                if sched is not None:
+                    sched.step()
+                bar.set_postfix(loss=f"{loss_sum / (bar.n + 1):.3f}")
+            step_s = (time.monotonic() - t_epoch) / cfg.steps_per_epoch
+            ev = evaluate_arrays(model, x_va, y_va, spec)
+            cls = scores(ev.cm)
+            defect_iou = float(np.mean([cls[c].iou for c in DEFECT_CLASSES]))
+            minutes = elapsed0 + (time.monotonic() - t_start) / 60
+            row = {
                 "epoch": epoch + 1,
-                "best": best,
-                "history": history,
-            },
-            cfg.out / "last.tmp",
-        )
-        (cfg.out / "last.tmp").replace(last)
-        (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
-        if cfg.max_minutes and minutes > cfg.max_minutes:
-            echo(f"stopping after epoch {epoch + 1}: {minutes:.1f} min exceeds --max-minutes {cfg.max_minutes}")
-            break
+                "loss": loss_sum / cfg.steps_per_epoch,
+                "iou": {s.name: round(s.iou, 4) for s in cls},
+                "pore_recall": round(ev.pore_recall, 4),
+                "minutes": round(minutes, 2),
+                "step_s": round(step_s, 3),
+                "lr": round(float(opt.param_groups[0]["lr"]), 7),
+                "precision": precision,
+            }
+            history.append(row)
+            large_text = ""
+            if large_val is not None:
+                large_cls = scores(evaluate_arrays(model, large_val[0], large_val[1], spec, batch=1).cm)
+                row["iou_large"] = {s.name: round(s.iou, 4) for s in large_cls}
+                large_text = f"; {cfg.large_frame} px: " + " ".join(f"{s.name} {s.iou:.3f}" for s in large_cls)
+            echo(
+                f"epoch {epoch + 1}: loss {row['loss']:.3f} IoU "
+                + " ".join(f"{s.name} {s.iou:.3f}" for s in cls)
+                + f" pore-recall {ev.pore_recall:.3f} ({minutes:.1f} min, {step_s:.2f} s a step){large_text}"
+            )
+            extra = {"train_config": extra_cfg, "val": row}
+            if defect_iou > best:
+                best = defect_iou
+                save_checkpoint(cfg.out / "best.pt", model, cfg.arch, extra)
+            save_checkpoint(cfg.out / "final.pt", model, cfg.arch, extra)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": _compact_optimiser(opt.state_dict()),
+                    "sched": sched.state_dict() if sched is not None else None,
+                    "epoch": epoch + 1,
+                    "best": best,
+                    "history": history,
+                },
+                cfg.out / "last.tmp",
+            )
+            (cfg.out / "last.tmp").replace(last)
+            (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
+            if cfg.max_minutes and minutes - elapsed0 > cfg.max_minutes:
+                ran = minutes - elapsed0
+                echo(
+                    f"stopping after epoch {epoch + 1}: this run's {ran:.1f} min exceed --max-minutes {cfg.max_minutes}"
+                )
+                break
     calibrate_run(cfg, src, echo)
     return {"best_defect_iou": best, "history": history, "minutes": (time.monotonic() - t_start) / 60}
 

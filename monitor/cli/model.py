@@ -138,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             lr=args.lr,
             max_minutes=args.max_minutes,
             precision=args.precision,
+            hours=args.hours,
             real_dir=None if args.no_real else (args.real or DEFAULT_REAL_DIR),
             composite_layers=args.composites,
             scenario_layers=args.scenarios,
@@ -155,7 +156,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.calibrate_only:
         calibrate_run(cfg)
         return EXIT_OK
-    result = train(cfg, resume=args.resume)
+    if args.resume_from is not None and not args.resume_from.is_file():
+        raise CommandError(f"--resume-from {args.resume_from}: no such checkpoint")
+    result = train(cfg, resume=args.resume or args.resume_from is not None, resume_from=args.resume_from)
     print(f"best mean defect IoU {result['best_defect_iou']:.3f}; weights in {args.out / 'best.pt'}")
     return EXIT_OK
 
@@ -327,13 +330,28 @@ def register(sub: Any) -> None:
     p.add_argument("--steps", type=positive_int, default=80, help="optimiser steps per epoch")
     p.add_argument(
         "--precision",
-        choices=("bf16", "fp32"),
-        default="fp32",
-        help="training arithmetic (default fp32; bf16 only where the CPU has AVX-512 BF16 or AMX)",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="training arithmetic (default auto: bf16 where the CPU has AVX-512 BF16 or AMX, else fp32)",
+    )
+    p.add_argument(
+        "--hours",
+        type=float,
+        default=0.0,
+        help="a campaign of this many training hours over resumed runs: cosine learning rate over the hours "
+        "(0: one-cycle over --epochs)",
     )
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this (0: off)")
+    p.add_argument(
+        "--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this run's minutes (0: off)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument(
+        "--resume-from",
+        type=Path,
+        default=None,
+        help="with --resume: the last.pt to continue from where OUT has none (a campaign's committed checkpoint)",
+    )
     p.add_argument(
         "--real",
         type=Path,

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from segmentation.inference import Segmenter
-from segmentation.train import TrainConfig, train
+from segmentation.model import ARCHITECTURES, DEFAULT_ARCH
+from segmentation.train import (
+    BatchStream,
+    LabelledSet,
+    TrainConfig,
+    _Sources,
+    campaign_lr,
+    resolve_precision,
+    train,
+)
 
 REAL = Path(__file__).resolve().parents[3] / "data" / "realdata"
 
@@ -117,3 +126,60 @@ def test_a_training_set_is_its_chunks_rendered_again() -> None:
     for gray, mask, layer in zip(x, y, again, strict=True):
         assert np.array_equal(gray, to_gray_float(layer.image).astype(np.float16))
         assert np.array_equal(mask, layer.mask)
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from segmentation import hardware
+
+    for flags, want in (("avx2 avx512f avx512_bf16", "bf16"), ("avx2 amx_bf16", "bf16"), ("avx2 avx512f", "fp32")):
+        monkeypatch.setattr(hardware, "cpu_info", lambda f=flags: hardware.parse_cpuinfo(f"flags\t: {f}\n"))
+        assert resolve_precision("auto") == want
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        TrainConfig(out=Path("x"), precision="fp16")
+
+
+def test_the_batch_thread_makes_the_inline_batches_in_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    sim = (rng.random((6, 96, 96)).astype(np.float16), rng.integers(0, 5, (6, 96, 96)).astype(np.uint8))
+    empty = (np.zeros((0, 96, 96), np.float16), np.zeros((0, 96, 96), np.uint8))
+    src = _Sources(sim, empty, LabelledSet([], [], []))
+    cfg = TrainConfig(out=tmp_path, frame=96, crop=64, batch=3, epochs=3, steps_per_epoch=2, loader="inline")
+    spec = ARCHITECTURES[DEFAULT_ARCH]
+    with BatchStream(src, cfg, spec, epoch0=1) as inline:
+        want = [inline.next() for _ in range(4)]
+    with BatchStream(src, replace(cfg, loader="thread"), spec, epoch0=1) as threaded:
+        got = [threaded.next() for _ in range(4)]
+        with pytest.raises(StopIteration):  # epochs 1 and 2 of 3: four batches, then the end
+            threaded.next()
+    for (xa, ya), (xb, yb) in zip(want, got, strict=True):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb) and yb.dtype == np.uint8
+
+
+def test_a_campaign_warms_up_then_follows_a_cosine_over_its_hours() -> None:
+    hours = 20.0
+    lrs = [campaign_lr(1e-3, m, hours) for m in (0.0, 6.0, 12.0, 600.0, 1200.0, 5000.0)]
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.5e-3, rel=0.01) and lrs[2] == pytest.approx(1e-3, rel=0.01)
+    assert lrs[3] == pytest.approx(0.51e-3, rel=0.01)  # half-way: half the way down to the floor
+    assert lrs[4] == lrs[5] == pytest.approx(2e-5)  # the floor, and it stays there
+
+
+@pytest.mark.slow
+def test_a_campaign_resumes_from_a_checkpoint_kept_elsewhere(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        out=tmp_path / "a", train_layers=8, val_layers=2, frame=96, crop=64, batch=2, epochs=50, steps_per_epoch=2,
+        workers=1, scenario_layers=0, composite_layers=0, real_dir=None, hours=1.0, max_minutes=1e-9,
+    )  # fmt: skip
+    first = train(cfg, echo=lambda _: None)
+    assert len(first["history"]) == 1 and first["history"][0]["lr"] > 0
+    kept = tmp_path / "committed.pt"
+    shutil.copy(cfg.out / "last.pt", kept)
+    import torch
+
+    state = torch.load(kept, map_location="cpu", weights_only=False)
+    moments = [t for st in state["opt"]["state"].values() for t in st.values() if torch.is_tensor(t) and t.dim()]
+    assert moments and all(t.dtype == torch.bfloat16 for t in moments)  # compact: committed once a session
+    lines: list[str] = []
+    second = train(replace(cfg, out=tmp_path / "b"), resume=True, echo=lines.append, resume_from=kept)
+    assert any(f"resumed from {kept} at epoch 1" in ln for ln in lines)
+    assert [row["epoch"] for row in second["history"]] == [1, 2]
