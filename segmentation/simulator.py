@@ -59,7 +59,7 @@ __all__ = [
 
 PartKind = Literal["box", "cylinder", "thin_wall", "ring", "overhang"]
 PART_KINDS: tuple[PartKind, ...] = ("box", "cylinder", "thin_wall", "ring", "overhang")
-PartMode = Literal["brighter", "darker", "similar", "fresh"]
+PartMode = Literal["brighter", "darker", "similar", "fresh", "exposed"]
 Polarity = Literal["bright", "dark", "mixed"]
 
 # Smallest pore cross-section radius (px) that is drawn at all: below it a pore is not visible
@@ -187,15 +187,36 @@ class Look:
     rails: int  # bright rails along the recoating direction, beside the plate
     screws: bool
     plate_edge: float  # contrast of the plate's edge line (0: none)
+    # "exposed" parts (an after-exposure camera): a bright contour line (px wide), sometimes two, around an
+    # interior of bright scan tracks of this sharpness (a higher power: thinner tracks)
+    contour_px: float = 0.0
+    contour_level: float = 0.0  # above the powder; near or past saturation
+    second_contour: bool = False
+    track_power: float = 1.0
+    holes: float = 0.0  # holes in the fresh powder (pits and faint rings, porosity) per layer, mean
 
 
 def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([abs(int(k)) for k in keys]))
 
 
+def _first_if(cond: bool, a: float, b: float) -> float:
+    return a if cond else b
+
+
 def _draw_look(seed: int, color: bool) -> Look:
     rng = _rng(seed, 2)
     mode: PartMode = ("brighter", "darker", "similar", "fresh")[int(rng.choice(4, p=[0.4, 0.25, 0.12, 0.23]))]
+    # drawn from streams of their own, so that every other build looks exactly as before they existed
+    extra = _rng(seed, 12)
+    exposed = bool(extra.random() < 0.22)
+    contour_px = float(extra.uniform(1.0, 3.2))
+    contour_level = float(extra.uniform(0.35, 0.9))
+    second_contour = bool(extra.random() < 0.4)
+    track_power = float(extra.uniform(1.5, 8.0))
+    exposed_delta = float(extra.uniform(-0.08, 0.22))  # the interior: darker than the powder up to much brighter
+    exposed_amp = float(extra.uniform(0.1, 0.45))
+    holes = float(extra.uniform(0.5, 8.0)) if extra.random() < 0.35 else 0.0
     powder = float(rng.uniform(0.18, 0.65))
     if mode == "brighter":
         delta = float(rng.uniform(0.1, 0.3))
@@ -210,11 +231,12 @@ def _draw_look(seed: int, color: bool) -> Look:
     tint = tuple(float(t) for t in rng.uniform(0.75, 1.0, size=3)) if color else (1.0, 1.0, 1.0)
     return Look(
         powder=powder,
-        part_mode=mode,
-        part_delta=delta,
+        part_mode="exposed" if exposed else mode,
+        part_delta=exposed_delta if exposed else delta,
         hatch_angle0=float(rng.uniform(0, math.pi)),
         hatch_period=float(rng.uniform(2.5, 8.0)),
-        hatch_amp=float(rng.uniform(0.02 if mode == "similar" else 0.005, 0.06)),
+        # drawn whatever the mode: the draws after it stay the same
+        hatch_amp=_first_if(exposed, exposed_amp, float(rng.uniform(0.02 if mode == "similar" else 0.005, 0.06))),
         light=float(rng.uniform(0, 2 * math.pi)),
         drift_phase=float(rng.uniform(0, 2 * math.pi)),
         drift_amp=float(rng.uniform(0.0, 0.12)),
@@ -245,6 +267,11 @@ def _draw_look(seed: int, color: bool) -> Look:
         rails=int(rng.choice(3, p=[0.7, 0.15, 0.15])),
         screws=bool(rng.random() < 0.2),
         plate_edge=float(rng.uniform(-0.15, 0.15)) if rng.random() < 0.3 else 0.0,
+        contour_px=contour_px if exposed else 0.0,
+        contour_level=contour_level if exposed else 0.0,
+        second_contour=second_contour and exposed,
+        track_power=track_power if exposed else 1.0,
+        holes=holes,
     )
 
 
@@ -384,6 +411,17 @@ class SimLayer:
     index: int
     z: float
     meta: dict[str, float] = field(default_factory=dict)
+
+
+def _erode_px(mask: np.ndarray, px: int) -> np.ndarray:
+    """``mask`` eroded by a disk of radius ``px``."""
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return np.asarray(cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_REPLICATE) > 0)
+
+
+def _dilate_px(mask: np.ndarray, px: int) -> np.ndarray:
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return np.asarray(cv2.dilate(mask.astype(np.uint8), k) > 0)
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -593,9 +631,17 @@ class SimBuild:
         if lk.part_mode == "fresh":
             glint = np.maximum(rng.normal(0, 1, (h, w)).astype(np.float32) - 2.2, 0) * 0.25
             part_tex += _blur(glint, 0.7) + 0.1 * _blur(rng.normal(0, 1, (h, w)).astype(np.float32), 4.0)
+        exposed = _rng(self.seed, 15, k) if lk.part_mode == "exposed" else None
+        if exposed is not None:
+            # right after exposure: thin bright scan tracks at the layer's angle over the part's own level
+            tracks = (0.5 + 0.5 * np.sin(phase)) ** lk.track_power
+            part_tex = part_level + tracks * lk.hatch_amp * float(exposed.uniform(0.7, 1.3)) + grain * 0.012 + speckle
+        holes = self._holes(k, img, powder, part if background is not None else part | self._hardware)
         img = np.where(part, part_tex, img + speckle * 0.7)
         contour = part & ~ndimage.binary_erosion(part, iterations=1)
         img[contour] += delta * float(rng.uniform(-0.2, 0.4))
+        if exposed is not None:
+            self._contours(exposed, img, part, powder)
 
         # porosity: dark voids; a lit far wall, plain dark or a bright rim
         dark_level = np.minimum(part_level, powder)
@@ -638,7 +684,7 @@ class SimBuild:
         mask = np.where(part, LayerClass.PART, LayerClass.POWDER).astype(np.uint8)
         if background is not None:
             mask[~part] = background_label
-        mask[pores] = LayerClass.POROSITY
+        mask[pores | holes] = LayerClass.POROSITY
         mask[warp] = LayerClass.WARPING
         self._spatter(rng, img, mask, part, powder, part_level, occluded=self._hardware if background is None else None)
 
@@ -655,6 +701,48 @@ class SimBuild:
             z=round((k + 1) * s.layer_thickness, 6),
             meta={"mm_per_px": s.mm_per_px, "layer_thickness": s.layer_thickness},
         )
+
+    def _contours(self, rng: np.random.Generator, img: np.ndarray, part: np.ndarray, powder: np.ndarray) -> None:
+        """An exposed part's contour scan: a bright line along its outline (and sometimes a second one just
+        inside), often the brightest thing in the frame, so thin walls and rings are bright lines and circles."""
+        lk = self.look
+        width = max(1, round(lk.contour_px * float(rng.uniform(0.8, 1.2))))
+        inner = _erode_px(part, width)
+        img[part & ~inner] = (powder + lk.contour_level * float(rng.uniform(0.85, 1.15)))[part & ~inner]
+        if lk.second_contour:
+            gap = int(rng.integers(1, 4))
+            outer2 = _erode_px(part, width + gap)
+            band = outer2 & ~_erode_px(part, 2 * width + gap)
+            img[band] = (powder + 0.8 * lk.contour_level * float(rng.uniform(0.85, 1.15)))[band]
+
+    def _holes(self, k: int, img: np.ndarray, powder: np.ndarray, blocked: np.ndarray) -> np.ndarray:
+        """Holes in the fresh powder (porosity): small dark pits and faint dark rings, 1.5-7 px in radius, away
+        from parts and hardware; painted into ``img`` in place. Returns the (H, W) bool mask of their disks."""
+        s = self.spec
+        mask = np.zeros((s.height, s.width), dtype=bool)
+        if self.look.holes <= 0:
+            return mask
+        rng = _rng(self.seed, 13, k)
+        near = _dilate_px(blocked, 3)
+        for _ in range(min(int(rng.poisson(self.look.holes)), 30)):
+            r = float(rng.uniform(1.5, 7.0))
+            cx, cy = float(rng.uniform(r + 1, s.width - r - 1)), float(rng.uniform(r + 1, s.height - r - 1))
+            x0, x1 = int(cx - r - 1), int(cx + r + 2)
+            y0, y1 = int(cy - r - 1), int(cy + r + 2)
+            if near[y0:y1, x0:x1].any():
+                continue
+            d = np.hypot(self._xx[y0:y1, x0:x1] + 0.5 - cx, self._yy[y0:y1, x0:x1] + 0.5 - cy)
+            disk = d <= r
+            if rng.random() < 0.45:  # a faint ring: the crater's rim in shadow, its floor near the powder's level
+                depth = float(rng.uniform(0.04, 0.14))
+                profile = depth * np.exp(-(((d - 0.72 * r) / max(0.6, 0.22 * r)) ** 2))
+            else:  # a pit: darkest at its centre
+                depth = float(rng.uniform(0.06, 0.3))
+                profile = depth * np.sqrt(np.clip(1 - (d / r) ** 2, 0, 1))
+            level = np.maximum(powder[y0:y1, x0:x1], 0.12) / 0.4  # deeper on brighter powder, as a shadow is
+            img[y0:y1, x0:x1] -= np.where(disk, profile * level, 0).astype(np.float32)
+            mask[y0:y1, x0:x1] |= disk
+        return mask
 
     # ---- distractors (never labelled as defects) --------------------------------------------------
     def _streaks(self, rng: np.random.Generator) -> np.ndarray:

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
-from segmentation.classes import LayerClass
+from segmentation.classes import DEFECT_CLASSES, LayerClass
 from segmentation.preprocess import to_gray_float
 from segmentation.simulator import SimBuild, SimLayer, simulate_dataset
 
@@ -73,7 +73,42 @@ def test_chamber_hardware_is_background() -> None:
 
 def test_parts_are_brighter_darker_or_as_bright_as_powder() -> None:
     modes = {SimBuild(seed, 64, 64, 4).look.part_mode for seed in range(60)}
-    assert modes == {"brighter", "darker", "similar", "fresh"}
+    assert modes == {"brighter", "darker", "similar", "fresh", "exposed"}
+
+
+def test_an_exposed_part_is_a_bright_contour_around_bright_tracks() -> None:
+    """Right after exposure (an EOS-type camera): a contour line brighter than the powder runs along the
+    part's outline, and its interior shows scan tracks brighter than the part's own level; all of it is part."""
+    seed = next(s for s in range(200) if SimBuild(s, 64, 64, 4).look.part_mode == "exposed")
+    build = SimBuild(seed, 256, 256, 20)
+    k = max(range(10, 20), key=lambda k: int((build.part_ids(k) > 0).sum()))
+    part = build.part_ids(k) > 0
+    img = np.zeros(part.shape, np.float32)
+    build._contours(np.random.default_rng(0), img, part, np.zeros(part.shape, np.float32))
+    rim = part & ~ndimage.binary_erosion(part, iterations=1)
+    assert (img[rim] > 0.25).all() and (img[~part] == 0).all()  # the outline, bright; nothing outside the part
+    assert (img[ndimage.binary_erosion(part, iterations=12)] == 0).all()  # the interior is left to the tracks
+    layer = build.layer(k)
+    g = to_gray_float(layer.image)
+    near = ndimage.binary_dilation(part, iterations=8) & ~ndimage.binary_dilation(part, iterations=3)
+    assert np.median(g[rim & (layer.mask == LayerClass.PART)]) > np.median(g[near & (layer.mask == 0)]) + 0.05
+    assert (layer.mask[part & (layer.mask <= LayerClass.PART)] == LayerClass.PART).all()
+
+
+def test_holes_in_the_fresh_powder_are_dark_porosity_away_from_parts() -> None:
+    seed = next(s for s in range(200) if SimBuild(s, 64, 64, 4).look.holes > 4)
+    build = SimBuild(seed, 256, 256, 20)
+    found = 0
+    for k in range(12):
+        plain_img = np.zeros((256, 256), np.float32)
+        blocked = (build.part_ids(k) > 0) | build._hardware  # as the layer blocks them
+        holes = build._holes(k, plain_img, np.full((256, 256), 0.4, np.float32), blocked)
+        assert (plain_img[~holes] == 0).all() and (plain_img[holes] <= 0).all()  # painted only inside, darker
+        assert not (holes & ndimage.binary_dilation(build.part_ids(k) > 0, iterations=2)).any()
+        layer = build.layer(k)
+        assert (layer.mask[holes & (layer.mask != LayerClass.SPATTER)] == LayerClass.POROSITY).all()
+        found += int(holes.any())
+    assert found >= 6
 
 
 def test_layer_over_a_real_background_keeps_its_pixels_and_labels() -> None:
@@ -82,7 +117,8 @@ def test_layer_over_a_real_background_keeps_its_pixels_and_labels() -> None:
     build = SimBuild(77, 128, 128, 20)
     layer = build.layer(15, background=bg, background_label=254)
     drawn = layer.part_ids > 0
-    assert set(np.unique(layer.mask[~drawn])) <= {254, int(LayerClass.SPATTER), int(LayerClass.WARPING)}  # rims
+    # warping rims, spatter, holes in the powder
+    assert set(np.unique(layer.mask[~drawn])) <= {254, *(int(c) for c in DEFECT_CLASSES)}
     if not (build.look.jpeg_quality or build.spec.color or build.spec.bit_depth == 16):
         g = to_gray_float(layer.image)
         untouched = ~ndimage.binary_dilation(drawn | (layer.mask != 254), iterations=3)
