@@ -76,7 +76,7 @@ def first_pause_from_masks(record: Path, policy_path: Path) -> int | None:
         mc = MetricsComputer(float(r.attrs["layerwatch/mm_per_px"]))
         layers = r.layers()
         for k in (int(n) for n in r.stored_layers()):
-            m = mc.compute(r.mask(k))
+            m = mc.compute(r.mask(k), gray=r.image(k))
             if not layers[k]["judged"]:
                 continue
             for hit in engine.evaluate(k, m.values, m.parts):

@@ -193,7 +193,8 @@ def _watcher(link: Link, topics: Topics, watch: Watch) -> Link:
         spatter = 100 * v.get("spatter_fraction", 0)
         print(
             f"layer {r.layer:3d}  z={r.z_mm:5.2f} mm  porosity {porosity:5.2f}%  spatter {spatter:5.2f}%"
-            f"  warping {v.get('warping_area_mm2', 0):6.1f} mm²  ({now - r.captured_at:.2f} s){flag}{hits}",
+            f"  confirmed warping {v.get('warping_confirmed_area_mm2', 0):5.1f} mm²"
+            f"  ({now - r.captured_at:.2f} s){flag}{hits}",
             flush=True,
         )
 

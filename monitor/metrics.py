@@ -22,9 +22,11 @@ Metrics (``METRIC_NAMES``), per layer:
   3 layers already showed "warping": fixtures and the plate do not lift), ``warping_outside_area_mm2``
   (warping outside the footprint the parts had 3 to 8 layers earlier, next to a part),
   ``warping_confirmed_area_mm2`` (persistent warping components that
-  stand outside that footprint, or lie at a part's outline and cover less than half of that part; and
-  persistent porosity standing outside that footprint: a lifted corner seen dark, since pores lie inside a
-  part) and ``warping_confirmed_growth_mm2`` (its change since the previous layer).
+  stand outside that footprint, or lie at a part's outline, cover less than half of that part and, where the
+  frame is given, look unlike the rest of that part there (shaded or rough: paint on a uniform part is no lift);
+  and persistent porosity standing outside that footprint: a lifted corner seen dark, since pores lie inside a
+  part; never on a part that was not there 3 to 8 layers earlier: it has no earlier outline to stand out of)
+  and ``warping_confirmed_growth_mm2`` (its change since the previous layer).
 
 Per part (``PART_METRIC_NAMES``): ``area_mm2``, ``porosity_fraction``, ``pore_count``, ``spatter_count``
 (particles within ``spatter_reach_px`` of the part), ``warping_area_mm2``, ``warping_edge_mm``.
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from segmentation.classes import DEFECT_CLASSES, LayerClass
 
@@ -82,6 +85,10 @@ _INITIAL_LAYERS = 3  # warping in a build's first layers is never confirmed (fix
 _FOOTPRINT_LAYERS = 8  # the parts' footprint is taken from 3 to this many layers back
 _OUTSIDE_MIN_PX = 4  # pixels outside the earlier footprint that make a warping component stand out
 SPATTER_REACH_PX = 12  # a spatter particle this close to a part counts for that part
+# paint at a part's outline is a lift only where the frame under it differs from the part around it: its median
+# this many robust spreads away, or its texture this many times as rough
+_UNLIKE_SHIFT = 0.3
+_UNLIKE_ROUGH = 1.2
 
 
 def _ids_present(ids: np.ndarray) -> list[int]:
@@ -196,8 +203,12 @@ class MetricsComputer:
         self._initial_pores: np.ndarray | None = None  # and porosity
         self._layers_seen = 0
 
-    def compute(self, mask: np.ndarray, part_ids: np.ndarray | None = None) -> LayerMetrics:
-        """``mask``: (H, W) uint8 class ids. ``part_ids``: (H, W) part ids supplied with the frame, if any."""
+    def compute(
+        self, mask: np.ndarray, part_ids: np.ndarray | None = None, gray: np.ndarray | None = None
+    ) -> LayerMetrics:
+        """``mask``: (H, W) uint8 class ids. ``part_ids``: (H, W) part ids supplied with the frame, if any.
+        ``gray``: (H, W) the frame the mask was made of (any dtype): warping at a part's outline is confirmed
+        only where the frame shows something there unlike the rest of the part (without it, it is not asked)."""
         total = float(mask.size)
         of_class = {c: mask == c for c in DEFECTS}
         is_part = mask == LayerClass.PART
@@ -240,7 +251,7 @@ class MetricsComputer:
         v["warping_stable_area_mm2"] = float(stable.sum()) * self.px_mm2 if stable is not None else 0.0
         v["warping_stable_growth_mm2"] = v["warping_stable_area_mm2"] - self._prev_stable_mm2
         self._prev_warp, self._prev_stable_mm2 = warp, v["warping_stable_area_mm2"]
-        confirmed = self._geometry(v, warp, pores, region, outline, ids)
+        confirmed = self._geometry(v, warp, pores, region, outline, ids, gray)
         parts = self._per_part(ids, pid_list, pores, pore_labels, spatter_xy, warp, edge)
         return LayerMetrics(v, parts, ids, confirmed)
 
@@ -252,6 +263,7 @@ class MetricsComputer:
         region: np.ndarray,
         outline: np.ndarray,
         ids: np.ndarray,
+        gray: np.ndarray | None,
     ) -> np.ndarray | None:
         """Warping judged by where it stands and whether it stays (see the module docstring); returns the
         confirmed pixels (None when there are none)."""
@@ -272,6 +284,7 @@ class MetricsComputer:
         dark = self._persistent(pores, self._pores, self._initial_pores)
         outside = np.zeros_like(warp)
         dark_outside = np.zeros_like(warp)
+        footprint: np.ndarray | None = None
         if (warp.any() or dark.any()) and len(self._regions) > 2:  # persistent warping is part of warp
             footprint = np.zeros_like(warp)
             for r in list(self._regions)[:-2]:  # 3 to 8 layers ago: before a growing warp's latest rim
@@ -306,7 +319,14 @@ class MetricsComputer:
                 owner = np.bincount(pairs, minlength=(n + 1) * width).reshape(n + 1, -1)[1:].argmax(axis=1)
             part_area = np.bincount(ids.ravel().astype(np.int64))
             share = np.where(owner > 0, areas / np.maximum(part_area[np.minimum(owner, part_area.size - 1)], 1), 1.0)
-            keep = (n_out >= _OUTSIDE_MIN_PX) | (at_edge & (share < 0.5))
+            at_edge &= share < 0.5
+            if gray is not None and at_edge.any():
+                # inside the outline the mask is all there is: a lift shades or roughens the part where it is
+                # painted; paint on a part that looks the same there as around it is a misreading
+                at_edge &= self._unlike_part(gray, labels, at_edge, warp | pores, ids, owner)
+            # a part that was not there 3 to 8 layers ago has no earlier outline to stand out of (a thin wall
+            # that started 2 layers ago with a pore at its end is not a lifted corner)
+            keep = ((n_out >= _OUTSIDE_MIN_PX) | at_edge) & self._established(region, footprint, labels, n)
             confirmed_px = float(areas[keep].sum())
             if keep.any():
                 confirmed = np.concatenate(([False], keep))[labels]
@@ -322,6 +342,57 @@ class MetricsComputer:
             self._initial_warp = grown if self._initial_warp is None else (self._initial_warp | grown)
             self._initial_pores = grown_pores if self._initial_pores is None else (self._initial_pores | grown_pores)
         return confirmed
+
+    @staticmethod
+    def _established(region: np.ndarray, footprint: np.ndarray | None, labels: np.ndarray, n: int) -> np.ndarray:
+        """(n,) bool per candidate component: the part region it lies in was there 3 to 8 layers ago (at least
+        half of it lies within the earlier footprint). Without a footprint yet (the build's first layers), True."""
+        if footprint is None:
+            return np.ones(n, dtype=bool)
+        reg_labels, n_reg, reg_areas, _ = _label(region)
+        if n_reg == 0:
+            return np.ones(n, dtype=bool)
+        grown = _dilate(footprint, 2)
+        inside = np.bincount(reg_labels[grown & region], minlength=n_reg + 1)[1:]
+        established = np.concatenate(([False], inside >= 0.5 * reg_areas))
+        # the region each component lies in (components are subsets of the region)
+        at = np.flatnonzero(labels)
+        comp_region = np.zeros(n + 1, dtype=np.int64)
+        comp_region[labels.ravel()[at]] = reg_labels.ravel()[at]
+        return np.asarray(established[comp_region[1:]])
+
+    @staticmethod
+    def _unlike_part(
+        gray: np.ndarray, labels: np.ndarray, which: np.ndarray, painted: np.ndarray, ids: np.ndarray, owner: np.ndarray
+    ) -> np.ndarray:
+        """(n,) bool: for each component in ``which``, whether the frame under it differs from the same part
+        around it (within 10 px, not painted a defect): its median more than _UNLIKE_SHIFT robust spreads away,
+        or its texture _UNLIKE_ROUGH times as rough. True where there is too little part around it to tell."""
+        out = np.zeros(which.shape, dtype=bool)
+        boxes = ndimage.find_objects(labels, max_label=which.size)
+        h, w = labels.shape
+        for i in np.flatnonzero(which):
+            box = boxes[i]
+            if box is None:
+                continue
+            r0, r1 = max(0, box[0].start - 10), min(h, box[0].stop + 10)
+            c0, c1 = max(0, box[1].start - 10), min(w, box[1].stop + 10)
+            comp = labels[r0:r1, c0:c1] == i + 1
+            g = gray[r0:r1, c0:c1].astype(np.float32)
+            around = ~painted[r0:r1, c0:c1] & ~comp
+            if owner[i] > 0:
+                around &= ids[r0:r1, c0:c1] == owner[i]
+            if int(around.sum()) < 20 or int(comp.sum()) < 4:
+                out[i] = True
+                continue
+            a, c = g[around], g[comp]
+            med_a = float(np.median(a))
+            spread = 1.4826 * float(np.median(np.abs(a - med_a)))
+            floor = 0.004 * (255.0 if gray.dtype == np.uint8 else 65535.0 if gray.dtype == np.uint16 else 1.0)
+            shifted = abs(float(np.median(c)) - med_a) > _UNLIKE_SHIFT * spread + floor
+            rough = float(c.std()) > _UNLIKE_ROUGH * float(a.std()) + floor
+            out[i] = shifted or rough
+        return out
 
     @staticmethod
     def _persistent(now: np.ndarray, earlier: deque[np.ndarray], initial: np.ndarray | None) -> np.ndarray:

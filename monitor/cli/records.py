@@ -70,9 +70,15 @@ def cmd_record(args: argparse.Namespace) -> int:
         wanted = {"porosity_fraction_part", "warping_area_mm2", "spatter_count"}
         if len(stored) and int(stored.max()) < len(m) and wanted <= set(m.dtype.names or ()):
             last = int(stored.max())
+            # the warping figure the pause rules act on, under the name their reasons use
+            warping = (
+                f"confirmed warping {m['warping_confirmed_area_mm2'][last]:.1f} mm²"
+                if "warping_confirmed_area_mm2" in (m.dtype.names or ())
+                else f"warping {m['warping_area_mm2'][last]:.1f} mm²"
+            )
             print(
                 f"last layer  porosity {100 * m['porosity_fraction_part'][last]:.2f}% of parts, "
-                f"warping {m['warping_area_mm2'][last]:.1f} mm², spatter {int(m['spatter_count'][last])} particles"
+                f"{warping}, spatter {int(m['spatter_count'][last])} particles"
             )
         try:
             roi = reader.json_attr("roi") if "layerwatch/roi" in a else None

@@ -153,6 +153,44 @@ def test_warping_inside_the_part_at_its_edge_is_confirmed_without_standing_out()
     assert v["warping_confirmed_area_mm2"] == pytest.approx(2.25)
 
 
+def _frame(m: np.ndarray, corner: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A uint8 frame of a square-layer mask: a textured part on powder; ``corner`` shades its lower right
+    15 px corner by that much (a lifted corner catches the light), 0 leaves the part uniform there."""
+    rng = np.random.default_rng(seed)
+    g = 90 + rng.normal(0, 4, m.shape)
+    g[50:150, 50:150] = 140 + 6 * np.sin(np.arange(100) * 1.3)[None, :] + rng.normal(0, 4, (100, 100))
+    g[135:150, 135:150] += corner
+    return np.clip(g, 0, 255).astype(np.uint8)
+
+
+def test_warping_painted_inside_a_uniform_part_at_its_edge_is_not_confirmed() -> None:
+    """Magenta inside a part's outline near a corner, where the frame shows the part as it is everywhere
+    else: nothing lifts there, no pause (the same paint over a corner that looks lifted is confirmed)."""
+    results = {}
+    for corner in (0.0, 45.0, -45.0):
+        mc = MetricsComputer(mm_per_px=0.1)
+        for k in range(6):
+            m = square_layer(pores=0)
+            m = _corner_warp(m, 15) if k >= 3 else m
+            v = mc.compute(m, gray=_frame(m, corner if k >= 3 else 0.0, seed=k)).values
+        results[corner] = v["warping_confirmed_area_mm2"]
+    assert results[0.0] == 0
+    assert results[45.0] == pytest.approx(2.25) and results[-45.0] == pytest.approx(2.25)
+
+
+def test_a_part_that_just_started_has_no_earlier_outline_to_stand_out_of() -> None:
+    """A thin wall that starts on layer 4 with a pore at its end on every layer: the pore is new beside the
+    footprint of 3 to 8 layers ago only because the whole wall is; it is a pore, not a lifted corner."""
+    mc = MetricsComputer(mm_per_px=0.1)
+    for k in range(10):
+        m = square_layer(pores=0)
+        if k >= 4:
+            m[20:26, 170:260] = C.PART  # the wall
+            m[20:26, 255:262] = C.POROSITY  # a pore at its end, partly beyond it
+        v = mc.compute(m).values
+        assert v["warping_confirmed_area_mm2"] == 0, k
+
+
 def test_a_dark_corner_read_as_porosity_that_stays_and_stands_out_is_confirmed_warping() -> None:
     """A lifted corner seen dark is often read as porosity; standing out of the part's earlier outline and
     staying, it is a lift: pores lie inside a part."""
