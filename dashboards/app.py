@@ -89,13 +89,15 @@ def create_app(opts: DashboardOptions) -> Any:
 
     records = Records(opts)
     operators = dict(opts.operators or {})
-    can_control = bool(operators) and opts.broker is not None
+    mqtt = opts.broker_config()
+    services = ServiceStatus(mqtt).start() if mqtt is not None else None
+    # controls only where this dashboard's broker user can send them: a refused user could not
+    can_control = bool(operators) and mqtt is not None and not (services is not None and services.refused)
     app = Dash(__name__, title=opts.title, update_title="")
     app.server.config["LAYERWATCH_CAN_CONTROL"] = can_control
     _guard(app.server, _operator_login(operators) if operators else None)
-    link = ControlLink(opts.broker) if can_control and opts.broker else None
+    link = ControlLink(mqtt) if can_control and mqtt is not None else None
     app.server.config["LAYERWATCH_CONTROL_LINK"] = link
-    services = ServiceStatus(opts.broker).start() if opts.broker else None
     app.server.config["LAYERWATCH_SERVICE_STATUS"] = services
     app.server.config["LAYERWATCH_RECORDS"] = records
 

@@ -22,6 +22,7 @@ from dashboards.state import (
     DashboardOptions,
     Records,
     ServiceStatus,
+    printer_state_text,
     send_labels,
     send_request,
     strokes_from_shapes,
@@ -117,7 +118,11 @@ def register(
             telemetry, actions = [], []
         printer = printer_view(actions, telemetry)
         if services is not None:
-            printer += services.describe(str(r.attrs.get("layerwatch/printer", "")))
+            pid = str(r.attrs.get("layerwatch/printer", ""))
+            own = printer_state_text(services.printer_state(pid))
+            if own:  # the printer's own word, live, beside what the record says the monitor did
+                printer = f"; {own}" + (f" (the monitor: {printer[2:]})" if printer.startswith("; printer ") else "")
+            printer += services.describe(pid)
         return last, value, f"{len(stored)} layers stored, record {live}{printer}"
 
     @app.callback(Output("farm", "children"), Input("farm-tick", "n_intervals"))
@@ -235,7 +240,7 @@ def register(
         info = (
             f"layer {layer}  z = {float(row['z_mm']):.2f} mm  severity {severity}  "
             f"porosity {100 * float(m['porosity_fraction_part']):.2f}% of parts  "
-            f"spatter {int(m['spatter_count'])} particles  warping {float(m['warping_area_mm2']):.1f} mm²"
+            f"spatter {int(m['spatter_count'])} particles  {_warping_text(m)}"
             + (f"  frame: {', '.join(flags)}" if flags else "")
             + (
                 f"  NEEDS REVIEW: unlike the model's training frames ({ood:.1f}x its threshold), not judged"
@@ -434,3 +439,11 @@ def register(
                 strokes = strokes_from_shapes(shapes or [], width, height, DISPLAY_PX)
             said = send_labels(link, records, path, layer, strokes, operators)
             return said, (saved or 0) + 1 if said.startswith("sent") else no_update
+
+
+def _warping_text(m: Any) -> str:
+    """The warping figure the pause rules act on, under the name their reasons use (older records: painted)."""
+    names = m.dtype.names or ()
+    if "warping_confirmed_area_mm2" in names:
+        return f"confirmed warping {float(m['warping_confirmed_area_mm2']):.1f} mm²"
+    return f"warping {float(m['warping_area_mm2']):.1f} mm²"

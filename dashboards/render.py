@@ -167,7 +167,7 @@ def farm_table(rows: list[dict[str, Any]]) -> Any:
 
     if not rows:
         return html.P("no printer has a build record yet", className="muted")
-    head = ["printer", "state", "job", "layer", "severity", "last incident", "", "services"]
+    head = ["printer", "printer state", "record", "job", "layer", "severity", "last incident", "", "services"]
     body = []
     for row in rows:
         query = urllib.parse.urlencode({"printer": row["printer"], "record": row["record"]})
@@ -178,9 +178,10 @@ def farm_table(rows: list[dict[str, Any]]) -> Any:
         severity = row.get("severity", "")
         cells = [
             dcc.Link(row["printer"], href=f"?{query}", className="farm-link"),
-            row.get("error") or row.get("state", ""),
+            row.get("printer_state", ""),  # what the printer itself says, live
+            row.get("error") or row.get("state", ""),  # the record's state
             row.get("job", ""),
-            "" if row.get("layer") is None else str(row["layer"]),
+            _layer(row),
             severity,
             incident,
             html.Img(src=row["thumbnail"], className="thumb") if row.get("thumbnail") else "",
@@ -188,6 +189,14 @@ def farm_table(rows: list[dict[str, Any]]) -> Any:
         ]
         body.append(html.Tr([html.Td(c) for c in cells], className=f"lvl-{severity}", id=f"farm-{row['printer']}"))
     return html.Table([html.Tr([html.Th(h) for h in head]), *body], className="farm")
+
+
+def _layer(row: dict[str, Any]) -> str:
+    """The newest layer: the printer's own where it is ahead of the record (frames not judged yet)."""
+    stored, live = row.get("layer"), row.get("live_layer")
+    if live is not None and (stored is None or live > stored):
+        return f"{live} (judged up to {stored})" if stored is not None else str(live)
+    return "" if stored is None else str(stored)
 
 
 def _services(said: str | None) -> str:

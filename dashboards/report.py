@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import itertools
 import json
 import math
 import time
@@ -153,6 +154,29 @@ def _calibration(f: h5py.File, path: Path) -> _Calibration:
     return _Calibration(mm_px, mm_py, dz)
 
 
+def _layer_heights(f: h5py.File, cal: _Calibration, layers: list[int], notes: list[str]) -> _Calibration:
+    """The layer thickness the stored layers' own heights show (the printer's z per layer), where it differs by
+    more than 10 % from the record's attribute (a config that did not match the printer): volumes follow it."""
+    if "layerwatch/layers" not in f or len(layers) < 3:
+        return cal
+    try:
+        z = f["layerwatch/layers"]["z_mm"][:]
+    except (KeyError, ValueError):
+        return cal
+    pairs = [(k, float(z[k])) for k in layers if k < len(z)]
+    steps = [(z1 - z0) / (k1 - k0) for (k0, z0), (k1, z1) in itertools.pairwise(pairs) if k1 > k0 and z1 > z0]
+    if len(steps) < 2:
+        return cal
+    step = float(np.median(steps))
+    if not 0 < step <= 5 or abs(step - cal.dz) <= 0.1 * cal.dz:
+        return cal
+    notes.append(
+        f"the layers' heights rise {step:.4g} mm a layer, the record's layer thickness is {cal.dz:g} mm: "
+        f"volumes use {step:.4g} mm (check the monitor's layer_thickness_mm)"
+    )
+    return _Calibration(cal.mm_px, cal.mm_py, step)
+
+
 def _stored_layers(f: h5py.File, notes: list[str]) -> list[int]:
     """The layers to read: every frame of a build file, the stored ones of a (live) record."""
     n = int(f[images_path(f)].shape[0])
@@ -287,6 +311,7 @@ def analyze(path: Path, *, floor_voxels: int = 3, criteria: Criteria | None = No
         cal = _calibration(f, path)
         notes: list[str] = []
         layers = _stored_layers(f, notes)
+        cal = _layer_heights(f, cal, layers, notes)
         has_parts = PART_IDS in f
         part_voxels: dict[int, int] = {}
         part_pores: dict[int, int] = {}

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from monitor.record import RecordError, RecordReader, build_records, is_build_record
-from printer_io.messages import MAX_STROKE_POINTS, MAX_STROKES, ActionMessage, LabelStroke
+from printer_io.messages import MAX_STROKE_POINTS, MAX_STROKES, ActionMessage, LabelStroke, PrinterStateMessage
+from printer_io.mqtt import MqttConfig
 from printer_io.vocabulary import ActionKind, ActionState, Severity, Verdict
 
 log = logging.getLogger(__name__)
@@ -27,22 +28,35 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 class DashboardOptions:
     record: Path | None = None
     records: Path | None = None
-    broker: str | None = None
+    broker: str | None = None  # a URL, with the environment's broker user ($LAYERWATCH_MQTT_USERNAME...)
+    mqtt: MqttConfig | None = None  # or the whole [mqtt] settings, with the dashboard's own user
     operators: Mapping[str, str] | None = None  # operator name -> secret (the operators file); None: read-only
     title: str = "LayerWatch"
 
+    def broker_config(self) -> MqttConfig | None:
+        """The broker settings the dashboard connects with (None: no broker, read-only, no live status)."""
+        from printer_io.mqtt import MqttConfig
+
+        if self.mqtt is not None:
+            return self.mqtt.model_copy(update={"url": self.broker}) if self.broker else self.mqtt
+        return MqttConfig(url=self.broker) if self.broker else None
+
 
 class ServiceStatus:
-    """Retained online/offline status of every service, from the broker (``<prefix>/+/status/+``)."""
+    """Retained status of every service and each printer's own state, from the broker (``<prefix>/+/status/+``:
+    the services' online, degraded or offline; ``status/printer``, the printer's state as the monitor reads it)."""
 
-    def __init__(self, broker: str) -> None:
-        from printer_io.mqtt import MqttConfig, MqttLink
+    def __init__(self, mqtt: MqttConfig) -> None:
+        from printer_io.mqtt import MqttLink
         from printer_io.topics import Topics
 
         # (printer, service) -> (state, time, whether this dashboard saw it go offline: then the time is the receipt's)
         self.status: dict[tuple[str, str], tuple[str, float, bool]] = {}
+        self.problems: dict[tuple[str, str], str] = {}  # (printer, service) -> what fails while it is degraded
+        self.printers: dict[str, PrinterStateMessage] = {}  # printer -> its own state, as the monitor last read it
         self.workers: dict[str, str] = {}  # printer -> the worker of a group that holds it (monitor --group)
-        config = MqttConfig(url=broker, connect_timeout_s=5)
+        self.refused = ""  # why the broker refused this dashboard's user, if it did
+        config = mqtt.model_copy(update={"connect_timeout_s": 5})
         # a unique, clean session: two dashboards on one broker must not take each other's connection over
         self.link = MqttLink(
             config, service="dashboard-status", topics=Topics(config.prefix, "dashboard"), ephemeral=True
@@ -53,40 +67,67 @@ class ServiceStatus:
         from printer_io.messages import StatusMessage
 
         parts = topic.split("/")
+        if parts[-1] == "printer":
+            state = PrinterStateMessage.from_json(payload, topic)
+            self.printers[parts[-3]] = state
+            return
         msg = StatusMessage.from_json(payload, topic)
         key = (parts[-3], parts[-1])
         # a last will carries the time its connection was made, not the time it died: a service seen online
         # here and then offline went down when the message came; one found offline is dated by its message
-        seen_online = self.status.get(key, ("", 0.0, False))[0] == "online"
+        seen_online = self.status.get(key, ("", 0.0, False))[0] in ("online", "degraded")
         went = msg.state == "offline" and seen_online
         self.status[key] = (msg.state, time.time() if went else msg.time, went)
+        self.problems[key] = msg.problem
         if parts[-1] == "monitor":
-            self.workers[parts[-3]] = msg.worker if msg.state == "online" else ""
+            self.workers[parts[-3]] = msg.worker if msg.state != "offline" else ""
 
     def start(self) -> ServiceStatus:
+        from printer_io.errors import MqttAuthError
+
         try:
             self.link.start()
+        except MqttAuthError as err:  # no operator controls either: the same user would send them
+            self.refused = str(err)
+            log.warning("dashboard: %s", err)
         except Exception as err:  # the page still works from the records; it says why status is missing
             log.warning("dashboard: no service status from the broker: %s", err)
         return self
 
     def describe(self, printer: str) -> str:
-        """The printer's services that are offline, or the worker that judges it where workers share the site;
-        empty when all is well."""
-        down = [
-            f"{svc} offline since {time.strftime('%H:%M:%S', time.localtime(t))}"
-            if went
-            else f"{svc} offline (its last status is of {time.strftime('%H:%M:%S', time.localtime(t))})"
-            for (p, svc), (state, t, went) in sorted(self.status.items())
-            if p == printer and state == "offline"
-        ]
+        """The printer's services that are offline or degraded (and why), or the worker that judges it where
+        workers share the site; empty when all is well."""
+        down = []
+        for (p, svc), (state, t, went) in sorted(self.status.items()):
+            if p != printer:
+                continue
+            at = time.strftime("%H:%M:%S", time.localtime(t))
+            if state == "offline":
+                down.append(f"{svc} offline since {at}" if went else f"{svc} offline (its last status is of {at})")
+            elif state == "degraded":
+                down.append(f"{svc} degraded: {self.problems.get((p, svc)) or 'see its log'}")
         if down:
             return "; " + ", ".join(down)
         worker = self.workers.get(printer)
         return f"; judged by worker {worker}" if worker else ""
 
+    def printer_state(self, printer: str) -> PrinterStateMessage | None:
+        """The printer's own state as the monitor last read it (None: no monitor has said yet)."""
+        return self.printers.get(printer)
+
     def close(self) -> None:
         self.link.close()
+
+
+def printer_state_text(state: PrinterStateMessage | None, now: float | None = None) -> str:
+    """``printer paused at layer 12 (OctoPrint, 3 s ago)``: the printer's own word, with its age."""
+    if state is None:
+        return ""
+    age = max(0.0, (now if now is not None else time.time()) - state.time)
+    when = f"{age:.0f} s ago" if age < 120 else time.strftime("at %H:%M:%S", time.localtime(state.time))
+    where = f" at layer {state.layer}" if state.layer is not None and state.state != "idle" else ""
+    by = f"{state.backend}, " if state.backend else ""
+    return f"printer {state.state}{where} ({by}{when})"
 
 
 class Records:
@@ -153,6 +194,10 @@ class Records:
                 row = self._farm_row(printer, path)
                 self._farm_rows[path] = (stamp, row)
             row["services"] = services.describe(printer).lstrip("; ") if services is not None else None
+            own = services.printer_state(printer) if services is not None else None
+            if own is not None:  # the printer's own state and layer, live; the record's state beside it
+                row["printer_state"] = printer_state_text(own)
+                row["live_layer"] = own.layer
             rows.append(row)
         return rows
 
@@ -261,11 +306,9 @@ class Records:
 class ControlLink:
     """One MQTT link per printer, opened on the first command, for operator actions."""
 
-    def __init__(self, broker: str) -> None:
-        from printer_io.mqtt import MqttConfig
-
-        self.url = broker
-        self.config = MqttConfig(url=broker, connect_timeout_s=5)
+    def __init__(self, mqtt: MqttConfig) -> None:
+        self.url = mqtt.url
+        self.config = mqtt.model_copy(update={"connect_timeout_s": 5})
         self._links: dict[str, Any] = {}
         self._lock = threading.Lock()
 

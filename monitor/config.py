@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from monitor.controller import ControllerLimits
 from monitor.policy import DEFAULT_POLICY, Policy, Rule, load_policy
 from monitor.settings import ConfigFileError, section
+from monitor.sources import SIMULATED_CAMERA_SEED
 from printer_io.errors import ConfigError
 from printer_io.mqtt import MqttConfig
 from printer_io.printer import backend_options, backends
@@ -28,10 +29,13 @@ from segmentation.imageio import DEFAULT_MAX_PIXELS
 __all__ = [
     "Config",
     "ConfigFileError",
+    "DashboardSection",
     "MonitorSection",
     "PrinterSection",
     "SecuritySection",
+    "SiteSection",
     "load_config",
+    "part_user",
     "section",
 ]
 
@@ -94,13 +98,22 @@ class MonitorSection(_Section):
             raise ValueError(str(err)) from None
 
 
-class CameraSection(_Section):
+class _PartCredentials(_Section):
+    """A part's own broker user (``layerwatch up`` starts it): where given, it connects as this user instead of
+    ``[mqtt] username``; the password from the file (relative to the config file)."""
+
+    mqtt_username: str | None = Field(default=None, min_length=1, max_length=128)
+    mqtt_password_file: Path | None = None
+
+
+class CameraSection(_PartCredentials):
     """``[printers.<id>.camera]``: the camera ``layerwatch up`` runs for this printer (``layerwatch camera``)."""
 
     source: Literal["opencv", "folder", "record", "simulator"] = "opencv"
     device: str = Field(default="0", max_length=512)  # opencv: index, RTSP/HTTP URL or video file
     path: Path | None = None  # folder or record sources
-    seed: int = 20261127  # simulator
+    seed: int = SIMULATED_CAMERA_SEED  # simulator
+    defects: bool = False  # simulator: the build keeps its pores and warps (else a clean build, spatter only)
     size: int = Field(default=512, ge=16, le=8192)  # simulator
     settle_s: float = Field(default=0.0, ge=0, le=60)
     attempts: int = Field(default=3, ge=1, le=20)
@@ -109,12 +122,13 @@ class CameraSection(_Section):
     view: Literal["melt", "recoat"] = "melt"  # recoat: a second camera, the powder before exposure
 
 
-class PrinterSection(_Section):
+class PrinterSection(_PartCredentials):
     """``[printers.<id>]``: how to reach one printer. ``backend = "none"`` observes without acting.
 
     Beside the keys below, the table holds the chosen backend's own settings (``url``, ``api_key_file``,
     ...: its options model in printer_io, ``layerwatch printer --help`` lists them); they are validated
-    by that model and kept in ``options``.
+    by that model and kept in ``options``. ``mqtt_username`` / ``mqtt_password_file``: the broker user of its
+    layer bridge.
     """
 
     backend: str = "none"
@@ -220,6 +234,34 @@ class HomeAssistantSection(_Section):
     operator: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
+class SiteSection(_Section):
+    """``[site]``: how the parts of a site reach the broker (``layerwatch up``, docs/deploy.md).
+
+    ``credentials_dir``: every part connects as its own broker user, the one ``layerwatch security broker-config``
+    made for it, with the password in ``<credentials_dir>/<user>.password``: ``monitor``, ``dashboard``,
+    ``bridge-<printer>``, ``camera-<printer>`` (a part's own ``mqtt_username`` still wins). ``acl_file``: the
+    broker's ACL; ``up`` checks against it, before starting anything, that each part's user may publish and
+    subscribe where the part must. Both relative to the config file."""
+
+    credentials_dir: Path | None = None
+    acl_file: Path | None = None
+
+
+class DashboardSection(_PartCredentials):
+    """``[dashboard]``: the dashboard ``layerwatch up`` starts (its broker user: ``mqtt_username``)."""
+
+
+#: the broker user each part of a site connects as under ``[site] credentials_dir`` (broker-config's names)
+def part_user(part: str, printer: str | None = None) -> str:
+    """``monitor``, ``dashboard``, ``bridge-<printer>``, ``camera-<printer>`` (a recoat camera is a camera)."""
+    if part in ("monitor", "dashboard", "operator", "homeassistant"):
+        return part
+    kind = "camera" if part in ("camera", "recoat-camera") else part
+    if printer is None:
+        raise ValueError(f"the {part} part belongs to a printer: give its id")
+    return f"{kind}-{printer}"
+
+
 class PolicySection(_Section):
     file: Path | None = None
     rules: tuple[Rule, ...] = ()
@@ -234,7 +276,45 @@ class Config(_Section):
     security: SecuritySection = SecuritySection()
     notifications: NotificationsSection = NotificationsSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
+    site: SiteSection = SiteSection()
+    dashboard: DashboardSection = DashboardSection()
     source: Path | None = None
+
+    def path(self, value: Path) -> Path:
+        """A path of this config: relative ones are relative to the config file's folder."""
+        if self.source is not None and not value.is_absolute():
+            return self.source.parent / value
+        return value
+
+    def part_credentials(self, part: str, printer: str | None = None) -> tuple[str | None, Path | None]:
+        """(user, password file) a part of the site connects as, or (None, None) for ``[mqtt]``'s own.
+        ``part``: monitor, dashboard, bridge, camera or recoat-camera (the last three with their printer)."""
+        own: _PartCredentials | None = None
+        if part == "dashboard":
+            own = self.dashboard
+        elif part in ("bridge", "camera", "recoat-camera") and printer in self.printers:
+            section = self.printers[printer]
+            own = section if part == "bridge" else section.camera if part == "camera" else section.recoat_camera
+        if own is not None and own.mqtt_username is not None:
+            password = own.mqtt_password_file
+            return own.mqtt_username, self.path(password) if password is not None else None
+        if self.site.credentials_dir is not None and part != "monitor":
+            user = part_user(part, printer)
+            return user, self.path(self.site.credentials_dir) / f"{user}.password"
+        return None, None
+
+    def mqtt_for(self, part: str, printer: str | None = None) -> MqttConfig:
+        """The ``[mqtt]`` settings a part connects with: its own broker user where the config gives one, and
+        every file path relative to the config file."""
+        files = {
+            k: self.path(v)
+            for k in ("password_file", "ca_file", "cert_file", "key_file")
+            if (v := getattr(self.mqtt, k)) is not None
+        }
+        user, password = self.part_credentials(part, printer)
+        if user is not None:
+            files["password_file"] = password  # type: ignore[assignment]  # None: from the environment
+        return self.mqtt.model_copy(update={**files, **({"username": user} if user is not None else {})})
 
     def operators_file(self) -> Path | None:
         """The operators file: ``[security] operators_file`` (relative to the config file), else the environment."""
@@ -262,7 +342,10 @@ class Config(_Section):
         return self.model_dump(mode="json", exclude={"source"})
 
 
-SECTIONS = ("mqtt", "monitor", "printers", "controller", "policy", "security", "notifications", "homeassistant")
+SECTIONS = (
+    "mqtt", "monitor", "printers", "controller", "policy", "security", "notifications", "homeassistant", "site",
+    "dashboard",
+)  # fmt: skip
 
 
 def load_config(path: Path | None) -> Config:
@@ -283,6 +366,7 @@ def load_config(path: Path | None) -> Config:
     models: dict[str, type[BaseModel]] = {
         "mqtt": MqttConfig, "monitor": MonitorSection, "controller": ControllerLimits, "policy": PolicySection,
         "security": SecuritySection, "notifications": NotificationsSection, "homeassistant": HomeAssistantSection,
+        "site": SiteSection, "dashboard": DashboardSection,
     }  # fmt: skip
     for name, model in models.items():
         if name in data:
@@ -298,6 +382,17 @@ def load_config(path: Path | None) -> Config:
             raise ConfigFileError(f"{path}: [printers.{pid}] {err}") from None
         parts["printers"][pid] = section(PrinterSection, table, f"printers.{pid}", str(path))
     config = Config(**parts)
+    # [mqtt]'s files and the printers' (an api_key_file, a reference image) are relative to the config file
+    printers_resolved = {
+        pid: sec.model_copy(
+            update={
+                "options": {k: config.path(v) if isinstance(v, Path) else v for k, v in sec.options.items()},
+                **({"reference_image": config.path(sec.reference_image)} if sec.reference_image else {}),
+            }
+        )
+        for pid, sec in config.printers.items()
+    }
+    config = config.model_copy(update={"mqtt": config.mqtt_for("monitor"), "printers": printers_resolved})
     try:
         config.resolved_policy()  # a bad policy file stops start-up too
     except ConfigFileError as err:

@@ -183,6 +183,9 @@ class BuildRecord:
         self.part_metric_names = tuple(json.loads(file.attrs["layerwatch/part_metric_names"]))
         self._images = images_path(file)
         self.height, self.width = file[self._images].shape[1:]
+        #: the record's units: mm per camera pixel and layer thickness in mm
+        self.mm_per_px = float(file.attrs["printer/x_real_dimension"]) / max(1, int(self.width))
+        self.layer_thickness_mm = float(file.attrs["material/layer_thickness"])
         #: opened for writing without HDF5's file lock, which a program reading the file held
         self.shared_with_reader = False
 

@@ -23,7 +23,18 @@ from printer_io.topics import validate_printer_id
 if TYPE_CHECKING:
     from monitor.config import Config
 
-__all__ = ["Finding", "broker_config", "check", "mosquitto_hash"]
+__all__ = [
+    "SITE_CONFIG",
+    "AclRule",
+    "Finding",
+    "acl_allows",
+    "broker_config",
+    "check",
+    "mosquitto_hash",
+    "parse_acl",
+    "part_needs",
+    "site_config",
+]
 
 SERVICES_PER_PRINTER = ("camera", "bridge")
 
@@ -140,7 +151,52 @@ def broker_config(
     ]
     (out / "data").mkdir(exist_ok=True)
     (out / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+    _private(out / "operators", "# NAME:SECRET lines: `layerwatch operator add NAME --operators-file <this file>`\n")
+    url = f"{'mqtts' if tls else 'mqtt'}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    (out / SITE_CONFIG).write_text(site_config(url, prefix, printers, tls, out.resolve()))
     return users
+
+
+SITE_CONFIG = "layerwatch.toml"
+
+
+def site_config(url: str, prefix: str, printers: list[str], tls: bool, folder: Path) -> str:
+    """The site config that goes with a generated broker set-up: each part ``layerwatch up`` starts connects as
+    its own user (``[site] credentials_dir``), checked against the ACL before it starts; paths relative to it."""
+    tables = "\n".join(
+        f'# [printers.{p}]\n# backend = "octoprint"\n# url = "http://127.0.0.1:5000"\n'
+        f'# api_key_file = "/etc/layerwatch/{p}-octoprint-key"\n# [printers.{p}.camera]\n# source = "opencv"\n'
+        f'# device = "0"\n'
+        for p in printers
+    )
+    ca = '\nca_file = "tls/ca.crt"' if tls else ""
+    return f"""# LayerWatch site, written by `layerwatch security broker-config` with its broker set-up.
+# Every part `layerwatch up` starts connects as its own broker user: the monitor as "monitor", the dashboard as
+# "dashboard", each printer's bridge as "bridge-<printer>" and its camera as "camera-<printer>", with the passwords
+# in credentials/. Before starting anything, `up` checks that each user may do what its part must (acl).
+# Append a [printers.<id>] table per printer ({", ".join(printers)}), then run:
+#   layerwatch up --config {SITE_CONFIG}
+# Paths are relative to this file, but out_dir and models_dir (where `up` runs; here: beside this file).
+# Every other key: `layerwatch config example`.
+
+[mqtt]
+url = "{url}"
+prefix = "{prefix}"
+username = "monitor"
+password_file = "credentials/monitor.password"{ca}
+
+[site]
+credentials_dir = "credentials"
+acl_file = "acl"
+
+[monitor]
+out_dir = "{folder / "records"}"
+models_dir = "{folder / "models"}"
+
+[security]
+operators_file = "operators"   # `layerwatch operator add NAME --operators-file operators`
+
+{tables}"""
 
 
 @dataclass(frozen=True)
@@ -179,9 +235,79 @@ def acl_findings(path: Path) -> list[Finding]:
             topic = words[2]
             if topic in ("#", "+/#") or (topic.endswith("/#") and topic.count("/") <= 1):
                 found.append(Finding("open", f"ACL {path}: {user} may write {topic!r}: every topic"))
-            elif "/+/" in topic and topic.endswith(("/image", "/layer")) and user != "monitor":
+            elif "/+/" in topic and topic.endswith(("/image", "/layer")):  # the monitor only reads them
                 found.append(Finding("open", f"ACL {path}: {user} may write {topic!r}: every printer's {topic[-5:]}"))
     return found or [Finding("ok", f"ACL {path}: no user writes every printer's frames or layer events")]
+
+
+@dataclass(frozen=True)
+class AclRule:
+    user: str | None  # None: a pattern line (every user) or a line before any user (anonymous clients)
+    access: str  # read, write, readwrite, deny
+    topic: str
+    pattern: bool
+
+
+def parse_acl(path: Path) -> list[AclRule]:
+    """A Mosquitto ACL file's ``user``, ``topic`` and ``pattern`` lines (``%u``/``%c`` kept for matching)."""
+    rules: list[AclRule] = []
+    user: str | None = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "user" and len(words) >= 2:
+            user = " ".join(words[1:])
+        elif words[0] in ("topic", "pattern") and len(words) >= 2:
+            access, topic = (words[1], " ".join(words[2:])) if len(words) >= 3 else ("readwrite", words[1])
+            pattern = words[0] == "pattern"
+            rules.append(AclRule(None if pattern else user, access, topic, pattern))
+    return rules
+
+
+def acl_allows(rules: list[AclRule], user: str, access: str, topic: str) -> bool:
+    """Whether Mosquitto would let ``user`` ``access`` ("read" or "write") the concrete ``topic``: a matching
+    ``deny`` line refuses, a matching line of that access (or readwrite) grants, nothing else does."""
+    import paho.mqtt.client as paho
+
+    granted = False
+    for r in rules:
+        if r.pattern:
+            acl_topic = r.topic.replace("%u", user)
+        elif r.user == user:
+            acl_topic = r.topic
+        else:
+            continue
+        if "%c" in acl_topic or not paho.topic_matches_sub(acl_topic, topic):
+            continue
+        if r.access == "deny":
+            return False
+        granted |= r.access in (access, "readwrite")
+    return granted
+
+
+def part_needs(part: str, printer: str | None, prefix: str, printers: list[str]) -> list[tuple[str, str]]:
+    """(access, topic) a part of a site must be allowed: what it publishes and what it subscribes to."""
+    if part == "monitor":
+        return [
+            (a, f"{prefix}/{p}/{t}")
+            for p in printers
+            for a, t in (
+                ("read", "image"), ("read", "layer"), ("read", "action"), ("write", "result"), ("write", "action"),
+                ("write", "event"), ("write", "status/monitor"),
+            )
+        ]  # fmt: skip
+    if part == "dashboard":
+        return [(a, f"{prefix}/{p}/{t}") for p in printers for a, t in (("read", "result"), ("write", "action"))]
+    if part == "bridge":
+        return [("write", f"{prefix}/{printer}/layer"), ("write", f"{prefix}/{printer}/status/bridge")]
+    if part in ("camera", "recoat-camera"):
+        return [
+            ("read", f"{prefix}/{printer}/layer"),
+            ("write", f"{prefix}/{printer}/image"),
+            ("write", f"{prefix}/{printer}/status/camera"),
+        ]
+    raise ValueError(f"unknown part {part!r}")
 
 
 _ADMIN_PERMISSIONS = ("ADMIN", "SETTINGS", "SYSTEM", "PLUGIN_PLUGINMANAGER_MANAGE", "FILES_UPLOAD", "FILES_DELETE")

@@ -11,6 +11,7 @@ stored layer is lost. A redelivered layer is recognised and not acted on twice.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -42,6 +43,7 @@ from printer_io.messages import (
     EventMessage,
     FrameMeta,
     LayerEvent,
+    PrinterStateMessage,
     ResultMessage,
     RuleHitInfo,
     split_frame,
@@ -87,6 +89,8 @@ _REFUSED_INPUT = frozenset(
 # requests only a verified operator may make (printer_io.credentials)
 _OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_object", "feedback", "roi", "label"})
 _STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its job is still on
+_END_HOLD_S = 60.0  # an end event held this long while the printer prints on was not the printer's
+_NO_FRAME_S = 60.0  # a layer event no frame has followed for this long: the camera is missing (said once)
 # printer states that end a job this monitor saw printing
 _ENDED_STATES = frozenset({PrinterState.IDLE, PrinterState.FINISHED, PrinterState.CANCELLED, PrinterState.ERROR})
 
@@ -148,6 +152,11 @@ class Build:
     shadow_metrics: MetricsComputer | None = None  # the shadow model's own measurement and rule windows
     shadow_policy: PolicyEngine | None = None
     ended: str = ""  # why the job is over (printer state, end event); the record closes after the grace time
+    # an end event that came while the printer still printed: (when, why); the job ends when the printer stops
+    end_held: tuple[float, str] | None = None
+    thickness: float = 0.0  # the record's layer thickness (mm)
+    heights: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=8))  # (layer, z) of recent frames
+    thickness_said: bool = False
 
     def set_roi(self, roi: Roi | None, shape: tuple[int, int]) -> None:
         self.roi = roi
@@ -167,10 +176,6 @@ class PrinterMonitor:
         self.policy = policy
         cfg = service.config
         section = cfg.printers.get(printer_id)
-        self.mm_per_px = (section.mm_per_px if section and section.mm_per_px else None) or cfg.monitor.mm_per_px
-        self.thickness = (
-            section.layer_thickness_mm if section and section.layer_thickness_mm else None
-        ) or cfg.monitor.layer_thickness_mm
         names = dict(section.object_names) if section else {}
         self.controller = Controller(
             printer,
@@ -200,6 +205,9 @@ class PrinterMonitor:
         self._said: dict[str, tuple[float, int]] = {}
         self.holder: Any = None  # monitor.workers.PrinterLock, where workers share the site
         self.released = False
+        self._printer_said: tuple[Any, float] = (None, -1e9)  # the last printer state published, and when
+        self._awaiting: tuple[str, int, float] | None = None  # the first layer event no frame has followed yet
+        self._no_frames_said = False
 
     # ---- holding the printer (site workers) ---------------------------------------------------------
     def owned(self, handler: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
@@ -252,6 +260,10 @@ class PrinterMonitor:
         meta, data, part_data = split_frame(payload, topic)
         if meta.printer != self.printer_id:
             raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {self.printer_id!r}'s topic", "printer")
+        self._awaiting = None  # frames come: the camera is there
+        if self._no_frames_said:
+            self._no_frames_said = False
+            self.link.set_problem("")
         dropped = self.link.rejected["dropped"]
         if dropped > self._dropped_seen:
             self._emit_event(
@@ -453,6 +465,8 @@ class PrinterMonitor:
         taken while the printer reports that it still prints, and a layer of another job only once the build
         is quiet."""
         event = LayerEvent.from_json(payload, topic)
+        if not event.end and self._awaiting is None:
+            self._awaiting = (event.job_id, event.layer, time.monotonic())  # its frame should follow
         with self.lock:
             self.trigger_seen = True
             build = self.build
@@ -462,17 +476,22 @@ class PrinterMonitor:
             if build is None or build.ended:
                 return
             if event.end and build.job_id == event.job_id:
+                why = f"job {event.outcome or 'ended'} after layer {event.layer} ({event.source or 'event'})"
                 state = self._printer_state()
                 if state is not None and state.state in ACTIVE_STATES:
-                    raise self._refused(
-                        "end_event_refused",
-                        f"an end event for job {event.job_id} came while printer {self.printer_id} is "
-                        f"{state.state.value}: the build goes on (it ends when the printer stops)",
-                        max(build.last_layer, 0),
-                        f"{topic}: end of job {event.job_id} while the printer prints",
-                        "job",
-                    )
-                self.job_ended(f"job {event.outcome or 'ended'} after layer {event.layer} ({event.source or 'event'})")
+                    # a printer still finishing its last moves, or a forged end: the build ends when the printer
+                    # stops (the watcher sees it); one that prints on past _END_HOLD_S was not done
+                    if build.end_held is None:
+                        build.end_held = (time.monotonic(), why)
+                        self._emit_event(
+                            "info",
+                            "end_event_held",
+                            f"an end event for job {event.job_id} came while printer {self.printer_id} is "
+                            f"{state.state.value}: the job ends when the printer stops",
+                            max(build.last_layer, 0),
+                        )
+                    return
+                self.job_ended(why)
             elif not event.end and build.job_id != event.job_id and event.job_id not in self.ended:
                 self._other_job(build, event.job_id, event.layer, "layer event")
                 self.announced.append(event.job_id)
@@ -512,19 +531,49 @@ class PrinterMonitor:
                 self.build.ended = why
                 log.info("%s: %s; closing %s", self.printer_id, why, self.build.record.path.name)
 
+    def check_frames(self, wait_s: float = _NO_FRAME_S) -> None:
+        """A printer that prints layers (its layer events come) while no frame comes for them: said once, as a
+        warning event and on the monitor's status, until a frame comes."""
+        awaiting = self._awaiting
+        if awaiting is None or self._no_frames_said or time.monotonic() - awaiting[2] < wait_s:
+            return
+        job, layer, _ = awaiting
+        self._no_frames_said = True
+        text = (
+            f"printer {self.printer_id} prints (layer event for layer {layer} of job {job[:80]!r}) but no frame came "
+            f"for {wait_s:.0f} s: is its camera running, and may its broker user publish on {self.link.topics.image}? "
+            "(the camera's status says so; layerwatch security check)"
+        )
+        self._emit_event("warning", "no_frames", text, layer)
+        self.link.set_problem(text)
+
     def check_printer(self) -> None:
-        """A printer that printed this build and now is idle, finished, cancelled or failed ended the job."""
-        if self.printer is None or self.build is None or self.build.ended:
+        """The printer's own state, read by the watcher: published (retained) for the dashboard and the farm
+        view; and a printer that printed this build and now is idle, finished, cancelled or failed ended the job."""
+        if self.printer is None:
             return
         state = self._printer_state()
-        if state is None:
+        self._say_printer_state(state)
+        if self.build is None or self.build.ended or state is None:
             return
         with self.lock:
             build = self.build
             if build is None:
                 return
+            held = build.end_held
             if state.state in ACTIVE_STATES:
                 build.printer_was_active = True
+                if held is not None and time.monotonic() - held[0] > _END_HOLD_S:
+                    build.end_held = None
+                    self._emit_event(
+                        "warning",
+                        "end_event_refused",
+                        f"an end event for job {build.job_id} came {_END_HOLD_S:.0f} s ago, and printer "
+                        f"{self.printer_id} still prints: the build goes on (the end event was not the printer's)",
+                        max(build.last_layer, 0),
+                    )
+            elif held is not None:
+                self.job_ended(held[1])
             elif build.printer_was_active and state.state in _ENDED_STATES:
                 self.job_ended(f"printer {state.state.value}")
 
@@ -713,7 +762,7 @@ class PrinterMonitor:
             return
         try:
             result = shadow.segment(gray, roi=build.roi_mask, illumination=build.illum)
-            m = build.shadow_metrics.compute(result.mask, part_ids=part_ids)
+            m = build.shadow_metrics.compute(result.mask, part_ids=part_ids, gray=gray)
             hits = build.shadow_policy.evaluate(layer, m.values, m.parts, judged=outcome.judged)
             would_act = outcome.judged and any(a.type != "notify" for h in hits for a in h.rule.actions)
             build.record.append_shadow(
@@ -766,7 +815,7 @@ class PrinterMonitor:
         result = self.service.segmenter.segment(gray, roi=build.roi_mask, illumination=build.illum)
         segment_ms = (time.perf_counter() - t0) * 1000
         self._reference(build, gray, result.mask, layer)
-        m = build.metrics.compute(result.mask, part_ids=part_ids)
+        m = build.metrics.compute(result.mask, part_ids=part_ids, gray=gray)
         m.values["ood_score"] = result.ood
         metrics_ms = (time.perf_counter() - t0) * 1000 - segment_ms
         quality = meta.quality
@@ -868,9 +917,32 @@ class PrinterMonitor:
                 layer, state.state.value, job.z_mm if job and job.z_mm else meta.z_mm, state.feed_pct, state.flow_pct
             )
         self._advance(build, layer, outcome.late)
+        self._check_thickness(build, layer, meta.z_mm)
         build.layers_judged += int(outcome.judged)
         self.counters["layers"] += 1
         return record_ms
+
+    def _check_thickness(self, build: Build, layer: int, z_mm: float) -> None:
+        """The printer's z steps against the record's layer thickness: a disagreement of more than 10 % over the
+        last layers is said once a build (volumes in the report follow the layers' own heights)."""
+        build.heights.append((layer, z_mm))
+        if build.thickness_said or len(build.heights) < 5:
+            return
+        pairs = sorted(build.heights)
+        steps = [(z1 - z0) / (k1 - k0) for (k0, z0), (k1, z1) in itertools.pairwise(pairs) if k1 > k0 and z1 > z0]
+        if len(steps) < 4:
+            return
+        step = float(np.median(steps))
+        if abs(step - build.thickness) > 0.1 * build.thickness:
+            build.thickness_said = True
+            self._emit_event(
+                "warning",
+                "units",
+                f"the printer's z rises {step:.4g} mm a layer, the record says {build.thickness:g} mm "
+                f"([printers.{self.printer_id}] or [monitor] layer_thickness_mm): volumes in the report use the "
+                "layers' own heights; fix the config",
+                layer,
+            )
 
     def _advance(self, build: Build, layer: int, late: bool) -> None:
         """The numbering moves on by small steps, or by a bigger one that the next frame confirms: one frame
@@ -919,12 +991,12 @@ class PrinterMonitor:
         self.results.append(res)
         v = m.values
         log.info(
-            "%s layer %d: porosity %.2f%% spatter %.2f%% warping %.2f%% of the part area%s",
+            "%s layer %d: porosity %.2f%% spatter %.2f%% of the part area, confirmed warping %.1f mm²%s",
             self.printer_id,
             meta.layer,
             100 * v["porosity_fraction_part"],
             100 * v["spatter_fraction_part"],
-            100 * v["warping_fraction_part"],
+            v["warping_confirmed_area_mm2"],
             "; " + ", ".join(f"{a.action} ({a.rule})" for a in outcome.actions) if outcome.actions else "",
         )
 
@@ -948,6 +1020,31 @@ class PrinterMonitor:
             record=str(build.record.path),
         )
         self.link.publish(self.link.topics.result, res.to_json())
+
+    def _say_printer_state(self, state: Any) -> None:
+        """``<prefix>/<printer>/status/printer``, retained: on a change of state, job or layer, and once a minute."""
+        job = state.job if state is not None else None
+        build = self.build
+        layer = job.layer if job is not None and job.layer is not None else None
+        if layer is None and build is not None and build.last_layer >= 0 and not build.ended:
+            layer = build.last_layer
+        msg = PrinterStateMessage(
+            printer=self.printer_id,
+            state=state.state.value if state is not None else "unreachable",
+            job=(job.name if job is not None else "")[:256],
+            layer=layer,
+            z_mm=job.z_mm if job is not None and job.z_mm is not None and -5 <= job.z_mm <= 10_000 else None,
+            backend=getattr(self.printer, "name", "") or "",
+        )
+        key = (msg.state, msg.job, msg.layer)
+        said_key, said_at = self._printer_said
+        if key == said_key and time.monotonic() - said_at < 60:
+            return
+        self._printer_said = (key, time.monotonic())
+        try:
+            self.link.publish(self.link.topics.status("printer"), msg.to_json(), retain=True)
+        except Exception as err:  # the page shows the record's view meanwhile; the watcher goes on
+            log.debug("%s: printer state not published: %s", self.printer_id, err)
 
     def _printer_state(self) -> Any:
         if self.printer is None:
@@ -1007,6 +1104,7 @@ class PrinterMonitor:
             raise PayloadError(f"layer {meta.layer} of ended build {meta.job_id}", "ended")
         self.ended.discard(meta.job_id)
         self.close_build("closed")
+        scale, thickness, units_said = self._units(meta)
         h, w = frame.shape[:2]
         dtype = "uint16" if frame.dtype == np.uint16 else "uint8"
         resumed = path.exists()
@@ -1023,18 +1121,25 @@ class PrinterMonitor:
             else:
                 roi = self._initial_roi(to_gray(frame, order="bgr"))
                 record = BuildRecord.create(
-                    path, self._spec(meta.job_id, h, w, dtype, roi), fsync=self.service.config.monitor.fsync
+                    path,
+                    self._spec(meta.job_id, h, w, dtype, roi, scale, thickness),
+                    fsync=self.service.config.monitor.fsync,
                 )
                 log.info("%s: new build %s, record %s", self.printer_id, meta.job_id, path)
         except RecordError as err:
             self._emit_event("critical", "record_failed", str(err), meta.layer)
             raise PayloadError(str(err), "record") from err
-        build = Build(meta.job_id, record, MetricsComputer(self.mm_per_px), PolicyEngine(self.policy))
+        if resumed:  # the record's own units, whatever this first frame after a restart says
+            scale, thickness = record.mm_per_px, record.layer_thickness_mm
+        build = Build(meta.job_id, record, MetricsComputer(scale), PolicyEngine(self.policy))
+        build.thickness = thickness
         if self.service.shadow is not None and record.has_shadow:
-            build.shadow_metrics, build.shadow_policy = MetricsComputer(self.mm_per_px), PolicyEngine(self.policy)
+            build.shadow_metrics, build.shadow_policy = MetricsComputer(scale), PolicyEngine(self.policy)
         build.set_roi(roi, (h, w))
         self.build = build
         self.last_record = record.path
+        for text in units_said if not resumed else []:
+            self._emit_event("warning", "units", text, meta.layer)
         self._reference_image(build)
         if record.shared_with_reader:
             self._emit_event(
@@ -1068,11 +1173,13 @@ class PrinterMonitor:
         metrics = build.record.table("metrics")
         parts = build.record.table("part_metrics")
         shadow = build.record.shadow_masks() if build.shadow_metrics is not None else {}
+        last = int(stored.max())
         for layer in (int(n) for n in stored):
             mask, samples = build.record.layer_for_restart(layer)
             if build.illum is None:  # the frames are read only until the lighting is known
                 self._reference(build, build.record.image(layer), mask, layer)
-            build.metrics.compute(mask, part_ids=samples)
+            # the last layer's frame too: its confirmed warping is what the next layer's growth is measured from
+            build.metrics.compute(mask, part_ids=samples, gray=build.record.image(layer) if layer == last else None)
             rows = [p for p in parts if int(p["layer"]) == layer]
             build.policy.evaluate(layer, metrics[layer], rows)
             if layer in shadow and build.shadow_metrics is not None and build.shadow_policy is not None:
@@ -1104,7 +1211,40 @@ class PrinterMonitor:
             gray = build.record.image(layer)
             self._watch_drift(layer, gray, mask, build.roi_mask, ood, say=False)
 
-    def _spec(self, job_id: str, h: int, w: int, dtype: str, roi: Roi | None) -> RecordSpec:
+    def _units(self, meta: FrameMeta) -> tuple[float, float, list[str]]:
+        """(mm per px, layer thickness in mm) of a new build. ``[printers.<id>]`` wins where it sets them (a frame's
+        word is the network's); else what the camera (the frame's ``mm_per_px``) and the printer (z of the layer)
+        report; else ``[monitor]``'s. A report that disagrees with a value set in the config is a warning (returned:
+        said once the build's record is there to keep it)."""
+        cfg = self.service.config
+        section = cfg.printers.get(self.printer_id)
+        own = {k for k in ("mm_per_px", "layer_thickness_mm") if section is not None and getattr(section, k)}
+        general = cfg.monitor.model_fields_set
+        reported = {
+            "mm_per_px": meta.mm_per_px,
+            "layer_thickness_mm": meta.z_mm / (meta.layer + 1) if 0 < meta.z_mm / (meta.layer + 1) <= 5 else None,
+        }
+        what = {"mm_per_px": ("the camera's scale", "mm/px"), "layer_thickness_mm": ("the printer's layers", "mm")}
+        chosen: dict[str, float] = {}
+        said: list[str] = []
+        for key, report in reported.items():
+            configured = getattr(section, key) if key in own else getattr(cfg.monitor, key)
+            value = configured if key in own or report is None else report
+            chosen[key] = float(value)
+            explicit = key in own or key in general
+            if report is not None and explicit and abs(report - configured) > 0.1 * configured:
+                where = f"[printers.{self.printer_id}]" if key in own else "[monitor]"
+                used = "the config's" if key in own else "the reported one"
+                name, unit = what[key]
+                said.append(
+                    f"{name}: {report:.4g} {unit} reported, {where} {key} = {configured:g}: this build uses {used} "
+                    f"({value:.4g} {unit}); fix whichever is wrong (areas and volumes follow it)"
+                )
+        return chosen["mm_per_px"], chosen["layer_thickness_mm"], said
+
+    def _spec(
+        self, job_id: str, h: int, w: int, dtype: str, roi: Roi | None, scale: float, thickness: float
+    ) -> RecordSpec:
         svc = self.service
         return RecordSpec(
             printer=self.printer_id,
@@ -1112,8 +1252,8 @@ class PrinterMonitor:
             height=h,
             width=w,
             dtype=dtype,
-            mm_per_px=self.mm_per_px,
-            layer_thickness_mm=self.thickness,
+            mm_per_px=scale,
+            layer_thickness_mm=thickness,
             class_names=tuple(CLASS_NAMES),
             metric_names=(*METRIC_NAMES, *FRAME_METRICS),
             part_metric_names=PART_METRIC_NAMES,
@@ -1203,9 +1343,8 @@ class PrinterMonitor:
         with self.lock:
             if self.build is not None:
                 self.build.record.add_event(layer, level, code, message)
-        log.log(
-            logging.ERROR if level in ("error", "critical") else logging.WARNING, "%s: %s", self.printer_id, message
-        )
+        loudness = {"critical": logging.ERROR, "error": logging.ERROR, "warning": logging.WARNING}
+        log.log(loudness.get(level, logging.INFO), "%s: %s", self.printer_id, message)
         event = EventMessage(
             printer=self.printer_id,
             service="monitor",
@@ -1462,7 +1601,8 @@ class MonitorService:
         return create_printer(section.backend, pid, **section.options).start()
 
     def _watch(self) -> None:
-        """Close the records of jobs that ended (after the grace time) or whose printer went silent."""
+        """Read each printer's state (published for the dashboard), close the records of jobs that ended (after
+        the grace time) or whose printer went silent."""
         cfg = self.config.monitor
         last_poll = 0.0
         while not self._stop.wait(min(1.0, cfg.build_idle_close_s)):
@@ -1475,6 +1615,7 @@ class MonitorService:
                 log.exception("monitor: checking the model store failed")
             for pm in list(self.monitors.values()):
                 try:
+                    pm.check_frames()
                     if poll:
                         pm.check_printer()
                     build = pm.build

@@ -10,9 +10,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["ConfigFileError", "section"]
+__all__ = ["EXIT_CONFIG", "ConfigFileError", "section"]
 
 M = TypeVar("M", bound=BaseModel)
+
+#: the exit status of a command whose configuration is wrong (a bad key, a missing secret file, credentials the
+#: broker refuses): no restart can fix it, so `layerwatch up` does not restart a part that ends so (EX_CONFIG)
+EXIT_CONFIG = 78
 
 
 class ConfigFileError(Exception):

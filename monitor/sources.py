@@ -15,7 +15,11 @@ from printer_io.camera import register_source
 from printer_io.errors import CaptureError
 from printer_io.messages import LayerEvent
 
-__all__ = ["SimulatorSource", "register"]
+__all__ = ["SIMULATED_CAMERA_SEED", "SimulatorSource", "register"]
+
+#: the simulated camera's build by default: a plate between chamber walls on three sides (the plate proposal
+#: finds it: IoU 0.94 with the true plate), five parts, 0.099 mm a pixel, and defects that grow as in a real build
+SIMULATED_CAMERA_SEED = 20261217
 
 
 class SimulatorSource:
@@ -23,15 +27,33 @@ class SimulatorSource:
 
     name = "simulator"
 
-    def __init__(self, seed: int = 20261127, size: int = 512, layers: int = 40, spec: Any = None) -> None:
-        """A random build of ``seed``, or the given :class:`segmentation.simulator.BuildSpec` (a scenario)."""
-        from segmentation.simulator import SimBuild
+    def __init__(
+        self,
+        seed: int = SIMULATED_CAMERA_SEED,
+        size: int = 512,
+        layers: int = 40,
+        spec: Any = None,
+        defects: bool = False,
+    ) -> None:
+        """A random build of ``seed``, or the given :class:`segmentation.simulator.BuildSpec` (a scenario).
+        ``defects``: the random build keeps its pores and warps; without, it is a clean build (spatter only), so
+        a site tried with the simulated camera prints its job through unless something is wrong."""
+        from dataclasses import replace
+
+        from segmentation.simulator import SimBuild, random_spec
 
         if spec is not None:
             seed, size, layers = spec.seed, spec.height, spec.n_layers
+        elif not defects:
+            spec = replace(random_spec(seed, size, size, layers), pores=(), warps=())
         self.layers = layers
         self.build = SimBuild(seed, size, size, layers, spec=spec)
         self._last: tuple[int, Any] | None = None  # image and part ids of a layer are rendered once
+
+    @property
+    def mm_per_px(self) -> float:
+        """The simulated camera's scale: the record says what the frames show."""
+        return float(self.build.spec.mm_per_px)
 
     def open(self) -> None:
         pass

@@ -45,6 +45,7 @@ class Link(Protocol):
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, wait_s: float | None = None
     ) -> Any: ...
     def stats(self) -> dict[str, int]: ...
+    def set_problem(self, text: str) -> None: ...
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -113,9 +114,24 @@ class BusLink:
         self._idle.set()
         self._worker: threading.Thread | None = None
         self._closing = False
+        self.problem = ""
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         self._handlers.append((topic_filter, handler))
+
+    def set_problem(self, text: str) -> None:
+        """As MqttLink's: the retained status turns ``degraded`` with ``text`` while it is set."""
+        if text == self.problem:
+            return
+        self.problem = text
+        if self._worker is not None:
+            status = StatusMessage(
+                service=self.service,
+                client_id=self.client_id,
+                state="degraded" if text else "online",
+                problem=text[:500],
+            )
+            self.publish(self.topics.status(self.service), status.to_json(), retain=True)
 
     def start(self) -> BusLink:
         if self._worker is not None:

@@ -201,6 +201,7 @@ class CameraNode:
         self.published = 0
         self.given_up = 0
         self._seen: set[tuple[str, int]] = set()
+        self._job = ""  # the job of the last layer captured
         self._lock = threading.Lock()
 
     def start(self) -> CameraNode:
@@ -231,7 +232,15 @@ class CameraNode:
                 )
                 return
             self._seen.add(key)
+            if event.job_id != self._job:  # a new job's first layer is not "frozen" for looking like the last one
+                self._job = event.job_id
+                self.quality.reset()
         self.capture(event)
+
+    def _scale(self) -> float | None:
+        """The source's scale in mm per px, where it knows it (``mm_per_px`` attribute), else None."""
+        scale = getattr(self.source, "mm_per_px", None)
+        return float(scale) if isinstance(scale, (int, float)) and 0 < scale <= 10 else None
 
     def capture(self, event: LayerEvent) -> bool:
         """Capture and publish the frame of one layer; False when the layer was given up."""
@@ -265,6 +274,7 @@ class CameraNode:
                 attempt=attempt,
                 quality=quality,
                 view=s.view,
+                mm_per_px=self._scale(),
             )
             try:
                 self.link.publish(self.topics.image, encode_frame(meta, data, part_ids))

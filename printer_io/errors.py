@@ -8,7 +8,8 @@
     ├── FrameTooLarge          an encoded frame exceeds the configured limit
     ├── CaptureError           a camera source could not deliver a frame
     ├── MqttError              the broker cannot be reached or refused us
-    │   └── MqttAuthError      wrong username/password or not authorised
+    │   ├── MqttAuthError      wrong username/password or not authorised
+    │   └── PublishRefused     the broker acknowledged a publish with a refusal (its ACL)
     └── PrinterError           a printer backend failed
         ├── PrinterUnreachable     no answer (connection refused, timeout)
         ├── PrinterAuthError       the API key was rejected
@@ -32,6 +33,7 @@ __all__ = [
     "PrinterError",
     "PrinterIOError",
     "PrinterUnreachable",
+    "PublishRefused",
     "UnsupportedOperation",
 ]
 
@@ -66,6 +68,16 @@ class MqttError(PrinterIOError):
 
 class MqttAuthError(MqttError):
     """The broker refused our credentials or client id."""
+
+
+class PublishRefused(MqttError):
+    """The broker acknowledged a publish with a refusal (MQTT 5 PUBACK reason code, e.g. not authorized by
+    its ACL); ``topic`` and ``reason`` say which and why."""
+
+    def __init__(self, message: str, topic: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.reason = reason
 
 
 class PrinterError(PrinterIOError):

@@ -31,6 +31,7 @@ __all__ = [
     "LabelStroke",
     "LayerEvent",
     "Message",
+    "PrinterStateMessage",
     "ResultMessage",
     "RuleHitInfo",
     "StatusMessage",
@@ -132,7 +133,8 @@ class FrameQuality(BaseModel):
 class FrameMeta(Message):
     """Header of a frame envelope: which layer it shows and how it is encoded."""
 
-    SCHEMA: ClassVar[str] = "layerwatch.frame/1"
+    SCHEMA: ClassVar[str] = "layerwatch.frame/2"
+    READS: ClassVar[tuple[str, ...]] = ("layerwatch.frame/1",)
     printer: str = Field(min_length=1, max_length=64)
     job_id: str = Field(min_length=1, max_length=256)
     layer: int = Field(ge=0, le=1_000_000)
@@ -150,6 +152,9 @@ class FrameMeta(Message):
     # "melt": the layer after exposure (judged); "recoat": the fresh powder spread for the layer, before it is
     # exposed (Peregrine's second image: kept in the record, and the build's lighting reference)
     view: Literal["melt", "recoat"] = "melt"
+    # the camera's scale where its source knows it (a calibrated camera, the simulator): the record uses it unless
+    # [printers.<id>] mm_per_px says otherwise, and a disagreement is said
+    mm_per_px: float | None = Field(default=None, gt=0, le=10)
 
 
 def encode_frame(meta: FrameMeta, image_bytes: bytes, part_ids: bytes = b"") -> bytes:
@@ -288,12 +293,30 @@ class StatusMessage(Message):
     ``worker``: the monitor worker that holds the printer (``layerwatch monitor --group``), where workers share a
     site; ``hops``: how often a worker passed the printer on, taking no more than its share (monitor.workers)."""
 
-    SCHEMA: ClassVar[str] = "layerwatch.status/2"
-    READS: ClassVar[tuple[str, ...]] = ("layerwatch.status/1",)
+    SCHEMA: ClassVar[str] = "layerwatch.status/3"
+    READS: ClassVar[tuple[str, ...]] = ("layerwatch.status/1", "layerwatch.status/2")
     service: str = Field(min_length=1, max_length=64)
     client_id: str = Field(min_length=1, max_length=128)
-    state: Literal["online", "offline"]
+    # degraded: connected, but something it must do fails (the broker refuses its publishes): ``problem`` says what
+    state: Literal["online", "degraded", "offline"]
+    problem: str = Field(default="", max_length=500)
     time: float = Field(default_factory=time.time)
     version: str = ""
     worker: str = Field(default="", max_length=64)
     hops: int = Field(default=0, ge=0, le=1000)
+
+
+class PrinterStateMessage(Message):
+    """Retained on ``<prefix>/<printer>/status/printer`` by the monitor: what the printer itself says it is doing,
+    as the monitor's watcher last read it (every few seconds, and at once on a change). ``state`` is one of
+    printer_io.printer.PrinterState's values, or ``unreachable`` when the printer's host does not answer;
+    ``layer``: the printer's layer where it reports one, else the last layer event's."""
+
+    SCHEMA: ClassVar[str] = "layerwatch.printer/1"
+    printer: str = Field(min_length=1, max_length=64)
+    state: str = Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")
+    job: str = Field(default="", max_length=256)
+    layer: int | None = Field(default=None, ge=0, le=1_000_000)
+    z_mm: float | None = Field(default=None, ge=-5.0, le=10_000.0)
+    backend: str = Field(default="", max_length=64)
+    time: float = Field(default_factory=time.time)

@@ -11,6 +11,10 @@
   service keeps running.
 - Payload sizes are checked before publishing: paho ignores the broker's maximum packet size and would
   resend an oversized message in a reconnect loop.
+- Every QoS 1 publish's acknowledgement is read: a broker that refuses it (MQTT 5 PUBACK reason code, e.g. "Not
+  authorized" by its ACL) is an error with the broker's reason, never a silent success. A publish that waits
+  (``wait_s``) raises :class:`PublishRefused`; one that does not is counted, logged once per topic, and the
+  service's retained status turns ``degraded`` with the problem in words.
 
 Secrets: the password comes from ``$LAYERWATCH_MQTT_PASSWORD`` or ``password_file``, never from the
 config file itself, and is never logged.
@@ -41,7 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 
-from printer_io.errors import ConfigError, FrameTooLarge, MqttAuthError, MqttError, PayloadError
+from printer_io.errors import ConfigError, FrameTooLarge, MqttAuthError, MqttError, PayloadError, PublishRefused
 from printer_io.messages import StatusMessage
 from printer_io.secrets import optional_secret
 from printer_io.topics import Topics
@@ -60,6 +64,7 @@ _AUTH_CODES = {134: "bad user name or password", 135: "not authorized", 133: "cl
 
 
 _TRIM_AFTER_BYTES = 32 * 1024 * 1024
+_NOT_YET = object()  # an acknowledgement not (yet) received
 _FRAME_BYTES = 16 * 1024  # a message on a frame topic at least this big counts as a camera frame
 
 
@@ -190,6 +195,17 @@ class MqttLink:
         self._ever_connected = False
         self._closed_early: str | None = None  # the broker closed the connection before ever accepting it: why
         self._born = time.time()
+        # publish acknowledgements: topic of each message in flight, refusals that came before it was noted
+        self._inflight: dict[int, str] = {}
+        self._early_acks: dict[int, Any] = {}
+        self._acks: dict[int, Any] = {}  # reason codes of refused publishes that a waiting publish asks about
+        self.refused: Counter[str] = Counter()  # topic -> publishes the broker refused
+        self.sub_refused: dict[str, str] = {}  # topic filter -> why the broker refused the subscription
+        self._sub_pending: dict[int, str] = {}
+        self._subscribed = threading.Event()  # every subscription of the last connect acknowledged
+        self._subscribed.set()
+        self._ack_lock = threading.Lock()
+        self.problem = ""  # what fails (the status says it while set)
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
@@ -231,6 +247,8 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         self._client = client
         self._worker = threading.Thread(target=self._work, name=f"mqtt-{self.service}", daemon=True)
         self._worker.start()
@@ -254,11 +272,20 @@ class MqttLink:
             failure = self._auth_failure
             self.close(publish_offline=False)
             if failure is not None:
+                where = (
+                    f"the password in {self.config.password_file}"
+                    if self.config.password_file is not None and not os.environ.get(PASSWORD_ENV)
+                    else f"the password (${PASSWORD_ENV} or [mqtt] password_file)"
+                )
                 raise MqttAuthError(
-                    f"MQTT broker {self._where()} refused {username or 'anonymous'!s}: {failure}; check the username "
-                    f"(${USERNAME_ENV} or [mqtt] username) and the password (${PASSWORD_ENV} or [mqtt] password_file)"
+                    f"MQTT broker {self._where()} refused {username or 'anonymous'!s}: {failure}; check the user name "
+                    f"(${USERNAME_ENV} or [mqtt] username) and {where}"
                 )
             raise MqttError(self._diagnose())
+        # ready means subscribed: a message published right after start() returns reaches the handlers (a new
+        # session holds nothing published before its subscriptions)
+        if not self._subscribed.wait(self.config.connect_timeout_s):
+            log.warning("%s: the broker did not acknowledge every subscription in time", self.service)
         return self
 
     def close(self, publish_offline: bool = True) -> None:
@@ -277,7 +304,7 @@ class MqttLink:
         client, self._client = self._client, None
         if client is not None:
             if publish_offline and not self.ephemeral and self._connected.is_set():
-                info = client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+                info = self._send(client, self.status_topic, self._status("offline"), 1, True)
                 info.wait_for_publish(2.0)
             client.disconnect()
             client.loop_stop()
@@ -313,10 +340,71 @@ class MqttLink:
         client = self._client
         if client is None:
             raise MqttError(f"{self.service}: publish on {topic} after the MQTT link was closed")
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._send(client, topic, payload, qos, retain)
         if wait_s is not None:
             info.wait_for_publish(wait_s)
+            with self._ack_lock:
+                code = self._acks.pop(info.mid, None)
+            if code is not None:
+                raise PublishRefused(self._refusal_text(topic, code), topic, str(code))
         return info
+
+    def _send(self, client: paho.Client, topic: str, payload: bytes, qos: int, retain: bool) -> paho.MQTTMessageInfo:
+        """Every publish of the link: its acknowledgement is matched to its topic (paho's network thread may
+        deliver it before ``client.publish`` returns; no lock of ours is held across paho's)."""
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if qos == 0:
+            return info
+        with self._ack_lock:
+            early = self._early_acks.pop(info.mid, _NOT_YET)
+            if early is _NOT_YET:
+                self._inflight[info.mid] = topic
+        if early is not _NOT_YET and early is not None and getattr(early, "is_failure", False):
+            self._refused(topic, early, info.mid)
+        return info
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        with self._ack_lock:
+            topic = self._inflight.pop(mid, None)
+            if topic is None:  # acknowledged before _send noted it: _send takes it from here
+                self._early_acks[mid] = rc
+                if len(self._early_acks) > 1000:  # QoS 0 messages' (nobody takes those): keep the newest only
+                    for old in list(self._early_acks)[:500]:
+                        del self._early_acks[old]
+                return
+        if rc is not None and getattr(rc, "is_failure", False):
+            self._refused(topic, rc, mid)
+
+    def _refusal_text(self, topic: str, code: Any) -> str:
+        username = None if self.anonymous else self.config.credentials()[0]
+        return (
+            f"MQTT broker {self._where()} refused the publish of {username or 'anonymous'} on {topic}: {code} "
+            f"(the broker's ACL does not let this user write there; docs/security.md)"
+        )
+
+    def _refused(self, topic: str, code: Any, mid: int) -> None:
+        """A publish the broker refused: remembered for a waiting publish, counted, logged once per topic, and
+        said on the service's status."""
+        with self._ack_lock:
+            self._acks[mid] = code
+            if len(self._acks) > 1000:  # nobody waits for most: keep the newest only
+                for old in list(self._acks)[:500]:
+                    del self._acks[old]
+            self.refused[topic] += 1
+            first = self.refused[topic] == 1
+        if first:
+            text = self._refusal_text(topic, code)
+            log.error("%s: %s", self.service, text)
+            self.set_problem(text)
+
+    def set_problem(self, text: str) -> None:
+        """Say on the retained status that something this service must do fails (``""``: nothing fails)."""
+        if text == self.problem:
+            return
+        self.problem = text
+        client = self._client
+        if client is not None and not self.ephemeral and self._connected.is_set():
+            self._send(client, self.status_topic, self._status("online", self._born), 1, True)
 
     # ---- paho callbacks: hand work to the worker, log state changes once ----------------------------
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -333,10 +421,12 @@ class MqttLink:
             return
         max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
         self._broker_max_packet = int(max_packet) if max_packet else None
+        if self._handlers:
+            self._subscribed.clear()
         for index in range(len(self._handlers)):
             self._subscribe(client, index)
         if not self.ephemeral:
-            client.publish(self.status_topic, self._status("online", self._born), qos=1, retain=True)
+            self._send(client, self.status_topic, self._status("online", self._born), 1, True)
         resumed = bool(getattr(flags, "session_present", False))
         self._connected.set()
         self._ever_connected = True
@@ -346,10 +436,13 @@ class MqttLink:
         )
 
     def _status(self, state: Literal["online", "offline"], at: float | None = None) -> bytes:
+        """The retained status: ``online`` turns ``degraded`` while a problem is set."""
+        degraded = state == "online" and bool(self.problem)
         return StatusMessage(
             service=self.service,
             client_id=self.client_id,
-            state=state,
+            state="degraded" if degraded else state,
+            problem=self.problem[:500] if degraded else "",
             version=self.version,
             worker=self.worker,
             time=at or time.time(),
@@ -459,9 +552,30 @@ class MqttLink:
         if self.config.protocol == "5":
             props = Properties(PacketTypes.SUBSCRIBE)
             props.SubscriptionIdentifier = _subscription_id(topic_filter)
-            client.subscribe(topic_filter, qos=1, properties=props)
+            _, mid = client.subscribe(topic_filter, qos=1, properties=props)
         else:
-            client.subscribe(topic_filter, qos=1)
+            _, mid = client.subscribe(topic_filter, qos=1)
+        if mid is not None:
+            with self._ack_lock:
+                self._sub_pending[mid] = topic_filter
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        """The broker's answer to a subscription: a refusal (its ACL) is said once, and on the status."""
+        with self._ack_lock:
+            topic_filter = self._sub_pending.pop(mid, None)
+            done = not self._sub_pending
+        refused = [c for c in codes or [] if getattr(c, "is_failure", False) or c == 0x80]
+        if topic_filter is not None and refused:
+            username = None if self.anonymous else self.config.credentials()[0]
+            text = (
+                f"MQTT broker {self._where()} refused the subscription of {username or 'anonymous'} to {topic_filter}: "
+                f"{refused[0]} (the broker's ACL does not let this user read there; docs/security.md)"
+            )
+            self.sub_refused[topic_filter] = str(refused[0])
+            log.error("%s: %s", self.service, text)
+            self.set_problem(text)
+        if done:
+            self._subscribed.set()
 
     def _subscription_ids(self, message: paho.MQTTMessage) -> list[int] | None:
         if self.config.protocol != "5":

@@ -172,6 +172,8 @@ PERMISSIONS = {
     "PRINT": "pause, resume and cancel the job",
     "CONTROL": "send G-code: feed and flow adjustments (M220/M221)",
     "FILES_DOWNLOAD": "read the G-code file for the slicer's layer markers (without it, layers follow Z, later)",
+    "CONNECTION": "connect OctoPrint to the printer's serial port (connect_port): or connect it in OctoPrint and "
+    "leave connect_port unset",
 }
 REQUIRED_PERMISSIONS = ("STATUS", "PRINT")
 # requests any valid key may make: a refusal there means the key itself is wrong
@@ -179,6 +181,8 @@ _IDENTITY_PATHS = ("/api/version", "/api/currentuser", "/api/login")
 
 
 def _permission_for(method: str, path: str) -> str:
+    if path.startswith("/api/connection") and method == "POST":
+        return "CONNECTION"
     if path.startswith("/api/printer/command"):
         return "CONTROL"
     if path.startswith("/downloads/files"):

@@ -52,6 +52,7 @@ __all__ = [
     "SimLayer",
     "WarpSpec",
     "dataset_layers",
+    "random_spec",
     "scenario_spec",
     "simulate_dataset",
     "simulate_scenarios",
@@ -273,6 +274,12 @@ def _draw_look(seed: int, color: bool) -> Look:
         track_power=track_power if exposed else 1.0,
         holes=holes,
     )
+
+
+def random_spec(seed: int, height: int, width: int, n_layers: int) -> BuildSpec:
+    """The random build of ``seed`` that ``SimBuild(seed, height, width, n_layers)`` draws (a caller may change it,
+    e.g. take its defects out, and pass it as ``spec``)."""
+    return _random_spec(seed, height, width, n_layers)
 
 
 def _random_spec(seed: int, height: int, width: int, n_layers: int) -> BuildSpec:

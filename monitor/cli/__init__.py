@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from monitor.cli import model, operator, records, services
-from monitor.cli.common import EXIT_PARTIAL, EXIT_USAGE, CommandError, RefusedError
+from monitor.cli.common import EXIT_CONFIG, EXIT_PARTIAL, EXIT_USAGE, CommandError, RefusedError
 
 __all__ = ["build_parser", "main"]
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from monitor.config import ConfigFileError
-    from printer_io.errors import PrinterIOError
+    from printer_io.errors import ConfigError, MqttAuthError, PrinterAuthError, PrinterIOError
     from segmentation.errors import SegmentationError
 
     parser = build_parser()
@@ -65,7 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RefusedError as err:
         print(f"layerwatch {args.command}: {err}", file=sys.stderr)
         return EXIT_PARTIAL
-    except (CommandError, SegmentationError, PrinterIOError, ConfigFileError) as err:
+    except (ConfigFileError, ConfigError, MqttAuthError, PrinterAuthError) as err:  # no retry fixes these
+        # (a wrong config, a secret file missing, credentials or a key the broker or printer refuses)
+        print(f"layerwatch {args.command}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (CommandError, SegmentationError, PrinterIOError) as err:
         print(f"layerwatch {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

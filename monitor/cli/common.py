@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from monitor.settings import EXIT_CONFIG as EXIT_CONFIG
+
 log = logging.getLogger("layerwatch")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -87,12 +89,23 @@ def mqtt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default=None, help="MQTT broker URL, mqtt://HOST:PORT or mqtts://; overrides [mqtt] url")
 
 
-def connect(args: argparse.Namespace, service: str, ephemeral: bool = False):  # type: ignore[no-untyped-def]
+#: the part of a site (and so the broker user, monitor.config.Config.mqtt_for) each command connects as
+_PARTS = {"hook": "bridge", "operator": "operator"}
+
+
+def connect(  # type: ignore[no-untyped-def]
+    args: argparse.Namespace, service: str, ephemeral: bool = False, part: str | None = None
+):
+    """The command's MQTT link: ``[mqtt]`` of ``--config``, as the broker user of its part of the site
+    (a camera as ``camera-<printer>``, a bridge or the G-code hook as ``bridge-<printer>``, where the config
+    says so: ``[site] credentials_dir`` or the part's own ``mqtt_username``)."""
     from monitor.config import load_config
     from printer_io.mqtt import MqttLink
     from printer_io.topics import Topics
 
-    config = load_config(args.config).mqtt
+    site = load_config(args.config)
+    name = part or _PARTS.get(service, service)
+    config = site.mqtt_for(name, args.printer) if name != "operator" else site.mqtt_for("operator")
     if args.broker:
         config = config.model_copy(update={"url": args.broker})
     from monitor import __version__

@@ -34,7 +34,11 @@ def cmd_control(args: argparse.Namespace) -> int:
     answer = _ask_monitor(args, msg)
     if answer.state != ActionState.CONFIRMED:
         raise RefusedError(f"{args.action} {args.printer}: {answer.state.value}: {answer.detail or answer.reason}")
-    print(f"{args.action} {args.printer}: confirmed by the monitor ({answer.detail}); recorded as {msg.request_id}")
+    who = answer.operator
+    print(
+        f"{args.action} {args.printer}: confirmed by the monitor ({answer.detail}); recorded as asked by operator "
+        f"{who} (request {msg.request_id})"
+    )
     return EXIT_OK
 
 
@@ -66,19 +70,20 @@ def _ask_monitor(args: argparse.Namespace, msg: Any) -> Any:
             )
     finally:
         link.close()
-    return answers[0]
+    answer = answers[0]  # the operator it was carried out for: the one whose credential signed it
+    return answer if answer.operator else answer.model_copy(update={"operator": msg.operator})
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
     """``operator add NAME``: a new secret in the monitor's operators file, and the operator's own copy."""
 
-    from printer_io.credentials import Credential, CredentialError, load_operators, new_secret
+    from printer_io.credentials import Credential, load_operators, new_secret
 
     cred = Credential.parse(f"{args.name}:{new_secret()}", "operator add")
     path: Path = args.operators_file
     known = load_operators(path) if path.exists() else {}
     if cred.name in known:
-        raise CredentialError(f"operators file {path}: {cred.name!r} is there already; remove its line to renew it")
+        raise CommandError(f"operators file {path}: {cred.name!r} is there already; remove its line to renew it")
     for target in [path] + ([args.credential_out] if args.credential_out else []):
         if target == args.credential_out and target.exists():
             raise CommandError(f"credential file {target} exists already: choose a new path")
@@ -116,8 +121,13 @@ def cmd_security_broker(args: argparse.Namespace) -> int:
     if not args.run_as:
         print(f"mosquitto started as root runs as user mosquitto: chown mosquitto {args.out}/passwd {args.out}/acl")
     print(
-        'each service\'s config: [mqtt] username = "<user>", password_file = "<out>/credentials/<user>.password" '
-        "(copy that file to the machine of the service, readable by it only)"
+        f"the site's config: {args.out / 'layerwatch.toml'}: every part `layerwatch up` starts connects as its own "
+        "user; append a [printers.<id>] table per printer, add operators (layerwatch operator add NAME "
+        f"--operators-file {args.out / 'operators'}), then: layerwatch up --config {args.out / 'layerwatch.toml'}"
+    )
+    print(
+        "a service on another machine: copy its credentials/<user>.password there (readable by it only) and set "
+        '[mqtt] username = "<user>", password_file = "<that file>"'
     )
     if args.tls:
         print(f"put ca.crt, broker.crt and broker.key in {args.out / 'tls'}; services use mqtts:// with ca_file")
@@ -153,7 +163,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     answer = _ask_monitor(args, msg)
     if answer.state != ActionState.CONFIRMED:
         raise RefusedError(f"feedback on {args.incident}: refused: {answer.detail}")
-    print(f"incident {args.incident} is {args.verdict}: stored ({answer.detail})")
+    print(
+        f"incident {args.incident} is {args.verdict}: stored as operator {answer.operator}'s verdict ({answer.detail})"
+    )
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,11 +92,42 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     finally:
         service.close()
     for pid, pm in service.monitors.items():
-        print(f"monitor: {pid}: {pm.counters['layers']} layer(s) judged; {dict(pm.link.rejected) or 'no'} rejects")
+        print(f"monitor: {pid}: {pm.counters['layers']} layer(s) judged; {rejects_text(pm.link.rejected)}")
     return EXIT_OK
 
 
+_REJECT_WORDS = {
+    "job": "of another job or a refused job end",
+    "dropped": "dropped in a flood (the oldest frames)",
+    "field": "with a bad field",
+    "json": "not JSON",
+    "schema": "of another schema",
+    "version": "of another version",
+    "size": "of the wrong size",
+    "layer": "of a layer out of bounds",
+    "handler_error": "that failed in a handler (see the log)",
+}
+
+
+def rejects_text(rejected: dict[str, int]) -> str:
+    """``no message refused`` or ``3 messages refused: 2 of another job, 1 not JSON``."""
+    total = sum(rejected.values())
+    if not total:
+        return "no message refused"
+    parts = [f"{n} {_REJECT_WORDS.get(reason, f'({reason})')}" for reason, n in sorted(rejected.items()) if n]
+    return f"{total} message{'s' if total != 1 else ''} refused: {', '.join(parts)}"
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    site = None
+    if args.config is not None:  # the site's broker, as the dashboard's own user, and its operators and records
+        from monitor.config import load_config
+
+        site = load_config(args.config)
+        if args.records is None and args.record is None:
+            args.records = site.monitor.out_dir
+        if args.operators_file is None:
+            args.operators_file = site.operators_file()
     if args.record is None and args.records is None:
         raise CommandError("dashboard needs --record FILE or --records DIR (the monitor's out_dir)")
     if args.record is not None and not args.record.exists():
@@ -115,10 +147,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise CommandError(f"the dashboard cannot start: {err}") from err
     opts = dashboards.DashboardOptions(
-        record=args.record, records=args.records, broker=args.broker, operators=operators
+        record=args.record,
+        records=args.records,
+        broker=args.broker,
+        mqtt=site.mqtt_for("dashboard") if site is not None else None,
+        operators=operators,
     )
     app = dashboards.create_app(opts)
-    mode = f"operator controls on ({len(operators)} operators)" if operators and args.broker else "read-only"
+    if app.server.config["LAYERWATCH_CAN_CONTROL"]:
+        mode = f"operator controls on ({len(operators or {})} operators)"
+    elif operators and opts.broker_config() is not None:
+        status = app.server.config.get("LAYERWATCH_SERVICE_STATUS")
+        mode = f"read-only: {status.refused if status is not None and status.refused else 'no broker'}"
+    else:
+        mode = "read-only"
 
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
         try:  # a port in use or an address not on this machine: one line, before anything starts
@@ -177,7 +219,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
     if args.source == "opencv":
         source = create_source("opencv", args.device)
     elif args.source == "simulator":
-        source = create_source("simulator", seed=args.seed, size=args.size)
+        source = create_source("simulator", seed=args.seed, size=args.size, defects=args.defects)
     else:
         if args.path is None:
             raise CommandError(f"--source {args.source} needs --path (a folder of images or a .h5 record)")
@@ -196,19 +238,28 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from monitor.config import load_config
-    from monitor.supervise import Supervisor, parts_for
+    from monitor.config import ConfigFileError, load_config
+    from monitor.supervise import Supervisor, parts_for, preflight
 
     config = load_config(args.config)
     if not config.printers:
         raise CommandError(f"{args.config}: no [printers.<id>] table: nothing to run")
+    # the dashboard reads the broker, its own user and the operators from the config, as every part does
     dashboard = None if args.no_dashboard else ["--host", args.host, "--port", str(args.port)]
-    if dashboard is not None and config.mqtt.url:
-        dashboard += ["--broker", config.mqtt.url]
-    if dashboard is not None and config.operators_file() is not None:
-        dashboard += ["--operators-file", str(config.operators_file())]
+    for folder, key in ((config.monitor.out_dir, "out_dir"), (config.monitor.models_dir, "models_dir")):
+        try:  # what the parts need exists before they start (a dashboard never finds no records folder)
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigFileError(f"{args.config}: [monitor] {key} {folder}: {err.strerror or err}") from err
     parts = parts_for(config, args.config.resolve(), dashboard)
     logging.getLogger("layerwatch.up").setLevel(logging.INFO)
+    problems = preflight(config, parts)
+    if problems:
+        for line in problems:
+            print(f"layerwatch up: {line}", file=sys.stderr)
+        raise ConfigFileError(
+            f"{args.config}: {len(problems)} part(s) cannot do their job on this broker (above); nothing started"
+        )
     supervisor = Supervisor(parts, args.state_file)
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stop())
     names = ", ".join(p.name for p in parts)
@@ -218,6 +269,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         supervisor.stop()
         supervisor._shutdown()
+    return EXIT_OK
+
+
+def cmd_config_example(args: argparse.Namespace) -> int:
+    """The documented example config (every section and key, with what it does), on standard output."""
+    from segmentation.resources import data_dir
+
+    path = data_dir() / "config" / "layerwatch.toml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise CommandError(f"the example config {path} cannot be read: {err.strerror or err}") from err
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Load a config as every command does: one line naming what is wrong, or what it sets up."""
+    from monitor.config import load_config
+
+    config = load_config(args.config)
+    printers = ", ".join(sorted(config.printers)) or "none"
+    print(f"{args.config}: valid; printers: {printers}; broker {config.mqtt.url}; records in {config.monitor.out_dir}")
     return EXIT_OK
 
 
@@ -275,6 +349,8 @@ def cmd_printer(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add this group's subcommands to the ``layerwatch`` parser."""
+    from monitor.sources import SIMULATED_CAMERA_SEED
+
     p = sub.add_parser(
         "demo", help="the main job with no hardware: virtual printer, simulated camera, monitor, auto-pause, record"
     )
@@ -318,6 +394,11 @@ def register(sub: Any) -> None:
     p.add_argument("--record", type=Path, default=None, help="one build record")
     p.add_argument("--records", type=Path, default=None, help="a folder of records (the monitor's out_dir)")
     p.add_argument("--broker", default=None, help="MQTT broker for operator commands (none: read-only)")
+    p.add_argument(
+        "--config", type=Path, default=None,
+        help="the site's config: its broker ([mqtt]) as the dashboard's own user ([dashboard] mqtt_username or "
+        "[site] credentials_dir), its operators file and records folder",
+    )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=port, default=8050, help="TCP port (default 8050)")
     p.add_argument(
@@ -326,6 +407,14 @@ def register(sub: Any) -> None:
         "without it the page is read-only",
     )  # fmt: skip
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("config", help="the documented example config; check a config file")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    q = csub.add_parser("example", help="print the example config: every section and key, with what it does")
+    q.set_defaults(func=cmd_config_example)
+    q = csub.add_parser("check", help="load a config as the services do: one line on what is wrong")
+    q.add_argument("config", type=Path, help="the TOML config file")
+    q.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser("up", help="run a whole site from its config: monitor, bridges, cameras, dashboard, supervised")
     p.add_argument("--config", type=Path, required=True, help="TOML config with [printers.<id>] (and their cameras)")
@@ -345,7 +434,10 @@ def register(sub: Any) -> None:
     p.add_argument("--source", choices=("opencv", "folder", "record", "simulator"), default="opencv")
     p.add_argument("--device", default="0", help="opencv: device index, RTSP/HTTP URL or video file (default 0)")
     p.add_argument("--path", type=Path, default=None, help="folder: image folder; record: HDF5 build record")
-    p.add_argument("--seed", type=int, default=20261127, help="simulator: build seed")
+    p.add_argument("--seed", type=int, default=SIMULATED_CAMERA_SEED, help="simulator: build seed")
+    p.add_argument(
+        "--defects", action="store_true", help="simulator: the build keeps its pores and warps (default: a clean build)"
+    )
     p.add_argument("--size", type=positive_int, default=512, help="simulator: frame size in px (default 512)")
     p.add_argument("--settle", type=float, default=0.0, help="wait after the trigger before capturing, s")
     p.add_argument("--attempts", type=positive_int, default=3, help="capture attempts per layer (default 3)")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from peers import REPO, Mosquitto, OctoPrint
 
+from monitor.settings import EXIT_CONFIG
 from monitor.sources import SimulatorSource
 from printer_io.camera import CameraNode, CameraSettings, FolderSource
 from printer_io.frames import decode_image
@@ -173,8 +174,9 @@ def test_layer_event_hook_publishes_one_event(broker: Mosquitto, topics: Topics)
     assert [(e.layer, e.z_mm, e.source) for e in got] == [(12, 2.6, "hook")]
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
+def _one_line_error(result: subprocess.CompletedProcess[str], *words: str, code: int = 2) -> None:
+    """One line on stderr naming ``words``; exit status ``code`` (78: the configuration must change)."""
+    assert result.returncode == code, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for w in words:
@@ -203,6 +205,7 @@ def test_cli_bad_input_is_one_line(broker: Mosquitto, octoprint: OctoPrint, tmp_
     _one_line_error(
         _run("printer", "status", "--backend", "octoprint", "--url", octoprint.url, "--api-key-file", str(bad_key)),
         "rejected the API key",
+        code=EXIT_CONFIG,
     )
     _one_line_error(
         _run(
@@ -217,6 +220,7 @@ def test_cli_bad_input_is_one_line(broker: Mosquitto, octoprint: OctoPrint, tmp_
         ),
         "OctoPrint API key file",
         "No such file",
+        code=EXIT_CONFIG,
     )
     env = {**os.environ, "LAYERWATCH_MQTT_PASSWORD": "nope"}
     cfg = tmp_path / "lw.toml"
@@ -227,7 +231,10 @@ def test_cli_bad_input_is_one_line(broker: Mosquitto, octoprint: OctoPrint, tmp_
         ),
         "refused lw-camera",
         "LAYERWATCH_MQTT_PASSWORD",
+        code=EXIT_CONFIG,
     )
     cfg.write_text("[mqtt]\nurll = 1\n")
-    _one_line_error(_run("camera", "--printer", "p", "--config", str(cfg)), "[mqtt] has no key 'urll'")
+    _one_line_error(
+        _run("camera", "--printer", "p", "--config", str(cfg)), "[mqtt] has no key 'urll'", code=EXIT_CONFIG
+    )
     _one_line_error(_run("camera", "--printer", "p", "--source", "folder"), "needs --path")

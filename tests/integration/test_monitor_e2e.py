@@ -598,7 +598,7 @@ def test_operator_commands_wait_for_the_monitors_answer(
             "--verdict", "confirmed_defect", "--note", "seen after the build",
         )  # fmt: skip
     frames.close()
-    assert late.returncode == 0 and "stored (stored in first-job.h5)" in late.stdout, late.stderr
+    assert late.returncode == 0 and "verdict (stored in first-job.h5)" in late.stdout, late.stderr
     first = config.monitor.out_dir / printer_id / "first-job.h5"
     with RecordReader(first) as r:
         assert r.table("feedback")[-1]["note"] == "seen after the build" and r.state == "closed"
@@ -731,7 +731,7 @@ def test_a_monitor_without_operators_carries_out_no_remote_request(
     assert paused.returncode == 1 and "no operator credentials are configured on the monitor" in paused.stderr
     assert printer.status().state == PrinterState.PRINTING
     nameless = _cli("control", "pause", "--printer", topics.printer, "--broker", broker.url, "--credential-file", "/x")
-    assert nameless.returncode == 2 and nameless.stderr.count("\n") == 1 and "credential file /x" in nameless.stderr
+    assert nameless.returncode == 78 and nameless.stderr.count("\n") == 1 and "credential file /x" in nameless.stderr
 
 
 def _stored(path: Path) -> tuple[str, list[int]]:
@@ -847,7 +847,7 @@ def test_one_message_never_ends_a_live_build_or_its_judging(
     forger.close()
     frames.close()
     assert WARP < pause.layer <= WARP + 6 and printer.status().state == PrinterState.PAUSED
-    assert rejected.get("job") == 3 and rejected.get("layer") == 1, rejected
+    assert rejected.get("job") == 2 and rejected.get("layer") == 1, rejected  # the end is held, not counted
     assert all(r.judged for r in observer.results if r.layer != 60), "a layer of the build went unjudged"
     assert {r.job_id for r in observer.results} == {"watched-job"}
     folder = config.monitor.out_dir / topics.printer
@@ -855,7 +855,9 @@ def test_one_message_never_ends_a_live_build_or_its_judging(
     with RecordReader(folder / "watched-job.h5") as r:
         assert len(r.layers()) <= 61  # not grown to the forged layer
         codes = [e["code"] for e in r.table("events")]
-    assert {"other_job_refused", "end_event_refused", "layer_refused", "layer_jump"} <= set(codes)
+    # the end event is held while the printer prints on (a printer finishing its last moves ends the job when it
+    # stops; one that prints on for a minute was not done: end_event_refused then, not waited for here)
+    assert {"other_job_refused", "end_event_held", "layer_refused", "layer_jump"} <= set(codes)
     assert "job_ended" not in codes
 
 

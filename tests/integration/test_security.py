@@ -14,7 +14,7 @@ import pytest
 from peers import Mosquitto, free_port, require, stop, wait_port
 
 from monitor.cli import main
-from printer_io.errors import MqttAuthError
+from printer_io.errors import MqttAuthError, PublishRefused
 from printer_io.mqtt import MqttConfig, MqttLink, anonymous_allowed
 from printer_io.topics import Topics
 
@@ -26,7 +26,9 @@ def _as(url: str, out: Path, user: str, printer: str) -> MqttLink:
     return MqttLink(config, service=f"t-{user}", topics=Topics("layerwatch", printer), ephemeral=True)
 
 
-def test_the_generated_broker_lets_each_service_do_its_part_only(tmp_path: Path) -> None:
+def test_the_generated_broker_lets_each_service_do_its_part_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         require("mosquitto", "apt-get install mosquitto (make test does it)")
@@ -65,13 +67,32 @@ def test_the_generated_broker_lets_each_service_do_its_part_only(tmp_path: Path)
                 (bridge, "layerwatch/p2/action"),
             ]:
                 link.publish(topic, b"x")
-            camera.publish("layerwatch/p1/image", b"frame")
+            camera.publish("layerwatch/p1/image", b"frame", wait_s=5)
             bridge.publish("layerwatch/p2/layer", b"event")
+            # a refusal is an error with the broker's reason, never a silent success
+            with pytest.raises(
+                PublishRefused, match=r"refused the publish of camera-p1 on layerwatch/p2/image: Not auth"
+            ):
+                camera.publish("layerwatch/p2/image", b"x", wait_s=5)
+            assert camera.refused["layerwatch/p2/image"] == 2 and camera.refused["layerwatch/p1/action"] == 1
+            assert "layerwatch/p1/image" not in camera.refused
+            assert "Not authorized" in camera.problem
             deadline = time.monotonic() + 5
             while len(got) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.5)
         assert sorted(got) == ["layerwatch/p1/image", "layerwatch/p2/layer"]
+        # the G-code hook as a user the ACL forbids: the broker's "Not authorized" is the command's error, exit 2
+        wrong = tmp_path / "wrong.toml"
+        creds = out / "credentials" / "camera-p1.password"
+        wrong.write_text(f'[mqtt]\nurl = "{url}"\nusername = "camera-p1"\npassword_file = "{creds}"\n')
+        event = ["layer-event", "--printer", "p2", "--job", "j", "--layer", "0", "--z", "0.2", "--config", str(wrong)]
+        assert main(event) == 2
+        err = capsys.readouterr().err
+        assert "refused the publish of camera-p1 on layerwatch/p2/layer: Not authorized" in err, err
+        # and as the site's own bridge user of p2 ([site] credentials_dir): published
+        site = out / "layerwatch.toml"
+        assert main([*event[:-1], str(site)]) == 0 and "published layer 0" in capsys.readouterr().out
     finally:
         stop(proc)
 

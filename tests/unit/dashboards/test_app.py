@@ -147,8 +147,9 @@ def test_requests_are_authenticated_then_checked_before_dash_parses_them(tmp_pat
 def test_the_farm_says_which_worker_judges_a_printer_and_which_services_are_down() -> None:
     from dashboards.state import ServiceStatus
     from printer_io.messages import StatusMessage
+    from printer_io.mqtt import MqttConfig
 
-    status = ServiceStatus("mqtt://127.0.0.1:1")  # not started: statuses are fed by hand
+    status = ServiceStatus(MqttConfig(url="mqtt://127.0.0.1:1"))  # not started: statuses are fed by hand
 
     def say(printer: str, service: str, state: str, worker: str = "", at: float | None = None) -> None:
         msg = StatusMessage(service=service, client_id="c", state=state, worker=worker)  # type: ignore[arg-type]
@@ -167,3 +168,23 @@ def test_the_farm_says_which_worker_judges_a_printer_and_which_services_are_down
     say("p1", "monitor", "offline", "judge-a", at=connected)  # seen dying: its worker no longer judges it
     down = status.describe("p1")
     assert down.startswith("; monitor offline since") and stamp not in down  # when it went, not when it connected
+    say("p1", "monitor", "online")
+    refused = StatusMessage(service="camera", client_id="c", state="degraded", problem="refused on layerwatch/p1/image")
+    status._on_status("layerwatch/p1/status/camera", refused.to_json())
+    assert status.describe("p1") == "; camera degraded: refused on layerwatch/p1/image"
+
+
+def test_the_printer_s_own_state_is_shown_with_its_age() -> None:
+    from dashboards.state import ServiceStatus, printer_state_text
+    from printer_io.messages import PrinterStateMessage
+    from printer_io.mqtt import MqttConfig
+
+    status = ServiceStatus(MqttConfig(url="mqtt://127.0.0.1:1"))
+    assert printer_state_text(status.printer_state("p1")) == ""
+    said = PrinterStateMessage(printer="p1", state="paused", layer=12, backend="octoprint", time=1000.0)
+    status._on_status("layerwatch/p1/status/printer", said.to_json())
+    assert (
+        printer_state_text(status.printer_state("p1"), now=1003.0) == "printer paused at layer 12 (octoprint, 3 s ago)"
+    )
+    idle = said.model_copy(update={"state": "idle"})
+    assert printer_state_text(idle, now=1003.0) == "printer idle (octoprint, 3 s ago)"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from monitor.cli import main
+from monitor.settings import EXIT_CONFIG
 from segmentation.dataset import write_layer_image
 from segmentation.simulator import SimBuild
 
@@ -204,7 +205,7 @@ def _one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) 
 def test_monitor_refuses_a_bad_config_in_one_line(tmp_path: Path, toml: str, words: tuple[str, ...]) -> None:
     cfg = tmp_path / "lw.toml"
     cfg.write_text(toml)
-    _one_line(run_cli("monitor", "--config", str(cfg)), 2, str(cfg), *words)
+    _one_line(run_cli("monitor", "--config", str(cfg)), EXIT_CONFIG, str(cfg), *words)  # no restart can fix it
 
 
 def test_monitor_without_a_printer_says_how_to_name_one() -> None:
@@ -245,7 +246,9 @@ def test_a_bad_operators_file_stops_the_monitor_with_its_line(tmp_path: Path) ->
     (tmp_path / "operators").chmod(0o600)
     config = tmp_path / "c.toml"
     config.write_text('[security]\noperators_file = "operators"\n[printers.p1]\nbackend = "none"\n')
-    _one_line(run_cli("monitor", "--config", str(config)), 2, "operators:1: the secret of 'ana' has 9 characters")
+    _one_line(
+        run_cli("monitor", "--config", str(config)), EXIT_CONFIG, "operators:1: the secret of 'ana' has 9 characters"
+    )
 
 
 def test_bridge_takes_the_printer_from_the_config_or_says_what_is_missing(

@@ -421,3 +421,78 @@ def test_an_after_recoat_frame_is_kept_and_gives_the_builds_lighting(rig: Rig) -
         assert results[0].judged  # judged at once: no first layers spent learning the lighting
     with h5py.File(pm.build.record.path, "r", swmr=True) as f:
         assert np.array_equal(f["slices/camera_data/visible/1"][0], powder)
+
+
+def _bus_monitor(tmp_path: Path, monitor: MonitorSection, printer: PrinterSection) -> tuple[MessageBus, MonitorService]:
+    bus = MessageBus()
+    config = Config(monitor=monitor, printers={PID: printer})
+    return bus, MonitorService(config, printers={}, bus=bus).start()
+
+
+def test_units_come_from_the_printer_and_the_camera_and_a_disagreement_with_the_config_is_said(
+    tmp_path: Path,
+) -> None:
+    from segmentation.simulator import scenario_spec
+
+    spec = scenario_spec(3, 256, 8)  # the camera reports its 0.2 mm a pixel
+    bus, monitor = _bus_monitor(
+        tmp_path,
+        MonitorSection(out_dir=tmp_path / "records", models_dir=tmp_path / "models", mm_per_px=0.1),
+        PrinterSection(backend="none", mm_per_px=0.25),  # the printer's table says otherwise: it wins, said
+    )
+    topics = Topics("layerwatch", PID)
+    camera = CameraNode(bus.link(service="camera", topics=topics), SimulatorSource(spec=spec), CameraSettings()).start()
+    bridge = bus.link(service="bridge", topics=topics).start()
+    try:
+        for k in range(6):  # layers of 0.2 mm (the [monitor] default is 0.04, not set in this config: no warning)
+            bridge.publish(topics.layer, LayerEvent(printer=PID, job_id="j", layer=k, z_mm=0.2 * (k + 1)).to_json())
+        pm = monitor.monitors[PID]
+        deadline = threading.Event()
+        for _ in range(600):
+            if pm.counters["layers"] >= 6:
+                break
+            deadline.wait(0.1)
+        path = pm.last_record
+    finally:
+        for closer in (bridge, camera, monitor):
+            closer.close()
+    assert path is not None
+    with RecordReader(path) as r:
+        assert float(r.attrs["material/layer_thickness"]) == pytest.approx(0.2)  # the printer's z steps
+        assert float(r.attrs["layerwatch/mm_per_px"]) == pytest.approx(0.25)  # the printer's table wins
+        units = [e["message"] for e in r.table("events") if e["code"] == "units"]
+    assert len(units) == 1 and "the camera's scale: 0.2 mm/px reported, [printers.p1] mm_per_px = 0.25" in units[0]
+
+
+def test_layers_printed_without_frames_are_said_once_and_on_the_monitor_s_status(tmp_path: Path) -> None:
+    from printer_io.messages import EventMessage, StatusMessage
+
+    bus, monitor = _bus_monitor(
+        tmp_path, MonitorSection(out_dir=tmp_path / "records", models_dir=tmp_path / "models"), PrinterSection()
+    )
+    topics = Topics("layerwatch", PID)
+    seen: list[bytes] = []
+    watch = bus.link(service="watch", topics=topics)
+    watch.subscribe(topics.event, lambda t, p: seen.append(p))
+    statuses: list[StatusMessage] = []
+    watch.subscribe(topics.status("monitor"), lambda t, p: statuses.append(StatusMessage.from_json(p, t)))
+    watch.start()
+    bridge = bus.link(service="bridge", topics=topics).start()
+    pm = monitor.monitors[PID]
+    try:
+        for k in range(3):
+            bridge.publish(topics.layer, LayerEvent(printer=PID, job_id="j", layer=k, z_mm=0.2).to_json())
+        bus_idle = threading.Event()
+        for _ in range(100):
+            if pm._awaiting is not None:
+                break
+            bus_idle.wait(0.05)
+        pm.check_frames(wait_s=0)
+        pm.check_frames(wait_s=0)  # said once
+    finally:
+        for closer in (bridge, watch, monitor):
+            closer.close()
+    events = [EventMessage.from_json(p) for p in seen]
+    said = [e for e in events if e.code == "no_frames"]
+    assert len(said) == 1 and "no frame came" in said[0].message and "layerwatch/p1/image" in said[0].message
+    assert any(s.state == "degraded" and "no frame came" in s.problem for s in statuses)

@@ -56,7 +56,7 @@ def test_a_group_needs_an_mqtt_5_broker_and_topic_level_names(
         f'[monitor]\nout_dir = "{tmp_path / "records"}"\nmodels_dir = "{tmp_path / "models"}"\n\n'
         '[printers.p1]\nbackend = "none"\n'
     )
-    assert main(["monitor", "--config", str(config), "--group", "hall-1"]) == 2
+    assert main(["monitor", "--config", str(config), "--group", "hall-1"]) == 78  # the config must change
     err = capsys.readouterr().err
     assert "[monitor] group 'hall-1'" in err and 'protocol = "5"' in err and "Traceback" not in err
     assert main(["monitor", "--config", str(config), "--group", "hall/1"]) == 2

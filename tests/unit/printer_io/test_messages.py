@@ -133,8 +133,8 @@ def test_a_status_of_the_earlier_version_is_read_and_one_of_a_later_is_refused()
     old = {"schema": "layerwatch.status/1", "service": "monitor", "client_id": "c", "state": "offline", "time": 1.0}
     status = StatusMessage.from_dict(old)  # retained by a service of the earlier version
     assert status.state == "offline" and status.worker == "" and status.hops == 0
-    with pytest.raises(PayloadError, match=r"expected 'layerwatch\.status/2'") as err:
-        StatusMessage.from_dict({**old, "schema": "layerwatch.status/3"})
+    with pytest.raises(PayloadError, match=r"expected 'layerwatch\.status/3'") as err:
+        StatusMessage.from_dict({**old, "schema": "layerwatch.status/4"})
     assert err.value.reason == "version"
     with pytest.raises(PayloadError, match="field 'worker'"):
         StatusMessage.from_dict({**old, "worker": 5})  # the earlier version's name does not admit a wrong field
