@@ -128,7 +128,7 @@ def _replay(source: Path, model: Path, out: Path) -> tuple[list[int], dict[int, 
         return pauses, {k: r.mask(k) for k in stored}, stored
 
 
-def _sim_iou(model: Path, layers: int) -> dict[str, float]:
+def _sim_iou(model: Path, layers: int, features: frozenset[str] | None) -> dict[str, float]:
     from segmentation.evaluate import evaluate_simulated
     from segmentation.inference import Segmenter
     from segmentation.metrics import scores
@@ -136,8 +136,17 @@ def _sim_iou(model: Path, layers: int) -> dict[str, float]:
     if layers <= 0:
         return {}
     with Segmenter(model_path=model, engine="onnx") as seg:
-        ev = evaluate_simulated(seg, layers, 512)
+        ev = evaluate_simulated(seg, layers, 512, features=features)
     return {s.name: s.iou for s in scores(ev.cm)}
+
+
+def _features(model: Path) -> frozenset[str]:
+    """The simulator looks ``model`` was trained with: both models are scored on the current one's."""
+    from segmentation.evaluate import trained_features
+    from segmentation.inference import Segmenter
+
+    with Segmenter(model_path=model, engine="onnx") as seg:
+        return trained_features(seg.model_meta)
 
 
 def evaluate(
@@ -179,7 +188,8 @@ def evaluate(
         labelled[name] = {"iou": per_class, "no_defect_called_defect": float(called / clean) if clean else None}
     report["labelled"] = labelled
     echo(f"evaluate: {sim_layers} held-out simulated layers with each model")
-    report["simulated"] = {name: _sim_iou(model, sim_layers) for name, model in models.items()}
+    features = _features(current) if sim_layers > 0 else frozenset()
+    report["simulated"] = {name: _sim_iou(model, sim_layers, features) for name, model in models.items()}
     report["refusals"] = refusals(report)
     return report
 

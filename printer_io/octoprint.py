@@ -94,7 +94,7 @@ class OctoPrintClient:
             need = _permission_for(method, path)
             raise PrinterAuthError(
                 f"OctoPrint at {self.url} refused {method} {path} (403): the key's user lacks the {need} permission "
-                f"({PERMISSIONS[need]}); add it to the user's group in OctoPrint's Access Control settings"
+                f"({_NEEDED_FOR[need]}); add it to the user's group in OctoPrint's Access Control settings"
             )
         if response.status_code == 409:
             raise PrinterCommandRefused(f"OctoPrint refused {method} {path}: {_error_text(response)}")
@@ -172,6 +172,10 @@ PERMISSIONS = {
     "PRINT": "pause, resume and cancel the job",
     "CONTROL": "send G-code: feed and flow adjustments (M220/M221)",
     "FILES_DOWNLOAD": "read the G-code file for the slicer's layer markers (without it, layers follow Z, later)",
+}
+# what a refused request needed, beyond the permissions above (only asked for where the config says so)
+_NEEDED_FOR = {
+    **PERMISSIONS,
     "CONNECTION": "connect OctoPrint to the printer's serial port (connect_port): or connect it in OctoPrint and "
     "leave connect_port unset",
 }

@@ -27,6 +27,7 @@ __all__ = [
     "evaluate_simulated",
     "format_report",
     "read_mask",
+    "trained_features",
 ]
 
 #: Seed stream of the held-out test set; training uses streams 1 (train) and 2 (validation) with
@@ -81,8 +82,12 @@ def evaluate_simulated(
     seed: int = TEST_SEED_STREAM,
     plate: bool = False,
     reference_layers: int = 0,
+    features: frozenset[str] | None = None,
 ) -> Evaluation:
     """Score on ``count`` freshly simulated layers of held-out builds.
+
+    ``features``: the simulator's looks drawn (segmentation.simulator.FEATURES); None: those the segmenter's model
+    was trained with (its checkpoint's ``simulator_features``), so a model is scored on the simulator it knows.
 
     ``plate``: judge only the build plate proposed from each build's first layer, as the monitor does
     when no outline is configured (outside it the mask is powder); the truth is the whole frame's.
@@ -91,7 +96,9 @@ def evaluate_simulated(
     """
     ev = Evaluation.empty()
     builds: dict[int, tuple[np.ndarray | None, np.ndarray | None, int]] = {}
-    for build, k in dataset_layers(seed, count, size, size):
+    if features is None:
+        features = trained_features(seg.model_meta)
+    for build, k in dataset_layers(seed, count, size, size, features=features):
         if build.seed not in builds:
             builds[build.seed] = as_the_monitor(seg, _frames(build), build.n_layers, plate, reference_layers)
         roi, illum, first = builds[build.seed]
@@ -152,3 +159,14 @@ def format_report(report: dict[str, Any]) -> str:
     for name, row in zip(CLASS_NAMES, report["confusion"], strict=True):
         lines.append(f"{name[:9]:9s} " + " ".join(f"{v:10d}" for v in row))
     return "\n".join(lines)
+
+
+def trained_features(meta: dict[str, object]) -> frozenset[str]:
+    """The simulator looks a model was trained with (its checkpoint's ``simulator_features``); a model older
+    than them was trained without any."""
+    from segmentation.simulator import FEATURES
+
+    given = meta.get("simulator_features")
+    if not isinstance(given, (list, tuple)):
+        return frozenset()
+    return frozenset(str(f) for f in given) & FEATURES

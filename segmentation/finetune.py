@@ -133,13 +133,13 @@ def _step_seconds(model: Any, in_channels: int, batch: int, crop: int) -> float:
     return float(np.median(times[1:])) * _STEP_MARGIN
 
 
-def _heldout(model: Path, layers: int, size: int) -> dict[str, float]:
+def _heldout(model: Path, layers: int, size: int, features: frozenset[str]) -> dict[str, float]:
     from segmentation.evaluate import evaluate_simulated
     from segmentation.inference import Segmenter
     from segmentation.metrics import scores
 
     with Segmenter(model, engine="torch") as seg:
-        ev = evaluate_simulated(seg, layers, size)
+        ev = evaluate_simulated(seg, layers, size, features=features)
     return {s.name: round(s.iou, 3) for s in scores(ev.cm)}
 
 
@@ -171,8 +171,12 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
         steps = opts.steps  # the minutes still end it, after an epoch
     per_epoch = min(20, steps)
     echo(f"finetune: {step_s:.2f} s a step here: {steps} steps (at most {opts.minutes:g} min)")
+    from segmentation.evaluate import trained_features
+
+    looks = trained_features(meta)  # the simulated layers its base learnt from, so that they are kept
     cfg = TrainConfig(
         out=opts.out / "run",
+        features=tuple(sorted(looks)),
         arch=str(meta["arch"]),
         seed=opts.seed,
         train_layers=opts.sim_layers,
@@ -196,8 +200,8 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     model = opts.out / "model.pt"
     shutil.copyfile(cfg.out / "final.pt", model)
     export_onnx(model, model.with_suffix(".onnx"))
-    before = _heldout(base, opts.heldout_layers, opts.frame)
-    after = _heldout(model, opts.heldout_layers, opts.frame)
+    before = _heldout(base, opts.heldout_layers, opts.frame, looks)
+    after = _heldout(model, opts.heldout_layers, opts.frame, looks)
     minutes = (time.monotonic() - t0) / 60
     rows = "\n".join(f"| {name} | {before[name]:.3f} | {after[name]:.3f} |" for name in CLASS_NAMES)
     (opts.out / "MODEL_CARD.md").write_text(

@@ -44,6 +44,7 @@ from scipy import ndimage
 from segmentation.classes import LayerClass
 
 __all__ = [
+    "FEATURES",
     "BuildSpec",
     "Look",
     "PartSpec",
@@ -57,6 +58,12 @@ __all__ = [
     "simulate_dataset",
     "simulate_scenarios",
 ]
+
+#: Looks the simulator draws beyond its first revision's, each from a random stream of its own (so a build without
+#: them renders exactly as before): "exposed" (an after-exposure camera: bright contour lines around bright scan
+#: tracks) and "holes" (dark pits and faint rings in the fresh powder). A model's checkpoint says which it was
+#: trained with (``simulator_features``; none for models older than them).
+FEATURES: frozenset[str] = frozenset({"exposed", "holes"})
 
 PartKind = Literal["box", "cylinder", "thin_wall", "ring", "overhang"]
 PART_KINDS: tuple[PartKind, ...] = ("box", "cylinder", "thin_wall", "ring", "overhang")
@@ -146,6 +153,9 @@ class BuildSpec:
     warps: tuple[WarpSpec, ...]
     spatter_rate: float  # mean particles per layer
     recoat_axis: int  # 0: streaks along x, 1: along y
+    # looks added after the first models were trained (FEATURES): a random build draws them, a scenario build
+    # (demos, end-to-end tests, policy replays) does not unless asked, so that it looks as it always did
+    features: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -205,19 +215,19 @@ def _first_if(cond: bool, a: float, b: float) -> float:
     return a if cond else b
 
 
-def _draw_look(seed: int, color: bool) -> Look:
+def _draw_look(seed: int, color: bool, features: frozenset[str] = FEATURES) -> Look:
     rng = _rng(seed, 2)
     mode: PartMode = ("brighter", "darker", "similar", "fresh")[int(rng.choice(4, p=[0.4, 0.25, 0.12, 0.23]))]
     # drawn from streams of their own, so that every other build looks exactly as before they existed
     extra = _rng(seed, 12)
-    exposed = bool(extra.random() < 0.22)
+    exposed = bool(extra.random() < 0.22) and "exposed" in features
     contour_px = float(extra.uniform(1.0, 3.2))
     contour_level = float(extra.uniform(0.35, 0.9))
     second_contour = bool(extra.random() < 0.4)
     track_power = float(extra.uniform(1.5, 8.0))
     exposed_delta = float(extra.uniform(-0.08, 0.22))  # the interior: darker than the powder up to much brighter
     exposed_amp = float(extra.uniform(0.1, 0.45))
-    holes = float(extra.uniform(0.5, 8.0)) if extra.random() < 0.35 else 0.0
+    holes = float(extra.uniform(0.5, 8.0)) if extra.random() < 0.35 and "holes" in features else 0.0
     powder = float(rng.uniform(0.18, 0.65))
     if mode == "brighter":
         delta = float(rng.uniform(0.1, 0.3))
@@ -276,13 +286,13 @@ def _draw_look(seed: int, color: bool) -> Look:
     )
 
 
-def random_spec(seed: int, height: int, width: int, n_layers: int) -> BuildSpec:
+def random_spec(seed: int, height: int, width: int, n_layers: int, features: frozenset[str] = FEATURES) -> BuildSpec:
     """The random build of ``seed`` that ``SimBuild(seed, height, width, n_layers)`` draws (a caller may change it,
     e.g. take its defects out, and pass it as ``spec``)."""
-    return _random_spec(seed, height, width, n_layers)
+    return _random_spec(seed, height, width, n_layers, features)
 
 
-def _random_spec(seed: int, height: int, width: int, n_layers: int) -> BuildSpec:
+def _random_spec(seed: int, height: int, width: int, n_layers: int, features: frozenset[str] = FEATURES) -> BuildSpec:
     rng = _rng(seed, 1)
     mmpp = float(rng.uniform(0.05, 0.12))
     plate_w, plate_h = width * mmpp, height * mmpp
@@ -383,6 +393,7 @@ def _random_spec(seed: int, height: int, width: int, n_layers: int) -> BuildSpec
         warps=tuple(warps),
         spatter_rate=float(rng.uniform(8, 70)),
         recoat_axis=int(rng.integers(2)),
+        features=frozenset(features),
     )
 
 
@@ -442,7 +453,9 @@ class SimBuild:
         seed: determines geometry, defects and appearance.
         height, width: frame size in px.
         n_layers: layers in the build.
-        spec: use this exact spec instead of a random one (``seed`` still drives appearance).
+        spec: use this exact spec instead of a random one (``seed`` still drives appearance; its ``features``
+            the looks drawn).
+        features: the looks beyond the first revision's a random build draws (FEATURES: all of them).
     """
 
     def __init__(
@@ -452,12 +465,13 @@ class SimBuild:
         width: int = 512,
         n_layers: int = 60,
         spec: BuildSpec | None = None,
+        features: frozenset[str] = FEATURES,
     ) -> None:
         if height < 32 or width < 32:
             raise ValueError(f"frame size {height}x{width} is too small: at least 32x32 px")
         if n_layers < 1:
             raise ValueError(f"n_layers={n_layers}: a build needs at least one layer")
-        self.spec = spec if spec is not None else _random_spec(seed, height, width, n_layers)
+        self.spec = spec if spec is not None else _random_spec(seed, height, width, n_layers, features)
         self.seed = seed
         s = self.spec
         yy, xx = np.mgrid[0 : s.height, 0 : s.width].astype(np.float32)
@@ -465,7 +479,7 @@ class SimBuild:
         self._yy_mm = (yy + 0.5) * s.mm_per_px
         self._xx = xx
         self._yy = yy
-        self.look = _draw_look(seed, s.color)
+        self.look = _draw_look(seed, s.color, s.features)
         self._hardware, self._hardware_img = self._chamber()
         self._ghost_shapes = self._ghost_field()
 
@@ -1008,18 +1022,28 @@ class SimBuild:
 
 
 def simulate_dataset(
-    seed: int, count: int, height: int = 512, width: int = 512, layers_per_build: int = 4
+    seed: int,
+    count: int,
+    height: int = 512,
+    width: int = 512,
+    layers_per_build: int = 4,
+    features: frozenset[str] = FEATURES,
 ) -> list[SimLayer]:
     """``count`` layers drawn from ``ceil(count / layers_per_build)`` builds seeded from ``seed``.
 
     Three of every four layers come from the upper part of a build, where warping has had time to
     grow; the others from anywhere, so that early layers and layers without parts are seen too.
     """
-    return [build.layer(k) for build, k in dataset_layers(seed, count, height, width, layers_per_build)]
+    return [build.layer(k) for build, k in dataset_layers(seed, count, height, width, layers_per_build, features)]
 
 
 def dataset_layers(
-    seed: int, count: int, height: int = 512, width: int = 512, layers_per_build: int = 4
+    seed: int,
+    count: int,
+    height: int = 512,
+    width: int = 512,
+    layers_per_build: int = 4,
+    features: frozenset[str] = FEATURES,
 ) -> Iterator[tuple[SimBuild, int]]:
     """The builds and layer indices :func:`simulate_dataset` renders, without rendering them (a caller
     that needs a build's other layers, e.g. its first for the plate, renders them itself)."""
@@ -1028,7 +1052,7 @@ def dataset_layers(
     n_layers = 40
     while n < count:
         build_seed = seed * 100_003 + b
-        build = SimBuild(build_seed, height, width, n_layers)
+        build = SimBuild(build_seed, height, width, n_layers, features=features)
         rng = _rng(build_seed, 9)
         upper = rng.choice(np.arange(8, n_layers), size=layers_per_build, replace=False)
         ks = [int(k) if i % 4 else int(rng.integers(0, n_layers)) for i, k in enumerate(upper)]

@@ -40,7 +40,7 @@ from segmentation.metrics import Evaluation, scores
 from segmentation.model import ARCHITECTURES, DEFAULT_ARCH, ModelSpec, create_model, save_checkpoint
 from segmentation.preprocess import model_input, to_gray_float
 from segmentation.resources import data_dir
-from segmentation.simulator import SimBuild, simulate_dataset, simulate_scenarios
+from segmentation.simulator import FEATURES, SimBuild, simulate_dataset, simulate_scenarios
 
 __all__ = [
     "DEFAULT_REAL_DIR",
@@ -107,6 +107,9 @@ class TrainConfig:
     hours: float = 0.0
     # where batches are made: "thread" (ahead of the optimiser, beside it) or "inline"
     loader: str = "thread"
+    # the simulator's looks beyond its first revision's (segmentation.simulator.FEATURES) the random builds draw;
+    # a fine-tune keeps its base model's, so that it mixes the simulated layers that model learnt from
+    features: tuple[str, ...] = tuple(sorted(FEATURES))
     scenario_layers: int = 800  # layers of scenario builds (box and cylinder, slow and fast warps, clean)
     real_dir: Path | None = DEFAULT_REAL_DIR  # images/ + masks/; None: simulated layers only
     composite_layers: int = 480  # simulated layers drawn over real clean frames
@@ -137,6 +140,9 @@ class TrainConfig:
             raise ValueError(f"hours={self.hours}: must be 0 (off) or more")
         if self.crop > self.frame:
             raise ValueError(f"crop={self.crop} is larger than frame={self.frame}")
+        unknown = set(self.features) - FEATURES
+        if unknown:
+            raise ValueError(f"features={sorted(unknown)}: the simulator's looks are {', '.join(sorted(FEATURES))}")
         for name in ("train_layers", "val_layers", "batch", "epochs", "steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
@@ -198,28 +204,37 @@ def load_labelled(folder: Path, max_side: int = 1024) -> LabelledSet:
     return out
 
 
-def _simulate_chunk(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    stream, seed, count, frame = args  # a chunk of set_chunks(stream, ...)
+def _simulate_chunk(args: tuple[int, int, int, int, frozenset[str]]) -> tuple[np.ndarray, np.ndarray]:
+    stream, seed, count, frame, features = args  # a chunk of set_chunks(stream, ...)
     if stream == SCENARIO_SEED_STREAM:
         layers = simulate_scenarios(seed, count, frame)
     else:
-        layers = simulate_dataset(seed, count, frame, frame)
+        layers = simulate_dataset(seed, count, frame, frame, features=features)
     x = np.stack([to_gray_float(la.image).astype(np.float16) for la in layers])
     y = np.stack([la.mask for la in layers])
     return x, y
 
 
-def _composite_chunk(args: tuple[int, list[tuple[np.ndarray, int]], int]) -> tuple[np.ndarray, np.ndarray]:
+def _composite_chunk(
+    args: tuple[int, list[tuple[np.ndarray, int]], int, frozenset[str]],
+) -> tuple[np.ndarray, np.ndarray]:
     """Simulated layers drawn over the given real backgrounds (frame-sized, float32, with their label)."""
-    seed, backgrounds, frame = args
+    seed, backgrounds, frame, features = args
     xs, ys = [], []
     for i, (bg, label) in enumerate(backgrounds):
-        build = SimBuild(seed * 1000 + i, frame, frame, 40)
+        build = SimBuild(seed * 1000 + i, frame, frame, 40, features=features)
         rng = np.random.default_rng([seed, i])
         layer = build.layer(int(rng.integers(8, 40)), background=bg, background_label=label)
         xs.append(to_gray_float(layer.image).astype(np.float16))
         ys.append(layer.mask)
     return np.stack(xs), np.stack(ys)
+
+
+def _featured(cache: Path | None, features: frozenset[str]) -> Path | None:
+    """A cache file per simulator looks: ``train_set.npz`` for all of them, ``train_set-<looks>.npz`` otherwise."""
+    if cache is None or features == FEATURES:
+        return cache
+    return cache.with_name(f"{cache.stem}-{'-'.join(sorted(features)) or 'first'}{cache.suffix}")
 
 
 def _cached(cache: Path | None, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -250,12 +265,20 @@ def set_chunks(stream: int, count: int) -> list[tuple[int, int]]:
     return [(stream * 1000 + i // _CHUNK, min(_CHUNK, count - i)) for i in range(0, count, _CHUNK)]
 
 
-def build_set(stream: int, count: int, frame: int, workers: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+def build_set(
+    stream: int,
+    count: int,
+    frame: int,
+    workers: int,
+    cache: Path | None,
+    features: frozenset[str] = FEATURES,
+) -> tuple[np.ndarray, np.ndarray]:
     """Simulate ``count`` frames: (N, H, W) float16 gray in [0, 1] and (N, H, W) uint8 masks."""
+    cache = _featured(cache, features)
     hit = _cached(cache, (count, frame, frame))
     if hit is not None:
         return hit
-    jobs = [(stream, seed, n, frame) for seed, n in set_chunks(stream, count)]
+    jobs = [(stream, seed, n, frame, features) for seed, n in set_chunks(stream, count)]
     from tqdm import tqdm
 
     xs, ys = [], []
@@ -292,9 +315,15 @@ def _backgrounds(real: LabelledSet, frame: int, count: int, seed: int) -> list[t
 
 
 def build_composites(
-    real: LabelledSet, count: int, frame: int, workers: int, cache: Path | None
+    real: LabelledSet,
+    count: int,
+    frame: int,
+    workers: int,
+    cache: Path | None,
+    features: frozenset[str] = FEATURES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` simulated layers over real clean frames: (N, H, W) float16 and (N, H, W) uint8."""
+    cache = _featured(cache, features)
     hit = _cached(cache, (count, frame, frame))
     if hit is not None:
         return hit
@@ -302,7 +331,10 @@ def build_composites(
     if not bgs:
         return np.zeros((0, frame, frame), np.float16), np.zeros((0, frame, frame), np.uint8)
     chunk = 8
-    jobs = [(COMPOSITE_SEED_STREAM * 1000 + i // chunk, bgs[i : i + chunk], frame) for i in range(0, len(bgs), chunk)]
+    jobs = [
+        (COMPOSITE_SEED_STREAM * 1000 + i // chunk, bgs[i : i + chunk], frame, features)
+        for i in range(0, len(bgs), chunk)
+    ]
     from tqdm import tqdm
 
     xs, ys = [], []
@@ -318,7 +350,10 @@ def build_composites(
 def _large_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray] | None:
     if not cfg.large_layers:
         return None
-    return build_set(LARGE_SEED_STREAM, cfg.large_layers, cfg.large_frame, cfg.workers, cfg.out / "large_set.npz")
+    looks = frozenset(cfg.features)
+    return build_set(
+        LARGE_SEED_STREAM, cfg.large_layers, cfg.large_frame, cfg.workers, cfg.out / "large_set.npz", looks
+    )
 
 
 # ---- batches ----------------------------------------------------------------------------------------
@@ -630,20 +665,21 @@ def train(
     echo(f"training on {cpu_info().describe()}: {precision}, channels-last, batches made {cfg.loader}")
 
     spec = ARCHITECTURES[cfg.arch]
-    sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz")
+    looks = frozenset(cfg.features)
+    sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz", looks)
     if cfg.scenario_layers:
         scen = build_set(
-            SCENARIO_SEED_STREAM, cfg.scenario_layers, cfg.frame, cfg.workers, cfg.out / "scenario_set.npz"
+            SCENARIO_SEED_STREAM, cfg.scenario_layers, cfg.frame, cfg.workers, cfg.out / "scenario_set.npz", looks
         )
         sim = (np.concatenate([sim[0], scen[0]]), np.concatenate([sim[1], scen[1]]))
-    x_va, y_va = build_set(VAL_SEED_STREAM, cfg.val_layers, cfg.frame, cfg.workers, cfg.out / "val_set.npz")
+    x_va, y_va = build_set(VAL_SEED_STREAM, cfg.val_layers, cfg.frame, cfg.workers, cfg.out / "val_set.npz", looks)
     real = load_labelled(cfg.real_dir) if cfg.real_dir is not None else LabelledSet([], [], [])
     composite = build_composites(
-        real, cfg.composite_layers if len(real) else 0, cfg.frame, cfg.workers, cfg.out / "composite_set.npz"
+        real, cfg.composite_layers if len(real) else 0, cfg.frame, cfg.workers, cfg.out / "composite_set.npz", looks
     )
     src = _Sources(sim, composite, real, _large_set(cfg))
     large_val = (
-        build_set(LARGE_VAL_SEED_STREAM, 12, cfg.large_frame, cfg.workers, cfg.out / "large_val_set.npz")
+        build_set(LARGE_VAL_SEED_STREAM, 12, cfg.large_frame, cfg.workers, cfg.out / "large_val_set.npz", looks)
         if cfg.large_layers
         else None
     )
@@ -731,7 +767,7 @@ def train(
                 + " ".join(f"{s.name} {s.iou:.3f}" for s in cls)
                 + f" pore-recall {ev.pore_recall:.3f} ({minutes:.1f} min, {step_s:.2f} s a step){large_text}"
             )
-            extra = {"train_config": extra_cfg, "val": row}
+            extra = {"train_config": extra_cfg, "val": row, "simulator_features": sorted(looks)}
             if defect_iou > best:
                 best = defect_iou
                 save_checkpoint(cfg.out / "best.pt", model, cfg.arch, extra)
@@ -780,10 +816,11 @@ def calibrate_run(cfg: TrainConfig, src: _Sources | None = None, echo: Callable[
     from segmentation.ood import calibrate
 
     if src is None:
-        sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz")
+        looks = frozenset(cfg.features)
+        sim = build_set(TRAIN_SEED_STREAM, cfg.train_layers, cfg.frame, cfg.workers, cfg.out / "train_set.npz", looks)
         real = load_labelled(cfg.real_dir) if cfg.real_dir is not None else LabelledSet([], [], [])
         comp = build_composites(
-            real, cfg.composite_layers if len(real) else 0, cfg.frame, cfg.workers, cfg.out / "composite_set.npz"
+            real, cfg.composite_layers if len(real) else 0, cfg.frame, cfg.workers, cfg.out / "composite_set.npz", looks
         )
         src = _Sources(sim, comp, real, _large_set(cfg))
     frames = _calibration_frames(src, cfg.seed)

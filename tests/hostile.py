@@ -134,4 +134,89 @@ def crafted_records(base: Path, out: Path) -> dict[str, Path]:
     variant("state-missing", lambda f: f.__delitem__(f"{lw}/state"))
     variant("no-layerwatch-group", lambda f: f.__delitem__(lw))
     variant("dims-mm-text", lambda f: f.attrs.__setitem__("printer/x_real_dimension", "wide"))
+    variant("camera-dim-zero", lambda f: f.attrs.__setitem__("printer/x_camera_dimension", 0))
+    variant("stored-beyond-slices", lambda f: _stored_beyond(f, lw))
+    variant("soft-link-loop", lambda f: _loop(f))
+    # a 3.5 MB-class file declaring 400 frames of 8000x8000 (each slice exactly the per-slice limit)
+    variant("declared-huge-stack", lambda f: _huge_stack(f, images, masks))
     return made
+
+
+def outside_records(base: Path, out: Path, sentinel: Path) -> dict[str, Path]:
+    """Records that point outside themselves (issue 31): an external link, external raw storage and a virtual
+    dataset, each to ``sentinel`` (a file outside the records folder that no reader may open)."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    from monitor.record import images_path
+
+    with h5py.File(sentinel, "w") as s:
+        s.create_dataset("frames", data=np.full((2, 8, 8), 7, np.uint8))
+    raw = sentinel.with_suffix(".raw")
+    raw.write_bytes(bytes([9]) * 128)
+    with h5py.File(base, "r") as f:
+        images = images_path(f)
+    made: dict[str, Path] = {}
+
+    def variant(name: str, change: Callable[[h5py.File], object]) -> None:
+        path = out / f"{name}.h5"
+        shutil.copy(base, path)
+        with h5py.File(path, "a") as f:
+            change(f)
+        made[name] = path
+
+    def external_link(f: h5py.File) -> None:
+        del f[images]
+        f[images] = h5py.ExternalLink(str(sentinel), "/frames")
+
+    def external_storage(f: h5py.File) -> None:
+        del f[images]
+        f.create_dataset(images, shape=(2, 8, 8), dtype="u1", external=[(str(raw), 0, 128)])
+
+    def virtual(f: h5py.File) -> None:
+        layout = h5py.VirtualLayout(shape=(2, 8, 8), dtype="u1")
+        layout[:] = h5py.VirtualSource(str(sentinel), "frames", shape=(2, 8, 8))
+        del f[images]
+        f.create_virtual_dataset(images, layout)
+
+    def linked_attribute_group(f: h5py.File) -> None:  # the link hides under a group of ours
+        f["layerwatch/outside"] = h5py.ExternalLink(str(sentinel), "/")
+
+    variant("external-link", external_link)
+    variant("external-storage", external_storage)
+    variant("virtual-dataset", virtual)
+    variant("external-link-aside", linked_attribute_group)
+    return made
+
+
+def _stored_beyond(f: object, lw: str) -> None:
+    import numpy as np
+
+    table = f[f"{lw}/layers"]  # type: ignore[index]
+    rows = np.array(table[:])
+    more = np.zeros(6, rows.dtype)
+    more["stored"] = True
+    table.resize((len(rows) + 6,))
+    table[len(rows) :] = more
+
+
+def _loop(f: object) -> None:
+    import h5py
+
+    f["layerwatch/loop"] = h5py.SoftLink("/layerwatch/loop/inner")  # type: ignore[index]
+
+
+def _huge_stack(f: object, images: str, masks: str) -> None:
+    import numpy as np
+
+    n, side = 400, 8000
+    for name in (images, *(f"{masks}/{c}" for c in range(5))):
+        del f[name]  # type: ignore[attr-defined]
+        f.create_dataset(name, shape=(n, side, side), dtype="u1", chunks=(1, 1000, 1000), compression="gzip")  # type: ignore[attr-defined]
+    table = f["layerwatch/layers"]  # type: ignore[index]
+    rows = np.zeros(n, table.dtype)
+    rows["stored"] = True
+    table.resize((n,))
+    table[:] = rows

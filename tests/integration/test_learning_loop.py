@@ -28,7 +28,7 @@ from segmentation.simulator import SimBuild, scenario_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-LAYERS, GLARE_FROM, WARP = 14, 4, 5
+LAYERS, GLARE_FROM, WARP = 14, 2, 5  # a lamp lights the powder from layer 2 on
 
 
 def _glare(image: np.ndarray, cx: float = 0.22, cy: float = 0.78, radius: float = 18.0) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from peers import Mosquitto
 
-from printer_io.errors import FrameTooLarge, MqttAuthError, MqttError
+from printer_io.errors import FrameTooLarge, MqttAuthError, MqttError, PublishRefused
 from printer_io.messages import LayerEvent, StatusMessage
 from printer_io.mqtt import MqttConfig, MqttLink
 from printer_io.topics import Topics
@@ -180,10 +180,11 @@ def test_password_file_and_acl(
     reader = _link(broker.auth_url, topics, "reader", username=Mosquitto.READER, password_file=reader_pw)
     reader.subscribe(topics.layer, _layers(inbox))
     with camera, reader.start():
-        reader.publish(topics.layer, _event(topics, 99), wait_s=5)  # read-only user: the broker drops it
+        with pytest.raises(PublishRefused, match=r"refused the publish of lw-reader .*: Not authorized"):
+            reader.publish(topics.layer, _event(topics, 99), wait_s=5)  # read-only user: refused, and said so
         camera.publish(topics.layer, _event(topics, 1), wait_s=5)
-        time.sleep(0.5)
         assert inbox.wait(1) == [1]
+        assert reader.refused[topics.layer] == 1 and "Not authorized" in reader.problem
 
 
 def test_unreachable_broker_is_a_clear_error_without_hanging(topics: Topics) -> None:
