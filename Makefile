@@ -39,12 +39,13 @@ $(PEERS)/moonraker/.installed:
 	$(PEERS)/moonraker/bin/python -m pip install -q 'moonraker==$(MOONRAKER_VERSION)'
 	touch $@
 
-# Debian packages the tests use: Mosquitto (the broker), hdf5-tools (h5dump reads our records) and
-# Chromium (the dashboard tests drive it with Playwright; no browser is downloaded)
-DEBS := mosquitto hdf5-tools chromium
+# Debian packages the tests use: Mosquitto (the broker), hdf5-tools (h5dump reads our records), Chromium
+# (the dashboard tests drive it with Playwright; no browser is downloaded) and strace (a crafted record's
+# link to a file outside must never be opened: the tests trace every open)
+DEBS := mosquitto hdf5-tools chromium strace
 mosquitto:
 	@if { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null && command -v h5dump >/dev/null \
-		&& command -v chromium >/dev/null; then :; \
+		&& command -v chromium >/dev/null && command -v strace >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; \
 	else echo "make: the tests need Debian's $(DEBS): sudo apt-get install $(DEBS)" >&2; exit 1; fi

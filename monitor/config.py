@@ -68,6 +68,9 @@ class MonitorSection(_Section):
     # a job that ended (printer state, or an end event on the layer topic) closes its record once no
     # frame has come for this long (the last layer's frame may still be on its way)
     job_end_grace_s: float = Field(default=5.0, ge=0, le=600)
+    # a frame captured longer ago than this (the monitor was down or behind; where the printer reports no layer of
+    # its own) is judged and stored, not acted on: the print has moved on. Needs the clocks in step (NTP)
+    live_window_s: float = Field(default=300.0, ge=10, le=86_400)
     # a frame or layer event of another job starts it only once the current build has ended or had no frame for
     # this long (and for three of its usual layer intervals): one forged message cannot end a live build.
     # 0: another job starts at once (trusts whoever can publish frames)

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -561,19 +561,83 @@ MAX_TABLE_ROWS = 10_000_000
 MAX_OBJECTS = 10_000
 
 
+#: decompressing a record's frames and masks may give at most this many times the file's size (deflate's own
+#: limit is about 1032:1): more is a file declaring work it does not hold (a decompression bomb)
+MAX_EXPANSION = 1100
+
+
+def _frames_to_read(f: h5py.File, n: int) -> int:
+    """How many slices of an n-slice stack a reader reads: the stored layers of a record, else all of them."""
+    table = f.get(f"{LW}/layers")
+    if isinstance(table, h5py.Dataset) and table.ndim == 1 and "stored" in (table.dtype.names or ()):
+        if table.shape[0] > MAX_TABLE_ROWS:
+            return n
+        return int(np.count_nonzero(table["stored"][:]))
+    return n
+
+
+def _bound_work(f: h5py.File, path: Path, size: int, bad: Callable[[str], RecordError]) -> None:
+    """The whole file's work, not one slice's: the frames and masks a reader decompresses must fit what the file
+    can hold (MAX_EXPANSION times its size, and 256 MB more), and a record's stored layers must all have their
+    frames (a closed record; a live one is read up to the frames its reader sees)."""
+    total = 0.0
+    names = [n for n in (IMAGES, LEGACY_IMAGES, RECOAT_IMAGES, PART_IDS, SAMPLE_IDS) if n in f]
+    if MASKS in f and isinstance(f[MASKS], h5py.Group):
+        names += [f"{MASKS}/{k}" for k in f[MASKS]]
+    for name in names:
+        obj = f[name]
+        if not isinstance(obj, h5py.Dataset) or obj.ndim != 3:
+            continue
+        slices = min(_frames_to_read(f, obj.shape[0]), obj.shape[0])
+        total += float(slices) * obj.shape[1] * obj.shape[2] * obj.dtype.itemsize
+    if total > MAX_EXPANSION * size + (256 << 20):
+        raise bad(
+            f"its frames and masks would decompress to {total / 1e9:.1f} GB from a {size / 1e6:.1f} MB file "
+            f"(more than {MAX_EXPANSION} times its size)"
+        )
+    table = f.get(f"{LW}/layers")
+    images = IMAGES if IMAGES in f else LEGACY_IMAGES if LEGACY_IMAGES in f else None
+    readable = isinstance(table, h5py.Dataset) and table.ndim == 1 and table.shape[0] <= MAX_TABLE_ROWS
+    if not f.swmr_mode and images is not None and readable and "stored" in (table.dtype.names or ()):
+        stored = np.flatnonzero(table["stored"][:])
+        slices = f[images].shape[0]
+        if stored.size and int(stored.max()) >= slices:
+            raise bad(f"layer {int(stored.max())} is marked stored, but /{images} holds {slices} frames")
+
+
 def check_layout(f: h5py.File, path: Path) -> None:
     """Refuse a file whose structure would make a reader fail or allocate without bound, before anything is read
     (a crafted 2.5 KB file can declare 65 GB tables). RecordError names the file, the object and the problem.
 
-    Checks any file with the slices layout (ours, a Peregrine-style build, a truth build): frames are 3-D
-    datasets of at most MAX_FRAME_PIXELS per slice, masks and part ids of the same frame size; every table
-    (1-D dataset) at most MAX_TABLE_ROWS rows and not declaring far more than the file can hold. A LayerWatch
-    record also needs its attributes and tables with their fields."""
+    Checks any file with the slices layout (ours, a Peregrine-style build, a truth build): nothing in it points
+    outside it (no external or soft link, no virtual dataset, no data in another file); frames are 3-D datasets of
+    at most MAX_FRAME_PIXELS per slice, masks and part ids of the same frame size, and all the frames and masks a
+    reader would decompress fit what the file can hold; every table (1-D dataset) at most MAX_TABLE_ROWS rows and
+    not declaring far more than the file can hold; camera dimensions that are the frames'. A LayerWatch record
+    also needs its attributes and tables with their fields, and a closed one the frames of its stored layers."""
     size = max(path.stat().st_size, 1) if path.exists() else 1
     count = 0
 
     def bad(what: str) -> RecordError:
         return RecordError(f"{path}: {what}; not a readable build record (made or changed by another program?)")
+
+    def link(name: str, kind: Any) -> str | None:
+        # links are looked at before any object is: nothing a record points to outside itself is ever opened.
+        # A problem is returned, which ends the walk (an exception raised inside HDF5's iteration is not safe)
+        nonlocal count
+        count += 1
+        if count > MAX_OBJECTS:
+            return f"more than {MAX_OBJECTS} links"
+        if isinstance(kind, h5py.ExternalLink):
+            return f"/{name} links to {kind.filename!r}: a record holds its own data, it points to no other file"
+        if isinstance(kind, h5py.SoftLink):
+            return f"/{name} is a soft link (to {kind.path!r}): a record's objects are where their names say"
+        return None
+
+    problem = f.visititems_links(link)
+    if problem is not None:
+        raise bad(problem)
+    count = 0
 
     def visit(name: str, obj: Any) -> None:
         nonlocal count
@@ -582,6 +646,10 @@ def check_layout(f: h5py.File, path: Path) -> None:
             raise bad(f"more than {MAX_OBJECTS} objects")
         if not isinstance(obj, h5py.Dataset):
             return
+        if obj.is_virtual:
+            raise bad(f"/{name} is a virtual dataset (its data in other files)")
+        if obj.external:
+            raise bad(f"/{name} keeps its data in another file ({obj.external[0][0]!r})")
         shape: tuple[int, ...] = tuple(obj.shape or ())
         itemsize = obj.dtype.itemsize
         if len(shape) > 4 or itemsize > 1 << 20:
@@ -623,6 +691,17 @@ def check_layout(f: h5py.File, path: Path) -> None:
                     )
                 if obj.shape[1] * obj.shape[2] > MAX_FRAME_PIXELS:
                     raise bad(f"/{MASKS}/{key} has {obj.shape[2]}x{obj.shape[1]} px masks")
+    if frame is not None:
+        _bound_work(f, path, size, bad)
+    for key, axis in (("printer/x_camera_dimension", 1), ("printer/y_camera_dimension", 0)):
+        if key in f.attrs:
+            try:
+                value = float(f.attrs[key])
+            except (TypeError, ValueError):
+                raise bad(f"attribute {key} is {f.attrs[key]!r}, not a number of pixels") from None
+            if not value >= 1 or (frame is not None and int(value) != frame[axis]):
+                raise bad(f"attribute {key} is {value:g}: the frames are {frame[1]}x{frame[0]} px" if frame else
+                          f"attribute {key} is {value:g}, not a number of pixels")  # fmt: skip
     if SHADOW in f:
         mask, table = f.get(f"{SHADOW}/mask"), f.get(f"{SHADOW}/layers")
         if not isinstance(mask, h5py.Dataset) or mask.ndim != 3 or (frame is not None and mask.shape[1:] != frame):

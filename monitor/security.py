@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from printer_io.mqtt import MqttConfig
 from printer_io.topics import validate_printer_id
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 SERVICES_PER_PRINTER = ("camera", "bridge")
+MAX_FRAME_BYTES = int(MqttConfig.model_fields["max_frame_bytes"].default)  # the services' default bound
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = 101) -> str:
@@ -147,7 +149,10 @@ def broker_config(
         "autosave_on_changes true",
         "autosave_interval 1",
         "max_queued_messages 10000",
-        "message_size_limit 33554432",
+        # the same bounds as the services' ([mqtt] max_frame_bytes and its envelope): a bigger message is refused
+        # by the broker itself, and never reaches a service
+        f"message_size_limit {MAX_FRAME_BYTES + (64 << 10)}",
+        f"max_packet_size {MAX_FRAME_BYTES + (128 << 10)}",
     ]
     (out / "data").mkdir(exist_ok=True)
     (out / "mosquitto.conf").write_text("\n".join(conf) + "\n")

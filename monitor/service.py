@@ -48,7 +48,7 @@ from printer_io.messages import (
     RuleHitInfo,
     split_frame,
 )
-from printer_io.mqtt import anonymous_allowed
+from printer_io.mqtt import MqttConfig, anonymous_allowed
 from printer_io.printer import ACTIVE_STATES, Printer, PrinterState, PrinterStatus, create_printer
 from printer_io.topics import Topics
 from printer_io.vocabulary import Severity
@@ -91,6 +91,8 @@ _OPERATOR_ACTIONS = frozenset({"pause", "resume", "cancel", "gcode", "exclude_ob
 _STATE_POLL_S = 2.0  # how often an open build's printer is asked whether its job is still on
 _END_HOLD_S = 60.0  # an end event held this long while the printer prints on was not the printer's
 _NO_FRAME_S = 60.0  # a layer event no frame has followed for this long: the camera is missing (said once)
+_MOVED_ON = 3  # a frame this many layers behind the printer's own layer waited: judged, not acted on
+_LIVE_STATES = frozenset({"printing", "pausing", "paused", "resuming"})
 # printer states that end a job this monitor saw printing
 _ENDED_STATES = frozenset({PrinterState.IDLE, PrinterState.FINISHED, PrinterState.CANCELLED, PrinterState.ERROR})
 
@@ -155,6 +157,7 @@ class Build:
     # an end event that came while the printer still printed: (when, why); the job ends when the printer stops
     end_held: tuple[float, str] | None = None
     thickness: float = 0.0  # the record's layer thickness (mm)
+    backlog: tuple[int, int] | None = None  # (first, last) layer of a backlog being judged late, not acted on
     heights: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=8))  # (layer, z) of recent frames
     thickness_said: bool = False
 
@@ -206,7 +209,9 @@ class PrinterMonitor:
         self.holder: Any = None  # monitor.workers.PrinterLock, where workers share the site
         self.released = False
         self._printer_said: tuple[Any, float] = (None, -1e9)  # the last printer state published, and when
+        self._printer_reported: tuple[int | None, float] = (None, -1e9)  # the printer's own layer, and when read
         self._awaiting: tuple[str, int, float] | None = None  # the first layer event no frame has followed yet
+        self._event_layers: dict[str, int] = {}  # job -> the highest layer its layer events announced
         self._no_frames_said = False
 
     # ---- holding the printer (site workers) ---------------------------------------------------------
@@ -467,6 +472,10 @@ class PrinterMonitor:
         event = LayerEvent.from_json(payload, topic)
         if not event.end and self._awaiting is None:
             self._awaiting = (event.job_id, event.layer, time.monotonic())  # its frame should follow
+        if not event.end:  # how far each job has printed, as its layer events say
+            self._event_layers[event.job_id] = max(event.layer, self._event_layers.get(event.job_id, -1))
+            while len(self._event_layers) > 16:
+                self._event_layers.pop(next(iter(self._event_layers)))
         with self.lock:
             self.trigger_seen = True
             build = self.build
@@ -790,8 +799,20 @@ class PrinterMonitor:
                 layer,
                 meta.job_id,
             )
+            self._conflict(build, meta, frame)
             self._republish(build, meta, received)
             return None
+        limit = self._event_layers.get(meta.job_id)
+        if self.trigger_seen and limit is not None and layer > limit:
+            # the printer's layer events say how far the print is: a frame further ahead is no camera's of it
+            raise self._refused(
+                "layer_refused",
+                f"frame of layer {layer} is ahead of the printer (its last layer event: layer {limit}): refused, "
+                "not stored",
+                max(build.last_layer, 0),
+                f"frame of layer {layer} ahead of the printer's layer {limit}",
+                "layer",
+            )
         # decoded frames are in OpenCV's BGR order: the gray the model sees is the gray the record keeps
         # (and a replay, or `layerwatch segment` on the colour file, sees the same numbers)
         gray = to_gray(frame, order="bgr")
@@ -806,6 +827,26 @@ class PrinterMonitor:
             )
             raise PayloadError(f"layer {layer}: frame size changed mid-build", "size")
         return gray
+
+    def _conflict(self, build: Build, meta: FrameMeta, frame: np.ndarray) -> None:
+        """A second frame for a stored layer: a redelivery is the same frame; a different one (a camera the site
+        did not set up, a forgery) is recorded as a conflict, never silently taken for a redelivery."""
+        try:
+            stored = build.record.image(meta.layer)
+        except (RecordError, OSError, KeyError, IndexError):
+            return
+        gray = to_gray(frame, order="bgr")
+        if gray.shape == stored.shape and np.array_equal(gray, stored):
+            return
+        self._emit_event(
+            "error",
+            "frame_conflict",
+            f"two different frames for layer {meta.layer}: the first one stored is kept; the other (source "
+            f"{meta.source or 'unnamed'!r}, captured {time.strftime('%H:%M:%S', time.localtime(meta.captured_at))}) is "
+            "not. A camera the site did not set up may publish on this printer's topic: give each camera its own "
+            "broker user (layerwatch security broker-config)",
+            meta.layer,
+        )
 
     def _judge(self, build: Build, meta: FrameMeta, gray: np.ndarray, part_ids: np.ndarray | None) -> LayerOutcome:
         """Segment, measure, apply the policy and let the controller act (before anything is stored: a pause
@@ -844,6 +885,7 @@ class PrinterMonitor:
                 layer,
             )
         hits = build.policy.evaluate(layer, m.values, m.parts, judged=judged)
+        waited = judged and self._waited(build, meta)
         if (quality is None or quality.ok) and not late:  # unfamiliar frames too: they are what drift is made of
             self._watch_drift(layer, gray, result.mask, build.roi_mask, result.ood)
         state = self._printer_state()
@@ -856,7 +898,7 @@ class PrinterMonitor:
 
         actions = (
             self.controller.on_layer(layer, hits, m.values, state.state if state else None, locate=locate)
-            if judged
+            if judged and not waited  # a layer that waited for the monitor is judged, never acted on as live
             else []
         )
         return LayerOutcome(
@@ -944,9 +986,57 @@ class PrinterMonitor:
                 layer,
             )
 
+    def _waited(self, build: Build, meta: FrameMeta) -> bool:
+        """Whether this layer waited for the monitor (it was down or behind) while the print moved on: the printer
+        reports a layer at least _MOVED_ON layers further, or, where it reports none, the frame was captured more
+        than ``[monitor] live_window_s`` ago. Said once per backlog; and once when the monitor has caught up."""
+        printer_layer = self._printer_layer()
+        if printer_layer is not None:
+            waited = printer_layer - meta.layer >= _MOVED_ON
+        else:
+            waited = time.time() - meta.captured_at > self.service.config.monitor.live_window_s
+        if waited and build.backlog is None:
+            build.backlog = (meta.layer, meta.layer)
+            age = time.time() - meta.captured_at
+            self._emit_event(
+                "warning",
+                "backlog",
+                f"layer {meta.layer} waited {age:.0f} s for the monitor (it was down or behind) and the print has "
+                "moved on: the layers that waited are judged and stored in order, not acted on; acting resumes with "
+                "the live layers",
+                meta.layer,
+            )
+        elif waited and build.backlog is not None:
+            build.backlog = (build.backlog[0], meta.layer)
+        elif not waited and build.backlog is not None:
+            first, last = build.backlog
+            build.backlog = None
+            self._emit_event(
+                "info",
+                "caught_up",
+                f"caught up: layers {first}-{last} were judged late (not acted on); layer {meta.layer} is live",
+                meta.layer,
+            )
+        return waited
+
+    def _printer_layer(self) -> int | None:
+        """The layer the printer itself last reported (the watcher's reading), where its host reports layers."""
+        layer, at = self._printer_reported
+        return layer if layer is not None and time.monotonic() - at < 30 else None
+
     def _advance(self, build: Build, layer: int, late: bool) -> None:
         """The numbering moves on by small steps, or by a bigger one that the next frame confirms: one frame
-        far ahead must not make every later layer "late", never judged."""
+        far ahead must not make every later layer "late", never judged. Layers skipped (no frame came for them:
+        the camera missed them, or they were lost on the way) are said, each gap once."""
+        if not late and build.last_layer >= 0 and layer > build.last_layer + 1:
+            first, last = build.last_layer + 1, layer - 1
+            self._emit_event(
+                "warning",
+                "layers_missing",
+                f"no frame came for layer{'s' if last > first else ''} {first}{f'-{last}' if last > first else ''} "
+                "(the camera missed them, or they were lost on the way): not judged",
+                layer,
+            )
         steady = build.last_layer < 0 or layer <= build.last_layer + _LAYER_STEP
         confirmed = build.ahead is not None and 0 < layer - build.ahead <= _LAYER_STEP
         if steady or confirmed:
@@ -1026,6 +1116,8 @@ class PrinterMonitor:
         job = state.job if state is not None else None
         build = self.build
         layer = job.layer if job is not None and job.layer is not None else None
+        live = state is not None and state.state.value in _LIVE_STATES
+        self._printer_reported = (layer if live else None, time.monotonic())  # the printer's own word only
         if layer is None and build is not None and build.last_layer >= 0 and not build.ended:
             layer = build.last_layer
         msg = PrinterStateMessage(
@@ -1536,6 +1628,11 @@ class MonitorService:
         )
         return self
 
+    def printer_mqtt(self, pid: str) -> MqttConfig:
+        """The broker settings of a printer's link: frames waiting beyond the memory bound go to a spool beside its
+        records (a backlog after an outage is judged, not dropped)."""
+        return self.config.mqtt.model_copy(update={"spool_dir": self.config.monitor.out_dir / pid / ".spool"})
+
     def open_printer(self, pid: str, link: Link | None = None, holder: Any = None) -> PrinterMonitor:
         """Start judging ``pid``: its printer backend, its link (``link``, else one on the configured broker or
         bus), its handlers. A site worker (monitor.workers) passes an exclusive link of its own and the
@@ -1545,7 +1642,7 @@ class MonitorService:
         printer = self._given[pid] if pid in self._given else self._make_printer(pid)
         topics = Topics(cfg.mqtt.prefix, pid)
         if link is None:
-            link = open_link(self.bus, cfg.mqtt, service="monitor", topics=topics, version=__version__)
+            link = open_link(self.bus, self.printer_mqtt(pid), service="monitor", topics=topics, version=__version__)
         pm = PrinterMonitor(self, pid, link, printer, self.policy)
         pm.holder = holder
         handlers = ((topics.image, pm.on_frame), (topics.action, pm.on_action), (topics.layer, pm.on_layer))

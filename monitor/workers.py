@@ -255,7 +255,7 @@ class SiteWorker:
         cfg = svc.config
         topics = Topics(self.prefix, pid)
         link = MqttLink(
-            cfg.mqtt.model_copy(update={"connect_timeout_s": min(cfg.mqtt.connect_timeout_s, 3.0)}),
+            svc.printer_mqtt(pid).model_copy(update={"connect_timeout_s": min(cfg.mqtt.connect_timeout_s, 3.0)}),
             service="monitor",
             topics=topics,
             version=__version__,

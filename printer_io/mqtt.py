@@ -65,6 +65,7 @@ _AUTH_CODES = {134: "bad user name or password", 135: "not authorized", 133: "cl
 
 _TRIM_AFTER_BYTES = 32 * 1024 * 1024
 _NOT_YET = object()  # an acknowledgement not (yet) received
+_PACKET_HEADROOM = 64 * 1024  # a frame's topic, properties and envelope header beside its max_frame_bytes
 _FRAME_BYTES = 16 * 1024  # a message on a frame topic at least this big counts as a camera frame
 
 
@@ -105,11 +106,22 @@ class MqttConfig(BaseModel):
     reconnect_min_s: int = Field(default=1, ge=1, le=60)
     reconnect_max_s: int = Field(default=30, ge=1, le=3600)
     max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
-    # received messages waiting for their handler, per link (one link per printer in the monitor): over this,
-    # the oldest frames are dropped (counted, logged), never the newest
+    # received messages waiting for their handler held in memory, per link (one link per printer in the monitor):
+    # over this, the oldest frames go to the spool on disk (spool_dir) while it has room, else they are dropped
+    # (counted, logged), never the newest
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024 * 1024 * 1024)
-    # and at most this many frames (of 16 kB or more): a longer backlog only delays the judging of the newest layer
-    max_queue_frames: int = Field(default=16, ge=1, le=100_000)
+    # and at most this many frames (of 16 kB or more) in memory; 0: only max_queue_bytes bounds them
+    max_queue_frames: int = Field(default=0, ge=0, le=100_000)
+    # a folder where frames waiting beyond max_queue_bytes are kept until their turn (a backlog after an outage is
+    # judged, not dropped); set by the monitor for each printer (<out_dir>/<printer>/.spool), None: no spool
+    spool_dir: Path | None = None
+    max_spool_bytes: int = Field(default=8 * 1024 * 1024 * 1024, ge=0, le=1 << 44)
+    # MQTT 5: the broker hands over at most this many unacknowledged messages at a time (its Receive Maximum);
+    # the rest wait in the session at the broker (brokers differ in how strictly they keep to it)
+    receive_maximum: int = Field(default=64, ge=1, le=65_535)
+    # every received message other than a frame is refused above this size before it is parsed (layer events,
+    # actions, statuses are a few kB; an operator's labels up to a few hundred)
+    max_message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     def endpoint(self) -> tuple[str, int, bool]:
         """``(host, port, tls)`` from the URL; ConfigError names the bad value."""
@@ -180,6 +192,10 @@ class MqttLink:
         self._pending: deque[paho.MQTTMessage] = deque()
         self._pending_bytes = 0
         self._pending_frames = 0  # waiting messages that count as camera frames (_is_frame)
+        self._spilled: dict[int, tuple[Path, int]] = {}  # id(waiting message) -> its payload's file and size
+        self._spool_bytes = 0
+        self._spool_ids = itertools.count()
+        self.spilled = 0  # frames that waited on disk
         self._peak_bytes = 0
         self._closing = False
         self._cond = threading.Condition()
@@ -220,6 +236,10 @@ class MqttLink:
         Calling it on a started link does nothing (``with link.start():`` is fine)."""
         if self._client is not None:
             return self
+        if self.config.spool_dir is not None:  # a crashed run's spooled copies: the broker delivers them again
+            for old in self.config.spool_dir.glob(f"{self.client_id}-*.msg"):
+                with contextlib.suppress(OSError):
+                    old.unlink()
         v5 = self.config.protocol == "5"
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -256,6 +276,10 @@ class MqttLink:
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0 if self.clean else self.config.session_expiry_s
+            # the broker sends no packet larger than a frame may be (it drops it), and at most this many
+            # unacknowledged messages at a time (the rest wait at the broker: backpressure, not loss)
+            props.MaximumPacketSize = self.config.max_frame_bytes + _PACKET_HEADROOM
+            props.ReceiveMaximum = self.config.receive_maximum
         self._set_state("connecting", f"connecting to {self._where()} as {self.client_id}")
         try:
             if v5:
@@ -301,6 +325,12 @@ class MqttLink:
                 self._closing = False
                 self._pending.clear()
                 self._pending_bytes = self._pending_frames = 0
+                # unacknowledged: the broker delivers them again to the next session; their spooled copies go
+                for path, _ in self._spilled.values():
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                self._spilled.clear()
+                self._spool_bytes = 0
         client, self._client = self._client, None
         if client is not None:
             if publish_offline and not self.ephemeral and self._connected.is_set():
@@ -469,23 +499,42 @@ class MqttLink:
         self._set_state("unreachable", f"MQTT broker {self._where()} unreachable; retrying with backoff")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        limit = (
+            self.config.max_frame_bytes + _PACKET_HEADROOM
+            if _on_frame_topic(message)
+            else self.config.max_message_bytes
+        )
+        if len(message.payload) > limit:  # refused before it is queued or parsed: nothing more is kept of it
+            if message.qos > 0:
+                client.ack(message.mid, message.qos)
+            self._reject(
+                "size",
+                f"{message.topic}: message of {len(message.payload)} bytes, more than the {limit} this topic takes "
+                "([mqtt] max_frame_bytes for frames, max_message_bytes for the rest); refused unread",
+            )
+            return
         dropped: list[paho.MQTTMessage] = []
         with self._cond:
             self._pending.append(message)
             self._pending_bytes += len(message.payload)
             self._pending_frames += _is_frame(message)
             self._peak_bytes = max(self._peak_bytes, self._pending_bytes)
-            # over the bound: the oldest frames go first; the message just received (the newest) always stays.
-            # Frames of a camera's size count against max_queue_frames; a flood of small junk on the frame
-            # topic (refused in microseconds) must not push real frames out
+            # over the bound: the oldest frames go first, to the spool while it has room, else they are dropped;
+            # the message just received (the newest) always stays. Frames of a camera's size count against
+            # max_queue_frames; a flood of small junk on the frame topic (refused in microseconds) must not push
+            # real frames out
+            frames_bound = self.config.max_queue_frames
             while len(self._pending) > 1 and (
-                self._pending_bytes > self.config.max_queue_bytes or self._pending_frames > self.config.max_queue_frames
+                self._pending_bytes > self.config.max_queue_bytes
+                or (frames_bound and self._pending_frames > frames_bound)
             ):
-                droppable = _is_frame if self._pending_frames > self.config.max_queue_frames else _on_frame_topic
+                droppable = _is_frame if frames_bound and self._pending_frames > frames_bound else _on_frame_topic
                 waiting = itertools.islice(self._pending, len(self._pending) - 1)
-                old = next((m for m in waiting if droppable(m)), None)
+                old = next((m for m in waiting if droppable(m) and id(m) not in self._spilled), None)
                 if old is None:
                     break  # only small control messages wait: keep them all
+                if self._spill(old):
+                    continue
                 self._pending.remove(old)
                 self._forget(old)
                 dropped.append(old)
@@ -510,6 +559,48 @@ class MqttLink:
         self._pending_bytes -= len(message.payload)
         self._pending_frames -= _is_frame(message)
 
+    def _spill(self, message: paho.MQTTMessage) -> bool:
+        """Move a waiting message's payload to the spool on disk (its place in the queue kept); under ``_cond``.
+        False where there is no spool or no room left in it."""
+        folder, size = self.config.spool_dir, len(message.payload)
+        if folder is None or self._spool_bytes + size > self.config.max_spool_bytes:
+            return False
+        path = folder / f"{self.client_id}-{next(self._spool_ids)}.msg"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(message.payload)
+        except OSError as err:
+            log.warning("%s: cannot keep a waiting frame in %s (%s): it may be dropped", self.service, folder, err)
+            return False
+        self._forget(message)
+        self._spilled[id(message)] = (path, size)
+        self._spool_bytes += size
+        self.spilled += 1
+        message.payload = b""
+        if self.spilled == 1 or self.spilled % 100 == 0:
+            log.info(
+                "%s: a backlog: %d waiting frame(s) kept on disk in %s until their turn",
+                self.service,
+                self.spilled,
+                folder,
+            )
+        return True
+
+    def _unspill(self, message: paho.MQTTMessage) -> None:
+        """A spooled message's payload back from disk as its turn comes (outside ``_cond``)."""
+        held = self._spilled.pop(id(message), None)
+        if held is None:
+            return
+        path, size = held
+        try:
+            message.payload = path.read_bytes()
+        except OSError as err:
+            log.warning("%s: a spooled frame could not be read back (%s)", self.service, err)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with self._cond:
+            self._spool_bytes -= size
+
     @property
     def queued_bytes(self) -> int:
         return self._pending_bytes
@@ -533,11 +624,14 @@ class MqttLink:
                     return
                 message = self._pending.popleft()
                 self._forget(message)
+                spooled = id(message) in self._spilled
                 drained = not self._pending and self._peak_bytes > _TRIM_AFTER_BYTES
                 if drained:
                     self._peak_bytes = 0
             if drained:
                 _return_memory()  # a burst is over: give its buffers back to the system
+            if spooled:
+                self._unspill(message)
             try:
                 self._dispatch(message.topic, bytes(message.payload), self._subscription_ids(message))
             finally:

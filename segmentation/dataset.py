@@ -45,6 +45,6 @@ def write_build(out: Path, seed: int, layers: int, size: int = 512) -> int:
         ids = out / "part_ids" / f"layer_{k:05d}.png"
         ids.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(ids), layer.part_ids.astype(np.uint16))
-    spec = asdict(build.spec)
+    spec = {**asdict(build.spec), "features": sorted(build.spec.features)}
     (out / "build.json").write_text(json.dumps({"seed": seed, "spec": spec}, indent=1))
     return layers

@@ -209,10 +209,15 @@ def _loop(f: object) -> None:
 
 
 def _huge_stack(f: object, images: str, masks: str) -> None:
+    import h5py
     import numpy as np
 
     n, side = 400, 8000
-    for name in (images, *(f"{masks}/{c}" for c in range(5))):
+    stacks: list[str] = []
+    f["slices"].visititems(  # type: ignore[index]
+        lambda name, obj: stacks.append(f"slices/{name}") if isinstance(obj, h5py.Dataset) and obj.ndim == 3 else None
+    )
+    for name in stacks:
         del f[name]  # type: ignore[attr-defined]
         f.create_dataset(name, shape=(n, side, side), dtype="u1", chunks=(1, 1000, 1000), compression="gzip")  # type: ignore[attr-defined]
     table = f["layerwatch/layers"]  # type: ignore[index]

@@ -319,3 +319,38 @@ def test_the_anonymous_probe_tells_an_open_broker_from_a_closed_one(broker: Mosq
     closed = MqttConfig(url=broker.auth_url, username=Mosquitto.USER)
     assert anonymous_allowed(closed) is False
     assert anonymous_allowed(MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}"), timeout_s=2) is None
+
+
+def test_a_backlog_beyond_the_memory_bound_waits_on_disk_and_nothing_is_dropped(
+    broker: Mosquitto, topics: Topics, tmp_path: Path
+) -> None:
+    """Issue 31: the frames of a backlog (a monitor that was down or is behind) beyond the memory bound wait in the
+    spool on disk, in order, and are all handled; the memory bound still holds, and the spool is emptied."""
+    handled: list[int] = []
+    release = threading.Event()
+
+    def slow(topic: str, payload: bytes) -> None:
+        release.wait(30)
+        handled.append(int.from_bytes(payload[:4], "big"))
+
+    spool = tmp_path / "spool"
+    monitor = _link(broker.url, topics, "monitor", max_queue_bytes=2 * 1024 * 1024, spool_dir=spool)
+    monitor.subscribe(topics.image, slow)
+    burst, size = 40, 256 * 1024
+    with monitor.start(), _link(broker.url, topics, "camera") as camera:
+        for n in range(burst):
+            camera.publish(topics.image, n.to_bytes(4, "big") + bytes(size - 4), wait_s=5)
+        deadline = time.monotonic() + 60
+        while monitor.spilled + monitor.queued_bytes // size + 1 < burst and time.monotonic() < deadline:
+            time.sleep(0.05)
+            assert monitor.queued_bytes <= 2 * 1024 * 1024 + size
+        deadline = time.monotonic() + 10  # the last spill may still be on its way to the disk
+        while len(list(spool.glob("*.msg"))) != monitor.spilled and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert monitor.spilled >= burst // 2 and len(list(spool.glob("*.msg"))) == monitor.spilled
+        release.set()
+        deadline = time.monotonic() + 60
+        while len(handled) < burst and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert handled == list(range(burst))  # every frame, in order
+    assert monitor.rejected["dropped"] == 0 and list(spool.glob("*.msg")) == []
