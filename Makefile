@@ -16,7 +16,7 @@ MOONRAKER_VERSION ?= 0.11.0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,train]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -48,7 +48,7 @@ class _Section(BaseModel):
 
 class MonitorSection(_Section):
     out_dir: Path = Path("records")
-    engine: Literal["onnx", "torch"] = "onnx"
+    engine: Literal["auto", "onnx", "openvino", "torch"] = "auto"  # auto: OpenVINO where installed
     # a model given here is used as it is; without one, the model store's current model (`layerwatch model
     # promote`), watched: a promotion or rollback takes effect at the next layer, without a restart
     model: Path | None = None

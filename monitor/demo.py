@@ -52,7 +52,7 @@ class DemoOptions:
     broker_impl: str = "bus"  # bus (in process), or a local broker: auto, mosquitto, amqtt
     headless: bool = False
     stay: bool = False  # keep the dashboard up after the summary until Ctrl-C
-    engine: Literal["onnx", "torch"] = "onnx"
+    engine: Literal["auto", "onnx", "openvino", "torch"] = "auto"
     model: Path | None = None
 
 

@@ -161,7 +161,7 @@ class ReplayOptions:
     models_dir: Path = Path("models")
     policy: Path | None = None
     broker: str | None = None
-    engine: Literal["onnx", "torch"] = "onnx"
+    engine: Literal["auto", "onnx", "openvino", "torch"] = "auto"
     window: int = 2  # frames in flight at most (back-pressure)
     printer: Printer | None = None  # a real backend; default: the embedded virtual printer
     skip_missing: bool = False

@@ -1,4 +1,5 @@
-"""Inference: one :class:`Segmenter` API over interchangeable engines (torch, ONNX Runtime).
+"""Inference: one :class:`Segmenter` API over interchangeable engines (OpenVINO, ONNX Runtime, torch; ``auto``
+takes the fastest installed).
 
 An engine maps a model-input batch (N, in_channels, H, W) float32 to class probabilities
 (N, C, H, W) float32 (the softmax runs inside the engine: in ONNX Runtime it is part of the
@@ -11,6 +12,7 @@ region of interest.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -33,13 +35,17 @@ from segmentation.resources import data_dir
 __all__ = [
     "DEFAULT_MODEL",
     "ENGINES",
+    "ENGINE_CHOICES",
     "Engine",
     "OnnxEngine",
     "Segmentation",
     "Segmenter",
     "TorchEngine",
     "create_engine",
+    "current_onnx",
     "export_onnx",
+    "onnx_meta",
+    "resolve_engine",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,31 +111,21 @@ class OnnxEngine:
     def __init__(self, model_path: Path, threads: int | None = None, onnx_path: Path | None = None) -> None:
         import onnxruntime  # noqa: F401  (missing: fail here, before any export)
 
-        from segmentation.model import ModelSpec, file_sha256
-
-        if not model_path.is_file():
-            raise ModelError(f"{model_path}: model file not found; pass --model PATH or run `layerwatch train`")
-        onnx_file = onnx_path or model_path.with_suffix(".onnx")
-        sha = file_sha256(model_path)
-        if not onnx_file.is_file() or _onnx_source_sha(onnx_file) != f"{sha}/{_ONNX_FORMAT}":
-            log.info("exporting %s to ONNX at %s", model_path, onnx_file)
-            export_onnx(model_path, onnx_file)
+        onnx_file, sha = current_onnx(model_path, onnx_path)
         try:
             self._session = onnx_session(onnx_file, threads)
         except Exception as err:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{onnx_file}: ONNX Runtime cannot load it ({err})") from err
-        props = self._session.get_modelmeta().custom_metadata_map
-        self.meta = json.loads(props.get("layerwatch_meta", "{}"))
-        self.meta["sha256"] = sha
-        spec = self.meta.get("spec", {})
-        try:
-            model_spec = ModelSpec(**{**spec, "decoder_channels": tuple(spec["decoder_channels"])})
-        except (KeyError, TypeError, ValueError) as err:
-            raise ModelError(f"{onnx_file}: its model description is not valid ({type(err).__name__}: {err})") from err
+        self.meta, model_spec = onnx_meta(onnx_file, sha)
         self.stride = model_spec.stride
         self.in_channels = model_spec.in_channels
         self.input_norm = model_spec.input_norm
         self._input = self._session.get_inputs()[0].name
+
+    def describe(self) -> str:
+        from segmentation.hardware import cpu_info
+
+        return f"onnx (ONNX Runtime) f32 on {cpu_info().describe()}"
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, score = self._session.run(None, {self._input: x})
@@ -137,6 +133,47 @@ class OnnxEngine:
 
     def close(self) -> None:
         self._session = None
+
+
+def current_onnx(model_path: Path, onnx_path: Path | None = None) -> tuple[Path, str]:
+    """The ``.onnx`` beside a checkpoint (or ``onnx_path``) and the checkpoint's sha256; exported again (which
+    needs PyTorch, the [train] extra) when missing or made from another checkpoint or graph format."""
+    from segmentation.model import file_sha256
+
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: model file not found; pass --model PATH or run `layerwatch train`")
+    onnx_file = onnx_path or model_path.with_suffix(".onnx")
+    sha = file_sha256(model_path)
+    if not onnx_file.is_file() or _onnx_source_sha(onnx_file) != f"{sha}/{_ONNX_FORMAT}":
+        if importlib.util.find_spec("torch") is None:
+            raise ModelError(
+                f"{onnx_file} is missing or was exported from another checkpoint, and exporting {model_path} needs "
+                "PyTorch: pip install 'layerwatch[train]' (or run `layerwatch export-onnx` where it is installed)"
+            )
+        log.info("exporting %s to ONNX at %s", model_path, onnx_file)
+        export_onnx(model_path, onnx_file)
+    return onnx_file, sha
+
+
+def onnx_meta(onnx_file: Path, sha: str) -> tuple[dict[str, Any], Any]:
+    """The checkpoint's metadata kept in an exported graph (``sha256`` set to ``sha``) and its ModelSpec."""
+    import onnx
+
+    from segmentation.model import ModelSpec
+
+    try:
+        proto = onnx.load(str(onnx_file), load_external_data=False)
+    except Exception as err:  # onnx raises its own untyped errors
+        raise ModelError(f"{onnx_file}: not an ONNX graph ({err})") from err
+    props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        meta = json.loads(props.get("layerwatch_meta", "{}"))
+        spec = meta.get("spec", {})
+        model_spec = ModelSpec(**{**spec, "decoder_channels": tuple(spec["decoder_channels"])})
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ModelError(f"{onnx_file}: its model description is not valid ({type(err).__name__}: {err})") from err
+    meta["sha256"] = sha
+    return meta, model_spec
 
 
 def onnx_session(onnx_file: Path, threads: int | None = None) -> Any:
@@ -257,15 +294,46 @@ def export_onnx(model_path: Path, onnx_path: Path, opset: int = 17) -> Path:
     return onnx_path
 
 
-#: Engines by name; the error for an unknown name lists these.
-ENGINES: dict[str, Callable[..., Engine]] = {"onnx": OnnxEngine, "torch": TorchEngine}
+def _openvino(model_path: Path, threads: int | None = None, precision: str = "auto") -> Engine:
+    from segmentation.openvino_engine import OpenVinoEngine
+
+    return OpenVinoEngine(model_path, threads=threads, precision=precision)
 
 
-def create_engine(name: str, model_path: Path, threads: int | None = None) -> Engine:
+#: Engines by name; the error for an unknown name lists these (and "auto": the fastest one installed).
+ENGINES: dict[str, Callable[..., Engine]] = {"onnx": OnnxEngine, "openvino": _openvino, "torch": TorchEngine}
+ENGINE_CHOICES = ("auto", *sorted(ENGINES))
+
+
+def resolve_engine(name: str) -> str:
+    """``auto`` -> the engine to try first: OpenVINO where it is installed and the CPU computes bf16 natively
+    (measured about 2x ONNX Runtime there), else ONNX Runtime (OpenVINO in f32 was no faster on 512 px frames:
+    docs/benchmarks.md); a named engine unchanged."""
+    if name != "auto":
+        return name
+    from segmentation.hardware import cpu_info
+
+    return "openvino" if cpu_info().bf16 and importlib.util.find_spec("openvino") is not None else "onnx"
+
+
+def create_engine(name: str, model_path: Path, threads: int | None = None, precision: str = "auto") -> Engine:
+    """An engine by name (``auto``: :func:`resolve_engine`, and ONNX Runtime after all where OpenVINO's bf16 was
+    not admitted). ``precision``: ``auto`` (the fastest this CPU computes that agrees with f32), ``bf16`` or
+    ``f32``: OpenVINO's; the other engines run f32."""
+    chosen = resolve_engine(name)
+    if name == "auto" and chosen == "openvino" and precision == "auto":
+        engine = ENGINES["openvino"](model_path, threads=threads, precision="auto")
+        if getattr(engine, "precision", "") == "bf16":
+            return engine
+        engine.close()  # its check refused bf16: ONNX Runtime is the faster f32
+        chosen = "onnx"
+    name = chosen
     try:
         factory = ENGINES[name]
     except KeyError:
-        raise ModelError(f"unknown engine {name!r}; valid engines: {', '.join(sorted(ENGINES))}") from None
+        raise ModelError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINE_CHOICES)}") from None
+    if name == "openvino":
+        return factory(model_path, threads=threads, precision=precision)
     return factory(model_path, threads=threads)
 
 
@@ -294,23 +362,24 @@ class Segmenter:
     """
 
     model_path: Path = DEFAULT_MODEL
-    engine: str = "onnx"
+    engine: str = "auto"
     tile: int = 1024
     overlap: int = 128
     threads: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     geometry: bool = True  # warping only where a part can lift (segmentation.geometry)
+    precision: str = "auto"  # OpenVINO's: auto (bf16 where the CPU computes it and it agrees with f32), bf16, f32
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ModelError(f"unknown engine {self.engine!r}; valid engines: {', '.join(sorted(ENGINES))}")
+        if self.engine not in ENGINE_CHOICES:
+            raise ModelError(f"unknown engine {self.engine!r}; valid engines: {', '.join(ENGINE_CHOICES)}")
         if self.overlap < 0 or self.tile <= 2 * self.overlap:
             raise ValueError(f"tile={self.tile} must be more than twice overlap={self.overlap} (overlap >= 0)")
         self._engine: Engine | None = None
 
     def start(self) -> Segmenter:
         if self._engine is None:
-            self._engine = create_engine(self.engine, Path(self.model_path), self.threads)
+            self._engine = create_engine(self.engine, Path(self.model_path), self.threads, self.precision)
             if self.tile % self._engine.stride:
                 raise ValueError(f"tile={self.tile} must be a multiple of the model stride {self._engine.stride}")
         return self
@@ -325,6 +394,12 @@ class Segmenter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def describe(self) -> str:
+        """The engine that runs and how (its precision, and what the precision check found)."""
+        engine = self.start()._engine
+        describe = getattr(engine, "describe", None)
+        return str(describe()) if callable(describe) else str(getattr(engine, "name", "?"))
 
     @property
     def model_meta(self) -> dict[str, Any]:

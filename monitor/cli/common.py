@@ -25,6 +25,17 @@ class RefusedError(Exception):
     """The monitor answered no (or did not answer): one line, exit 1."""
 
 
+def need_training_stack(what: str) -> None:
+    """One line where PyTorch is missing: the monitoring box's install has none (pip install layerwatch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("segmentation_models_pytorch") is None:
+        raise CommandError(
+            f"{what} needs PyTorch, which this install has not: pip install 'layerwatch[train]' (CPU-only wheels: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu first; README, Install)"
+        )
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -58,10 +69,16 @@ def port(text: str) -> int:
 
 def model_args(p: argparse.ArgumentParser) -> None:
     from segmentation.imageio import DEFAULT_MAX_PIXELS
-    from segmentation.inference import DEFAULT_MODEL, ENGINES
+    from segmentation.inference import DEFAULT_MODEL, ENGINE_CHOICES
 
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model checkpoint (.pt); default: shipped model")
-    p.add_argument("--engine", choices=sorted(ENGINES), default="onnx", help="inference engine (default: onnx)")
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="inference engine (default auto: OpenVINO where installed, in the fastest precision this CPU computes "
+        "that agrees with f32; else ONNX Runtime)",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for inference")
     p.add_argument("--tile", type=positive_int, default=1024, help="tile size in px for large frames (default 1024)")
     p.add_argument(

@@ -16,6 +16,7 @@ from monitor.cli.common import (
     RefusedError,
     log,
     model_args,
+    need_training_stack,
     positive_int,
     segmenter,
 )
@@ -84,7 +85,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
             continue
         try:
             image = read_image(item, max_pixels=args.max_pixels)
-            seg = seg or segmenter(args)
+            if seg is None:
+                seg = segmenter(args)
+                if args.verbose or args.say_engine:  # which engine and precision runs, and why
+                    print(f"engine: {seg.describe()}", file=sys.stderr)
             result = seg.segment(image)
             write_mask(args.out / name, result.mask)
             if args.overlay:
@@ -123,6 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    need_training_stack("training")
     from segmentation.train import DEFAULT_REAL_DIR, TrainConfig, calibrate_run, train
 
     try:
@@ -164,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    need_training_stack("exporting a checkpoint to ONNX")
     from segmentation.inference import export_onnx
 
     out = args.out or args.model.with_suffix(".onnx")
@@ -173,6 +179,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    need_training_stack("fine-tuning")
     from monitor.labels import export_labels
     from monitor.models import ModelStore
     from segmentation.finetune import FinetuneOptions, finetune
@@ -295,6 +302,12 @@ def register(sub: Any) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
     p.add_argument("--out", type=Path, required=True, help="folder for NAME.png masks (uint8 class ids)")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays to OUT/overlays/")
+    p.add_argument(
+        "--verbose",
+        dest="say_engine",
+        action="store_true",
+        help="say which engine and precision run (and how the precision's classes agree with f32's)",
+    )
     model_args(p)
     p.set_defaults(func=cmd_segment)
 

@@ -286,7 +286,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--models", type=Path, default=Path("models"), help="model store (default: models)")
     p.add_argument("--policy", type=Path, default=None, help="policy file instead of the default")
-    p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--engine", choices=("auto", "onnx", "openvino", "torch"), default="auto")
     p.add_argument("--broker", default=None, help="MQTT broker URL (default: start a local one)")
     p.add_argument("--skip-missing", action="store_true", help="replay a record whose some layers are missing")
     p.add_argument(

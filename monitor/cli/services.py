@@ -372,7 +372,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--headless", action="store_true", help="no dashboard")
     p.add_argument("--stay", action="store_true", help="keep the dashboard up after the summary until Ctrl-C")
-    p.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--engine", choices=("auto", "onnx", "openvino", "torch"), default="auto")
     p.add_argument("--model", type=Path, default=None, help="model checkpoint; default: shipped model")
     p.set_defaults(func=cmd_demo)
 

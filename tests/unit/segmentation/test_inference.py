@@ -36,7 +36,7 @@ def test_unknown_architecture_lists_valid_names() -> None:
 
 
 def test_unknown_engine_lists_valid_names(tiny_checkpoint: Path) -> None:
-    with pytest.raises(ModelError, match="valid engines: onnx, torch"):
+    with pytest.raises(ModelError, match="valid engines: auto, onnx, openvino, torch"):
         create_engine("tensorrt", tiny_checkpoint)
     with pytest.raises(ModelError, match="valid engines"):
         Segmenter(tiny_checkpoint, engine="tflite")
@@ -206,3 +206,47 @@ def test_the_shipped_onnx_is_the_export_of_the_shipped_checkpoint() -> None:
     from segmentation.model import file_sha256
 
     assert _onnx_source_sha(DEFAULT_MODEL.with_suffix(".onnx")) == f"{file_sha256(DEFAULT_MODEL)}/{_ONNX_FORMAT}"
+
+
+def test_openvino_runs_the_exported_graph_as_onnx_runtime_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OpenVINO engine in f32 gives ONNX Runtime's probabilities on an odd-sized frame (padded to the stride);
+    in bf16, only after its classes agreed with f32's on the check layers, which it says."""
+    pytest.importorskip("openvino")
+    from segmentation import openvino_engine
+    from segmentation.inference import DEFAULT_MODEL, Segmenter, create_engine, resolve_engine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    frame = (np.random.default_rng(4).random((301, 417)) * 255).astype(np.uint8)
+    with (
+        Segmenter(DEFAULT_MODEL, engine="onnx") as ort,
+        Segmenter(DEFAULT_MODEL, engine="openvino", precision="f32") as ov,
+    ):
+        a, b = ort.segment(frame), ov.segment(frame)
+        assert "openvino f32" in ov.describe()
+    assert np.abs(a.probs - b.probs).max() < 1e-3 and (a.mask == b.mask).mean() > 0.999
+    engine = create_engine("openvino", DEFAULT_MODEL, precision="bf16")
+    assert engine.agreement is not None and engine.agreement.layers == openvino_engine.CHECK_LAYERS  # type: ignore[attr-defined]
+    assert engine.precision == ("bf16" if engine.agreement.admitted else "f32")  # type: ignore[attr-defined]
+    assert list((tmp_path / "cache" / "layerwatch").glob("precision-*.json"))  # checked once, kept
+    engine.close()
+    # a check that refuses: f32, and "auto" takes ONNX Runtime after all
+    monkeypatch.setattr(openvino_engine, "MIN_AGREEMENT", 1.01)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
+    refused = create_engine("openvino", DEFAULT_MODEL, precision="bf16")
+    assert refused.precision == "f32" and "refused" in refused.describe()  # type: ignore[attr-defined]
+    refused.close()
+    from segmentation import hardware
+
+    if hardware.cpu_info().bf16:
+        assert create_engine("auto", DEFAULT_MODEL).name == "onnx"
+    monkeypatch.setattr(hardware, "cpu_info", lambda: hardware.parse_cpuinfo("flags\t: avx2\n"))
+    assert resolve_engine("auto") == "onnx" and resolve_engine("openvino") == "openvino"
+
+
+def test_agreement_admits_only_close_classes() -> None:
+    from segmentation.openvino_engine import Agreement
+
+    assert Agreement("bf16", 0.9996, {"porosity": 0.99, "spatter": 0.985}, 4).admitted
+    assert not Agreement("bf16", 0.998, {"porosity": 0.99}, 4).admitted
+    assert not Agreement("bf16", 0.9999, {"warping": 0.97}, 4).admitted
+    assert "refused" in Agreement("bf16", 0.99, {}, 4).describe()
