@@ -76,7 +76,7 @@ def _paused_classes(record: Path) -> list[int]:
     from monitor.record import RecordReader
 
     with RecordReader(record) as r:
-        rules = r.json_attr("policy").get("rules", [])
+        rules = (r.json_attr("policy") or {}).get("rules", [])
     classes = {watched_class(str(rule.get("metric", ""))) for rule in rules
                if any(a.get("type") == "pause" for a in rule.get("actions", []))}  # fmt: skip
     return sorted(int(c) for c in classes if c is not None)

@@ -58,7 +58,9 @@ def load_run(path: Path) -> Run:
             for k in stored
         }
         actions: dict[int, list[str]] = {}
-        watches = {rule["name"]: _watched_class(rule["metric"]) for rule in r.json_attr("policy").get("rules", [])}
+        watches = {
+            rule["name"]: _watched_class(rule["metric"]) for rule in (r.json_attr("policy") or {}).get("rules", [])
+        }
         pauses: list[tuple[int, str]] = []
         for a in r.table("actions"):
             if a["state"] == "requested":
@@ -72,7 +74,7 @@ def load_run(path: Path) -> Run:
             metrics,
             severity,
             actions,
-            str(r.json_attr("model").get("id", "")),
+            str((r.json_attr("model") or {}).get("id", "")),
             str(attrs.get("layerwatch/replay_of", "")),
             sorted(pauses),
         )

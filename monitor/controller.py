@@ -155,7 +155,7 @@ class Controller:
         done.wait(timeout)
 
     # ---- decisions --------------------------------------------------------------------------------
-    def on_layer(
+    def decide(
         self,
         layer: int,
         hits: Sequence[RuleHit],

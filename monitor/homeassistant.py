@@ -14,14 +14,12 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from monitor.ports import PrinterPort
 from printer_io.credentials import Credential, sign
 from printer_io.messages import ActionMessage
 from printer_io.vocabulary import ActionKind, ActionState
-
-if TYPE_CHECKING:
-    from monitor.service import PrinterMonitor
 
 __all__ = ["HomeAssistant"]
 
@@ -40,7 +38,7 @@ _SENSORS = (
 class HomeAssistant:
     """One printer's device in Home Assistant."""
 
-    def __init__(self, pm: PrinterMonitor, discovery_prefix: str, operator: Credential | None) -> None:
+    def __init__(self, pm: PrinterPort, discovery_prefix: str, operator: Credential | None) -> None:
         self.pm = pm
         self.operator = operator
         t = pm.link.topics

@@ -74,7 +74,7 @@ def _verdicts(r: RecordReader, path: Path) -> list[LabelledLayer]:
             opened.setdefault(str(a["incident"]), int(a["layer"]))
             rules.setdefault(str(a["incident"]), str(a["rule"]))
     try:
-        metric_of = {str(rule["name"]): str(rule["metric"]) for rule in r.json_attr("policy").get("rules", [])}
+        metric_of = {str(rule["name"]): str(rule["metric"]) for rule in (r.json_attr("policy") or {}).get("rules", [])}
     except (KeyError, ValueError, TypeError, AttributeError):
         metric_of = {}
     last: dict[str, tuple[Verdict, str]] = {}

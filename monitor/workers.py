@@ -45,15 +45,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from monitor import __version__
+from monitor.ports import MonitorPort
 from printer_io.messages import StatusMessage
 from printer_io.mqtt import MqttLink
 from printer_io.topics import Topics, validate_printer_id
-
-if TYPE_CHECKING:
-    from monitor.service import MonitorService
 
 __all__ = ["PrinterLock", "SiteWorker", "default_worker_id", "takes"]
 
@@ -135,7 +132,7 @@ class _Seen:
 class SiteWorker:
     """One worker of a group: takes the printers the broker hands it, lets go of those it loses."""
 
-    def __init__(self, service: MonitorService) -> None:
+    def __init__(self, service: MonitorPort) -> None:
         cfg = service.config
         self.service = service
         self.group = cfg.monitor.group

@@ -117,8 +117,8 @@ def test_one_pause_per_incident_and_redelivery_does_not_act_twice() -> None:
     c = controller(printer, sink)
     engine = PolicyEngine(Policy(rules=(rule(actions=[{"type": "pause"}]),)))
     for layer in range(6):
-        c.on_layer(layer, hits_for(engine, layer, 1.0), {"warping_growth_mm": 1.0})
-    assert c.on_layer(5, hits_for(engine, 5, 1.0), {}) == []  # the same layer again
+        c.decide(layer, hits_for(engine, layer, 1.0), {"warping_growth_mm": 1.0})
+    assert c.decide(5, hits_for(engine, 5, 1.0), {}) == []  # the same layer again
     c.wait_idle()
     assert sink.states("pause") == ["requested", "confirmed"]
     first = sink.actions[0]
@@ -136,14 +136,14 @@ def test_after_an_operator_resume_only_growth_pauses_again() -> None:
     sink = Sink()
     c = controller(printer, sink, regrow_factor=1.5)
     engine = PolicyEngine(Policy(rules=(rule(k=1, n=1, actions=[{"type": "pause"}]),)))
-    c.on_layer(0, hits_for(engine, 0, 1.0), {})
+    c.decide(0, hits_for(engine, 0, 1.0), {})
     c.wait_idle()
     printer.resume()
-    c.on_layer(1, hits_for(engine, 1, 1.2), {}, printer.status().state)  # operator resumed; 1.2 < 1.5
-    c.on_layer(2, hits_for(engine, 2, 1.4), {}, printer.status().state)
+    c.decide(1, hits_for(engine, 1, 1.2), {}, printer.status().state)  # operator resumed; 1.2 < 1.5
+    c.decide(2, hits_for(engine, 2, 1.4), {}, printer.status().state)
     c.wait_idle()
     assert sink.states("pause") == ["requested", "confirmed"]
-    c.on_layer(3, hits_for(engine, 3, 1.6), {}, printer.status().state)  # grown by 1.5x: pause again
+    c.decide(3, hits_for(engine, 3, 1.6), {}, printer.status().state)  # grown by 1.5x: pause again
     c.wait_idle()
     assert sink.states("pause") == ["requested", "confirmed", "requested", "confirmed"]
     c.close()
@@ -158,7 +158,7 @@ def test_gcode_adjustments_are_bounded() -> None:
              actions=[{"type": "gcode", "command": "M221", "step_pct": 2, "max_total_pct": 6}])  # fmt: skip
     engine = PolicyEngine(Policy(rules=(r,)))
     for layer in range(6):
-        c.on_layer(layer, engine.evaluate(layer, {"porosity_fraction_part": 0.05}, []), {})
+        c.decide(layer, engine.evaluate(layer, {"porosity_fraction_part": 0.05}, []), {})
     c.wait_idle()
     sent = [m.gcode for m in sink.actions if m.state.value == "requested"]
     assert sent == [["M221 S102"], ["M221 S104"], ["M221 S106"]]
@@ -177,7 +177,7 @@ def test_an_unconfirmed_pause_is_a_timed_out_outcome_and_a_critical_event() -> N
     sink = Sink()
     c = controller(Stuck(), sink)
     engine = PolicyEngine(Policy(rules=(rule(k=1, n=1, actions=[{"type": "pause"}]),)))
-    c.on_layer(0, hits_for(engine, 0, 1.0), {})
+    c.decide(0, hits_for(engine, 0, 1.0), {})
     c.wait_idle()
     assert sink.states("pause") == ["requested", "timed_out"]
     assert ("critical", "pause_not_confirmed") in [(e[0], e[1]) for e in sink.events]
@@ -188,7 +188,7 @@ def test_a_failing_controller_takes_no_action_and_says_so() -> None:
     sink = Sink()
     c = controller(None, sink)
     engine = PolicyEngine(Policy(rules=(rule(k=1, n=1, actions=[{"type": "pause"}]),)))
-    out = c.on_layer(0, hits_for(engine, 0, 1.0), {"warping_growth_mm": "not a number"})  # type: ignore[dict-item]
+    out = c.decide(0, hits_for(engine, 0, 1.0), {"warping_growth_mm": "not a number"})  # type: ignore[dict-item]
     assert out == [] and sink.actions == []
     assert sink.events[-1][:2] == ("critical", "controller_failed")
     c.close()
@@ -205,7 +205,7 @@ def test_the_evidence_is_located_for_the_actions_only_and_kept_by_request() -> N
         return ((10, 20, 30, 40),)
 
     for layer in range(3):
-        c.on_layer(layer, hits_for(engine, layer, 1.0), {"warping_growth_mm": 1.0}, locate=locate)
+        c.decide(layer, hits_for(engine, layer, 1.0), {"warping_growth_mm": 1.0}, locate=locate)
     c.wait_idle()
     assert len(asked) == 1  # one pause per incident: the later hits are not located
     assert {m.request_id for m in sink.actions} == {"job-1:0:r:pause"}
@@ -223,7 +223,7 @@ def test_evidence_that_cannot_be_located_never_stops_the_pause() -> None:
     def locate(hit: object) -> tuple[tuple[int, int, int, int], ...]:
         raise ValueError("a bug in the evidence")
 
-    out = c.on_layer(0, hits_for(engine, 0, 1.0), {"warping_growth_mm": 1.0}, locate=locate)
+    out = c.decide(0, hits_for(engine, 0, 1.0), {"warping_growth_mm": 1.0}, locate=locate)
     assert [m.action for m in out] == ["pause"] and c.where(out[0].request_id) == ()
     assert not any(code == "controller_failed" for _, code, _, _ in sink.events)
     c.close()
@@ -240,7 +240,7 @@ def test_after_a_resume_another_rule_on_the_same_defect_needs_growth_too() -> No
 
     def layer(n: int, growth: float, area: float) -> None:
         m = {"warping_growth_mm": growth, "warping_area_mm2": area}
-        c.on_layer(n, engine.evaluate(n, m, []), m, printer.status().state)
+        c.decide(n, engine.evaluate(n, m, []), m, printer.status().state)
         c.wait_idle()
 
     layer(0, 1.0, 10.0)  # "grows" pauses
@@ -262,6 +262,6 @@ def test_incidents_are_restored_from_the_record_after_a_restart() -> None:
     c.restore([{"action": "pause", "state": "confirmed", "incident": "job-1:r:4", "rule": "r", "layer": 4}])
     c.restore_handled([0, 1, 2, 3, 4])
     engine = PolicyEngine(Policy(rules=(rule(k=1, n=1, actions=[{"type": "pause"}]),)))
-    assert c.on_layer(4, hits_for(engine, 4, 1.0), {}) == []  # judged before the restart
-    assert c.on_layer(5, hits_for(engine, 5, 1.0), {}, PrinterState.PAUSED) == []  # still paused: same incident
+    assert c.decide(4, hits_for(engine, 4, 1.0), {}) == []  # judged before the restart
+    assert c.decide(5, hits_for(engine, 5, 1.0), {}, PrinterState.PAUSED) == []  # still paused: same incident
     c.close()

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import h5py
@@ -149,13 +150,22 @@ def test_a_monitor_restarted_mid_build_decides_as_one_that_ran_through(rig: Rig,
 def test_a_restarted_monitor_refills_the_drift_window_from_the_record(rig: Rig) -> None:
     for k in range(6):
         rig.layer("bus-job", k)
-    live = rig.monitor.monitors[PID]._drift
+
+    def watch(pm: Any) -> Any:
+        drift = pm.observers.get("drift")
+        return drift.watch if drift is not None else None
+
+    pm = rig.monitor.monitors[PID]
+    assert isinstance(pm.link, BusLink) and pm.link.wait_idle(30)  # the observers run after the result is out
+    live = watch(pm)
     assert live is not None
     before = dict(live.window_stats())
     rig.monitor.release_printer(PID, publish_offline=False)
     rig.monitor.open_printer(PID)
     rig.layer("bus-job", 6)
-    heir = rig.monitor.monitors[PID]._drift
+    pm = rig.monitor.monitors[PID]
+    assert isinstance(pm.link, BusLink) and pm.link.wait_idle(30)
+    heir = watch(pm)
     assert heir is not None and heir is not live
     # without the refill the window would hold layer 6 alone and a drift would wait 4 more layers
     assert heir.describe()["window_layers"] == [3, 4, 5, 6]
@@ -391,7 +401,8 @@ def test_a_broken_model_store_keeps_the_model_in_use_and_is_said_once(rig: Rig, 
         time.sleep(0.05)  # the watcher looks at the store every second
         with RecordReader(pm.build.record.path) as r:
             said = [e["message"] for e in r.table("events") if e["code"] == "model_not_switched"]
-    time.sleep(2.5)  # two more looks at the unchanged store
+    rig.monitor.tick()  # two more looks at the unchanged store, driven here instead of waited for
+    rig.monitor.tick()
     with RecordReader(pm.build.record.path) as r:
         said = [e["message"] for e in r.table("events") if e["code"] == "model_not_switched"]
     assert len(said) == 1 and "not JSON" in said[0], said
@@ -484,7 +495,7 @@ def test_layers_printed_without_frames_are_said_once_and_on_the_monitor_s_status
             bridge.publish(topics.layer, LayerEvent(printer=PID, job_id="j", layer=k, z_mm=0.2).to_json())
         bus_idle = threading.Event()
         for _ in range(100):
-            if pm._awaiting is not None:
+            if pm.jobs.awaiting is not None:
                 break
             bus_idle.wait(0.05)
         pm.check_frames(wait_s=0)
