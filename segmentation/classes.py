@@ -19,6 +19,7 @@ __all__ = [
     "CLASS_NAMES",
     "DEFECT_CLASSES",
     "DEFECT_NAMES",
+    "MISTAKEN",
     "NO_DEFECT",
     "NUM_CLASSES",
     "UNLABELLED",
@@ -61,3 +62,6 @@ CLASS_HEX: tuple[str, ...] = tuple(f"#{r:02x}{g:02x}{b:02x}" for r, g, b in CLAS
 #: or part, which one not said ("no defect here"), and a pixel nobody labelled (ignored).
 NO_DEFECT = 254
 UNLABELLED = 255
+#: Within a fine-tune only (never in a user's labels): "no defect here" where the model it starts from called a
+#: defect. Trained as NO_DEFECT; crops are centred on these as on labelled defects (the model's own mistakes).
+MISTAKEN = 253

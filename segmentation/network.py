@@ -10,14 +10,11 @@ from the pixels themselves. It costs about 1 GMAC at 1024x1024 (see docs/benchma
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from segmentation.model import ModelSpec
+from segmentation.spec import ModelSpec
 
 __all__ = ["LayerUNet"]
 

@@ -107,7 +107,7 @@ class OpenVinoEngine:
             import openvino as ov
         except ImportError as err:
             raise ModelError("the openvino engine needs OpenVINO: pip install openvino") from err
-        from segmentation.inference import current_onnx, onnx_meta
+        from segmentation.onnx_files import current_onnx, onnx_meta
 
         if precision not in PRECISIONS:
             raise ModelError(f"precision {precision!r}: valid values are {', '.join(PRECISIONS)}")

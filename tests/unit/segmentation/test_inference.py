@@ -188,8 +188,8 @@ def test_channel_loop_argmax_matches_numpy(rng: np.random.Generator) -> None:
 def test_exported_graph_is_softmax_and_score_of_the_network(tiny_checkpoint: Path) -> None:
     import torch
 
-    from segmentation.inference import exportable
     from segmentation.model import load_checkpoint
+    from segmentation.onnx_files import exportable
 
     model, _ = load_checkpoint(tiny_checkpoint)
     x = torch.randn(2, model.spec.in_channels, 64, 64)
@@ -202,8 +202,9 @@ def test_exported_graph_is_softmax_and_score_of_the_network(tiny_checkpoint: Pat
 
 def test_the_shipped_onnx_is_the_export_of_the_shipped_checkpoint() -> None:
     """Else the first use re-exports it into the installed package (which may be read-only)."""
-    from segmentation.inference import _ONNX_FORMAT, DEFAULT_MODEL, _onnx_source_sha
+    from segmentation.inference import DEFAULT_MODEL
     from segmentation.model import file_sha256
+    from segmentation.onnx_files import _ONNX_FORMAT, _onnx_source_sha
 
     assert _onnx_source_sha(DEFAULT_MODEL.with_suffix(".onnx")) == f"{file_sha256(DEFAULT_MODEL)}/{_ONNX_FORMAT}"
 
