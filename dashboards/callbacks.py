@@ -22,6 +22,7 @@ from dashboards.state import (
     DashboardOptions,
     Records,
     ServiceStatus,
+    learnt_text,
     printer_state_text,
     send_labels,
     send_request,
@@ -123,7 +124,11 @@ def register(
             if own:  # the printer's own word, live, beside what the record says the monitor did
                 printer = f"; {own}" + (f" (the monitor: {printer[2:]})" if printer.startswith("; printer ") else "")
             printer += services.describe(pid)
-        return last, value, f"{len(stored)} layers stored, record {live}{printer}"
+        try:
+            learnt = learnt_text(opts.models_dir, r.json_attr("model") or {})
+        except (KeyError, ValueError, RecordError):
+            learnt = ""
+        return last, value, f"{len(stored)} layers stored, record {live}{printer}{learnt}"
 
     @app.callback(Output("farm", "children"), Input("farm-tick", "n_intervals"))
     def farm(_: int | None) -> Any:
@@ -272,7 +277,7 @@ def register(
             r = records.reader(records.resolve(path))
             stored = r.stored_layers()
             m = r.metrics()
-            policy = r.json_attr("policy")
+            policy = r.json_attr("policy") or {}
             actions = r.table("actions")
             events = r.table("events")
         except (RecordError, OSError, KeyError, RuntimeError) as err:

@@ -30,6 +30,7 @@ class DashboardOptions:
     records: Path | None = None
     broker: str | None = None  # a URL, with the environment's broker user ($LAYERWATCH_MQTT_USERNAME...)
     mqtt: MqttConfig | None = None  # or the whole [mqtt] settings, with the dashboard's own user
+    models_dir: Path | None = None  # the model store: a fine-tuned model's figures on the frames it held out
     operators: Mapping[str, str] | None = None  # operator name -> secret (the operators file); None: read-only
     title: str = "LayerWatch"
 
@@ -117,6 +118,23 @@ class ServiceStatus:
 
     def close(self) -> None:
         self.link.close()
+
+
+def learnt_text(models_dir: Path | None, model: Mapping[str, Any]) -> str:
+    """``; model X learnt your frames: ...``: a promoted fine-tune's figures on the labelled frames it held out,
+    before (its base) and after; empty where the record's model is none of those."""
+    sha = str(model.get("sha256") or "")
+    if models_dir is None or len(sha) < 12 or not models_dir.is_dir():
+        return ""
+    for folder in models_dir.glob(f"*-{sha[:12]}"):
+        try:
+            held = json.loads((folder / "holdout.json").read_text())
+            from segmentation.finetune import holdout_line
+
+            return f"; model {folder.name} on the {held['frames']} labelled frames it held out: {holdout_line(held)}"
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return ""
 
 
 def printer_state_text(state: PrinterStateMessage | None, now: float | None = None) -> str:

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 EARLY_LAYERS = 5
 # the candidate must not forget what the simulator taught: its mean defect IoU on held-out simulated layers
 # may fall by at most this much (absolute) below the model in use's
+MAX_HOLDOUT_DROP = 0.02  # a candidate may score this much lower on the labelled frames its fine-tune held out
 MAX_SIM_DROP = 0.10
 
 
@@ -190,6 +191,12 @@ def evaluate(
     echo(f"evaluate: {sim_layers} held-out simulated layers with each model")
     features = _features(current) if sim_layers > 0 else frozenset()
     report["simulated"] = {name: _sim_iou(model, sim_layers, features) for name, model in models.items()}
+    held = candidate.parent / "holdout"
+    if (held / "images").is_dir():  # the labelled frames a fine-tune held out: neither model learnt from them
+        from segmentation.finetune import score_labelled
+
+        echo(f"evaluate: the candidate's held-out labelled frames ({held}) with each model")
+        report["holdout"] = {name: score_labelled(model, held) for name, model in models.items()}
     report["refusals"] = refusals(report)
     return report
 
@@ -232,6 +239,14 @@ def refusals(report: dict[str, Any]) -> list[str]:
             f"held-out simulated layers: mean defect IoU {after:.3f}, the current model {before:.3f} "
             f"(it may fall by {MAX_SIM_DROP} at most: the candidate forgets what the simulator taught)"
         )
+    held = report.get("holdout") or {}
+    if held:
+        before, after = _mean_defect_iou(held["current"]["iou"]), _mean_defect_iou(held["candidate"]["iou"])
+        if not math.isnan(before) and not math.isnan(after) and after < before - MAX_HOLDOUT_DROP:
+            out.append(
+                f"your held-out labelled frames: mean defect IoU {after:.3f}, the current model {before:.3f} "
+                "(the candidate does worse on frames it did not learn from)"
+            )
     for b in report["builds"]:
         name = Path(b["record"]).name
         cur, cand = b["current"], b["candidate"]
@@ -291,6 +306,14 @@ def format_evaluation(report: dict[str, Any]) -> str:
                      f"{num(lab['candidate']['iou'][cls]):>14s}")  # fmt: skip
     lines.append(f"{'':40s} {'no defect -> defect':22s} {num(lab['current']['no_defect_called_defect']):>14s} "
                  f"{num(lab['candidate']['no_defect_called_defect']):>14s}")  # fmt: skip
+    held = report.get("holdout") or {}
+    if held:
+        for cls in held["current"]["iou"]:
+            cur, cand = num(held["current"]["iou"][cls]), num(held["candidate"]["iou"].get(cls))
+            lines.append(f"{'your held-out labelled frames':40s} {cls + ' IoU':22s} {cur:>14s} {cand:>14s}")
+        for key, name in (("pore_recall", "pores found"), ("pore_precision", "pores right"),
+                          ("no_defect_called_defect", "no defect -> defect")):  # fmt: skip
+            lines.append(f"{'':40s} {name:22s} {num(held['current'][key]):>14s} {num(held['candidate'][key]):>14s}")
     sim = report["simulated"]
     for cls in sim.get("current", {}):
         lines.append(f"{'held-out simulated':40s} {cls + ' IoU':22s} {num(sim['current'][cls]):>14s} "

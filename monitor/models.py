@@ -4,7 +4,8 @@ A folder (``[monitor] models_dir``, default ``models``)::
 
     current.json      the model in use: {"id", "path", "sha256", "time", "by", "why"}
     history.jsonl     one line per promotion or rollback, appended and synced, never rewritten
-    <id>/model.pt     every model ever promoted (with model.onnx, MODEL_CARD.md and evaluation.json)
+    <id>/model.pt     every model ever promoted (with model.onnx, MODEL_CARD.md, evaluation.json and, for a
+                      fine-tune that held frames out, holdout.json: how it did on them before and after)
 
 ``current.json`` is replaced atomically; a monitor that was not given a model explicitly watches it and
 switches to the new model between two layers, without a restart. No current.json: the shipped model.
@@ -128,7 +129,12 @@ class ModelStore:
         if not target.is_file():
             shutil.copyfile(candidate, folder / "model.pt.part")
             (folder / "model.pt.part").replace(target)
-        for extra in (candidate.with_suffix(".onnx"), candidate.parent / "MODEL_CARD.md"):
+        sidecars = (
+            candidate.with_suffix(".onnx"),
+            candidate.parent / "MODEL_CARD.md",
+            candidate.parent / "holdout.json",
+        )
+        for extra in sidecars:
             if extra.is_file():
                 shutil.copyfile(extra, folder / ("model.onnx" if extra.suffix == ".onnx" else extra.name))
         (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=str))

@@ -11,6 +11,7 @@ of the data, the label counts and held-out simulator figures before and after.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections import Counter
@@ -22,12 +23,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segmentation.classes import CLASS_NAMES, NO_DEFECT, NUM_CLASSES, UNLABELLED
+from segmentation.classes import CLASS_NAMES, MISTAKEN, NO_DEFECT, NUM_CLASSES, UNLABELLED
 from segmentation.errors import SegmentationError
 
 __all__ = ["FinetuneError", "FinetuneOptions", "check_labels", "finetune"]
 
-_STEP_MARGIN = 1.4  # a training step also prepares its batch (lighting, input channels): more than the network
+_MAX_BOOST = 2.0  # a rare labelled defect's loss weight is raised at most this much (8x: pores everywhere)
+_STEP_MARGIN = 1.1  # a step is a little more than the network's (its batch is made by a thread meanwhile)
+_WARM_STEPS = 2  # the first steps set up the CPU's kernels: slower, not timed
 _VALUE_NAMES = {**dict(enumerate(CLASS_NAMES)), NO_DEFECT: "no defect here", UNLABELLED: "not labelled"}
 
 
@@ -51,6 +54,9 @@ class FinetuneOptions:
     batch: int = 12
     heldout_layers: int = 16
     steps: int | None = None  # a fixed number of steps (reproducible anywhere); None: as many as the minutes allow
+    holdout: float = 0.2  # this share of your labelled frames (by build) is held out to tell whether it learnt
+    lr: float = 5e-4
+    encoder_lr_scale: float = 0.1  # the encoder learns at this share of the learning rate: it stays close
 
 
 def check_labels(images: Path, masks: Path) -> tuple[list[tuple[Path, Path]], Counter[int]]:
@@ -116,21 +122,54 @@ def _stage(pairs: list[tuple[Path, Path]], folder: Path) -> Path:
     return folder
 
 
+def _mark_mistakes(base: Path, folder: Path) -> int:
+    """Where the model a fine-tune starts from calls a defect on a "no defect here" pixel of the staged labels
+    (``folder``: images/ + masks/), the pixel becomes MISTAKEN (trained as "no defect here", weighed double, and
+    crops centre on it): a few labels teach what the model gets wrong, not only what it misses. Returns the
+    number of such pixels. The user's own files are never changed (a changed mask replaces its staged link)."""
+    from segmentation.imageio import iter_image_paths, read_image
+    from segmentation.inference import Segmenter
+
+    total = 0
+    with Segmenter(base, engine="onnx") as seg:
+        for item in iter_image_paths([folder / "images"]):
+            if isinstance(item, Exception):
+                continue
+            mask_path = folder / "masks" / f"{item.stem}.png"
+            m = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+            if m is None or not (m == NO_DEFECT).any():
+                continue
+            wrong = (m == NO_DEFECT) & (seg.segment(read_image(item)).mask >= 2)
+            if wrong.any():
+                m = m.copy()
+                m[wrong] = MISTAKEN
+                mask_path.unlink()
+                cv2.imwrite(str(mask_path), m)
+                total += int(np.count_nonzero(wrong))
+    return total
+
+
 def _step_seconds(model: Any, in_channels: int, batch: int, crop: int) -> float:
     """Seconds one training step of the network takes here (the learning-rate schedule is sized by it)."""
     import torch
 
+    from segmentation.train import resolve_precision
+
     model.train()
-    x = torch.randn(batch, in_channels, crop, crop)
+    model = model.to(memory_format=torch.channels_last)  # as training runs it: channels-last, bf16 where native
+    bf16 = resolve_precision("auto") == "bf16"
+    x = torch.randn(batch, in_channels, crop, crop).contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     times = []
-    for _ in range(3):
+    for _ in range(_WARM_STEPS + 4):
         t = time.perf_counter()
         opt.zero_grad()
-        model(x).mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x).float()
+        out.mean().backward()
         opt.step()
         times.append(time.perf_counter() - t)
-    return float(np.median(times[1:])) * _STEP_MARGIN
+    return float(np.median(times[_WARM_STEPS:])) * _STEP_MARGIN
 
 
 def _heldout(model: Path, layers: int, size: int, features: frozenset[str]) -> dict[str, float]:
@@ -141,6 +180,134 @@ def _heldout(model: Path, layers: int, size: int, features: frozenset[str]) -> d
     with Segmenter(model, engine="torch") as seg:
         ev = evaluate_simulated(seg, layers, size, features=features)
     return {s.name: round(s.iou, 3) for s in scores(ev.cm)}
+
+
+def _build_of(name: str) -> str:
+    """The build a labelled frame comes from: ``<record>-<layer>`` (labels export) gives the record; any other
+    name is a build of its own."""
+    stem, _, tail = name.rpartition("-")
+    return stem if stem and tail.isdigit() else name
+
+
+def split_holdout(
+    pairs: list[tuple[Path, Path]], share: float
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """(frames to learn from, frames held out): about ``share`` of the builds, chosen by a hash of their names
+    (the same on every run), among the builds with labelled defects and among the others alike; none where there
+    are fewer than 5 frames or only one build."""
+    builds: dict[str, list[tuple[Path, Path]]] = {}
+    for pair in pairs:
+        builds.setdefault(_build_of(pair[0].stem), []).append(pair)
+    if share <= 0 or len(pairs) < 5 or len(builds) < 2:
+        return list(pairs), []
+
+    def defective(members: list[tuple[Path, Path]]) -> bool:
+        for _, mask in members:
+            m = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
+            if m is not None and bool(((m >= 2) & (m < NUM_CLASSES)).any()):
+                return True
+        return False
+
+    def order(name: str) -> str:
+        return hashlib.sha256(name.encode()).hexdigest()
+
+    held: set[str] = set()
+    strata = ([b for b, m in builds.items() if defective(m)], [b for b, m in builds.items() if not defective(m)])
+    for names in strata:
+        k = math.floor(len(names) * share)
+        held |= set(sorted(names, key=order)[:k])
+    if not held:  # a fifth of a small stratum rounds to none: one build of the larger one
+        larger = max(strata, key=len)
+        if len(larger) >= 2:
+            held.add(sorted(larger, key=order)[0])
+    keep = [p for b, m in builds.items() if b not in held for p in m]
+    out = [p for b, m in builds.items() if b in held for p in m]
+    return keep, out
+
+
+def _counts(pairs: list[tuple[Path, Path]]) -> Counter[int]:
+    counts: Counter[int] = Counter()
+    for _, mask in pairs:
+        m = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
+        if m is not None:
+            values, n = np.unique(m, return_counts=True)
+            counts.update({int(v): int(c) for v, c in zip(values, n, strict=True)})
+    return counts
+
+
+def rare_class_weights(counts: Counter[int]) -> tuple[float, ...]:
+    """Loss weights for a few labelled frames: the base weights, a labelled defect class raised by how rare its
+    pixels are among the labelled ones (the square root of the ratio to the commonest class, at most _MAX_BOOST)."""
+    from segmentation.classes import CLASS_LOSS_WEIGHTS
+
+    labelled = {c: counts.get(c, 0) for c in range(NUM_CLASSES)}
+    labelled[0] += counts.get(NO_DEFECT, 0)  # "no defect here" counts as the common side
+    common = max(labelled.values()) or 1
+    out = []
+    for c, base in enumerate(CLASS_LOSS_WEIGHTS):
+        n = labelled[c]
+        boost = min(_MAX_BOOST, math.sqrt(common / n)) if c >= 2 and n > 0 else 1.0
+        out.append(round(float(base) * boost, 3))
+    return tuple(out)
+
+
+def score_labelled(model: Path, folder: Path) -> dict[str, Any]:
+    """A model on labelled frames (``folder``/images + masks): per defect class IoU over the labelled pixels,
+    pore objects found (recall) and right (precision), and the share of "no defect here" pixels called a defect."""
+    from scipy import ndimage
+
+    from segmentation.imageio import iter_image_paths, read_image
+    from segmentation.inference import Segmenter
+
+    inter = np.zeros(NUM_CLASSES, np.int64)
+    union = np.zeros(NUM_CLASSES, np.int64)
+    found = total = right = predicted = clean = clean_called = 0
+    with Segmenter(model, engine="onnx") as seg:
+        for item in iter_image_paths([folder / "images"]):
+            if isinstance(item, Exception):
+                continue
+            truth = cv2.imread(str(folder / "masks" / f"{item.stem}.png"), cv2.IMREAD_UNCHANGED)
+            if truth is None:
+                continue
+            pred = seg.segment(read_image(item)).mask
+            known = truth < NUM_CLASSES
+            for c in range(2, NUM_CLASSES):
+                t, p = (truth == c) & known, (pred == c) & known
+                inter[c] += int(np.count_nonzero(t & p))
+                union[c] += int(np.count_nonzero(t | p))
+            nd = truth == NO_DEFECT
+            clean += int(np.count_nonzero(nd))
+            clean_called += int(np.count_nonzero(nd & (pred >= 2)))
+            labels, n = ndimage.label(truth == 2)
+            total += n
+            found += sum(bool(((labels == i) & (pred == 2)).any()) for i in range(1, n + 1))
+            plabels, m = ndimage.label((pred == 2) & (truth != UNLABELLED))
+            predicted += m
+            right += sum(bool(((plabels == i) & (truth == 2)).any()) for i in range(1, m + 1))
+    return {
+        "iou": {CLASS_NAMES[c]: round(float(inter[c] / union[c]), 4) for c in range(2, NUM_CLASSES) if union[c]},
+        "pore_recall": round(found / total, 4) if total else None,
+        "pore_precision": round(right / predicted, 4) if predicted else None,
+        "pores": total,
+        "no_defect_called_defect": round(clean_called / clean, 5) if clean else None,
+    }
+
+
+def holdout_line(own: dict[str, Any]) -> str:
+    b, a = own["before"], own["after"]
+    parts = [f"{k} IoU {b['iou'].get(k, 0):.2f}->{a['iou'].get(k, 0):.2f}" for k in a["iou"]]
+    if a["pores"]:
+        parts.append(f"pores found {b['pore_recall'] or 0:.2f}->{a['pore_recall'] or 0:.2f}")
+        parts.append(f"right {b['pore_precision'] or 0:.2f}->{a['pore_precision'] or 0:.2f}")
+    if a["no_defect_called_defect"] is not None:
+        parts.append(f"clean called defect {b['no_defect_called_defect']:.4f}->{a['no_defect_called_defect']:.4f}")
+    return ", ".join(parts) or "nothing labelled to score"
+
+
+def _holdout_text(own: dict[str, Any], frames: int) -> str:
+    if not own:
+        return "None held out (fewer than 5 labelled frames, or one build): label more to see whether it learnt."
+    return f"{frames} of your labelled frames, from builds it did not learn from: {holdout_line(own)}."
 
 
 def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path:
@@ -161,9 +328,20 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     labels = ", ".join(f"{_VALUE_NAMES[v]} {c}" for v, c in sorted(counts.items()))
     echo(f"finetune: {len(pairs)} labelled frame(s) ({labels} px) from {base}")
     opts.out.mkdir(parents=True, exist_ok=True)
-    staged = _stage(pairs, opts.out / "labels")
-    # most of the budget for steps, counted from a measured step; data, validation and the
-    # unfamiliar-frame calibration take the rest (the time limit also stops it, after an epoch)
+    train_pairs, held_pairs = split_holdout(pairs, opts.holdout)
+    staged = _stage(train_pairs, opts.out / "labels")
+    mistaken = _mark_mistakes(base, staged)
+    echo(
+        f'finetune: the model it starts from calls {mistaken} px of your "no defect here" a defect: half the crops '
+        "of your frames centre on those or on a labelled defect"
+    )
+    holdout_dir = _stage(held_pairs, opts.out / "holdout") if held_pairs else None
+    echo(
+        f"finetune: {len(train_pairs)} frame(s) to learn from, {len(held_pairs)} held out to tell whether it learnt"
+        + ("" if held_pairs else " (fewer than 5 frames: none held out)")
+    )
+    # most of the budget for steps, counted from a measured step (bf16 where the CPU computes it, as training
+    # runs); data, validation and the unfamiliar-frame calibration take the rest
     step_s = _step_seconds(network, ARCHITECTURES[str(meta["arch"])].in_channels, opts.batch, opts.crop)
     del network
     steps = max(2, math.floor(opts.minutes * 60 * 0.7 / step_s))
@@ -174,6 +352,8 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     from segmentation.evaluate import trained_features
 
     looks = trained_features(meta)  # the simulated layers its base learnt from, so that they are kept
+    train_counts = _counts(train_pairs)
+    weights = rare_class_weights(train_counts)
     cfg = TrainConfig(
         out=opts.out / "run",
         features=tuple(sorted(looks)),
@@ -186,7 +366,7 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
         batch=opts.batch,
         epochs=max(1, math.ceil(steps / per_epoch)),
         steps_per_epoch=per_epoch,
-        lr=5e-4,
+        lr=opts.lr,
         max_minutes=opts.minutes * 0.8,
         scenario_layers=0,
         composite_layers=0,
@@ -194,6 +374,11 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
         real_share=1 - opts.sim_share,
         composite_share=0.0,
         init=base,
+        # the few labels drive the steps; the rest of the network stays close to the base model
+        encoder_lr_scale=opts.encoder_lr_scale,
+        freeze_bn=True,
+        class_weights=weights,
+        label_focus=0.5,
     )
     t0 = time.monotonic()
     result = train(cfg, echo=echo)
@@ -202,6 +387,10 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     export_onnx(model, model.with_suffix(".onnx"))
     before = _heldout(base, opts.heldout_layers, opts.frame, looks)
     after = _heldout(model, opts.heldout_layers, opts.frame, looks)
+    own: dict[str, Any] = {}
+    if holdout_dir is not None:
+        own = {"before": score_labelled(base, holdout_dir), "after": score_labelled(model, holdout_dir)}
+        (opts.out / "holdout.json").write_text(json.dumps({"frames": len(held_pairs), **own}, indent=1))
     minutes = (time.monotonic() - t0) / 60
     rows = "\n".join(f"| {name} | {before[name]:.3f} | {after[name]:.3f} |" for name in CLASS_NAMES)
     (opts.out / "MODEL_CARD.md").write_text(
@@ -209,22 +398,35 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
 
 - base model: `{base}` (sha256 {file_sha256(base)})
 - this model: sha256 {file_sha256(model)}; architecture `{meta["arch"]}`
-- data: {len(pairs)} labelled frame(s) from `{opts.images}` and `{opts.masks}`, sha256 {_data_hash(pairs)}
+- data: {len(pairs)} labelled frame(s) from `{opts.images}` and `{opts.masks}`, sha256 {_data_hash(pairs)};
+  {len(train_pairs)} learnt from, {len(held_pairs)} held out (by build: their builds gave no frame to learn from)
 - labels (pixels): {labels}
 - training: {len(result["history"])} epoch(s) of {per_epoch} steps, batch {opts.batch}, {opts.sim_share:.0%} of
-  each batch simulated layers ({opts.sim_layers}); {minutes:.1f} min in all on this machine
+  each batch simulated layers ({opts.sim_layers}); the encoder at {opts.encoder_lr_scale:g} of the learning rate,
+  the base model's batch statistics kept, class weights {", ".join(f"{w:.2f}" for w in weights)}, half the
+  crops of your frames around a labelled defect or a "no defect here" pixel the base model called a defect
+  ({mistaken} px, weighed double); {minutes:.1f} min in all on this machine
 
-Held-out simulated layers ({opts.heldout_layers} at {opts.frame} px, builds no training saw), IoU:
+## Did it learn? Your held-out frames
+
+{_holdout_text(own, len(held_pairs))}
+
+## Did it forget? Held-out simulated layers
+
+{opts.heldout_layers} layers at {opts.frame} px, builds no training saw, IoU:
 
 | class | base | fine-tuned |
 |---|---|---|
 {rows}
 
-Score it on your own frames before it reaches a printer (`layerwatch evaluate --model {model}`).
+Score it on your own frames before it reaches a printer (`layerwatch evaluate --model {model}`); the gate
+(`layerwatch model evaluate`) replays your reviewed builds and scores these held-out frames too.
 """
     )
     echo(
-        f"finetune: wrote {model} ({minutes:.1f} min); held-out IoU before -> after: "
+        f"finetune: wrote {model} ({minutes:.1f} min); held-out simulated IoU before -> after: "
         + ", ".join(f"{n} {before[n]:.2f}->{after[n]:.2f}" for n in CLASS_NAMES)
     )
+    if own:
+        echo(f"finetune: your held-out frames: {holdout_line(own)}")
     return model

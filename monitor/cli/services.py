@@ -152,6 +152,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         broker=args.broker,
         mqtt=site.mqtt_for("dashboard") if site is not None else None,
         operators=operators,
+        models_dir=site.monitor.models_dir if site is not None else None,
     )
     app = dashboards.create_app(opts)
     if app.server.config["LAYERWATCH_CAN_CONTROL"]:

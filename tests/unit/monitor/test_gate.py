@@ -93,3 +93,43 @@ def test_promotions_and_rollbacks_are_recorded_with_who_and_why(
     store.current_file.write_text("{broken")
     assert main(["model", "list", "--models", models]) == 2
     assert "not JSON" in capsys.readouterr().err
+
+
+def test_the_gate_refuses_a_candidate_that_does_worse_on_the_frames_its_fine_tune_held_out() -> None:
+    def held(current: float, candidate: float) -> dict[str, Any]:
+        return {
+            "builds": [],
+            "holdout": {
+                "current": {"iou": {"porosity": current}},
+                "candidate": {"iou": {"porosity": candidate}},
+            },
+        }
+
+    assert refusals(held(0.40, 0.39)) == []  # within MAX_HOLDOUT_DROP
+    assert refusals(held(0.40, 0.55)) == []  # it learnt
+    (why,) = refusals(held(0.40, 0.30))
+    assert why.startswith("your held-out labelled frames: mean defect IoU 0.300, the current model 0.400")
+
+
+def test_the_dashboard_says_how_a_promoted_fine_tune_did_on_the_frames_it_held_out(tmp_path: Path) -> None:
+    from dashboards.state import learnt_text
+
+    sha = "ab" * 32
+    folder = tmp_path / f"tuned-{sha[:12]}"
+    folder.mkdir()
+    scores = {"iou": {"porosity": 0.5}, "pore_recall": 0.7, "pore_precision": 0.6, "pores": 10}
+    before = {"iou": {"porosity": 0.2}, "pore_recall": 0.3, "pore_precision": 0.4, "pores": 10}
+    (folder / "holdout.json").write_text(
+        json.dumps(
+            {
+                "frames": 4,
+                "before": before | {"no_defect_called_defect": 0.01},
+                "after": scores | {"no_defect_called_defect": 0.002},
+            }
+        )
+    )
+    text = learnt_text(tmp_path, {"sha256": sha})
+    assert text.startswith(f"; model tuned-{sha[:12]} on the 4 labelled frames it held out: porosity IoU 0.20->0.50")
+    assert "pores found 0.30->0.70" in text and "clean called defect 0.0100->0.0020" in text
+    assert learnt_text(tmp_path, {"sha256": "cd" * 32}) == ""  # a model the store did not fine-tune
+    assert learnt_text(None, {"sha256": sha}) == ""

@@ -60,3 +60,36 @@ def test_a_short_finetune_writes_a_usable_model_and_its_card(tmp_path: Path) -> 
     with Segmenter(model, engine="onnx") as seg:
         assert seg.segment(np.zeros((96, 96), np.uint8)).mask.shape == (96, 96)
     assert any(ln.startswith("finetune: wrote") for ln in lines)
+
+
+def test_a_fifth_of_the_builds_is_held_out_among_defective_and_clean_builds_alike(tmp_path: Path) -> None:
+    from segmentation.finetune import split_holdout
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    names = [f"rec{b}-{k:05d}" for b in range(10) for k in range(2)] + ["odd-frame"]
+    for name in names:
+        cv2.imwrite(str(images / f"{name}.png"), np.zeros((8, 8), np.uint8))
+        defect = name.startswith(("rec0-", "rec1-", "rec2-", "rec3-", "rec4-"))
+        cv2.imwrite(str(masks / f"{name}.png"), np.full((8, 8), 2 if defect else NO_DEFECT, np.uint8))
+    pairs, _ = check_labels(images, masks)
+    keep, held = split_holdout(pairs, 0.2)
+    builds = {p[0].stem.rpartition("-")[0] or p[0].stem for p in held}
+    assert len(keep) + len(held) == len(pairs) and len(builds) == 2  # one of 5 defective builds, one of 6 clean
+    assert not builds & {p[0].stem.rpartition("-")[0] for p in keep}  # a build is wholly in or out
+    assert split_holdout(pairs, 0.2) == (keep, held)  # the same every run
+    assert split_holdout(pairs[:4], 0.2) == (pairs[:4], [])  # too few to hold any out
+
+
+def test_a_rare_labelled_defect_weighs_more() -> None:
+    from collections import Counter
+
+    from segmentation.classes import CLASS_LOSS_WEIGHTS
+    from segmentation.finetune import rare_class_weights
+
+    weights = rare_class_weights(Counter({NO_DEFECT: 1_000_000, 2: 100, 255: 5}))
+    assert weights[2] == pytest.approx(CLASS_LOSS_WEIGHTS[2] * 2)  # 100 of a million: capped at 2x
+    assert weights[:2] == tuple(CLASS_LOSS_WEIGHTS[:2]) and weights[3:] == tuple(CLASS_LOSS_WEIGHTS[3:])
+    even = rare_class_weights(Counter({NO_DEFECT: 225, 2: 100}))
+    assert even[2] == pytest.approx(CLASS_LOSS_WEIGHTS[2] * 1.5)
