@@ -50,8 +50,8 @@ def main() -> int:
     tracing = threading.Event()
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
-        if event != "call" or not tracing.is_set():
-            return
+        if event != "call" or not tracing.is_set() or threading.current_thread().name == "monitor-watch":
+            return  # the service's watcher (the model store, the printer's state) is no layer's path
         here = module_of(frame)
         caller = frame.f_back
         there = module_of(caller) if caller is not None else None

@@ -173,10 +173,12 @@ class JobWatch:
         self._acted_at = time.monotonic()
         self.poll_now.set()
 
-    def state_for_layer(self) -> tuple[PrinterStatus | None, bool]:
-        """(the printer's last state read, whether it is current): a reading taken before the last action's
-        outcome is shown (telemetry) but not decided on (the controller takes no reading for a resume)."""
-        return self._state, self._read_at >= self._acted_at
+    def reading(self) -> tuple[PrinterStatus | None, bool, int | None]:
+        """What a layer is judged with, in one call: the printer's last state read, whether it is current (a
+        reading taken before the last pause, resume or cancel is shown as telemetry but not decided on: the
+        controller must not take its own pause for an operator's resume), and the layer the printer itself
+        last reported (None where its host reports none)."""
+        return self._state, self._read_at >= self._acted_at, self.printer_layer()
 
     def printer_layer(self) -> int | None:
         """The layer the printer itself last reported (the watcher's reading), where its host reports layers."""

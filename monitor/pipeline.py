@@ -4,9 +4,10 @@
 2. admit: its build (opened or resumed, monitor.opening), its bounds and numbering; a layer already stored ends
    here (its stored result is published again), an after-recoat frame is kept and ends here;
 3. segment: the model's mask (flat-fielded by the build's lighting, only the build plate);
-4. decide: metrics and the policy's rules; whether the layer is judged (sound, in order, familiar) and whether it
-   waited for the monitor while the print moved on;
-5. act: the controller pauses or notifies, before anything is stored (a pause never waits for the disk);
+4. decide: metrics and the policy's rules; whether the layer is judged (sound, in order, familiar);
+5. act: with the watcher's last reading of the printer, whether the layer waited for the monitor while the print
+   moved on (judged, never acted on), else the controller pauses or notifies, before anything is stored (a pause
+   never waits for the disk);
 6. store: one record call for the layer, then the printer's telemetry;
 7. publish: the layer's result;
 
@@ -91,7 +92,7 @@ class LayerPath:
             image = decode_image(data, topic, max_pixels=limit, expect=(meta.width, meta.height))
             object_ids = decode_image(part_data, topic, max_pixels=limit) if part_data else None
         except PayloadError as err:
-            pm.count("bad_frames")
+            _count(pm, "bad_frames")
             pm.emit_event("error", "frame_undecodable", f"layer {meta.layer}: {err}; layer not judged", meta.layer)
             raise
         if object_ids is not None and object_ids.shape != image.shape[:2]:
@@ -114,7 +115,7 @@ class LayerPath:
         layer = meta.layer
         self._bound(build, layer, "layer")
         if build.record.is_stored(layer):
-            pm.count("duplicates")
+            _count(pm, "duplicates")
             log.info(
                 "%s: layer %d of %s already stored; its stored result is published again, nothing is redone",
                 pm.printer_id, layer, meta.job_id,
@@ -137,7 +138,7 @@ class LayerPath:
         # (and a replay, or `layerwatch segment` on the colour file, sees the same numbers)
         gray = to_gray(ctx.frame, order="bgr")
         if gray.shape != build.record.frame_size:
-            pm.count("bad_frames")
+            _count(pm, "bad_frames")
             h, w = build.record.frame_size
             pm.emit_event(
                 "error",
@@ -248,7 +249,7 @@ class LayerPath:
         ctx.judged = (quality is None or quality.ok) and not late and not unfamiliar
         ctx.sound = (quality is None or quality.ok) and not late
         if unfamiliar:
-            pm.count("needs_review")
+            _count(pm, "needs_review")
             pm.emit_event(
                 "warning",
                 "needs_review",
@@ -261,7 +262,7 @@ class LayerPath:
                 "warning", "frame_quality", f"layer {layer} frame is {', '.join(quality.problems)}: not judged", layer
             )
         if late:
-            pm.count("late")
+            _count(pm, "late")
             pm.emit_event(
                 "warning",
                 "layer_out_of_order",
@@ -269,14 +270,12 @@ class LayerPath:
                 layer,
             )
         ctx.hits = build.policy.evaluate(layer, m.values, m.parts, judged=ctx.judged)
-        ctx.waited = ctx.judged and self._waited(build, ctx)
 
-    def _waited(self, build: Build, ctx: LayerContext) -> bool:
+    def _waited(self, build: Build, ctx: LayerContext, printer_layer: int | None) -> bool:
         """Whether this layer waited for the monitor (it was down or behind) while the print moved on: the printer
         reports a layer at least _MOVED_ON layers further, or, where it reports none, the frame was captured more
         than ``[monitor] live_window_s`` ago. Said once per backlog; and once when the monitor has caught up."""
         pm, meta = self.pm, ctx.meta
-        printer_layer = pm.jobs.printer_layer()
         if printer_layer is not None:
             waited = printer_layer - meta.layer >= _MOVED_ON
         else:
@@ -311,7 +310,8 @@ class LayerPath:
         is the watcher's last reading; a layer that waited for the monitor is judged, never acted on as live."""
         assert ctx.build is not None and ctx.metrics is not None and ctx.segmentation is not None
         pm, build, m = self.pm, ctx.build, ctx.metrics
-        state, current = pm.jobs.state_for_layer()
+        state, current, printer_layer = pm.jobs.reading()  # the watcher's last reading: no network call here
+        ctx.waited = ctx.judged and self._waited(build, ctx, printer_layer)
         ctx.printer = state
         if state is not None and state.state in ACTIVE_STATES:
             build.printer_was_active = True
@@ -368,7 +368,7 @@ class LayerPath:
         self._advance(build, layer, outcome.late)
         self._check_thickness(build, layer, meta.z_mm)
         build.layers_judged += int(outcome.judged)
-        pm.count("layers")
+        _count(pm, "layers")
 
     def _check_thickness(self, build: Build, layer: int, z_mm: float) -> None:
         """The printer's z steps against the record's layer thickness: a disagreement of more than 10 % over the
@@ -456,6 +456,10 @@ class LayerPath:
             v["warping_confirmed_area_mm2"],
             "; " + ", ".join(f"{a.action} ({a.rule})" for a in outcome.actions) if outcome.actions else "",
         )
+
+
+def _count(pm: PrinterPort, name: str) -> None:
+    pm.counters[name] = pm.counters.get(name, 0) + 1
 
 
 def _numbers(values: Mapping[str, float]) -> dict[str, int | float]:
