@@ -18,7 +18,7 @@ import numpy as np
 from monitor.metrics import LayerMetrics, MetricsComputer
 from monitor.policy import PolicyEngine, RuleHit
 from monitor.record import BuildRecord
-from printer_io.messages import ActionMessage, FrameMeta
+from printer_io.messages import ActionMessage, FrameMeta, RuleHitInfo
 from printer_io.printer import PrinterStatus
 from printer_io.vocabulary import Severity
 from segmentation.roi import Roi
@@ -103,12 +103,15 @@ class LayerContext:
     received: float  # wall-clock time the message came
     frame: np.ndarray  # as decoded (BGR or gray)
     object_ids: np.ndarray | None  # the printer's object ids per pixel, where the frame carried them
+    # the watcher's last reading of the printer (state, whether current, the printer's own layer), taken at decode
+    reading: tuple[PrinterStatus | None, bool, int | None] = (None, False, None)
     timings_ms: dict[str, float] = field(default_factory=dict)
     build: Build | None = None
     gray: np.ndarray | None = None  # the frame as the model sees it and the record keeps it
     segmentation: Any = None  # segmentation.inference.SegmentResult
     metrics: LayerMetrics | None = None
     hits: list[RuleHit] = field(default_factory=list)
+    hit_infos: list[RuleHitInfo] = field(default_factory=list)
     judged: bool = False
     late: bool = False
     sound: bool = False  # quality fine and in order: what drift and lighting may learn from

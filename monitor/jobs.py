@@ -128,12 +128,13 @@ class JobWatch:
                 log.info("%s: %s; closing %s", pm.printer_id, why, pm.build.record.path.name)
 
     # ---- frames ---------------------------------------------------------------------------------------
-    def frame_came(self) -> None:
-        """A frame came: the camera is there."""
+    def frame_came(self) -> tuple[PrinterStatus | None, bool, int | None]:
+        """A frame came: the camera is there. Returns what its layer is judged with (:meth:`reading`)."""
         self.awaiting = None
         if self._no_frames_said:
             self._no_frames_said = False
             self.pm.link.set_problem("")
+        return self.reading()
 
     def check_frames(self, wait_s: float = NO_FRAME_S) -> None:
         """A printer that prints layers (its layer events come) while no frame comes for them: said once, as a

@@ -76,7 +76,7 @@ class LayerPath:
         meta, data, part_data = split_frame(payload, topic)
         if meta.printer != pm.printer_id:
             raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {pm.printer_id!r}'s topic", "printer")
-        pm.jobs.frame_came()
+        reading = pm.jobs.frame_came()  # the camera is there; and the watcher's last reading, for this layer
         dropped = pm.link.rejected["dropped"]
         if dropped > self._dropped_seen:
             pm.emit_event(
@@ -100,7 +100,7 @@ class LayerPath:
                 "warning", "part_ids_size", f"layer {meta.layer}: part ids of another size ignored", meta.layer
             )
             object_ids = None
-        ctx = LayerContext(topic, meta, received, image, object_ids)
+        ctx = LayerContext(topic, meta, received, image, object_ids, reading=reading)
         ctx.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
         return ctx
 
@@ -270,6 +270,7 @@ class LayerPath:
                 layer,
             )
         ctx.hits = build.policy.evaluate(layer, m.values, m.parts, judged=ctx.judged)
+        ctx.hit_infos = [_hit_info(h) for h in ctx.hits]  # what the result says of them, in words
 
     def _waited(self, build: Build, ctx: LayerContext, printer_layer: int | None) -> bool:
         """Whether this layer waited for the monitor (it was down or behind) while the print moved on: the printer
@@ -310,7 +311,7 @@ class LayerPath:
         is the watcher's last reading; a layer that waited for the monitor is judged, never acted on as live."""
         assert ctx.build is not None and ctx.metrics is not None and ctx.segmentation is not None
         pm, build, m = self.pm, ctx.build, ctx.metrics
-        state, current, printer_layer = pm.jobs.reading()  # the watcher's last reading: no network call here
+        state, current, printer_layer = ctx.reading  # the watcher's last reading (decode): no network call here
         ctx.waited = ctx.judged and self._waited(build, ctx, printer_layer)
         ctx.printer = state
         if state is not None and state.state in ACTIVE_STATES:
@@ -435,7 +436,7 @@ class LayerPath:
             severity=outcome.severity,
             metrics=_numbers(m.values),
             parts=[_numbers(p) for p in m.parts],
-            hits=[_hit_info(h) for h in outcome.hits],
+            hits=ctx.hit_infos,
             actions=[a.request_id for a in outcome.actions],
             quality=meta.quality,
             captured_at=meta.captured_at,

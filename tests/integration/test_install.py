@@ -86,7 +86,12 @@ def test_a_plain_install_is_a_monitoring_box_without_torch(tmp_path: Path) -> No
     assert demo.returncode == 0 and "PAUSE requested" in demo.stdout, demo.stdout[-2000:] + demo.stderr[-2000:]
     samples = REPO / "data" / "samples"
     seg = run("segment", str(samples / "layers"), "--out", "seg", "--verbose")
-    assert seg.returncode == 0 and "engine: openvino" in seg.stderr and "segmented 7 image(s)" in seg.stdout, seg.stderr
+    from segmentation.hardware import cpu_info
+
+    # auto: OpenVINO where this CPU computes bf16 natively (and bf16 agreed with f32 here), else ONNX Runtime
+    allowed = ("engine: openvino", "engine: onnx") if cpu_info().bf16 else ("engine: onnx",)
+    assert seg.returncode == 0 and "segmented 7 image(s)" in seg.stdout, seg.stderr
+    assert any(e in seg.stderr for e in allowed), seg.stderr
     build_file = samples / "builds" / "warp-512.h5"
     assert run("replay", str(build_file), "--out", "a.h5").returncode == 0
     assert run("replay", str(build_file), "--out", "b.h5", "--engine", "onnx").returncode == 0

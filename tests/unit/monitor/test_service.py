@@ -500,6 +500,7 @@ def test_layers_printed_without_frames_are_said_once_and_on_the_monitor_s_status
             bus_idle.wait(0.05)
         pm.check_frames(wait_s=0)
         pm.check_frames(wait_s=0)  # said once
+        assert watch.wait_idle(30)  # the event and the status delivered before the links close
     finally:
         for closer in (bridge, watch, monitor):
             closer.close()
