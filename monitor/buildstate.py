@@ -103,8 +103,6 @@ class LayerContext:
     received: float  # wall-clock time the message came
     frame: np.ndarray  # as decoded (BGR or gray)
     object_ids: np.ndarray | None  # the printer's object ids per pixel, where the frame carried them
-    # the watcher's last reading of the printer (state, whether current, the printer's own layer), taken at decode
-    reading: tuple[PrinterStatus | None, bool, int | None] = (None, False, None)
     timings_ms: dict[str, float] = field(default_factory=dict)
     build: Build | None = None
     gray: np.ndarray | None = None  # the frame as the model sees it and the record keeps it

@@ -6,6 +6,7 @@ action's outcome), never in a layer's path: a layer is judged with the last read
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,8 +17,9 @@ import numpy as np
 from monitor.buildstate import Build
 from monitor.ports import PrinterPort
 from printer_io.errors import PrinterError
-from printer_io.messages import LayerEvent, PrinterStateMessage
+from printer_io.messages import ActionMessage, LayerEvent, PrinterStateMessage
 from printer_io.printer import ACTIVE_STATES, PrinterState, PrinterStatus
+from printer_io.vocabulary import ActionKind, ActionState
 
 __all__ = ["JobWatch"]
 
@@ -128,13 +130,12 @@ class JobWatch:
                 log.info("%s: %s; closing %s", pm.printer_id, why, pm.build.record.path.name)
 
     # ---- frames ---------------------------------------------------------------------------------------
-    def frame_came(self) -> tuple[PrinterStatus | None, bool, int | None]:
-        """A frame came: the camera is there. Returns what its layer is judged with (:meth:`reading`)."""
+    def frame_came(self) -> None:
+        """A frame came: the camera is there."""
         self.awaiting = None
         if self._no_frames_said:
             self._no_frames_said = False
             self.pm.link.set_problem("")
-        return self.reading()
 
     def check_frames(self, wait_s: float = NO_FRAME_S) -> None:
         """A printer that prints layers (its layer events come) while no frame comes for them: said once, as a
@@ -169,10 +170,15 @@ class JobWatch:
         self._state, self._read_at = state, asked
         return state
 
-    def acted(self) -> None:
-        """An action's outcome changed what the printer does: the last reading is stale; read again now."""
-        self._acted_at = time.monotonic()
+    def acted(self, msg: ActionMessage) -> None:
+        """A pause, resume or cancel was asked for or carried out: the last reading is stale (read again now).
+        A confirmed pause is the printer's own word that it is paused (the backend waits for it): that is the
+        reading from then on, until the watcher reads again."""
+        now = time.monotonic()
+        self._acted_at = now
         self.poll_now.set()
+        if msg.action == ActionKind.PAUSE and msg.state == ActionState.CONFIRMED and self._state is not None:
+            self._state, self._read_at = dataclasses.replace(self._state, state=PrinterState.PAUSED), now
 
     def reading(self) -> tuple[PrinterStatus | None, bool, int | None]:
         """What a layer is judged with, in one call: the printer's last state read, whether it is current (a

@@ -76,7 +76,7 @@ class LayerPath:
         meta, data, part_data = split_frame(payload, topic)
         if meta.printer != pm.printer_id:
             raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {pm.printer_id!r}'s topic", "printer")
-        reading = pm.jobs.frame_came()  # the camera is there; and the watcher's last reading, for this layer
+        pm.jobs.frame_came()
         dropped = pm.link.rejected["dropped"]
         if dropped > self._dropped_seen:
             pm.emit_event(
@@ -100,7 +100,7 @@ class LayerPath:
                 "warning", "part_ids_size", f"layer {meta.layer}: part ids of another size ignored", meta.layer
             )
             object_ids = None
-        ctx = LayerContext(topic, meta, received, image, object_ids, reading=reading)
+        ctx = LayerContext(topic, meta, received, image, object_ids)
         ctx.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
         return ctx
 
@@ -311,7 +311,9 @@ class LayerPath:
         is the watcher's last reading; a layer that waited for the monitor is judged, never acted on as live."""
         assert ctx.build is not None and ctx.metrics is not None and ctx.segmentation is not None
         pm, build, m = self.pm, ctx.build, ctx.metrics
-        state, current, printer_layer = ctx.reading  # the watcher's last reading (decode): no network call here
+        # the watcher's last reading, taken under the printer's lock (an action's outcome may have just changed
+        # it): no network call here
+        state, current, printer_layer = pm.jobs.reading()
         ctx.waited = ctx.judged and self._waited(build, ctx, printer_layer)
         ctx.printer = state
         if state is not None and state.state in ACTIVE_STATES:

@@ -218,7 +218,7 @@ class PrinterMonitor:
         if msg.action in _MOVES:
             # what the printer does changes: a reading taken before is not decided on (first, before the lock,
             # which a layer being judged holds: the controller must not take a pause it just made for a resume)
-            self.jobs.acted()
+            self.jobs.acted(msg)
         with self.lock:
             self._record_action(msg)
         level = logging.WARNING if msg.action in ("pause", "cancel") else logging.INFO
