@@ -23,7 +23,7 @@ from printer_io.printer import PrinterStatus
 from printer_io.vocabulary import Severity
 from segmentation.roi import Roi
 
-__all__ = ["Build", "LayerContext", "LayerOutcome", "record_stem"]
+__all__ = ["Build", "CameraPresence", "LayerContext", "LayerOutcome", "record_stem"]
 
 _PLAIN_JOB = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _HASHED_STEM = re.compile(r".*-[0-9a-f]{10}")
@@ -117,3 +117,22 @@ class LayerContext:
     printer: PrinterStatus | None = None
     actions: list[ActionMessage] = field(default_factory=list)
     outcome: LayerOutcome | None = None
+
+
+class CameraPresence:
+    """Whether frames follow the printer's layer events: the first layer event no frame has followed yet (job,
+    layer, when), and whether the camera's absence was said (monitor.jobs says it; a frame clears it)."""
+
+    def __init__(self) -> None:
+        self.awaiting: tuple[str, int, float] | None = None
+        self.said = False
+
+    def layer_event(self, job_id: str, layer: int) -> None:
+        if self.awaiting is None:
+            self.awaiting = (job_id, layer, time.monotonic())  # its frame should follow
+
+    def frame_came(self) -> bool:
+        """A frame came: the camera is there. Whether its absence had been said (the caller clears the problem)."""
+        self.awaiting = None
+        said, self.said = self.said, False
+        return said

@@ -44,8 +44,6 @@ class JobWatch:
         self.announced: deque[str] = deque(maxlen=16)
         self.trigger_seen = False
         self.event_layers: dict[str, int] = {}  # job -> the highest layer its layer events announced
-        self.awaiting: tuple[str, int, float] | None = None  # the first layer event no frame has followed yet
-        self._no_frames_said = False
         self._state: PrinterStatus | None = None  # the watcher's last reading
         self._read_at = -1e9  # when it was read (monotonic)
         self._acted_at = -1e9  # when an action's outcome last changed what the printer does
@@ -62,8 +60,8 @@ class JobWatch:
         is quiet."""
         pm = self.pm
         event = LayerEvent.from_json(payload, topic)
-        if not event.end and self.awaiting is None:
-            self.awaiting = (event.job_id, event.layer, time.monotonic())  # its frame should follow
+        if not event.end:
+            pm.camera.layer_event(event.job_id, event.layer)
         if not event.end:  # how far each job has printed, as its layer events say
             self.event_layers[event.job_id] = max(event.layer, self.event_layers.get(event.job_id, -1))
             while len(self.event_layers) > 16:
@@ -130,22 +128,15 @@ class JobWatch:
                 log.info("%s: %s; closing %s", pm.printer_id, why, pm.build.record.path.name)
 
     # ---- frames ---------------------------------------------------------------------------------------
-    def frame_came(self) -> None:
-        """A frame came: the camera is there."""
-        self.awaiting = None
-        if self._no_frames_said:
-            self._no_frames_said = False
-            self.pm.link.set_problem("")
-
     def check_frames(self, wait_s: float = NO_FRAME_S) -> None:
         """A printer that prints layers (its layer events come) while no frame comes for them: said once, as a
         warning event and on the monitor's status, until a frame comes."""
         pm = self.pm
-        awaiting = self.awaiting
-        if awaiting is None or self._no_frames_said or time.monotonic() - awaiting[2] < wait_s:
+        awaiting = pm.camera.awaiting
+        if awaiting is None or pm.camera.said or time.monotonic() - awaiting[2] < wait_s:
             return
         job, layer, _ = awaiting
-        self._no_frames_said = True
+        pm.camera.said = True
         text = (
             f"printer {pm.printer_id} prints (layer event for layer {layer} of job {job[:80]!r}) but no frame came "
             f"for {wait_s:.0f} s: is its camera running, and may its broker user publish on {pm.link.topics.image}? "

@@ -76,7 +76,8 @@ class LayerPath:
         meta, data, part_data = split_frame(payload, topic)
         if meta.printer != pm.printer_id:
             raise PayloadError(f"{topic}: frame of printer {meta.printer!r} on {pm.printer_id!r}'s topic", "printer")
-        pm.jobs.frame_came()
+        if pm.camera.frame_came():  # the camera is there: a "no frames" problem said before is over
+            pm.link.set_problem("")
         dropped = pm.link.rejected["dropped"]
         if dropped > self._dropped_seen:
             pm.emit_event(

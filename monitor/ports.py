@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from monitor.buildstate import Build
+from monitor.buildstate import Build, CameraPresence
 from monitor.config import Config
 from monitor.controller import Controller
 from monitor.policy import Policy
@@ -51,7 +51,6 @@ class JobsPort(Protocol):
 
     def other_job(self, build: Build, job_id: str, layer: int, what: str) -> None: ...
     def reading(self) -> tuple[PrinterStatus | None, bool, int | None]: ...
-    def frame_came(self) -> None: ...
 
 
 class PrinterPort(Protocol):
@@ -75,6 +74,8 @@ class PrinterPort(Protocol):
     def jobs(self) -> JobsPort: ...
     @property
     def observers(self) -> Any: ...  # monitor.observers.Observers
+    @property
+    def camera(self) -> CameraPresence: ...
 
     build: Build | None
     last_record: Any  # Path | None

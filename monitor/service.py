@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor import __version__
-from monitor.buildstate import Build, record_stem
+from monitor.buildstate import Build, CameraPresence, record_stem
 from monitor.config import Config
 from monitor.controller import Controller
 from monitor.jobs import STATE_POLL_S, JobWatch
@@ -89,6 +89,7 @@ class PrinterMonitor:
         self._said: dict[str, tuple[float, int]] = {}
         self.holder: Any = None  # monitor.workers.PrinterLock, where workers share the site
         self.released = False
+        self.camera = CameraPresence()
         self.jobs = JobWatch(self)
         self.requests = OperatorRequests(self, self._record_action)
         self.path = LayerPath(self)

@@ -495,7 +495,7 @@ def test_layers_printed_without_frames_are_said_once_and_on_the_monitor_s_status
             bridge.publish(topics.layer, LayerEvent(printer=PID, job_id="j", layer=k, z_mm=0.2).to_json())
         bus_idle = threading.Event()
         for _ in range(100):
-            if pm.jobs.awaiting is not None:
+            if pm.camera.awaiting is not None:
                 break
             bus_idle.wait(0.05)
         pm.check_frames(wait_s=0)
