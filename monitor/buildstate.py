@@ -98,7 +98,6 @@ class LayerOutcome:
 class LayerContext:
     """One frame on its way through the stages (monitor.pipeline): what each stage adds for the next ones."""
 
-    topic: str
     meta: FrameMeta
     received: float  # wall-clock time the message came
     frame: np.ndarray  # as decoded (BGR or gray)
@@ -114,7 +113,6 @@ class LayerContext:
     late: bool = False
     sound: bool = False  # quality fine and in order: what drift and lighting may learn from
     waited: bool = False  # it waited for the monitor while the print moved on: judged, not acted on
-    printer: PrinterStatus | None = None
     actions: list[ActionMessage] = field(default_factory=list)
     outcome: LayerOutcome | None = None
 

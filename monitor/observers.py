@@ -147,7 +147,7 @@ class Drift(Observer):
             self.watch = DriftWatch.open(path, settings)
         finding = self.watch.add(layer, layer_stats(gray, mask, roi, ood))
         if finding is not None and say:
-            pm.count("drift")
+            pm.counters["drift"] += 1
             pm.emit_event("warning", "drift", finding.message(pm.printer_id, cfg.drift_window), layer)
 
     def build_opened(self, build: Build, resumed: bool) -> None:
@@ -266,8 +266,7 @@ class Shadow(Observer):
         if not resumed:
             return
         for layer, mask in sorted(build.record.shadow_masks().items()):  # its memory and windows from its masks
-            _, samples = build.record.layer_for_restart(layer)
-            m = self._metrics.compute(mask, part_ids=samples)
+            m = self._metrics.compute(mask, part_ids=build.record.sample_ids(layer))
             self._policy.evaluate(layer, m.values, m.parts)
 
     def layer_done(self, ctx: LayerContext) -> None:
@@ -309,7 +308,7 @@ class Observers:
             try:
                 getattr(obs, hook)(*args)
             except Exception as err:  # an add-on must never cost another, the layer or the monitor
-                self.pm.count(f"{obs.name}_failed")
+                self.pm.counters[f"{obs.name}_failed"] += 1
                 log.warning("%s: %s failed (%s) at layer %d: %s", self.pm.printer_id, obs.name, hook, layer, err)
 
     def start(self) -> None:

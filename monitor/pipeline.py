@@ -93,7 +93,7 @@ class LayerPath:
             image = decode_image(data, topic, max_pixels=limit, expect=(meta.width, meta.height))
             object_ids = decode_image(part_data, topic, max_pixels=limit) if part_data else None
         except PayloadError as err:
-            _count(pm, "bad_frames")
+            pm.counters["bad_frames"] += 1
             pm.emit_event("error", "frame_undecodable", f"layer {meta.layer}: {err}; layer not judged", meta.layer)
             raise
         if object_ids is not None and object_ids.shape != image.shape[:2]:
@@ -101,7 +101,7 @@ class LayerPath:
                 "warning", "part_ids_size", f"layer {meta.layer}: part ids of another size ignored", meta.layer
             )
             object_ids = None
-        ctx = LayerContext(topic, meta, received, image, object_ids)
+        ctx = LayerContext(meta, received, image, object_ids)
         ctx.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
         return ctx
 
@@ -116,7 +116,7 @@ class LayerPath:
         layer = meta.layer
         self._bound(build, layer, "layer")
         if build.record.is_stored(layer):
-            _count(pm, "duplicates")
+            pm.counters["duplicates"] += 1
             log.info(
                 "%s: layer %d of %s already stored; its stored result is published again, nothing is redone",
                 pm.printer_id, layer, meta.job_id,
@@ -139,7 +139,7 @@ class LayerPath:
         # (and a replay, or `layerwatch segment` on the colour file, sees the same numbers)
         gray = to_gray(ctx.frame, order="bgr")
         if gray.shape != build.record.frame_size:
-            _count(pm, "bad_frames")
+            pm.counters["bad_frames"] += 1
             h, w = build.record.frame_size
             pm.emit_event(
                 "error",
@@ -250,7 +250,7 @@ class LayerPath:
         ctx.judged = (quality is None or quality.ok) and not late and not unfamiliar
         ctx.sound = (quality is None or quality.ok) and not late
         if unfamiliar:
-            _count(pm, "needs_review")
+            pm.counters["needs_review"] += 1
             pm.emit_event(
                 "warning",
                 "needs_review",
@@ -263,7 +263,7 @@ class LayerPath:
                 "warning", "frame_quality", f"layer {layer} frame is {', '.join(quality.problems)}: not judged", layer
             )
         if late:
-            _count(pm, "late")
+            pm.counters["late"] += 1
             pm.emit_event(
                 "warning",
                 "layer_out_of_order",
@@ -316,7 +316,6 @@ class LayerPath:
         # it): no network call here
         state, current, printer_layer = pm.jobs.reading()
         ctx.waited = ctx.judged and self._waited(build, ctx, printer_layer)
-        ctx.printer = state
         if state is not None and state.state in ACTIVE_STATES:
             build.printer_was_active = True
         mask = ctx.segmentation.mask
@@ -372,7 +371,7 @@ class LayerPath:
         self._advance(build, layer, outcome.late)
         self._check_thickness(build, layer, meta.z_mm)
         build.layers_judged += int(outcome.judged)
-        _count(pm, "layers")
+        pm.counters["layers"] += 1
 
     def _check_thickness(self, build: Build, layer: int, z_mm: float) -> None:
         """The printer's z steps against the record's layer thickness: a disagreement of more than 10 % over the
@@ -460,10 +459,6 @@ class LayerPath:
             v["warping_confirmed_area_mm2"],
             "; " + ", ".join(f"{a.action} ({a.rule})" for a in outcome.actions) if outcome.actions else "",
         )
-
-
-def _count(pm: PrinterPort, name: str) -> None:
-    pm.counters[name] = pm.counters.get(name, 0) + 1
 
 
 def _numbers(values: Mapping[str, float]) -> dict[str, int | float]:

@@ -5,6 +5,7 @@ site workers depend on these, never on monitor.service, which puts them together
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -79,14 +80,13 @@ class PrinterPort(Protocol):
 
     build: Build | None
     last_record: Any  # Path | None
-    counters: dict[str, int]
+    counters: Counter[str]
 
     def emit_event(self, level: str, code: str, message: str, layer: int) -> None: ...
     def refusal(self, code: str, said: str, layer: int, short: str, reason: str) -> Exception: ...
     def close_build(self, state: str = "closed", job_id: str | None = None) -> None: ...
     def publish(self, topic: str, payload: bytes) -> None: ...
     def on_action(self, topic: str, payload: bytes) -> None: ...
-    def count(self, name: str) -> None: ...
     def say_now(self, kind: str) -> int | None: ...
 
 

@@ -40,7 +40,8 @@ class OperatorRequests:
     def __init__(self, pm: PrinterPort, record_action: Callable[[ActionMessage], None]) -> None:
         self.pm = pm
         self._record_action = record_action
-        self._done: set[str] = set()  # the pause and resume requests carried out (a redelivery runs once)
+        # the pause and resume requests carried out (a redelivery runs once), oldest first
+        self._done: dict[str, None] = {}
 
     def on_action(self, topic: str, payload: bytes) -> None:
         pm = self.pm
@@ -173,7 +174,7 @@ class OperatorRequests:
     def _refuse(self, msg: ActionMessage, why: str) -> None:
         """A request that did not prove who sent it: not carried out, counted, said in the record and answered."""
         pm = self.pm
-        pm.count("refused_requests")
+        pm.counters["refused_requests"] += 1
         what = f"{msg.action} request {msg.request_id[:128]!r} refused: {why}"
         # said once per interval at most (with the count so far): a flood must not flood the log and the record
         if pm.say_now("request_refused") is not None:
@@ -197,9 +198,9 @@ class OperatorRequests:
         with pm.lock:
             if msg.request_id in self._done:
                 return
-            self._done.add(msg.request_id)
+            self._done[msg.request_id] = None
             if len(self._done) > 10_000:  # a long-running monitor keeps the recent ones (the verifier bounds too)
-                self._done.pop()
+                del self._done[next(iter(self._done))]
             layer = pm.build.last_layer if pm.build is not None else 0
             request = msg.model_copy(
                 update={"rule": "operator", "layer": max(layer, 0), "job_id": pm.build.job_id if pm.build else ""}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from monitor import __version__
 from monitor.buildstate import Build, CameraPresence, record_stem
 from monitor.config import Config
 from monitor.controller import Controller
-from monitor.jobs import STATE_POLL_S, JobWatch
+from monitor.jobs import NO_FRAME_S, STATE_POLL_S, JobWatch
 from monitor.observers import Observers
 from monitor.pipeline import LayerPath
 from monitor.policy import Policy
@@ -82,10 +83,10 @@ class PrinterMonitor:
         self.build: Build | None = None
         self.last_record: Path | None = None  # the record of the current or most recent build
         self.lock = threading.RLock()  # the record is written from the link's worker and the controller's
-        self.counters: dict[str, int] = {
-            "layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0, "needs_review": 0, "refused_requests": 0,
-            "shadow_failed": 0, "drift": 0,
-        }  # fmt: skip
+        self.counters: Counter[str] = Counter(
+            {"layers": 0, "duplicates": 0, "late": 0, "bad_frames": 0, "needs_review": 0, "refused_requests": 0,
+             "shadow_failed": 0, "drift": 0}
+        )  # fmt: skip
         self._said: dict[str, tuple[float, int]] = {}
         self.holder: Any = None  # monitor.workers.PrinterLock, where workers share the site
         self.released = False
@@ -105,11 +106,8 @@ class PrinterMonitor:
     def on_layer_event(self, topic: str, payload: bytes) -> None:
         self.jobs.on_layer_event(topic, payload)
 
-    def check_frames(self, wait_s: float | None = None) -> None:
-        if wait_s is None:
-            self.jobs.check_frames()
-        else:
-            self.jobs.check_frames(wait_s)
+    def check_frames(self, wait_s: float = NO_FRAME_S) -> None:
+        self.jobs.check_frames(wait_s)
 
     # ---- holding the printer (site workers) ---------------------------------------------------------
     def owned(self, handler: Handler) -> Handler:
@@ -173,9 +171,6 @@ class PrinterMonitor:
             self.build = None
 
     # ---- counting and saying ------------------------------------------------------------------------
-    def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
-
     def emit_notify_failure(self, why: str) -> None:
         layer = self.build.last_layer if self.build is not None else 0
         self.emit_event("warning", "notify_failed", why, max(layer, 0))

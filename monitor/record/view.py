@@ -131,11 +131,15 @@ class RecordView:
     def part_ids(self, layer: int) -> np.ndarray:
         return self._slice(PART_IDS, layer)
 
+    def sample_ids(self, layer: int) -> np.ndarray | None:
+        """The printer's own part ids of ``layer`` (None where its frame carried none)."""
+        samples = self._slice(SAMPLE_IDS, layer) if SAMPLE_IDS in self._f else None
+        return samples if samples is not None and samples.any() else None
+
     def layer_for_restart(self, layer: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The stored class ids and the printer's part ids (None where the frame had none) of ``layer``: what a
         monitor that continues this build feeds its running state with (monitor.opening)."""
-        samples = self._slice(SAMPLE_IDS, layer) if SAMPLE_IDS in self._f else None
-        return self.mask(layer), samples if samples is not None and samples.any() else None
+        return self.mask(layer), self.sample_ids(layer)
 
     def illumination(self) -> tuple[np.ndarray, int] | None:
         """The reference lighting the frames were flat-fielded by and the first layer it was used on, or None."""
