@@ -11,7 +11,7 @@ PEERS ?= .peers
 OCTOPRINT_VERSION ?= 1.11.8
 MOONRAKER_VERSION ?= 0.11.0
 
-.PHONY: demo test lint bench bench-io bench-monitor venv peers mosquitto clean
+.PHONY: demo test lint bench bench-io bench-monitor venv peers mosquitto clean plugin-archive
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ $(PEERS)/octoprint/.installed:
 	$(PEERS)/octoprint/bin/python -m pip install -q 'octoprint==$(OCTOPRINT_VERSION)'
 	touch $@
 
+# LayerWatch's OctoPrint plugin (integrations/octoprint) in the test OctoPrint, as a user installs it: pip into
+# OctoPrint's own environment (with its one dependency, paho-mqtt). The plugin's test reinstalls the working tree's
+# copy offline before it starts OctoPrint, so this step only brings paho-mqtt and the build tools
+PLUGIN_FILES := $(shell find integrations/octoprint -type f -not -path '*/__pycache__/*' -not -path '*.egg-info*')
+$(PEERS)/octoprint/.plugin-installed: $(PEERS)/octoprint/.installed $(PLUGIN_FILES)
+	$(PEERS)/octoprint/bin/python -m pip install -q ./integrations/octoprint
+	touch $@
+
 $(PEERS)/moonraker/.installed:
 	$(PYTHON) -m venv $(PEERS)/moonraker
 	$(PEERS)/moonraker/bin/python -m pip install -q 'moonraker==$(MOONRAKER_VERSION)'
@@ -50,7 +58,7 @@ mosquitto:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; \
 	else echo "make: the tests need Debian's $(DEBS): sudo apt-get install $(DEBS)" >&2; exit 1; fi
 
-peers: mosquitto $(PEERS)/octoprint/.installed $(PEERS)/moonraker/.installed
+peers: mosquitto $(PEERS)/octoprint/.installed $(PEERS)/octoprint/.plugin-installed $(PEERS)/moonraker/.installed
 
 # LAYERWATCH_REQUIRE_PEERS=1: a missing peer fails the run instead of skipping its tests
 test: lint peers
@@ -81,3 +89,10 @@ bench-monitor: $(STAMP) peers
 
 clean:
 	rm -rf $(VENV) $(PEERS) layerwatch-demo .pytest_cache .mypy_cache .ruff_cache
+
+# The OctoPrint plugin's release archive (the committed sources at HEAD): its URL goes into OctoPrint's Plugin Manager,
+# "... from URL", which pip-installs it into OctoPrint's environment
+plugin-archive:
+	mkdir -p dist
+	git archive --format=zip --prefix=OctoPrint-LayerWatch/ -o dist/OctoPrint-LayerWatch.zip HEAD:integrations/octoprint
+	@echo "dist/OctoPrint-LayerWatch.zip"

@@ -76,6 +76,9 @@ class MonitorSection(_Section):
     # 0: another job starts at once (trusts whoever can publish frames)
     job_switch_quiet_s: float = Field(default=30.0, ge=0, le=86_400)
     max_frame_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1024)
+    # each result carries the layer's classes as a PNG of at most this many px a side (OctoPrint's LayerWatch tab
+    # lays it over the frame); 0: none
+    result_overlay_px: int = Field(default=320, ge=0, le=1024)
     gzip_level: int = Field(default=1, ge=0, le=9)
     # the build plate: propose it from a build's first frame where no [printers.<id>] roi is set
     propose_roi: bool = True
@@ -144,6 +147,8 @@ class PrinterSection(_PartCredentials):
     # a frame of the plate before exposure (e.g. after recoating): the camera's fixed lighting, used
     # from a build's first layer instead of learning it from the first layers
     reference_image: Path | None = None
+    # false: its layer events come from elsewhere (LayerWatch's OctoPrint plugin, a G-code hook): `up` starts no bridge
+    bridge: bool = True
     camera: CameraSection | None = None  # the camera `layerwatch up` runs for it; none: frames come from elsewhere
     recoat_camera: CameraSection | None = None  # a second one for the after-recoat image (view "recoat")
 

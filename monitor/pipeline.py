@@ -18,6 +18,7 @@ watcher's last reading (monitor.jobs), never from a network call here.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import time
@@ -35,6 +36,7 @@ from printer_io.frames import decode_image
 from printer_io.messages import ResultMessage, RuleHitInfo, split_frame
 from printer_io.printer import ACTIVE_STATES
 from printer_io.vocabulary import Severity
+from segmentation.imageio import class_overlay_png
 from segmentation.preprocess import illumination, to_gray, to_gray_float
 
 __all__ = ["STAGES", "LayerPath"]
@@ -447,6 +449,7 @@ class LayerPath:
             timings_ms={k: round(times[k], 2) for k in ("decode", "segment", "metrics", "record")},
             model=pm.service.model_id,
             record=str(ctx.build.record.path),
+            overlay=self._overlay(ctx),
         )
         pm.link.publish(pm.link.topics.result, res.to_json())
         v = m.values
@@ -459,6 +462,12 @@ class LayerPath:
             v["warping_confirmed_area_mm2"],
             "; " + ", ".join(f"{a.action} ({a.rule})" for a in outcome.actions) if outcome.actions else "",
         )
+
+    def _overlay(self, ctx: LayerContext) -> str:
+        side = self.pm.service.config.monitor.result_overlay_px
+        if not side or ctx.segmentation is None:
+            return ""
+        return base64.b64encode(class_overlay_png(ctx.segmentation.mask, side)).decode()
 
 
 def _numbers(values: Mapping[str, float]) -> dict[str, int | float]:

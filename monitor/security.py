@@ -37,7 +37,7 @@ __all__ = [
     "site_config",
 ]
 
-SERVICES_PER_PRINTER = ("camera", "bridge")
+SERVICES_PER_PRINTER = ("camera", "bridge", "octoprint")
 MAX_FRAME_BYTES = int(MqttConfig.model_fields["max_frame_bytes"].default)  # the services' default bound
 
 
@@ -91,6 +91,16 @@ def _acl(prefix: str, printers: list[str]) -> str:
             f"topic write {prefix}/{p}/layer",
             f"topic write {prefix}/{p}/event",
             f"topic readwrite {prefix}/{p}/status/bridge",
+            "",
+            # LayerWatch's OctoPrint plugin (integrations/octoprint): the printer's bridge and camera in one, and it
+            # shows the monitor's results and actions of its own printer in OctoPrint's page
+            f"user octoprint-{p}",
+            f"topic write {prefix}/{p}/layer",
+            f"topic readwrite {prefix}/{p}/image",
+            f"topic write {prefix}/{p}/event",
+            f"topic read {prefix}/{p}/result",
+            f"topic read {prefix}/{p}/action",
+            f"topic readwrite {prefix}/{p}/status/octoprint",
             "",
         ]
     return "\n".join(lines)

@@ -57,7 +57,7 @@ def _bridge_argv(pid: str, section: PrinterSection, config: Path) -> list[str] |
     from printer_io.printer import backends
 
     b = backends().get(section.backend)
-    if b is None or b.trigger is None:
+    if b is None or b.trigger is None or not section.bridge:
         return None
     return ["bridge", "--printer", pid, "--config", str(config)]
 

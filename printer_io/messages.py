@@ -252,7 +252,8 @@ class RuleHitInfo(BaseModel):
 class ResultMessage(Message):
     """The monitor's judgement of one layer: metrics, rule hits, the actions requested, timings."""
 
-    SCHEMA: ClassVar[str] = "layerwatch.result/1"
+    SCHEMA: ClassVar[str] = "layerwatch.result/2"
+    READS: ClassVar[tuple[str, ...]] = ("layerwatch.result/1",)
     printer: str = Field(min_length=1, max_length=64)
     job_id: str = Field(min_length=1, max_length=256)
     layer: int = Field(ge=0)
@@ -271,6 +272,9 @@ class ResultMessage(Message):
     timings_ms: dict[str, float] = Field(default_factory=dict, description="decode, segment, metrics, record")
     model: str = ""
     record: str = ""
+    # the layer's classes as a small RGBA PNG (base64) to lay over its frame: powder clear, the part faint, defects
+    # strong, at most [monitor] result_overlay_px on its longer side (OctoPrint's LayerWatch tab shows it)
+    overlay: str = Field(default="", max_length=400_000, pattern=r"^(iVBORw0KGgo[A-Za-z0-9+/]*={0,2})?$")
 
 
 class EventMessage(Message):

@@ -21,6 +21,7 @@ from segmentation.errors import ImageError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "class_overlay_png",
     "draw_boxes",
     "iter_image_paths",
     "overlay",
@@ -172,3 +173,22 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, boxes: Sequen
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(overlay(image, mask, boxes=boxes), cv2.COLOR_RGB2BGR)):
         raise ImageError(f"{path}: could not write the overlay (check the folder is writable)")
+
+
+def class_overlay_png(mask: np.ndarray, max_side: int = 320) -> bytes:
+    """The classes of ``mask`` as a small RGBA PNG to lay over the frame: powder clear, the part faint, every
+    defect strong; at most ``max_side`` px on its longer side (nearest class, so no class is blended away)."""
+    h, w = mask.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    small = mask
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    alpha = np.full(len(CLASS_COLORS), 200, np.uint8)
+    alpha[0], alpha[1] = 0, 70
+    table = np.concatenate([CLASS_COLORS, alpha[:, None]], axis=1)[:, [2, 1, 0, 3]]  # BGRA for OpenCV
+    ids = np.minimum(small, len(CLASS_COLORS) - 1)
+    ok, data = cv2.imencode(".png", table[ids], [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise ImageError("the class overlay could not be encoded as PNG")
+    return bytes(data)

@@ -36,6 +36,31 @@ def test_the_generated_site_config_gives_every_part_its_own_user(tmp_path: Path)
     assert preflight(config, parts) == []
 
 
+def test_a_printer_fed_by_the_octoprint_plugin_gets_no_bridge_and_its_plugin_user_only_its_own_topics(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    broker_config(["p1", "p2"], site, port=1)
+    config_file = site / "layerwatch.toml"
+    config_file.write_text(config_file.read_text() + '[printers.p1]\nbackend = "virtual"\nbridge = false\n')
+    config = load_config(config_file)
+    assert [p.name for p in parts_for(config, config_file, None)] == ["monitor"]
+    assert (site / "credentials" / "octoprint-p1.password").is_file()
+    rules = parse_acl(site / "acl")
+    for access, topic in (
+        ("write", "layerwatch/p1/layer"), ("write", "layerwatch/p1/image"), ("write", "layerwatch/p1/event"),
+        ("write", "layerwatch/p1/status/octoprint"), ("read", "layerwatch/p1/result"),
+        ("read", "layerwatch/p1/action"), ("read", "layerwatch/p1/image"),
+    ):  # fmt: skip
+        assert acl_allows(rules, "octoprint-p1", access, topic), (access, topic)
+    for access, topic in (
+        ("write", "layerwatch/p1/action"), ("write", "layerwatch/p1/result"), ("write", "layerwatch/p2/layer"),
+        ("read", "layerwatch/p2/result"), ("write", "layerwatch/p1/status/monitor"),
+    ):  # fmt: skip
+        assert not acl_allows(rules, "octoprint-p1", access, topic), (access, topic)
+    assert [f.level for f in acl_findings(site / "acl")] == ["ok"]
+
+
 def test_a_part_s_own_keys_win_and_paths_are_relative_to_the_config(tmp_path: Path) -> None:
     config_file = tmp_path / "c.toml"
     config_file.write_text(
