@@ -31,7 +31,7 @@ from peers import PEERS, REPO, OctoPrint, free_port, launch_chromium, require, s
 
 from monitor.cli import main
 from monitor.record import RecordError, RecordReader, build_records
-from printer_io.messages import LayerEvent
+from printer_io.messages import ActionMessage, LayerEvent
 from printer_io.mqtt import MqttConfig, MqttLink
 from printer_io.octoprint import OctoPrintClient
 from printer_io.topics import Topics
@@ -226,8 +226,17 @@ def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octopri
         state = plugin_state()
         _wait("the pause in the plugin's tab", lambda: plugin_state()["badge"], 30)
         state = plugin_state()
+        # hostile messages from a user who may write actions: refused or shown as text, the plugin goes on
+        script = '<img src=x onerror="window.pwned=1"> </td><script>window.pwned=2</script>'
+        for payload in (b"{" * 200_000, b"\xff\xfe", ActionMessage(printer="p1", action="pause", state="confirmed",
+                        request_id="forged-p2", reason="other printer").to_json().replace(b'"p1"', b'"p2"'),
+                        ActionMessage(printer="p1", action="notify", state="failed", request_id="hostile",
+                                      reason=script, layer=1).to_json()):  # fmt: skip
+            link.publish("layerwatch/p1/action", payload, wait_s=5)
+        _wait("the hostile notice shown", lambda: any(i["reason"] == script for i in plugin_state()["incidents"]), 30)
+        assert not any(i["request_id"] == "forged-p2" for i in plugin_state()["incidents"])
         stored = s.stored()
-        _screenshot_tab(octoprint, tmp_path / "octoprint-tab.png")
+        _screenshot_tab(octoprint, tmp_path / "octoprint-tab.png", script)
         admin.job_command({"command": "cancel"})
         _wait("the job's end event", lambda: any(e.end for e in events), 60)
     finally:
@@ -280,7 +289,7 @@ def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octopri
     assert password not in octoprint.log.read_text()
 
 
-def _screenshot_tab(octoprint: OctoPrint, out: Path) -> None:
+def _screenshot_tab(octoprint: OctoPrint, out: Path, script: str) -> None:
     """The LayerWatch tab in Chromium, logged in as an OctoPrint user: the badge and the incident are on the page.
     LAYERWATCH_DOCS_SCREENSHOT=PATH keeps the picture there too (docs/img/octoprint-tab.png)."""
     from playwright.sync_api import sync_playwright
@@ -288,6 +297,9 @@ def _screenshot_tab(octoprint: OctoPrint, out: Path) -> None:
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("response", lambda r: errors.append(r.url) if r.status >= 400 and "layerwatch" in r.url else None)
         page.goto(octoprint.url + "/", timeout=60_000)
         page.wait_for_selector("#login-user", timeout=60_000)
         page.fill("#login-user", octoprint.USER)
@@ -301,9 +313,10 @@ def _screenshot_tab(octoprint: OctoPrint, out: Path) -> None:
         page.wait_for_selector("#layerwatch-incidents tbody tr", timeout=30_000)
         page.wait_for_selector("#layerwatch-badge", state="visible", timeout=30_000)
         assert "Paused by LayerWatch" in page.inner_text("#layerwatch-paused")
-        assert "pause" in page.inner_text("#layerwatch-incidents") and "confirmed" in page.inner_text(
-            "#layerwatch-incidents"
-        )
+        incidents = page.inner_text("#layerwatch-incidents")
+        assert "pause" in incidents and "confirmed" in incidents, incidents
+        assert script in incidents and page.evaluate("window.pwned") is None and not errors  # text, never markup
+        page.evaluate("$('#layerwatch-incidents tbody tr:first').hide()")  # the picture for the docs: the pause
         page.wait_for_function("document.querySelector('.layerwatch-frame img.layerwatch-image').naturalWidth > 0")
         page.screenshot(path=str(out), full_page=False)
         if os.environ.get("LAYERWATCH_DOCS_SCREENSHOT"):

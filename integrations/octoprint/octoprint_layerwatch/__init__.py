@@ -327,8 +327,8 @@ class LayerWatchPlugin(
             return  # feedback, labels, plate: not incidents
         with self._lock:
             key = view["request_id"] or f"{view['job']}-{view['layer']}-{view['action']}"
-            known = self._incidents.get(key, {})
-            known.update({k: v for k, v in view.items() if v not in ("", None, {})})
+            known = self._incidents.get(key) or dict(view)  # every field, so the tab finds each
+            known.update({k: v for k, v in view.items() if v not in ("", None, {})})  # a later state adds to it
             self._incidents[key] = known
             self._incidents.move_to_end(key)
             while len(self._incidents) > KEPT_INCIDENTS:
