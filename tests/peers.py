@@ -51,6 +51,37 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = 
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def wait_until(what: str, ok: Any, timeout: float = 120) -> None:
+    """Polls ``ok()`` every 0.2 s until it is true; fails with "never: <what>" after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ok():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"never: {what}")
+
+
+@contextlib.contextmanager
+def site_broker(folder: Path, printers: str = "p1") -> Iterator[int]:
+    """docs/deploy.md, step 1: ``layerwatch security broker-config`` into ``folder`` on a free port and Mosquitto
+    started on that set-up (as this user: as root it would drop to "mosquitto", who cannot read our files);
+    yields the port."""
+    from monitor.cli import main
+
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        require("mosquitto", "apt-get install mosquitto (make test does it)")
+    port = free_port()
+    args = ["security", "broker-config", "--printers", printers, "--out", str(folder), "--port", str(port)]
+    assert main([*args, "--run-as", getpass.getuser()]) == 0
+    broker = subprocess.Popen([exe, "-c", str(folder / "mosquitto.conf")], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port, 10, broker, None)
+        yield port
+    finally:
+        stop(broker)
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)

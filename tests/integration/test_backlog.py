@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import Mosquitto
+from peers import Mosquitto, wait_until
 
 from monitor.config import Config, MonitorSection, PrinterSection
 from monitor.record import RecordReader, build_records
@@ -74,15 +74,6 @@ def _stored(config: Config, topics: Topics) -> list[int]:
         return [int(k) for k in r.stored_layers()]
 
 
-def _wait(what: str, ok: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ok():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"never: {what}")
-
-
 @pytest.mark.parametrize("backlog", [40, 400])
 def test_a_backlog_published_while_the_monitor_was_down_is_judged_in_order_and_not_acted_on(
     site: tuple[Config, Topics], broker: Mosquitto, backlog: int
@@ -94,15 +85,17 @@ def test_a_backlog_published_while_the_monitor_was_down_is_judged_in_order_and_n
     with MonitorService(config).start():
         for k in range(first):
             camera.layer(k)
-        _wait("the first layers stored", lambda: _stored(config, topics) == list(range(first)), 60)
+        wait_until("the first layers stored", lambda: _stored(config, topics) == list(range(first)), 60)
     # the monitor is down for ten minutes (its frames were captured then); its session at the broker holds them
     outage = time.time() - 600
     for k in range(first, first + backlog):
         camera.layer(k, captured_at=outage + k * 0.1)
     with MonitorService(config).start() as service:
-        _wait(f"{backlog} waiting layers stored", lambda: len(_stored(config, topics)) == first + backlog, 60 + backlog)
+        wait_until(
+            f"{backlog} waiting layers stored", lambda: len(_stored(config, topics)) == first + backlog, 60 + backlog
+        )
         camera.layer(first + backlog)  # live again
-        _wait("the live layer stored", lambda: len(_stored(config, topics)) == layers, 60)
+        wait_until("the live layer stored", lambda: len(_stored(config, topics)) == layers, 60)
         link = service.monitors[topics.printer].link
         rejected = dict(link.rejected)
     camera.close()
@@ -128,14 +121,14 @@ def test_a_frame_ahead_of_the_printer_is_refused_and_a_second_frame_for_a_layer_
     with MonitorService(config).start() as service:
         for k in range(3):
             camera.layer(k)
-        _wait("3 layers stored", lambda: _stored(config, topics) == [0, 1, 2], 60)
+        wait_until("3 layers stored", lambda: _stored(config, topics) == [0, 1, 2], 60)
         # before the camera's own frame of layer 3 (and the printer's event for it): a forged one
         camera.link.publish(topics.image, camera.frame(3, time.time()), wait_s=10)
         # and another frame for layer 1, unlike the one stored
         other = np.full((512, 512), 90, np.uint8)
         camera.link.publish(topics.image, camera.frame(1, time.time(), image=other), wait_s=10)
         camera.layer(3)  # the printer's event and the camera's frame: stored as usual
-        _wait("layer 3 stored", lambda: _stored(config, topics) == [0, 1, 2, 3], 60)
+        wait_until("layer 3 stored", lambda: _stored(config, topics) == [0, 1, 2, 3], 60)
         rejected = dict(service.monitors[topics.printer].link.rejected)
     camera.close()
     assert rejected == {"layer": 1}, rejected
@@ -155,7 +148,7 @@ def test_oversized_messages_are_refused_by_topic_before_they_are_parsed(
     sender = MqttLink(MqttConfig(url=broker.url, max_frame_bytes=64 << 20), service="big", topics=topics).start()
     with MonitorService(config).start() as service:
         camera.layer(0)
-        _wait("layer 0 stored", lambda: _stored(config, topics) == [0], 60)
+        wait_until("layer 0 stored", lambda: _stored(config, topics) == [0], 60)
         link = service.monitors[topics.printer].link
         big_event = LayerEvent(printer=topics.printer, job_id="x" * 200, layer=1, z_mm=0.1).to_json()
         sender.publish(topics.layer, big_event[:-1] + b" " * (2 << 20) + b"}", wait_s=10)  # 2 MB of JSON
@@ -163,7 +156,7 @@ def test_oversized_messages_are_refused_by_topic_before_they_are_parsed(
         # 20 MB on the frame topic: more than the 16 MB (and envelope) the monitor told the broker it takes
         sender.publish(topics.image, b"LWF1" + bytes(20 << 20), wait_s=30)
         camera.layer(1)
-        _wait("layer 1 stored", lambda: _stored(config, topics) == [0, 1], 60)
+        wait_until("layer 1 stored", lambda: _stored(config, topics) == [0, 1], 60)
         rejected = dict(link.rejected)
     sender.close()
     camera.close()

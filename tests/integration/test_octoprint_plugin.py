@@ -10,7 +10,6 @@ Chromium)."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
 import signal
@@ -27,9 +26,8 @@ import cv2
 import httpx
 import pytest
 from gcode import make_gcode
-from peers import PEERS, REPO, OctoPrint, free_port, launch_chromium, require, stop, wait_port
+from peers import PEERS, REPO, OctoPrint, free_port, launch_chromium, require, site_broker, wait_until
 
-from monitor.cli import main
 from monitor.record import RecordError, RecordReader, build_records
 from printer_io.messages import ActionMessage, LayerEvent
 from printer_io.mqtt import MqttConfig, MqttLink
@@ -41,15 +39,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LAYERWATCH = str(REPO / ".venv" / "bin" / "layerwatch")
 PLUGIN = REPO / "integrations" / "octoprint"
 FRAMES, WARP, SEED, LAYERS = 14, 4, 3, 40
-
-
-def _wait(what: str, ok: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"never: {what}")
 
 
 class Webcam:
@@ -149,39 +138,32 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path, plugin_installed: None) -> Iterator[tuple[Site, PluginOctoPrint, Webcam, int]]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        require("mosquitto", "apt-get install mosquitto (make test does it)")
-    folder, port = tmp_path / "site", free_port()
-    args = ["security", "broker-config", "--printers", "p1", "--out", str(folder), "--port", str(port)]
-    assert main([*args, "--run-as", getpass.getuser()]) == 0
-    broker = subprocess.Popen([exe, "-c", str(folder / "mosquitto.conf")], stdout=subprocess.DEVNULL)
-    wait_port(port, 10, broker, None)
-    webcam = Webcam()
-    password = (folder / "credentials" / "octoprint-p1.password").read_text().strip()
-    plugin = {
-        "broker": f"mqtt://127.0.0.1:{port}", "username": "octoprint-p1", "password": password, "printer": "p1",
-        "capture": True, "settle_s": 0.2, "dashboard_url": "http://127.0.0.1:8050/",
-    }  # fmt: skip
-    octoprint = PluginOctoPrint(tmp_path, plugin, webcam.url).start()
-    key = folder / "p1-octoprint-key"
-    key.write_text(octoprint.limited_api_key + "\n")  # STATUS and PRINT only (docs/printers.md)
-    key.chmod(0o600)
-    config = folder / "layerwatch.toml"
-    config.write_text(
-        config.read_text()
-        + f"""
+    folder = tmp_path / "site"
+    with site_broker(folder) as port:
+        webcam = Webcam()
+        password = (folder / "credentials" / "octoprint-p1.password").read_text().strip()
+        plugin = {
+            "broker": f"mqtt://127.0.0.1:{port}", "username": "octoprint-p1", "password": password, "printer": "p1",
+            "capture": True, "settle_s": 0.2, "dashboard_url": "http://127.0.0.1:8050/",
+        }  # fmt: skip
+        octoprint = PluginOctoPrint(tmp_path, plugin, webcam.url).start()
+        key = folder / "p1-octoprint-key"
+        key.write_text(octoprint.limited_api_key + "\n")  # STATUS and PRINT only (docs/printers.md)
+        key.chmod(0o600)
+        config = folder / "layerwatch.toml"
+        config.write_text(
+            config.read_text()
+            + f"""
 [printers.p1]
 backend = "octoprint"
 url = "{octoprint.url}"
 api_key_file = "p1-octoprint-key"
 bridge = false      # layer events and frames come from LayerWatch's OctoPrint plugin
 """
-    )
-    yield Site(folder), octoprint, webcam, port
-    octoprint.stop()
-    webcam.close()
-    stop(broker)
+        )
+        yield Site(folder), octoprint, webcam, port
+        octoprint.stop()
+        webcam.close()
 
 
 def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octoprint(
@@ -194,7 +176,7 @@ def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octopri
     def plugin_state() -> dict[str, Any]:
         return dict(httpx.get(f"{octoprint.url}/api/plugin/layerwatch", headers=api, timeout=10).json())
 
-    _wait("the plugin connected as octoprint-p1", lambda: plugin_state()["broker"] == "connected", 60)
+    wait_until("the plugin connected as octoprint-p1", lambda: plugin_state()["broker"] == "connected", 60)
     # an observer with the dashboard's rights sees the layer events as the monitor does
     dashboard = s.dir / "credentials" / "dashboard.password"
     events: list[LayerEvent] = []
@@ -215,16 +197,16 @@ def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octopri
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
         )  # fmt: skip
     try:
-        _wait("the monitor online", lambda: '"online"' in online.get("monitor", ""), 120)
+        wait_until("the monitor online", lambda: '"online"' in online.get("monitor", ""), 120)
         assert '"online"' in online.get("octoprint", ""), online
         if admin.connection()["current"]["state"] in ("Closed", "Offline"):
             admin.connect("VIRTUAL")
-        _wait("OctoPrint operational", lambda: admin.job()["state"] == "Operational", 60)
+        wait_until("OctoPrint operational", lambda: admin.job()["state"] == "Operational", 60)
         admin.upload("plugin.gcode", make_gcode(LAYERS, markers="cura", moves=6), select=True, print_=True)
-        _wait("OctoPrint paused by the monitor", lambda: admin.job()["state"] == "Paused", 240)
+        wait_until("OctoPrint paused by the monitor", lambda: admin.job()["state"] == "Paused", 240)
         paused_at = time.time()
         state = plugin_state()
-        _wait("the pause in the plugin's tab", lambda: plugin_state()["badge"], 30)
+        wait_until("the pause in the plugin's tab", lambda: plugin_state()["badge"], 30)
         state = plugin_state()
         # hostile messages from a user who may write actions: refused or shown as text, the plugin goes on
         script = '<img src=x onerror="window.pwned=1"> </td><script>window.pwned=2</script>'
@@ -233,12 +215,14 @@ def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octopri
                         ActionMessage(printer="p1", action="notify", state="failed", request_id="hostile",
                                       reason=script, layer=1).to_json()):  # fmt: skip
             link.publish("layerwatch/p1/action", payload, wait_s=5)
-        _wait("the hostile notice shown", lambda: any(i["reason"] == script for i in plugin_state()["incidents"]), 30)
+        wait_until(
+            "the hostile notice shown", lambda: any(i["reason"] == script for i in plugin_state()["incidents"]), 30
+        )
         assert not any(i["request_id"] == "forged-p2" for i in plugin_state()["incidents"])
         stored = s.stored()
         _screenshot_tab(octoprint, tmp_path / "octoprint-tab.png", script)
         admin.job_command({"command": "cancel"})
-        _wait("the job's end event", lambda: any(e.end for e in events), 60)
+        wait_until("the job's end event", lambda: any(e.end for e in events), 60)
     finally:
         up.send_signal(signal.SIGTERM)
         try:

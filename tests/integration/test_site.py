@@ -6,18 +6,15 @@ operator pause and resume reach OctoPrint; a part whose credentials or ACL are w
 
 from __future__ import annotations
 
-import getpass
 import os
-import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gcode import make_gcode
-from peers import REPO, OctoPrint, free_port, launch_chromium, require, stop, wait_port
+from peers import REPO, OctoPrint, free_port, launch_chromium, site_broker, wait_port, wait_until
 
 from monitor.cli import main
 from monitor.record import RecordError, RecordReader, build_records
@@ -27,15 +24,6 @@ from printer_io.octoprint import OctoPrintClient
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LAYERWATCH = str(REPO / ".venv" / "bin" / "layerwatch")
 LAYERS = 40
-
-
-def _wait(what: str, ok: object, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ok():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"never: {what}")
 
 
 class Site:
@@ -71,27 +59,19 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path, octoprint: OctoPrint) -> Iterator[Site]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        require("mosquitto", "apt-get install mosquitto (make test does it)")
-    folder, port = tmp_path / "site", free_port()
+    folder = tmp_path / "site"
     # docs/deploy.md, steps 1-3: the broker's set-up and the site's config, an operator, the printer's table
-    args = ["security", "broker-config", "--printers", "p1", "--out", str(folder), "--port", str(port)]
-    assert main([*args, "--run-as", getpass.getuser()]) == 0
-    broker = subprocess.Popen([exe, "-c", str(folder / "mosquitto.conf")], stdout=subprocess.DEVNULL)
-    wait_port(port, 10, broker, None)
-    key = folder / "p1-octoprint-key"
-    key.write_text(octoprint.limited_api_key + "\n")  # STATUS and PRINT only (docs/printers.md)
-    key.chmod(0o600)
-    cred = folder / "ana.credential"
-    assert (
-        main(["operator", "add", "ana", "--operators-file", str(folder / "operators"), "--credential-out", str(cred)])
-        == 0
-    )
-    config = folder / "layerwatch.toml"
-    config.write_text(
-        config.read_text()
-        + f"""
+    with site_broker(folder):
+        key = folder / "p1-octoprint-key"
+        key.write_text(octoprint.limited_api_key + "\n")  # STATUS and PRINT only (docs/printers.md)
+        key.chmod(0o600)
+        cred = folder / "ana.credential"
+        add = ["operator", "add", "ana", "--operators-file", str(folder / "operators"), "--credential-out", str(cred)]
+        assert main(add) == 0
+        config = folder / "layerwatch.toml"
+        config.write_text(
+            config.read_text()
+            + f"""
 [printers.p1]
 backend = "octoprint"
 url = "{octoprint.url}"
@@ -101,9 +81,8 @@ api_key_file = "p1-octoprint-key"
 source = "simulator"
 size = 256
 """
-    )
-    yield Site(folder, octoprint)
-    stop(broker)
+        )
+        yield Site(folder, octoprint)
 
 
 def test_a_part_whose_credentials_or_acl_are_wrong_makes_up_say_so(site: Site) -> None:
@@ -136,9 +115,9 @@ def test_a_site_from_the_docs_judges_every_layer_and_the_dashboard_pauses_and_re
         admin = OctoPrintClient(site.octoprint.url, site.octoprint.api_key)
         if admin.connection()["current"]["state"] in ("Closed", "Offline"):
             admin.connect("VIRTUAL")  # the operator connects the printer in OctoPrint, as every day
-        _wait("OctoPrint operational", lambda: site.octoprint_state() == "Operational", 60)
+        wait_until("OctoPrint operational", lambda: site.octoprint_state() == "Operational", 60)
         admin.upload("site.gcode", make_gcode(LAYERS, markers="cura", moves=8), select=True, print_=True)
-        _wait("5 layers stored", lambda: site.stored() >= 5)
+        wait_until("5 layers stored", lambda: site.stored() >= 5)
         cred = (site.dir / "ana.credential").read_text().strip()
         name, secret = cred.split(":", 1)
         with sync_playwright() as p:
@@ -150,13 +129,13 @@ def test_a_site_from_the_docs_judges_every_layer_and_the_dashboard_pauses_and_re
             page.click("#farm-p1 a")
             page.wait_for_selector("#btn-pause", timeout=30_000)
             page.click("#btn-pause")
-            _wait("OctoPrint paused by the dashboard's operator", lambda: site.octoprint_state() == "Paused", 60)
+            wait_until("OctoPrint paused by the dashboard's operator", lambda: site.octoprint_state() == "Paused", 60)
             _wait_text = lambda: "printer paused" in page.inner_text("#record-status")  # noqa: E731
-            _wait("the page shows the printer's own state", _wait_text, 30)
+            wait_until("the page shows the printer's own state", _wait_text, 30)
             page.click("#btn-resume")
-            _wait("OctoPrint printing again", lambda: site.octoprint_state() == "Printing", 60)
+            wait_until("OctoPrint printing again", lambda: site.octoprint_state() == "Printing", 60)
             browser.close()
-        _wait(f"all {LAYERS} layers stored", lambda: site.stored() == LAYERS, 300)
+        wait_until(f"all {LAYERS} layers stored", lambda: site.stored() == LAYERS, 300)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -7,11 +7,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from peers import REPO, Mosquitto
+from peers import REPO, Mosquitto, wait_until
 
 from monitor.record import RecordError, RecordReader, build_records
 
@@ -28,15 +27,6 @@ def _stored(records: Path) -> int:
             return len(r.stored_layers())
     except (RecordError, OSError):
         return 0
-
-
-def _wait(what: str, ok: object, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ok():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"never: {what}")
 
 
 def test_up_runs_a_site_restarts_a_killed_part_and_stops_them_all(broker: Mosquitto, tmp_path: Path) -> None:
@@ -66,13 +56,13 @@ size = 256
     )  # fmt: skip
     try:
         records = tmp_path / "records"
-        _wait("3 layers stored", lambda: _stored(records) >= 3)
+        wait_until("3 layers stored", lambda: _stored(records) >= 3)
         parts = json.loads(state.read_text())
         assert set(parts) == {"monitor", "bridge:p1", "camera:p1"}
         os.kill(parts["camera:p1"]["pid"], signal.SIGKILL)
-        _wait("the camera started again", lambda: json.loads(state.read_text())["camera:p1"]["starts"] == 2)
+        wait_until("the camera started again", lambda: json.loads(state.read_text())["camera:p1"]["starts"] == 2)
         before = _stored(records)
-        _wait("layers stored after the restart", lambda: _stored(records) >= before + 2)
+        wait_until("layers stored after the restart", lambda: _stored(records) >= before + 2)
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0
     finally:

@@ -226,6 +226,16 @@ def _load(payload: bytes, schema: str) -> dict[str, Any]:
     return data
 
 
+def _message(payload: bytes, kind: str, limit: int, printer: str) -> dict[str, Any]:
+    """A ``layerwatch.<kind>`` message of ``printer``, of at most ``limit`` bytes, as a dict (not yet checked)."""
+    if len(payload) > limit:
+        raise ContractError(f"{kind} of {len(payload)} bytes: more than {limit}")
+    data = _load(payload, f"layerwatch.{kind}/")
+    if data.get("printer") != printer:
+        raise ContractError(f"{kind} of printer {str(data.get('printer'))[:64]!r} on {printer!r}'s topic")
+    return data
+
+
 def _str(value: Any, limit: int) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
@@ -255,11 +265,7 @@ def _numbers(values: Any, limit: int = 64) -> dict[str, float]:
 
 def result_view(payload: bytes, printer: str) -> dict[str, Any]:
     """A ``layerwatch.result`` message of ``printer`` as the tab shows it."""
-    if len(payload) > MAX_RESULT_BYTES:
-        raise ContractError(f"result of {len(payload)} bytes: more than {MAX_RESULT_BYTES}")
-    data = _load(payload, "layerwatch.result/")
-    if data.get("printer") != printer:
-        raise ContractError(f"result of printer {str(data.get('printer'))[:64]!r} on {printer!r}'s topic")
+    data = _message(payload, "result", MAX_RESULT_BYTES, printer)
     overlay = data.get("overlay", "")
     hits = data["hits"] if isinstance(data.get("hits"), list) else []
     return {
@@ -286,11 +292,7 @@ def result_view(payload: bytes, printer: str) -> dict[str, Any]:
 
 def action_view(payload: bytes, printer: str) -> dict[str, Any]:
     """A ``layerwatch.action`` message of ``printer``: what was asked or done to it, why, and on what evidence."""
-    if len(payload) > MAX_ACTION_BYTES:
-        raise ContractError(f"action of {len(payload)} bytes: more than {MAX_ACTION_BYTES}")
-    data = _load(payload, "layerwatch.action/")
-    if data.get("printer") != printer:
-        raise ContractError(f"action of printer {str(data.get('printer'))[:64]!r} on {printer!r}'s topic")
+    data = _message(payload, "action", MAX_ACTION_BYTES, printer)
     layer = data.get("layer")
     return {
         "action": _str(data.get("action"), 32),
