@@ -273,7 +273,7 @@ def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octopri
     assert password not in octoprint.log.read_text()
 
 
-def _screenshot_tab(octoprint: OctoPrint, out: Path, script: str) -> None:
+def _screenshot_tab(octoprint: PluginOctoPrint, out: Path, script: str) -> None:
     """The LayerWatch tab in Chromium, logged in as an OctoPrint user: the badge and the incident are on the page.
     LAYERWATCH_DOCS_SCREENSHOT=PATH keeps the picture there too (docs/img/octoprint-tab.png)."""
     from playwright.sync_api import sync_playwright
@@ -305,4 +305,12 @@ def _screenshot_tab(octoprint: OctoPrint, out: Path, script: str) -> None:
         page.screenshot(path=str(out), full_page=False)
         if os.environ.get("LAYERWATCH_DOCS_SCREENSHOT"):
             shutil.copy(out, os.environ["LAYERWATCH_DOCS_SCREENSHOT"])
+        # OctoPrint's settings dialog has LayerWatch's page: the stored settings, the password field empty
+        page.click("#navbar_show_settings")
+        page.wait_for_selector("#settings_plugin_layerwatch_link a", state="attached", timeout=30_000)
+        page.evaluate("$('#settings_plugin_layerwatch_link a').tab('show')")
+        broker = page.locator("#settings_plugin_layerwatch input[data-bind*='layerwatch.broker']")
+        broker.wait_for(state="visible", timeout=30_000)
+        assert broker.input_value() == octoprint.plugin["broker"]
+        assert page.locator("#settings_plugin_layerwatch input[type=password]").input_value() == ""
         browser.close()
