@@ -166,6 +166,21 @@ bridge = false      # layer events and frames come from LayerWatch's OctoPrint p
         webcam.close()
 
 
+def _observer(s: Site, port: int) -> tuple[MqttLink, list[LayerEvent], dict[str, str]]:
+    """A client with the dashboard's rights: the layer events as the monitor sees them, the services' status."""
+    events: list[LayerEvent] = []
+    online: dict[str, str] = {}
+    password = s.dir / "credentials" / "dashboard.password"
+    config = MqttConfig(url=f"mqtt://127.0.0.1:{port}", username="dashboard", password_file=password)
+    link = MqttLink(config, service="observer", topics=Topics("layerwatch", "p1"), ephemeral=True)
+    link.subscribe("layerwatch/p1/layer", lambda topic, payload: events.append(LayerEvent.from_json(payload, topic)))
+    link.subscribe(
+        "layerwatch/p1/status/+", lambda topic, payload: online.update({topic.rsplit("/", 1)[1]: payload.decode()})
+    )
+    link.start()
+    return link, events, online
+
+
 def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octoprint(
     site: tuple[Site, PluginOctoPrint, Webcam, int], tmp_path: Path
 ) -> None:
@@ -177,19 +192,7 @@ def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octopri
         return dict(httpx.get(f"{octoprint.url}/api/plugin/layerwatch", headers=api, timeout=10).json())
 
     wait_until("the plugin connected as octoprint-p1", lambda: plugin_state()["broker"] == "connected", 60)
-    # an observer with the dashboard's rights sees the layer events as the monitor does
-    dashboard = s.dir / "credentials" / "dashboard.password"
-    events: list[LayerEvent] = []
-    link = MqttLink(
-        MqttConfig(url=f"mqtt://127.0.0.1:{port}", username="dashboard", password_file=dashboard),
-        service="observer", topics=Topics("layerwatch", "p1"), ephemeral=True,
-    )  # fmt: skip
-    link.subscribe("layerwatch/p1/layer", lambda topic, payload: events.append(LayerEvent.from_json(payload, topic)))
-    online: dict[str, str] = {}
-    link.subscribe(
-        "layerwatch/p1/status/+", lambda topic, payload: online.update({topic.rsplit("/", 1)[1]: payload.decode()})
-    )
-    link.start()
+    link, events, online = _observer(s, port)
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         up = subprocess.Popen(
@@ -314,3 +317,38 @@ def _screenshot_tab(octoprint: PluginOctoPrint, out: Path, script: str) -> None:
         assert broker.input_value() == octoprint.plugin["broker"]
         assert page.locator("#settings_plugin_layerwatch input[type=password]").input_value() == ""
         browser.close()
+
+
+def test_settings_saved_in_octoprint_take_effect_and_a_file_without_markers_is_followed_by_its_moves(
+    site: tuple[Site, PluginOctoPrint, Webcam, int],
+) -> None:
+    """Capture turned off in OctoPrint's settings (the password field left empty keeps the stored one: the plugin
+    connects again), then a job uploaded without slicer markers: its layers from the moves OctoPrint sends, Z-hops
+    and all, each once at its height, the last at PrintDone, then the end of the job; no snapshot taken."""
+    s, octoprint, webcam, port = site
+    admin = OctoPrintClient(octoprint.url, octoprint.api_key)
+    api = {"X-Api-Key": octoprint.api_key}
+
+    def plugin_state() -> dict[str, Any]:
+        return dict(httpx.get(f"{octoprint.url}/api/plugin/layerwatch", headers=api, timeout=10).json())
+
+    wait_until("the plugin connected", lambda: plugin_state()["broker"] == "connected", 60)
+    saved = httpx.post(
+        f"{octoprint.url}/api/settings", headers=api, timeout=10,
+        json={"plugins": {"layerwatch": {"capture": False, "password": "", "settle_s": 0.1}}},
+    )  # fmt: skip
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["plugins"]["layerwatch"]["capture"] is False
+    wait_until("connected again with the stored password", lambda: plugin_state()["broker"] == "connected", 60)
+    link, events, _ = _observer(s, port)
+    try:
+        if admin.connection()["current"]["state"] in ("Closed", "Offline"):
+            admin.connect("VIRTUAL")
+        wait_until("OctoPrint operational", lambda: admin.job()["state"] == "Operational", 60)
+        admin.upload("plain.gcode", make_gcode(6, markers=None, hop=0.4), select=True, print_=True)
+        wait_until("the job's end event", lambda: any(e.end for e in events), 120)
+    finally:
+        link.close()
+    assert [(e.layer, e.z_mm) for e in events if not e.end] == [(n, pytest.approx(0.2 * (n + 1))) for n in range(6)]
+    assert events[-1].outcome == "done" and events[-1].layer == 5
+    assert webcam.served == 0 and plugin_state()["capture"] is False
