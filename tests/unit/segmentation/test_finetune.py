@@ -93,3 +93,41 @@ def test_a_rare_labelled_defect_weighs_more() -> None:
     assert weights[:2] == tuple(CLASS_LOSS_WEIGHTS[:2]) and weights[3:] == tuple(CLASS_LOSS_WEIGHTS[3:])
     even = rare_class_weights(Counter({NO_DEFECT: 225, 2: 100}))
     assert even[2] == pytest.approx(CLASS_LOSS_WEIGHTS[2] * 1.5)
+
+
+@pytest.mark.slow
+def test_the_porosity_threshold_is_chosen_on_the_held_out_labels_and_moves_the_model(tmp_path: Path) -> None:
+    import shutil
+
+    from segmentation.finetune import PORE_SHIFTS, _f1, choose_pore_shift, score_labelled, shift_pores
+    from segmentation.inference import DEFAULT_MODEL
+
+    held = tmp_path / "held"
+    (held / "images").mkdir(parents=True)
+    (held / "masks").mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        img = rng.normal(150, 12, (256, 256)).clip(0, 255).astype(np.uint8)
+        mask = np.full((256, 256), NO_DEFECT, np.uint8)
+        for k in range(10):
+            y, x = 20 + 22 * k, 30 + (k % 3) * 80
+            cv2.circle(img, (x, y), 4, 60 + 8 * k, -1)  # pits from dark to faint
+            cv2.circle(mask, (x, y), 8, UNLABELLED, -1)
+            cv2.circle(mask, (x, y), 4, 2, -1)
+        cv2.imwrite(str(held / "images" / f"b{i}-l0.png"), img)
+        cv2.imwrite(str(held / "masks" / f"b{i}-l0.png"), mask)
+    model = tmp_path / "m.pt"
+    shutil.copyfile(DEFAULT_MODEL, model)
+    shift, scores = choose_pore_shift(model, held)
+    assert shift in PORE_SHIFTS and set(scores) == set(PORE_SHIFTS) and scores[0.0]["pores"] == 20
+    assert _f1(scores[shift]) >= _f1(scores[0.0])
+    assert (scores[shift]["no_defect_called_defect"] or 0) <= (scores[0.0]["no_defect_called_defect"] or 0)
+    # a raised porosity logit calls more of the faint pits pores, in the checkpoint and its ONNX twin alike
+    before = score_labelled(model, held)
+    shift_pores(model, 3.0)
+    after = score_labelled(model, held)
+    assert after["pore_recall"] >= before["pore_recall"] and after != before
+    import torch
+
+    assert torch.load(model, weights_only=True)["meta"]["pore_shift"] == 3.0
+    assert choose_pore_shift(model, tmp_path / "data-none") == (0.0, {})  # nothing labelled: no choice
