@@ -21,6 +21,7 @@ from octoprint_layerwatch.contract import (
     image_header,
     layer_event,
     result_view,
+    split_envelope,
     status_message,
 )
 from octoprint_layerwatch.layers import LayerChange, LayerMarker, LayerTracker, parse_command
@@ -30,10 +31,12 @@ from printer_io.frames import decode_image
 from printer_io.messages import (
     ActionMessage,
     EventMessage,
+    FrameMeta,
     LayerEvent,
     ResultMessage,
     RuleHitInfo,
     StatusMessage,
+    encode_frame,
     split_frame,
 )
 from segmentation.imageio import class_overlay_png
@@ -220,3 +223,16 @@ def test_broker_urls_and_topics_are_checked() -> None:
     for prefix, printer in (("layer/+", "p1"), ("layerwatch", "p#"), ("layerwatch", "")):
         with pytest.raises(ContractError):
             Topics(prefix, printer)
+
+
+def test_the_camera_nodes_frames_are_read_for_the_tab_where_the_plugin_does_not_capture() -> None:
+    ok, png = cv2.imencode(".png", np.full((40, 50), 77, np.uint8))
+    ok2, ids = cv2.imencode(".png", np.zeros((40, 50), np.uint16))
+    assert ok and ok2
+    meta = FrameMeta(printer="p1", job_id="j", layer=2, z_mm=0.6, captured_at=1.0, encoding="png", width=50,
+                     height=40, channels=1, bit_depth=8, source="opencv")  # fmt: skip
+    header, image = split_envelope(encode_frame(meta, bytes(png), bytes(ids)))
+    assert (header["job_id"], header["layer"]) == ("j", 2) and image == bytes(png)  # the part ids left out
+    for bad in (b"LWF1\x00\x00\x00\x05{}", b"JPEG" + bytes(png), encode_frame(meta, b"not an image")):
+        with pytest.raises(ContractError):
+            split_envelope(bad)
