@@ -193,8 +193,8 @@ def split_holdout(
     pairs: list[tuple[Path, Path]], share: float
 ) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
     """(frames to learn from, frames held out): about ``share`` of the builds, chosen by a hash of their names
-    (the same on every run), among the builds with labelled defects and among the others alike; none where there
-    are fewer than 5 frames or only one build."""
+    (the same on every run), among the builds with labelled defects (at least one of two or more) and among the
+    others alike; none where there are fewer than 5 frames or only one build."""
     builds: dict[str, list[tuple[Path, Path]]] = {}
     for pair in pairs:
         builds.setdefault(_build_of(pair[0].stem), []).append(pair)
@@ -214,7 +214,8 @@ def split_holdout(
     held: set[str] = set()
     strata = ([b for b, m in builds.items() if defective(m)], [b for b, m in builds.items() if not defective(m)])
     for names in strata:
-        k = math.floor(len(names) * share)
+        # at least one of two or more builds with labelled defects: whether it learnt them is the question
+        k = max(math.floor(len(names) * share), 1 if len(names) >= 2 and names is strata[0] else 0)
         held |= set(sorted(names, key=order)[:k])
     if not held:  # a fifth of a small stratum rounds to none: one build of the larger one
         larger = max(strata, key=len)
@@ -310,7 +311,7 @@ def _score(frames: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
 
 # the porosity logit's shifts a fine-tune tries on the held-out frames; fewer labelled pores than this: none
 PORE_SHIFTS = (-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0)
-_MIN_PORES = 8
+_MIN_PORES = 3
 
 
 def _f1(score: dict[str, Any]) -> float:

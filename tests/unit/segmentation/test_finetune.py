@@ -80,6 +80,10 @@ def test_a_fifth_of_the_builds_is_held_out_among_defective_and_clean_builds_alik
     assert not builds & {p[0].stem.rpartition("-")[0] for p in keep}  # a build is wholly in or out
     assert split_holdout(pairs, 0.2) == (keep, held)  # the same every run
     assert split_holdout(pairs[:4], 0.2) == (pairs[:4], [])  # too few to hold any out
+    # two builds with defects among many clean ones: one of the two is held out all the same
+    few = [p for p in pairs if not p[0].stem.startswith(("rec2-", "rec3-", "rec4-"))]
+    keep, held = split_holdout(few, 0.2)
+    assert len({p[0].stem[:4] for p in held if p[0].stem.startswith(("rec0-", "rec1-"))}) == 1
 
 
 def test_a_rare_labelled_defect_weighs_more() -> None:
