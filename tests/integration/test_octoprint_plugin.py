@@ -10,6 +10,7 @@ Chromium)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -166,6 +167,12 @@ bridge = false      # layer events and frames come from LayerWatch's OctoPrint p
         webcam.close()
 
 
+def _plugin_state(octoprint: OctoPrint) -> dict[str, Any]:
+    """What the plugin's tab shows, from its API (as the admin)."""
+    headers = {"X-Api-Key": octoprint.api_key}
+    return dict(httpx.get(f"{octoprint.url}/api/plugin/layerwatch", headers=headers, timeout=10).json())
+
+
 def _observer(s: Site, port: int) -> tuple[MqttLink, list[LayerEvent], dict[str, str]]:
     """A client with the dashboard's rights: the layer events as the monitor sees them, the services' status."""
     events: list[LayerEvent] = []
@@ -187,10 +194,7 @@ def test_the_plugin_feeds_the_monitor_every_layer_and_shows_its_pause_in_octopri
     s, octoprint, webcam, port = site
     admin = OctoPrintClient(octoprint.url, octoprint.api_key)
     api = {"X-Api-Key": octoprint.api_key}
-
-    def plugin_state() -> dict[str, Any]:
-        return dict(httpx.get(f"{octoprint.url}/api/plugin/layerwatch", headers=api, timeout=10).json())
-
+    plugin_state = functools.partial(_plugin_state, octoprint)
     wait_until("the plugin connected as octoprint-p1", lambda: plugin_state()["broker"] == "connected", 60)
     link, events, online = _observer(s, port)
     log = tmp_path / "up.log"
@@ -328,10 +332,7 @@ def test_settings_saved_in_octoprint_take_effect_and_a_file_without_markers_is_f
     s, octoprint, webcam, port = site
     admin = OctoPrintClient(octoprint.url, octoprint.api_key)
     api = {"X-Api-Key": octoprint.api_key}
-
-    def plugin_state() -> dict[str, Any]:
-        return dict(httpx.get(f"{octoprint.url}/api/plugin/layerwatch", headers=api, timeout=10).json())
-
+    plugin_state = functools.partial(_plugin_state, octoprint)
     wait_until("the plugin connected", lambda: plugin_state()["broker"] == "connected", 60)
     saved = httpx.post(
         f"{octoprint.url}/api/settings", headers=api, timeout=10,
