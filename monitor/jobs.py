@@ -60,9 +60,8 @@ class JobWatch:
         is quiet."""
         pm = self.pm
         event = LayerEvent.from_json(payload, topic)
-        if not event.end:
+        if not event.end:  # its frame should follow; how far each job has printed, as its layer events say
             pm.camera.layer_event(event.job_id, event.layer)
-        if not event.end:  # how far each job has printed, as its layer events say
             self.event_layers[event.job_id] = max(event.layer, self.event_layers.get(event.job_id, -1))
             while len(self.event_layers) > 16:
                 self.event_layers.pop(next(iter(self.event_layers)))

@@ -213,9 +213,9 @@ def split_holdout(
 
     held: set[str] = set()
     strata = ([b for b, m in builds.items() if defective(m)], [b for b, m in builds.items() if not defective(m)])
-    for names in strata:
-        # at least one of two or more builds with labelled defects: whether it learnt them is the question
-        k = max(math.floor(len(names) * share), 1 if len(names) >= 2 and names is strata[0] else 0)
+    # at least one of two or more builds with labelled defects: whether it learnt them is the question
+    for names, least in zip(strata, (1, 0), strict=True):
+        k = max(math.floor(len(names) * share), least if len(names) >= 2 else 0)
         held |= set(sorted(names, key=order)[:k])
     if not held:  # a fifth of a small stratum rounds to none: one build of the larger one
         larger = max(strata, key=len)
@@ -324,24 +324,23 @@ def choose_pore_shift(model: Path, folder: Path) -> tuple[float, dict[float, dic
     right best (F1 of the objects), where no more "no defect here" is called a defect than without a shift; the
     frames are segmented once and the shift applied to their probabilities. (0, {}) where too few pores are
     labelled to choose."""
-    from segmentation.geometry import warping_geometry
+    from scipy import ndimage
+
     from segmentation.imageio import read_image
     from segmentation.inference import Segmenter
 
     frames = _labelled(folder)
-    if sum(int(cv2.connectedComponents((t == 2).astype(np.uint8))[0]) - 1 for _, t in frames) < _MIN_PORES:
+    if sum(ndimage.label(truth == 2)[1] for _, truth in frames) < _MIN_PORES:  # pores as _score counts them
         return 0.0, {}
     with Segmenter(model, engine="onnx") as seg:
         probs = [(truth, seg.segment(read_image(path)).probs) for path, truth in frames]
-        geometry = seg.geometry
     scores: dict[float, dict[str, Any]] = {}
     for shift in PORE_SHIFTS:
         pairs = []
         for truth, p in probs:
             scaled = p.copy()
             scaled[2] *= math.exp(shift)  # a shift of the logit is a factor on the probability before argmax
-            mask = np.argmax(scaled, axis=0).astype(np.uint8)
-            pairs.append((truth, warping_geometry(mask) if geometry else mask))
+            pairs.append((truth, seg.mask_of(scaled)))
         scores[shift] = _score(pairs)
     clean0 = scores[0.0]["no_defect_called_defect"] or 0.0
     allowed = [s for s in PORE_SHIFTS if (scores[s]["no_defect_called_defect"] or 0.0) <= clean0]

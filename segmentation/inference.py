@@ -269,12 +269,15 @@ class Segmenter:
         except ValueError as err:
             raise ImageError(str(err)) from err
         probs, score = self._probs(engine, x)
+        return Segmentation(self.mask_of(probs, roi), probs, self._ood(engine, score, probs))
+
+    def mask_of(self, probs: np.ndarray, roi: np.ndarray | None = None) -> np.ndarray:
+        """The (H, W) uint8 class mask of (C, H, W) probabilities, as :meth:`segment` gives it: the likeliest
+        class, powder outside ``roi``, warping only where a part can lift (``geometry``)."""
         mask = _argmax(probs)
         if roi is not None:
             mask[~roi] = 0
-        if self.geometry:
-            mask = warping_geometry(mask)
-        return Segmentation(mask, probs, self._ood(engine, score, probs))
+        return warping_geometry(mask) if self.geometry else mask
 
     @staticmethod
     def _ood(engine: Engine, score: float, probs: np.ndarray) -> float:
