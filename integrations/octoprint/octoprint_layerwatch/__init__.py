@@ -26,10 +26,10 @@ from .contract import (
     ContractError,
     Topics,
     action_view,
-    data_uri,
     end_event,
     event_message,
     frame_envelope,
+    image_type,
     layer_event,
     result_view,
     split_envelope,
@@ -73,7 +73,7 @@ class LayerWatchPlugin(
         self._captures: queue.Queue[_Capture | None] = queue.Queue()
         self._frames: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self._last: dict[str, Any] | None = None
-        self._overlays: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
+        self._overlays: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self._incidents: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._badge = ""
         self._published = 0
@@ -395,17 +395,11 @@ class LayerWatchPlugin(
             flask.abort(403)
         key = (job, int(layer))
         with self._lock:
-            if kind == "frame":
-                image = self._frames.get(key, b"")
-            else:
-                encoded = self._overlays.get(key, "")
-                image = data_uri_bytes(encoded)
+            image = (self._frames if kind == "frame" else self._overlays).get(key, b"")
         if not image:
             flask.abort(404)
-        uri = data_uri(image)
-        mime = uri[5 : uri.index(";")] if uri else "application/octet-stream"
         response = flask.make_response(image)
-        response.headers["Content-Type"] = mime
+        response.headers["Content-Type"] = image_type(image)
         response.headers["Cache-Control"] = "private, max-age=3600"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
@@ -427,16 +421,6 @@ class LayerWatchPlugin(
                 return self.marker.line(line) or None  # None: OctoPrint leaves the line out
 
         return octoprint.filemanager.util.StreamWrapper(file_object.filename, Marked(file_object.stream()))
-
-
-def data_uri_bytes(encoded: str) -> bytes:
-    import base64
-    import binascii
-
-    try:
-        return base64.b64decode(encoded, validate=True) if encoded else b""
-    except (binascii.Error, ValueError):
-        return b""
 
 
 __plugin_name__ = "LayerWatch"

@@ -16,6 +16,7 @@ checked for type and bounded in length: what arrives from the network is data to
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import struct
@@ -33,6 +34,7 @@ __all__ = [
     "event_message",
     "frame_envelope",
     "image_header",
+    "image_type",
     "layer_event",
     "result_view",
     "status_message",
@@ -286,7 +288,7 @@ def result_view(payload: bytes, printer: str) -> dict[str, Any]:
         ],
         "model": _str(data.get("model"), 128),
         "time": _num(data.get("published_at")) or time.time(),
-        "overlay": overlay if isinstance(overlay, str) and _B64_PNG.match(overlay) else "",
+        "overlay": _png(overlay),
     }
 
 
@@ -316,9 +318,16 @@ def _severity(value: Any) -> str:
     return value if value in ("ok", "info", "warning", "critical") else ""
 
 
-def data_uri(image: bytes) -> str:
-    """An image the plugin captured or received, for an ``<img>`` of the tab (JPEG or PNG only)."""
-    kind = "png" if image[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg" if image[:2] == b"\xff\xd8" else ""
-    if not kind:
-        return ""
-    return f"data:image/{kind};base64,{base64.b64encode(image).decode()}"
+def _png(encoded: Any) -> bytes:
+    """The PNG a result carries (base64), decoded; empty where it is none."""
+    if not isinstance(encoded, str) or not _B64_PNG.match(encoded):
+        return b""
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def image_type(image: bytes) -> str:
+    """The MIME type of a JPEG or PNG the plugin keeps, from its first bytes ("" for anything else)."""
+    return "image/png" if image[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg" if image[:2] == b"\xff\xd8" else ""
