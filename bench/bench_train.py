@@ -93,10 +93,12 @@ def main() -> int:
                 precision = resolve_precision(cfg.precision)
                 with BatchStream(src, replace(cfg, seed=r), spec) as batches:
                     for _ in range(2):  # warm-up: allocator, the child's first batches
-                        train_step(model, opt, *batches.next(), weights, cfg, precision)
+                        xb, yb, _ = batches.next()
+                        train_step(model, opt, xb, yb, weights, cfg, precision)
                     for _ in range(args.steps):
+                        xb, yb, _ = batches.next()
                         t = time.perf_counter()
-                        train_step(model, opt, *batches.next(), weights, cfg, precision)
+                        train_step(model, opt, xb, yb, weights, cfg, precision)
                         samples[name].append(time.perf_counter() - t)
         rows: list[dict[str, Any]] = []
         base_med = median_p95(samples["before"])[0]

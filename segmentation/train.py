@@ -34,7 +34,7 @@ import numpy as np
 
 from segmentation.classes import CLASS_LOSS_WEIGHTS, CLASS_NAMES, DEFECT_CLASSES, MISTAKEN, NO_DEFECT, NUM_CLASSES
 from segmentation.metrics import Evaluation, scores
-from segmentation.model import ARCHITECTURES, ModelSpec, create_model, save_checkpoint
+from segmentation.model import ARCHITECTURES, ModelSpec, create_model, load_checkpoint, save_checkpoint
 from segmentation.preprocess import model_input
 from segmentation.trainconfig import (
     _NO_DEFECT_WEIGHT,
@@ -61,9 +61,10 @@ from segmentation.trainingdata import (
 )  # fmt: skip
 
 __all__ = [
-    "DEFAULT_REAL_DIR", "LARGE_SEED_STREAM", "PRECISIONS", "TRAIN_SEED_STREAM", "VAL_SEED_STREAM", "BatchStream",
-    "LabelledSet", "TrainConfig", "_sample", "build_set", "calibrate_run", "campaign_lr", "consistency_loss",
-    "evaluate_arrays", "load_labelled", "partial_label_loss", "resolve_precision", "set_chunks", "train", "train_step",
+    "DEFAULT_REAL_DIR", "LARGE_SEED_STREAM", "PRECISIONS", "TRAIN_SEED_STREAM", "VAL_SEED_STREAM", "Anchor",
+    "BatchStream", "LabelledSet", "TrainConfig", "_sample", "build_set", "calibrate_run", "campaign_lr",
+    "consistency_loss", "distill_loss", "evaluate_arrays", "load_labelled", "partial_label_loss",
+    "resolve_precision", "set_chunks", "train", "train_step",
 ]  # fmt: skip
 # (the data and the settings are re-exported from segmentation.trainingdata and segmentation.trainconfig)
 
@@ -73,13 +74,25 @@ _MISTAKEN_WEIGHT = 2.0  # a fine-tune's pixel where its base model was wrong wei
 
 
 def train_step(
-    model: Any, opt: Any, xb: np.ndarray, yb: np.ndarray, weights: Any, cfg: TrainConfig, precision: str
+    model: Any,
+    opt: Any,
+    xb: np.ndarray,
+    yb: np.ndarray,
+    weights: Any,
+    cfg: TrainConfig,
+    precision: str,
+    real: np.ndarray | None = None,
+    teacher: Any = None,
 ) -> float:
-    """One optimiser step on a batch from :class:`BatchStream`; returns the loss. ``precision``: resolved."""
+    """One optimiser step on a batch from :class:`BatchStream`; returns the loss. ``precision``: resolved.
+    ``weights``: the classes' loss weights, (C,), or (2, C) for the simulated crops and the crops of real
+    frames (``real``, per crop); ``teacher``: the model whose outputs the simulated crops are pulled to
+    (``cfg.distill``)."""
     import torch
 
     in_ch = model.spec.in_channels
     xt, yt = torch.from_numpy(xb), torch.from_numpy(yb).long()
+    rt = torch.from_numpy(real) if real is not None else torch.zeros(len(yb), dtype=torch.bool)
     if cfg.consistency > 0:  # both views in one batch: (2N, C, H, W)
         xt = torch.cat([xt[:, :in_ch], xt[:, in_ch:]])
     xt = xt.contiguous(memory_format=torch.channels_last)
@@ -87,14 +100,45 @@ def train_step(
         logits = model(xt).float()
     if cfg.consistency > 0:
         a, b = logits.chunk(2)
-        loss = 0.5 * (partial_label_loss(a, yt, weights) + partial_label_loss(b, yt, weights))
+        loss = 0.5 * (partial_label_loss(a, yt, weights, rt) + partial_label_loss(b, yt, weights, rt))
         loss = loss + cfg.consistency * consistency_loss(a, b)
     else:
-        loss = partial_label_loss(logits, yt, weights)
+        loss = partial_label_loss(logits, yt, weights, rt)
+        if teacher is not None and cfg.distill > 0 and not bool(rt.all()):
+            loss = loss + cfg.distill * distill_loss(logits[~rt], teacher, xt[~rt], precision)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return float(loss.item())
+
+
+def distill_loss(logits: Any, teacher: Any, x: Any, precision: str) -> Any:
+    """KL(teacher || student) per pixel, summed over the classes and averaged over the pixels: the student's
+    class probabilities pulled to the teacher's on the same crops."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        target = F.log_softmax(teacher(x).float(), 1)
+    return F.kl_div(F.log_softmax(logits, 1), target, log_target=True, reduction="none").sum(1).mean()
+
+
+class Anchor:
+    """Decoupled L2-SP: after an optimiser step, each weight moves ``lr * strength`` of the way back to the
+    value it started from (at most all of it), in every parameter group at that group's learning rate."""
+
+    def __init__(self, opt: Any, strength: float) -> None:
+        self.strength = strength
+        self.start = [[p.detach().clone() for p in group["params"]] for group in opt.param_groups]
+
+    def pull(self, opt: Any) -> None:
+        import torch
+
+        with torch.no_grad():
+            for group, start in zip(opt.param_groups, self.start, strict=True):
+                share = min(1.0, float(group["lr"]) * self.strength)
+                for p, p0 in zip(group["params"], start, strict=True):
+                    p.lerp_(p0, share)
 
 
 def campaign_lr(base: float, minutes: float, hours: float) -> float:
@@ -143,8 +187,9 @@ def consistency_loss(logits_a: Any, logits_b: Any) -> Any:
     return 0.5 * (kl_ab + kl_ba).mean()
 
 
-def partial_label_loss(logits: Any, y: Any, weights: Any) -> Any:
-    """Cross-entropy over pixels labelled 0..C-1 (class-weighted), ``-log(p0 + p1)`` over 254
+def partial_label_loss(logits: Any, y: Any, weights: Any, real: Any = None) -> Any:
+    """Cross-entropy over pixels labelled 0..C-1 (class-weighted: ``weights`` (C,), or (2, C) for the
+    simulated crops and those of real frames, ``real`` per crop), ``-log(p0 + p1)`` over 254
     ("no defect here") pixels (253, a fine-tune's "no defect here" where its base model saw a defect, twice), 255
     ignored, averaged per crop; plus soft Dice over the non-powder classes on
     labelled pixels."""
@@ -157,7 +202,11 @@ def partial_label_loss(logits: Any, y: Any, weights: Any) -> Any:
     mistaken = y == MISTAKEN  # a fine-tune's "no defect here" where its base model saw one: counts double
     nd = (y == NO_DEFECT) | mistaken
     yk = torch.where(known, y, torch.zeros_like(y))
-    w = weights[yk] * known
+    if weights.ndim == 2:  # each crop its source's weights
+        rows = weights[real.long()]  # (N, C)
+        w = torch.gather(rows, 1, yk.flatten(1)).view_as(yk) * known
+    else:
+        w = weights[yk] * known
     nll = -logp.gather(1, yk[:, None])[:, 0]
     nd_nll = -torch.logsumexp(logp[:, :2], 1)
     # each crop's mean over its own labelled pixels, then the mean over crops: a crop with a few labelled
@@ -236,14 +285,13 @@ def train(
     echo(f"real labelled frames: {len(real)}; composites: {composite[0].shape[0]}")
 
     model = create_model(cfg.arch)
-    if cfg.init is not None and not resume:
-        from segmentation.model import load_checkpoint
-
+    if cfg.init is not None:  # also when resuming: the anchor's weights are init's
         init_model, _ = load_checkpoint(cfg.init)
         own = model.state_dict()
         same = {k: v for k, v in init_model.state_dict().items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(same, strict=False)
-        echo(f"starting from the weights of {cfg.init} ({len(same)} of {len(own)} tensors match)")
+        if not resume:
+            echo(f"starting from the weights of {cfg.init} ({len(same)} of {len(own)} tensors match)")
     model = model.to(memory_format=torch.channels_last)
     if cfg.encoder_lr_scale == 1:  # one group (a campaign's checkpoint resumes into it)
         groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": cfg.lr}]
@@ -254,12 +302,19 @@ def train(
             {"params": [p for n, p in named if not n.startswith("unet.encoder.")], "lr": cfg.lr},
         ]
     peaks = [float(g["lr"]) for g in groups]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0 if cfg.anchor else 1e-4)
+    anchor = Anchor(opt, cfg.anchor) if cfg.anchor else None
     total = cfg.epochs * cfg.steps_per_epoch
     sched = (
         None if cfg.hours else torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=total, pct_start=0.1)
     )
-    weights = torch.tensor(cfg.class_weights or CLASS_LOSS_WEIGHTS, dtype=torch.float32)
+    weights = torch.tensor(CLASS_LOSS_WEIGHTS, dtype=torch.float32)
+    if cfg.class_weights is not None:  # the real frames' own weights; the simulated layers keep the base's
+        weights = torch.stack([weights, torch.tensor(cfg.class_weights, dtype=torch.float32)])
+    teacher = None
+    if cfg.distill > 0 and cfg.init is not None:
+        teacher, _ = load_checkpoint(cfg.init)
+        teacher = teacher.to(memory_format=torch.channels_last).eval()
     epoch0, best, history = 0, -1.0, []
     last = cfg.out / "last.pt"
     source = last if last.is_file() or resume_from is None else resume_from
@@ -297,8 +352,10 @@ def train(
                     lr = campaign_lr(1.0, elapsed0 + (time.monotonic() - t_start) / 60, cfg.hours)
                     for group, peak in zip(opt.param_groups, peaks, strict=True):
                         group["lr"] = lr * peak
-                xb, yb = batches.next()
-                loss_sum += train_step(model, opt, xb, yb, weights, cfg, precision)
+                xb, yb, from_real = batches.next()
+                loss_sum += train_step(model, opt, xb, yb, weights, cfg, precision, from_real, teacher)
+                if anchor is not None:
+                    anchor.pull(opt)
                 if sched is not None:
                     sched.step()
                 bar.set_postfix(loss=f"{loss_sum / (bar.n + 1):.3f}")

@@ -69,8 +69,9 @@ class TrainConfig:
     # a fine-tune keeps its base model's, so that it mixes the simulated layers that model learnt from
     features: tuple[str, ...] = tuple(sorted(FEATURES))
     # a fine-tune on a few labelled frames: the encoder learns at this share of the learning rate, the batch
-    # norms keep the base model's statistics (a few frames must not move them), the loss weighs each class by
-    # these weights (None: CLASS_LOSS_WEIGHTS), and this share of the real frames' crops centre on a labelled defect
+    # norms keep the base model's statistics (a few frames must not move them), the loss weighs each class of
+    # the real frames' crops by these weights (None: CLASS_LOSS_WEIGHTS; simulated crops keep those), and this
+    # share of the real frames' crops centre on a labelled defect
     encoder_lr_scale: float = 1.0
     freeze_bn: bool = False
     class_weights: tuple[float, ...] | None = None
@@ -88,6 +89,13 @@ class TrainConfig:
     # check fails on), instead of another random lighting
     consistency_tone: bool = False
     init: Path | None = None  # start from these weights (a checkpoint of the same architecture)
+    # >0 (with init): after every step each weight moves this share of the learning rate back towards its value
+    # in ``init`` (a decoupled L2-SP: the pull replaces AdamW's decay towards zero), so a fine-tune on a few
+    # frames changes the weights those frames need and keeps the rest near the model it started from
+    anchor: float = 0.0
+    # >0 (with init): the simulated crops' class probabilities are also pulled to init's on the same crops
+    # (KL divergence, this weight): a fine-tune keeps what its base model does on the simulator's layers
+    distill: float = 0.0
     # layers rendered at large_frame px (real cameras are mostly 1024 px and up; the simulator's parts
     # grow with the frame), drawn for large_share of the simulated crops
     large_layers: int = 0
@@ -111,6 +119,10 @@ class TrainConfig:
             len(self.class_weights) != NUM_CLASSES or not all(w >= 0 for w in self.class_weights)
         ):
             raise ValueError(f"class_weights={self.class_weights}: one weight >= 0 per class ({NUM_CLASSES})")
+        if self.anchor < 0 or (self.anchor > 0 and self.init is None):
+            raise ValueError(f"anchor={self.anchor}: must be 0 (off) or, with init, above 0")
+        if self.distill < 0 or (self.distill > 0 and (self.init is None or self.consistency > 0)):
+            raise ValueError(f"distill={self.distill}: must be 0 (off) or, with init and without consistency, above 0")
         if not 0 <= self.label_focus <= 1:
             raise ValueError(f"label_focus={self.label_focus}: must be between 0 and 1")
         unknown = set(self.features) - FEATURES

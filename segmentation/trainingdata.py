@@ -309,10 +309,13 @@ class _Sources:
     large: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+def _batch(
+    rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: ModelSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     paired = cfg.consistency > 0
     xb = np.empty((cfg.batch, spec.in_channels * (2 if paired else 1), cfg.crop, cfg.crop), np.float32)
     yb = np.empty((cfg.batch, cfg.crop, cfg.crop), np.int64)
+    real = np.zeros(cfg.batch, bool)
     n_comp = src.composite[0].shape[0]
     for j in range(cfg.batch):
         u = rng.random()
@@ -320,6 +323,7 @@ def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: Mode
         if len(src.real) and u < cfg.real_share:
             g, m = _real_view(rng, src.real, cfg.frame)
             focus = cfg.label_focus
+            real[j] = True
         elif n_comp and u < cfg.real_share + cfg.composite_share:
             i = int(rng.integers(n_comp))
             g, m = src.composite[0][i], src.composite[1][i]
@@ -328,19 +332,19 @@ def _batch(rng: np.random.Generator, src: _Sources, cfg: TrainConfig, spec: Mode
             i = int(rng.integers(pool[0].shape[0]))
             g, m = pool[0][i], pool[1][i]
         xb[j], yb[j] = _sample(rng, g, m, cfg.crop, spec, cfg.lighting, paired, cfg.consistency_tone, focus)
-    return xb, yb
+    return xb, yb, real
 
 
 def _epoch_batches(
     src: _Sources, cfg: TrainConfig, spec: ModelSpec, epoch0: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Every batch from ``epoch0`` on, in order: epoch e's are drawn from ``default_rng([seed, e])``, so a
     resumed run sees the batches an uninterrupted one would have; masks as uint8 (the loss widens them)."""
     for epoch in range(epoch0, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
         for _ in range(cfg.steps_per_epoch):
-            xb, yb = _batch(rng, src, cfg, spec)
-            yield xb, yb.astype(np.uint8)
+            xb, yb, real = _batch(rng, src, cfg, spec)
+            yield xb, yb.astype(np.uint8), real
 
 
 class BatchStream:
@@ -384,8 +388,9 @@ class BatchStream:
             return
         self._queue.put(None)
 
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next (x (N, C, crop, crop) float32, y (N, crop, crop) uint8) batch."""
+    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next (x (N, C, crop, crop) float32, y (N, crop, crop) uint8, real (N,) bool: the crops of real
+        labelled frames) batch."""
         if self._thread is None:
             return next(self._items)
         item = self._queue.get()

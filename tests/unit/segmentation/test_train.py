@@ -13,11 +13,14 @@ import pytest
 from segmentation.inference import Segmenter
 from segmentation.model import ARCHITECTURES, DEFAULT_ARCH
 from segmentation.train import (
+    Anchor,
     BatchStream,
     LabelledSet,
     TrainConfig,
     _Sources,
     campaign_lr,
+    distill_loss,
+    partial_label_loss,
     resolve_precision,
     train,
 )
@@ -69,6 +72,53 @@ def test_bad_config_values_are_refused(tmp_path: Path) -> None:
         TrainConfig(out=tmp_path, crop=600)
     with pytest.raises(ValueError, match="epochs=0"):
         TrainConfig(out=tmp_path, epochs=0)
+    with pytest.raises(ValueError, match=r"anchor=1.0: .* with init"):
+        TrainConfig(out=tmp_path, anchor=1.0)
+
+
+def test_a_fine_tunes_class_weights_apply_to_its_real_crops_and_the_simulated_ones_keep_the_base_weights() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    logits, y = torch.randn(2, 5, 8, 8), torch.randint(0, 5, (2, 8, 8))
+    base, own = torch.tensor([1.0, 1.0, 2.0, 2.0, 2.0]), torch.tensor([1.0, 1.0, 4.0, 2.0, 3.0])
+    both = torch.stack([base, own])
+    sim_only, real_only = torch.tensor([False, False]), torch.tensor([True, True])
+    assert torch.allclose(partial_label_loss(logits, y, both, sim_only), partial_label_loss(logits, y, base))
+    assert torch.allclose(partial_label_loss(logits, y, both, real_only), partial_label_loss(logits, y, own))
+    mixed = partial_label_loss(logits, y, both, torch.tensor([False, True]))
+    assert not torch.allclose(mixed, partial_label_loss(logits, y, base))
+
+
+def test_distillation_is_nothing_where_the_student_agrees_with_its_teacher_and_more_where_not() -> None:
+    import torch
+
+    from segmentation.model import create_model
+
+    torch.manual_seed(0)
+    teacher = create_model(DEFAULT_ARCH).eval()
+    x = torch.randn(2, ARCHITECTURES[DEFAULT_ARCH].in_channels, 64, 64)
+    with torch.no_grad():
+        same = teacher(x)
+    assert float(distill_loss(same, teacher, x, "fp32")) < 1e-5
+    assert float(distill_loss(same + torch.randn_like(same), teacher, x, "fp32")) > 0.1
+
+
+def test_the_anchor_pulls_each_group_back_towards_its_start_at_its_own_learning_rate() -> None:
+    import torch
+
+    fast, slow = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [fast], "lr": 0.1}, {"params": [slow], "lr": 0.01}], lr=0.1)
+    anchor = Anchor(opt, strength=2.0)
+    with torch.no_grad():
+        fast.add_(1.0)
+        slow.add_(1.0)
+    anchor.pull(opt)
+    # each moves lr * strength of the way back: 0.2 and 0.02
+    assert torch.allclose(fast, torch.full((3,), 0.8)) and torch.allclose(slow, torch.full((2,), 0.98))
+    anchor.strength = 100.0  # never past the start
+    anchor.pull(opt)
+    assert torch.equal(fast, torch.zeros(3))
 
 
 def test_consistency_sees_each_crop_under_two_lightings_and_pulls_them_together(tmp_path: Path) -> None:
@@ -152,8 +202,9 @@ def test_the_batch_thread_makes_the_inline_batches_in_order(tmp_path: Path) -> N
         got = [threaded.next() for _ in range(4)]
         with pytest.raises(StopIteration):  # epochs 1 and 2 of 3: four batches, then the end
             threaded.next()
-    for (xa, ya), (xb, yb) in zip(want, got, strict=True):
+    for (xa, ya, ra), (xb, yb, rb) in zip(want, got, strict=True):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb) and yb.dtype == np.uint8
+        assert not ra.any() and not rb.any() and rb.shape == (3,)  # no real frames: every crop simulated
 
 
 def test_a_campaign_warms_up_then_follows_a_cosine_over_its_hours() -> None:
