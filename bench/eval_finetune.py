@@ -82,6 +82,10 @@ def main() -> int:
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--steps", type=int, default=None, help="a fixed number of steps (an ablation's same work)")
+    ap.add_argument("--anchor", type=float, default=None, help="pull towards the base weights (default: finetune's)")
+    ap.add_argument("--distill", type=float, default=None, help="pull to the base's outputs (default: finetune's)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: finetune's)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the labels and the fine-tuned model here")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -102,6 +106,10 @@ def main() -> int:
                 out=work / "model",
                 minutes=args.minutes,
                 base=args.model,
+                steps=args.steps,
+                **({} if args.anchor is None else {"anchor": args.anchor}),
+                **({} if args.distill is None else {"distill": args.distill}),
+                **({} if args.lr is None else {"lr": args.lr}),
             ),
             echo=lambda line: print(line, flush=True),
         )

@@ -115,6 +115,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--labelled", type=int, default=25)
+    ap.add_argument("--anchor", type=float, default=None, help="pull towards the base weights (default: finetune's)")
+    ap.add_argument("--distill", type=float, default=None, help="pull to the base's outputs (default: finetune's)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     stream = STREAMS[args.set]
@@ -135,7 +137,8 @@ def main() -> int:
         tuned = finetune(
             FinetuneOptions(
                 images=root / "images", masks=root / "masks", out=root / "model", minutes=args.minutes,
-                base=args.model,
+                base=args.model, **({} if args.anchor is None else {"anchor": args.anchor}),
+                **({} if args.distill is None else {"distill": args.distill}),
             ),
             echo=lambda line: print(line, flush=True),
         )  # fmt: skip

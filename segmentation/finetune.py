@@ -10,6 +10,7 @@ of the data, the label counts and held-out simulator figures before and after.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segmentation.classes import CLASS_NAMES, MISTAKEN, NO_DEFECT, NUM_CLASSES, UNLABELLED
+from segmentation.classes import CLASS_NAMES, DEFECT_CLASSES, MISTAKEN, NO_DEFECT, NUM_CLASSES, UNLABELLED, LayerClass
 from segmentation.errors import SegmentationError
 
 __all__ = ["FinetuneError", "FinetuneOptions", "check_labels", "finetune"]
@@ -57,6 +58,8 @@ class FinetuneOptions:
     holdout: float = 0.2  # this share of your labelled frames (by build) is held out to tell whether it learnt
     lr: float = 5e-4
     encoder_lr_scale: float = 0.1  # the encoder learns at this share of the learning rate: it stays close
+    anchor: float = 30.0  # every weight is pulled back towards the base model's (TrainConfig.anchor)
+    distill: float = 1.0  # the simulated crops' outputs are pulled to the base model's (TrainConfig.distill)
 
 
 def check_labels(images: Path, masks: Path) -> tuple[list[tuple[Path, Path]], Counter[int]]:
@@ -149,8 +152,9 @@ def _mark_mistakes(base: Path, folder: Path) -> int:
     return total
 
 
-def _step_seconds(model: Any, in_channels: int, batch: int, crop: int) -> float:
-    """Seconds one training step of the network takes here (the learning-rate schedule is sized by it)."""
+def _step_seconds(model: Any, in_channels: int, batch: int, crop: int, distilled: int = 0) -> float:
+    """Seconds one training step of the network takes here (the learning-rate schedule is sized by it), with
+    the base model's forward pass over ``distilled`` of the batch's crops (the distillation's teacher)."""
     import torch
 
     from segmentation.train import resolve_precision
@@ -160,6 +164,7 @@ def _step_seconds(model: Any, in_channels: int, batch: int, crop: int) -> float:
     bf16 = resolve_precision("auto") == "bf16"
     x = torch.randn(batch, in_channels, crop, crop).contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    teacher = copy.deepcopy(model).eval() if distilled else None  # as training runs it: a second model, in eval
     times = []
     for _ in range(_WARM_STEPS + 4):
         t = time.perf_counter()
@@ -168,6 +173,9 @@ def _step_seconds(model: Any, in_channels: int, batch: int, crop: int) -> float:
             out = model(x).float()
         out.mean().backward()
         opt.step()
+        if teacher is not None:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                teacher(x[:distilled])
         times.append(time.perf_counter() - t)
     return float(np.median(times[_WARM_STEPS:])) * _STEP_MARGIN
 
@@ -267,8 +275,9 @@ def _labelled(folder: Path) -> list[tuple[Path, np.ndarray]]:
 
 
 def score_labelled(model: Path, folder: Path) -> dict[str, Any]:
-    """A model on labelled frames (``folder``/images + masks): per defect class IoU over the labelled pixels,
-    pore objects found (recall) and right (precision), and the share of "no defect here" pixels called a defect."""
+    """A model on labelled frames (``folder``/images + masks): per defect class IoU over the labelled pixels (a
+    "no defect here" pixel called that class counts against it), objects of each class found (recall) and right
+    (precision), and the share of "no defect here" pixels called a defect."""
     from segmentation.imageio import read_image
     from segmentation.inference import Segmenter
 
@@ -276,98 +285,173 @@ def score_labelled(model: Path, folder: Path) -> dict[str, Any]:
         return _score([(truth, seg.segment(read_image(path)).mask) for path, truth in _labelled(folder)])
 
 
-def _score(frames: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """:func:`score_labelled`'s figures of (label mask, predicted mask) pairs."""
+def _objects(truth: np.ndarray, pred: np.ndarray, cls: int) -> tuple[int, int, int, int]:
+    """Objects of class ``cls`` (4-connected): (labelled, found, predicted over labelled pixels, right)."""
     from scipy import ndimage
 
+    labels, n = ndimage.label(truth == cls)
+    found = int(np.count_nonzero(np.unique(labels[(pred == cls) & (labels > 0)]))) if n else 0
+    plabels, m = ndimage.label((pred == cls) & (truth != UNLABELLED))
+    right = int(np.count_nonzero(np.unique(plabels[(truth == cls) & (plabels > 0)]))) if m else 0
+    return n, found, m, right
+
+
+def _score(frames: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """:func:`score_labelled`'s figures of (label mask, predicted mask) pairs."""
     inter = np.zeros(NUM_CLASSES, np.int64)
     union = np.zeros(NUM_CLASSES, np.int64)
-    found = total = right = predicted = clean = clean_called = 0
+    objects = np.zeros((NUM_CLASSES, 4), np.int64)  # labelled, found, predicted, right
+    clean = clean_called = 0
     for truth, pred in frames:
-        known = truth < NUM_CLASSES
-        for c in range(2, NUM_CLASSES):
-            t, p = (truth == c) & known, (pred == c) & known
+        known = (truth < NUM_CLASSES) | (truth == NO_DEFECT)  # a defect called on "no defect here" counts against
+        for c in DEFECT_CLASSES:
+            t, p = truth == c, (pred == c) & known
             inter[c] += int(np.count_nonzero(t & p))
             union[c] += int(np.count_nonzero(t | p))
+            objects[c] += _objects(truth, pred, c)
         nd = truth == NO_DEFECT
         clean += int(np.count_nonzero(nd))
         clean_called += int(np.count_nonzero(nd & (pred >= 2)))
-        labels, n = ndimage.label(truth == 2)
-        total += n
-        if n:
-            found += int(np.count_nonzero(np.unique(labels[(pred == 2) & (labels > 0)])))
-        plabels, m = ndimage.label((pred == 2) & (truth != UNLABELLED))
-        predicted += m
-        if m:
-            right += int(np.count_nonzero(np.unique(plabels[(truth == 2) & (plabels > 0)])))
+
+    def share(k: int, n: int) -> float | None:
+        return round(float(k / n), 4) if n else None
+
+    found = {
+        CLASS_NAMES[c]: {"objects": int(objects[c, 0]), "recall": share(objects[c, 1], objects[c, 0]),
+                         "precision": share(objects[c, 3], objects[c, 2])}
+        for c in DEFECT_CLASSES
+        if objects[c, 0] or objects[c, 2]
+    }  # fmt: skip
+    pores = found.get("porosity", {})
     return {
-        "iou": {CLASS_NAMES[c]: round(float(inter[c] / union[c]), 4) for c in range(2, NUM_CLASSES) if union[c]},
-        "pore_recall": round(found / total, 4) if total else None,
-        "pore_precision": round(right / predicted, 4) if predicted else None,
-        "pores": total,
-        "no_defect_called_defect": round(clean_called / clean, 5) if clean else None,
+        "iou": {CLASS_NAMES[c]: round(float(inter[c] / union[c]), 4) for c in DEFECT_CLASSES if union[c]},
+        "pore_recall": pores.get("recall"),
+        "pore_precision": pores.get("precision"),
+        "pores": int(objects[LayerClass.POROSITY, 0]),
+        "objects": found,
+        "no_defect_called_defect": share(clean_called, clean),
     }
 
 
-# the porosity logit's shifts a fine-tune tries on the held-out frames; fewer labelled pores than this: none
-PORE_SHIFTS = (-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0)
-_MIN_PORES = 3
+# the logit shifts a fine-tune tries per defect class on the held-out frames; a class with fewer labelled
+# objects there than _MIN_OBJECTS keeps the threshold it was trained to
+LOGIT_SHIFTS = (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0)
+_MIN_OBJECTS = 3
+# a shift may cost that class at most this much IoU on simulated layers (the validation builds, not the
+# held-out ones the card reports): a threshold for your camera that does not break what the simulator taught
+MAX_SIM_COST = 0.02
+_GUARD_LAYERS = 8
 
 
-def _f1(score: dict[str, Any]) -> float:
-    r, p = score["pore_recall"] or 0.0, score["pore_precision"] or 0.0
+def _f1(score: dict[str, Any], name: str = "porosity") -> float:
+    obj = score.get("objects", {}).get(name, {})
+    r, p = obj.get("recall") or 0.0, obj.get("precision") or 0.0
     return 2 * r * p / (r + p) if r + p else 0.0
 
 
-def choose_pore_shift(model: Path, folder: Path) -> tuple[float, dict[float, dict[str, Any]]]:
-    """How much to raise (or lower) the porosity logit so that the pores of the held-out frames are found and
-    right best (F1 of the objects), where no more "no defect here" is called a defect than without a shift; the
-    frames are segmented once and the shift applied to their probabilities. (0, {}) where too few pores are
-    labelled to choose."""
+def _guard_layers(seg: Any, features: frozenset[str], size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(truth, class probabilities) of the fine-tune's simulated validation layers."""
+    from segmentation.simulator import dataset_layers
+    from segmentation.trainconfig import VAL_SEED_STREAM
+
+    out = []
+    for build, k in dataset_layers(VAL_SEED_STREAM, _GUARD_LAYERS, size, size, features=features):
+        layer = build.layer(k)
+        out.append((layer.mask, seg.segment(layer.image).probs))
+    return out
+
+
+def _iou(pairs: list[tuple[np.ndarray, np.ndarray]], cls: int) -> float:
+    inter = sum(int(np.count_nonzero((t == cls) & (p == cls))) for t, p in pairs)
+    union = sum(int(np.count_nonzero((t == cls) | (p == cls))) for t, p in pairs)
+    return inter / union if union else 1.0
+
+
+def choose_shifts(
+    model: Path, folder: Path, features: frozenset[str] | None = None, size: int = 512
+) -> tuple[dict[str, float], dict[str, dict[float, dict[str, Any]]]]:
+    """How much to raise (or lower) each defect class's logit so that its objects in the held-out frames are
+    found and right best (F1), where no more "no defect here" is called a defect than without that shift and
+    (with ``features``: the simulator's looks of the model) the class loses at most ``MAX_SIM_COST`` IoU on
+    simulated validation layers of ``size`` px; the classes in turn (porosity, spatter, warping), each after the
+    shifts chosen before it. The frames are segmented once and the shifts applied to their probabilities.
+    Returns the shifts and each class's table (``sim_iou`` per shift with ``features``); a class with fewer than
+    ``_MIN_OBJECTS`` labelled objects is not shifted (({}, {}) where none has them)."""
     from scipy import ndimage
 
     from segmentation.imageio import read_image
     from segmentation.inference import Segmenter
 
     frames = _labelled(folder)
-    if sum(ndimage.label(truth == 2)[1] for _, truth in frames) < _MIN_PORES:  # pores as _score counts them
-        return 0.0, {}
+    classes = [c for c in DEFECT_CLASSES if sum(ndimage.label(t == c)[1] for _, t in frames) >= _MIN_OBJECTS]
+    if not classes:
+        return {}, {}
+    chosen: dict[int, float] = {}
+    tables: dict[str, dict[float, dict[str, Any]]] = {}
     with Segmenter(model, engine="onnx") as seg:
         probs = [(truth, seg.segment(read_image(path)).probs) for path, truth in frames]
-    scores: dict[float, dict[str, Any]] = {}
-    for shift in PORE_SHIFTS:
-        pairs = []
-        for truth, p in probs:
-            scaled = p.copy()
-            scaled[2] *= math.exp(shift)  # a shift of the logit is a factor on the probability before argmax
-            pairs.append((truth, seg.mask_of(scaled)))
-        scores[shift] = _score(pairs)
-    clean0 = scores[0.0]["no_defect_called_defect"] or 0.0
-    allowed = [s for s in PORE_SHIFTS if (scores[s]["no_defect_called_defect"] or 0.0) <= clean0]
-    best = max(allowed, key=lambda s: (round(_f1(scores[s]), 3), -abs(s)))
-    return best, scores
+        guard = _guard_layers(seg, features, size) if features is not None else []
+        for cls in classes:
+            table: dict[float, dict[str, Any]] = {}
+            for shift in LOGIT_SHIFTS:
+                factors = np.ones((NUM_CLASSES, 1, 1), np.float32)
+                for c, s in {**chosen, cls: shift}.items():
+                    factors[c] = math.exp(s)  # a shift of the logit is a factor on the probability before argmax
+                table[shift] = _score([(truth, seg.mask_of(p * factors)) for truth, p in probs])
+                if guard:
+                    sim = [(truth, seg.mask_of(p * factors)) for truth, p in guard]
+                    table[shift]["sim_iou"] = round(_iou(sim, cls), 4)
+            clean0 = table[0.0]["no_defect_called_defect"] or 0.0
+            sim0 = table[0.0].get("sim_iou", 0.0)
+            allowed = [
+                s
+                for s in LOGIT_SHIFTS
+                if (table[s]["no_defect_called_defect"] or 0.0) <= clean0
+                and table[s].get("sim_iou", 0.0) >= sim0 - MAX_SIM_COST
+            ]
+            name = CLASS_NAMES[cls]
+            chosen[cls] = max(allowed, key=lambda s: (round(_f1(table[s], name), 3), -abs(s)))
+            tables[name] = table
+    return {CLASS_NAMES[c]: s for c, s in chosen.items()}, tables
 
 
-def shift_pores(model: Path, shift: float) -> None:
-    """Add ``shift`` to the porosity logit of ``model`` (the segmentation head's bias) and export its ONNX twin."""
+def shift_logits(model: Path, shifts: dict[str, float]) -> None:
+    """Add each class's shift to its logit in ``model`` (the segmentation head's bias), record the sum of every
+    round's shifts in its meta (``logit_shifts``) and export its ONNX twin."""
     import torch
 
     from segmentation.inference import export_onnx
 
     ckpt = torch.load(model, map_location="cpu", weights_only=True)
     bias = ckpt["state_dict"]["unet.segmentation_head.0.bias"]
-    bias[2] = bias[2] + shift
-    ckpt["meta"]["pore_shift"] = round(float(ckpt["meta"].get("pore_shift", 0.0)) + shift, 3)
+    total = dict(ckpt["meta"].get("logit_shifts", {}))
+    for name, shift in shifts.items():
+        bias[CLASS_NAMES.index(name)] += shift
+        total[name] = round(float(total.get(name, 0.0)) + shift, 3)
+    ckpt["meta"]["logit_shifts"] = total
     torch.save(ckpt, model)
     export_onnx(model, model.with_suffix(".onnx"))
+
+
+def _found(score: dict[str, Any], name: str) -> dict[str, Any]:
+    """A class's objects in a score (a score written before per-class objects has the pores' alone)."""
+    if "objects" in score:
+        return dict(score["objects"].get(name, {}))
+    if name == "porosity":
+        return {"objects": score.get("pores"), "recall": score.get("pore_recall"),
+                "precision": score.get("pore_precision")}  # fmt: skip
+    return {}
 
 
 def holdout_line(own: dict[str, Any]) -> str:
     b, a = own["before"], own["after"]
     parts = [f"{k} IoU {b['iou'].get(k, 0):.2f}->{a['iou'].get(k, 0):.2f}" for k in a["iou"]]
-    if a["pores"]:
-        parts.append(f"pores found {b['pore_recall'] or 0:.2f}->{a['pore_recall'] or 0:.2f}")
-        parts.append(f"right {b['pore_precision'] or 0:.2f}->{a['pore_precision'] or 0:.2f}")
+    for name in CLASS_NAMES:
+        before, after = _found(b, name), _found(a, name)
+        if after.get("objects"):
+            what = "pores" if name == "porosity" else name
+            parts.append(f"{what} found {before.get('recall') or 0:.2f}->{after.get('recall') or 0:.2f}")
+            parts.append(f"right {before.get('precision') or 0:.2f}->{after.get('precision') or 0:.2f}")
     if a["no_defect_called_defect"] is not None:
         parts.append(f"clean called defect {b['no_defect_called_defect']:.4f}->{a['no_defect_called_defect']:.4f}")
     return ", ".join(parts) or "nothing labelled to score"
@@ -379,14 +463,21 @@ def _holdout_text(own: dict[str, Any], frames: int) -> str:
     return f"{frames} of your labelled frames, from builds it did not learn from: {holdout_line(own)}."
 
 
-def _shift_text(shift: float, shifts: dict[float, dict[str, Any]]) -> str:
-    if not shifts:
-        return f"Porosity threshold: the trained one (fewer than {_MIN_PORES} pores labelled in the held-out frames)."
-    rows = ", ".join(f"{k:+.1f}: {_f1(v):.2f}" for k, v in shifts.items())
+def _shift_text(shifts: dict[str, float], tables: dict[str, dict[float, dict[str, Any]]]) -> str:
+    if not tables:
+        return f"Thresholds: the trained ones (no class has {_MIN_OBJECTS} labelled objects in the held-out frames)."
+    lines = [
+        f"- {name}: logit {shifts[name]:+.1f} (F1 of its objects by shift: "
+        + ", ".join(f"{k:+.1f}: {_f1(v, name):.2f}" for k, v in table.items())
+        + ")"
+        for name, table in tables.items()
+    ]
     return (
-        f"Porosity threshold: the porosity logit shifted by {shift:+.1f}, the shift whose pores on the held-out "
-        f'frames were found and right best (F1 by shift: {rows}), calling no more of your "no defect here" a '
-        "defect. It was chosen on these frames: their figures after are after that choice; frames no step or "
+        "Thresholds: each class with labelled objects in the held-out frames had its logit shifted to where they "
+        'were found and right best, calling no more of your "no defect here" a defect and costing the class at '
+        f"most {MAX_SIM_COST} IoU on simulated validation layers:\n\n"
+        + "\n".join(lines)
+        + "\n\nThey were chosen on these frames: their figures after are after that choice; frames no step or "
         "choice saw tell how it does on your camera."
     )
 
@@ -401,6 +492,10 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
 
     if not opts.minutes > 0:
         raise FinetuneError(f"--minutes {opts.minutes}: give a time budget above 0")
+    if not opts.anchor >= 0:
+        raise FinetuneError(f"--anchor {opts.anchor}: give 0 (off) or more")
+    if not opts.distill >= 0:
+        raise FinetuneError(f"--distill {opts.distill}: give 0 (off) or more")
     if not 0 <= opts.sim_share < 1:
         raise FinetuneError(f"--sim-share {opts.sim_share}: give a share from 0 up to (not including) 1")
     base = opts.base or DEFAULT_MODEL
@@ -423,7 +518,8 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     )
     # most of the budget for steps, counted from a measured step (bf16 where the CPU computes it, as training
     # runs); data, validation and the unfamiliar-frame calibration take the rest
-    step_s = _step_seconds(network, ARCHITECTURES[str(meta["arch"])].in_channels, opts.batch, opts.crop)
+    distilled = round(opts.batch * opts.sim_share) if opts.distill else 0
+    step_s = _step_seconds(network, ARCHITECTURES[str(meta["arch"])].in_channels, opts.batch, opts.crop, distilled)
     del network
     steps = max(2, math.floor(opts.minutes * 60 * 0.7 / step_s))
     if opts.steps is not None:
@@ -457,6 +553,8 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
         init=base,
         # the few labels drive the steps; the rest of the network stays close to the base model
         encoder_lr_scale=opts.encoder_lr_scale,
+        anchor=opts.anchor,
+        distill=opts.distill,
         freeze_bn=True,
         class_weights=weights,
         label_focus=0.5,
@@ -466,20 +564,26 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
     model = opts.out / "model.pt"
     shutil.copyfile(cfg.out / "final.pt", model)
     export_onnx(model, model.with_suffix(".onnx"))
-    shift, shifts = choose_pore_shift(model, holdout_dir) if holdout_dir is not None else (0.0, {})
-    if shift:
-        shift_pores(model, shift)
-    if shifts:
-        echo(f"finetune: porosity logit {shift:+.1f}, the shift whose held-out pores were found and right best")
+    shifts, tables = choose_shifts(model, holdout_dir, looks, opts.frame) if holdout_dir is not None else ({}, {})
+    if any(shifts.values()):
+        shift_logits(model, shifts)
+    if tables:
+        echo("finetune: logit shifts where the held-out objects were found and right best: "
+             + ", ".join(f"{k} {v:+.1f}" for k, v in shifts.items()))  # fmt: skip
     before = _heldout(base, opts.heldout_layers, opts.frame, looks)
     after = _heldout(model, opts.heldout_layers, opts.frame, looks)
     own: dict[str, Any] = {}
     if holdout_dir is not None:
         own = {"before": score_labelled(base, holdout_dir), "after": score_labelled(model, holdout_dir)}
-        tried = {f"{k:+.1f}": {n: v[n] for n in ("pore_recall", "pore_precision", "no_defect_called_defect")}
-                 for k, v in shifts.items()}  # fmt: skip
+        tried = {
+            name: {
+                f"{k:+.1f}": {n: v.get(n) for n in ("objects", "no_defect_called_defect", "sim_iou")}
+                for k, v in table.items()
+            }
+            for name, table in tables.items()
+        }
         (opts.out / "holdout.json").write_text(
-            json.dumps({"frames": len(held_pairs), **own, "pore_shift": shift, "pore_shifts": tried}, indent=1)
+            json.dumps({"frames": len(held_pairs), **own, "logit_shifts": shifts, "shift_tables": tried}, indent=1)
         )
     minutes = (time.monotonic() - t0) / 60
     rows = "\n".join(f"| {name} | {before[name]:.3f} | {after[name]:.3f} |" for name in CLASS_NAMES)
@@ -493,7 +597,9 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
 - labels (pixels): {labels}
 - training: {len(result["history"])} epoch(s) of {per_epoch} steps, batch {opts.batch}, {opts.sim_share:.0%} of
   each batch simulated layers ({opts.sim_layers}); the encoder at {opts.encoder_lr_scale:g} of the learning rate,
-  the base model's batch statistics kept, class weights {", ".join(f"{w:.2f}" for w in weights)}, half the
+  every weight pulled back towards the base model's (anchor {opts.anchor:g}), the simulated crops' outputs
+  pulled to the base model's (distillation {opts.distill:g}), the base model's batch statistics kept, class
+  weights on your frames {", ".join(f"{w:.2f}" for w in weights)}, half the
   crops of your frames around a labelled defect or a "no defect here" pixel the base model called a defect
   ({mistaken} px, weighed double); {minutes:.1f} min in all on this machine
 
@@ -501,7 +607,7 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Path
 
 {_holdout_text(own, len(held_pairs))}
 
-{_shift_text(shift, shifts)}
+{_shift_text(shifts, tables)}
 
 ## Did it forget? Held-out simulated layers
 

@@ -207,6 +207,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         base=base,
         sim_share=args.sim_share,
         steps=args.steps,
+        **({} if args.anchor is None else {"anchor": args.anchor}),
+        **({} if args.distill is None else {"distill": args.distill}),
     )
     finetune(opts)
     return EXIT_OK
@@ -427,6 +429,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--steps", type=positive_int, default=None, help="a fixed number of steps (default: what --minutes allows)"
+    )
+    p.add_argument(
+        "--anchor",
+        type=float,
+        default=None,
+        help="how hard every weight is pulled back to the base model's weights (0: off; default 30)",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=None,
+        help="weight of the pull of simulated layers' outputs to the base model's (0: off; default 1)",
     )
     p.set_defaults(func=cmd_finetune)
 

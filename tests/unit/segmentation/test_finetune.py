@@ -43,6 +43,8 @@ def test_bad_labels_are_named_before_any_training(tmp_path: Path) -> None:
     (masks / "frame1.png").unlink()
     with pytest.raises(FinetuneError, match="no mask"):
         check_labels(images, masks)
+    with pytest.raises(FinetuneError, match=r"--anchor -1.0: give 0 \(off\) or more"):
+        finetune(FinetuneOptions(images=images, masks=masks, out=tmp_path / "out", anchor=-1.0))
 
 
 @pytest.mark.slow
@@ -103,7 +105,7 @@ def test_a_rare_labelled_defect_weighs_more() -> None:
 def test_the_porosity_threshold_is_chosen_on_the_held_out_labels_and_moves_the_model(tmp_path: Path) -> None:
     import shutil
 
-    from segmentation.finetune import PORE_SHIFTS, _f1, choose_pore_shift, score_labelled, shift_pores
+    from segmentation.finetune import LOGIT_SHIFTS, _f1, choose_shifts, score_labelled, shift_logits
     from segmentation.inference import DEFAULT_MODEL
 
     held = tmp_path / "held"
@@ -122,16 +124,47 @@ def test_the_porosity_threshold_is_chosen_on_the_held_out_labels_and_moves_the_m
         cv2.imwrite(str(held / "masks" / f"b{i}-l0.png"), mask)
     model = tmp_path / "m.pt"
     shutil.copyfile(DEFAULT_MODEL, model)
-    shift, scores = choose_pore_shift(model, held)
-    assert shift in PORE_SHIFTS and set(scores) == set(PORE_SHIFTS) and scores[0.0]["pores"] == 20
-    assert _f1(scores[shift]) >= _f1(scores[0.0])
-    assert (scores[shift]["no_defect_called_defect"] or 0) <= (scores[0.0]["no_defect_called_defect"] or 0)
+    shifts, tables = choose_shifts(model, held)
+    # only porosity is labelled: only its threshold is chosen, over the whole grid
+    assert set(shifts) == {"porosity"} and set(tables) == {"porosity"}
+    table = tables["porosity"]
+    assert shifts["porosity"] in LOGIT_SHIFTS and set(table) == set(LOGIT_SHIFTS) and table[0.0]["pores"] == 20
+    assert _f1(table[shifts["porosity"]]) >= _f1(table[0.0])
+    assert (table[shifts["porosity"]]["no_defect_called_defect"] or 0) <= (table[0.0]["no_defect_called_defect"] or 0)
+    # with the simulator's guard: no shift chosen that costs porosity more than MAX_SIM_COST on simulated layers
+    from segmentation.finetune import MAX_SIM_COST
+
+    guarded, guarded_tables = choose_shifts(model, held, frozenset(), 128)
+    sim = {k: v["sim_iou"] for k, v in guarded_tables["porosity"].items()}
+    assert sim[guarded["porosity"]] >= sim[0.0] - MAX_SIM_COST
     # a raised porosity logit calls more of the faint pits pores, in the checkpoint and its ONNX twin alike
     before = score_labelled(model, held)
-    shift_pores(model, 3.0)
+    shift_logits(model, {"porosity": 3.0})
     after = score_labelled(model, held)
     assert after["pore_recall"] >= before["pore_recall"] and after != before
+    assert after["objects"]["porosity"]["recall"] == after["pore_recall"]
+    shift_logits(model, {"porosity": -1.0, "warping": 0.5})  # a second round adds to the first
     import torch
 
-    assert torch.load(model, weights_only=True)["meta"]["pore_shift"] == 3.0
-    assert choose_pore_shift(model, tmp_path / "data-none") == (0.0, {})  # nothing labelled: no choice
+    assert torch.load(model, weights_only=True)["meta"]["logit_shifts"] == {"porosity": 2.0, "warping": 0.5}
+    assert choose_shifts(model, tmp_path / "data-none") == ({}, {})  # nothing labelled: no choice
+
+
+def test_held_out_objects_are_counted_found_and_right_per_class() -> None:
+    from segmentation.finetune import _f1, _score
+
+    truth = np.full((64, 64), NO_DEFECT, np.uint8)
+    truth[40:, :] = UNLABELLED
+    truth[2:8, 2:8] = truth[20:26, 20:26] = 4  # two warped regions
+    truth[2:4, 50:52] = 3  # one spatter
+    pred = np.zeros((64, 64), np.uint8)
+    pred[3:6, 3:6] = 4  # found the first warped region
+    pred[10:14, 40:44] = 4  # warping on "no defect here": wrong
+    pred[50:60, 50:60] = 4  # warping where nothing is labelled: not counted
+    score = _score([(truth, pred)])
+    assert score["objects"]["warping"] == {"objects": 2, "recall": 0.5, "precision": 0.5}
+    assert score["objects"]["spatter"] == {"objects": 1, "recall": 0.0, "precision": None}
+    assert "porosity" not in score["objects"] and score["pores"] == 0 and score["pore_recall"] is None
+    assert _f1(score, "warping") == 0.5 and _f1(score, "spatter") == 0.0
+    # IoU over the labelled pixels: the warping called on "no defect here" counts against it, unlabelled not
+    assert score["iou"]["warping"] == round(9 / (72 + 16), 4)
