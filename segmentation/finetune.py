@@ -59,7 +59,7 @@ class FinetuneOptions:
     lr: float = 5e-4
     encoder_lr_scale: float = 0.1  # the encoder learns at this share of the learning rate: it stays close
     anchor: float = 30.0  # every weight is pulled back towards the base model's (TrainConfig.anchor)
-    distill: float = 1.0  # the simulated crops' outputs are pulled to the base model's (TrainConfig.distill)
+    distill: float = 0.0  # >0: the simulated crops' outputs are pulled to the base model's (TrainConfig.distill)
 
 
 def check_labels(images: Path, masks: Path) -> tuple[list[tuple[Path, Path]], Counter[int]]:

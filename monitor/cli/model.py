@@ -440,7 +440,7 @@ def register(sub: Any) -> None:
         "--distill",
         type=float,
         default=None,
-        help="weight of the pull of simulated layers' outputs to the base model's (0: off; default 1)",
+        help="weight of the pull of simulated layers' outputs to the base model's (default 0: off)",
     )
     p.set_defaults(func=cmd_finetune)
 
