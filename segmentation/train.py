@@ -285,6 +285,7 @@ def train(
     echo(f"real labelled frames: {len(real)}; composites: {composite[0].shape[0]}")
 
     model = create_model(cfg.arch)
+    init_model = None
     if cfg.init is not None:  # also when resuming: the anchor's weights are init's
         init_model, _ = load_checkpoint(cfg.init)
         own = model.state_dict()
@@ -311,10 +312,8 @@ def train(
     weights = torch.tensor(CLASS_LOSS_WEIGHTS, dtype=torch.float32)
     if cfg.class_weights is not None:  # the real frames' own weights; the simulated layers keep the base's
         weights = torch.stack([weights, torch.tensor(cfg.class_weights, dtype=torch.float32)])
-    teacher = None
-    if cfg.distill > 0 and cfg.init is not None:
-        teacher, _ = load_checkpoint(cfg.init)
-        teacher = teacher.to(memory_format=torch.channels_last).eval()
+    # the distillation's teacher is the init model itself (load_checkpoint gives it in eval mode), not a second load
+    teacher = init_model.to(memory_format=torch.channels_last) if cfg.distill > 0 and init_model is not None else None
     epoch0, best, history = 0, -1.0, []
     last = cfg.out / "last.pt"
     source = last if last.is_file() or resume_from is None else resume_from
